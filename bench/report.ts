@@ -1,0 +1,43 @@
+// What every `chunkattn bench NAME` report shares: options, the result shape, and writing
+// bench/out/NAME.json + NAME.svg. A report prints its table last; with --json the one JSON
+// object is the last line of stdout and the table goes to stderr.
+
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Table from 'cli-table3';
+import { barChartSvg, type ChartSeries } from './svg-chart.ts';
+
+export interface BenchOptions {
+  readonly quick: boolean;
+  /** Called with a short status line while the report runs (the CLI draws a progress bar). */
+  readonly progress: (done: number, total: number, label: string) => void;
+}
+
+export interface BenchReport {
+  readonly name: string;
+  readonly title: string;
+  readonly head: readonly string[];
+  readonly rows: readonly (readonly (string | number)[])[];
+  /** Lines printed under the table (what the numbers mean, caveats). */
+  readonly notes: readonly string[];
+  readonly json: Record<string, unknown>;
+  readonly chart: { readonly title: string; readonly unit: string; readonly series: readonly ChartSeries[] };
+}
+
+export const BENCH_OUT = join(import.meta.dirname, 'out');
+
+export function renderTable(report: BenchReport): string {
+  const table = new Table({ head: [...report.head], style: { head: [], border: [] } });
+  for (const row of report.rows) table.push(row.map(String));
+  return [report.title, table.toString(), ...report.notes].join('\n');
+}
+
+/** Writes bench/out/<name>.json and .svg; returns their paths. */
+export function writeReportFiles(report: BenchReport, outDir = BENCH_OUT): { json: string; svg: string } {
+  mkdirSync(outDir, { recursive: true });
+  const json = join(outDir, `${report.name}.json`);
+  const svg = join(outDir, `${report.name}.svg`);
+  writeFileSync(json, JSON.stringify(report.json, null, 2) + '\n');
+  writeFileSync(svg, barChartSvg(report.chart.title, report.chart.unit, report.chart.series));
+  return { json, svg };
+}

@@ -1,0 +1,52 @@
+// Typed runtime errors. Every operation that throws one leaves the cache and the tree unchanged.
+
+export class ChunkattnError extends Error {
+  override name = 'ChunkattnError';
+}
+
+/** The pool is full and nothing can be evicted. */
+export class CapacityError extends ChunkattnError {
+  override name = 'CapacityError';
+  constructor(
+    message: string,
+    readonly neededChunks: number,
+    readonly freeChunks: number,
+  ) {
+    super(message);
+  }
+}
+
+/** A sequence handle that is not live (never issued, or released). */
+export class UnknownSequenceError extends ChunkattnError {
+  override name = 'UnknownSequenceError';
+  constructor(readonly seq: number) {
+    super(`unknown sequence ${seq}: not live (never issued or already released)`);
+  }
+}
+
+/** A tensor or list whose length, dtype or layout does not match what the call needs. */
+export class ShapeError extends ChunkattnError {
+  override name = 'ShapeError';
+}
+
+/** An argument outside its allowed range (layer index, token id, count, option). */
+export class ArgumentError extends ChunkattnError {
+  override name = 'ArgumentError';
+}
+
+/** A module whose ABI version or spec does not match what the runtime expects. */
+export class ModuleError extends ChunkattnError {
+  override name = 'ModuleError';
+}
+
+/** A kernel failed: a CUDA error, or a CUDA-on-CPU shim diagnostic (deadlock, divergent barrier, ...). */
+export class KernelError extends ChunkattnError {
+  override name = 'KernelError';
+  constructor(
+    message: string,
+    readonly kernel?: string,
+    readonly location?: string,
+  ) {
+    super(message);
+  }
+}
