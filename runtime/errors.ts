@@ -50,3 +50,11 @@ export class KernelError extends ChunkattnError {
     super(message);
   }
 }
+
+/** The prefix tree's internal bookkeeping is inconsistent: a bug in chunkattn, never a user error. */
+export class InvariantError extends ChunkattnError {
+  override name = 'InvariantError';
+  constructor(readonly problems: readonly string[]) {
+    super(`prefix tree invariants violated:\n  ${problems.slice(0, 20).join('\n  ')}${problems.length > 20 ? `\n  ... ${problems.length - 20} more` : ''}`);
+  }
+}

@@ -1,0 +1,56 @@
+// The chunkattn program: parses flags and calls the libraries; no logic lives here.
+
+import { Command } from 'commander';
+import { BENCH_NAMES, benchCommand } from './commands/bench.ts';
+import { compileCommand } from './commands/compile.ts';
+import { doctorCommand } from './commands/doctor.ts';
+import { inspectCommand } from './commands/inspect.ts';
+import { describeError, EXIT_USER } from './exit-codes.ts';
+import { makeOutput } from './output.ts';
+
+const program = new Command()
+  .name('chunkattn')
+  .description('Prefix-shared chunk attention: compile attention specs to CUDA and CPU kernels, run and benchmark them')
+  .showHelpAfterError()
+  .exitOverride();
+
+const specFlags = (command: Command) =>
+  command
+    .option('--arch <list>', 'GPU archs, comma-separated (sm_80, sm_86, sm_89, sm_90a); implies --target cuda')
+    .option('--target <list>', 'build targets, comma-separated: cuda, emu, cpu (default: the spec targets)')
+    .option('--head-dim <n>', 'override the spec head dim (retarget)')
+    .option('--chunk-size <n>', 'override the spec chunk size')
+    .option('--sanitize <kind>', 'emu builds only: address (ASan+UBSan) or thread (TSan)')
+    .option('--json', 'print one JSON object as the last line of output');
+
+specFlags(program.command('compile <spec>').description('build the kernels of a spec file')).action(
+  async (file: string, flags) => compileCommand(file, flags, makeOutput(!!flags.json)),
+);
+
+specFlags(
+  program.command('inspect <spec>').description('print the normalized spec, the plan, the cache key and resources'),
+).action(async (file: string, flags) => inspectCommand(file, flags, makeOutput(!!flags.json)));
+
+program
+  .command('doctor')
+  .description('show compilers, GPU, cache location and the native addon')
+  .option('--json', 'print one JSON object as the last line of output')
+  .action(async (flags) => doctorCommand(makeOutput(!!flags.json)));
+
+program
+  .command('bench <name>')
+  .description(`run a benchmark report (${BENCH_NAMES.join(', ')}) and write bench/out/<name>.{json,svg}`)
+  .option('--quick', 'a reduced grid (under a minute on 2 cores)')
+  .option('--json', 'print one JSON object as the last line of stdout (the table goes to stderr)')
+  .action(async (name: string, flags) => benchCommand(name, flags, makeOutput(!!flags.json)));
+
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  const code = (error as { code?: string }).code;
+  if (code === 'commander.helpDisplayed' || code === 'commander.version') process.exit(0);
+  if (code?.startsWith('commander.')) process.exit(EXIT_USER);
+  const { message, exitCode } = describeError(error);
+  process.stderr.write(message.endsWith('\n') ? message : message + '\n');
+  process.exit(exitCode);
+}

@@ -1,0 +1,127 @@
+// KernelSpec + build target (+ tuning) → KernelPlan: everything the renderer and the builder
+// need, as plain data. The plan predicts each kernel's launch geometry and shared memory; the
+// build checks the compiled result against it.
+
+import { ARCHS, type Arch, type BuildTarget, type DType, type KernelSpec, type Target } from '../dsl/spec.ts';
+import { canonicalJson, compilerFingerprint, sha256 } from './cache-key.ts';
+import type { Toolchain } from './toolchain.ts';
+
+export type Sanitizer = 'none' | 'address' | 'thread';
+
+export interface KernelLaunchPlan {
+  readonly kernel: string;
+  /** Human-readable grid, e.g. "rows × kvHeads". */
+  readonly grid: string;
+  readonly threadsPerBlock: number;
+  /** Dynamic shared memory per block, bytes (static shared memory is planned as 0). */
+  readonly smemBytes: number;
+  /** Register budget per thread; more means fewer resident blocks than planned. */
+  readonly maxRegisters: number;
+}
+
+export interface KernelPlan {
+  /** Readable and machine-independent: name, target and a hash of spec, archs, tunables, compiler. */
+  readonly key: string;
+  /** The cache folder: the key plus a hash of the toolchain (compiler versions, host CPU for cpu). */
+  readonly buildId: string;
+  readonly name: string;
+  readonly target: BuildTarget;
+  readonly archs: readonly Arch[];
+  readonly sanitize: Sanitizer;
+  readonly spec: KernelSpec;
+  readonly tunables: Readonly<Record<string, number>>;
+  /** Whether the module has a phase-1 (shared-run) kernel; without one, contexts carry no runs. */
+  readonly phase1: boolean;
+  readonly kernels: readonly KernelLaunchPlan[];
+  readonly compilerVersion: string;
+}
+
+export interface PlanOptions {
+  readonly target: BuildTarget;
+  /** GPU archs for the cuda target; default: the spec's arch targets. */
+  readonly archs?: readonly Arch[];
+  readonly sanitize?: Sanitizer;
+  /** Tunable overrides (autotuner results); default: each tunable's default. */
+  readonly tunables?: Readonly<Record<string, number>>;
+}
+
+export class PlanError extends Error {
+  override name = 'PlanError';
+}
+
+const DTYPE_BYTES: Record<DType, number> = { f16: 2, bf16: 2, f32: 4 };
+
+/** Mirrors SequenceFirstPlan<Cfg> in templates/include/chunkattn/decode_sequence_first.cuh. */
+function sequenceFirstLaunch(spec: KernelSpec): KernelLaunchPlan {
+  const group = spec.heads.q / spec.heads.kv;
+  const tile = Math.min(spec.chunkSize, 32);
+  const kvTile = tile * spec.headDim * DTYPE_BYTES[spec.dtype.kv];
+  const smemBytes = 2 * kvTile + 2 * group * spec.headDim * 4 + group * tile * 4 + group * 8 + group * 8;
+  return {
+    kernel: 'decode_sequence_first',
+    grid: 'rows × kvHeads',
+    threadsPerBlock: 128,
+    smemBytes,
+    maxRegisters: 128,
+  };
+}
+
+/** Which build targets a spec's `targets` list asks for, in a stable order. */
+export function buildTargetsOf(targets: readonly Target[]): BuildTarget[] {
+  const out: BuildTarget[] = [];
+  if (targets.some((t) => (ARCHS as readonly string[]).includes(t))) out.push('cuda');
+  if (targets.includes('emu')) out.push('emu');
+  if (targets.includes('cpu')) out.push('cpu');
+  return out;
+}
+
+/** The toolchain facts a target's bytes depend on (they enter the cache key). */
+export function toolchainIdentity(target: BuildTarget, toolchain: Toolchain): string {
+  const gxx = toolchain.gxx?.version ?? 'no g++';
+  if (target === 'cuda') return `${toolchain.nvcc?.version ?? 'no nvcc'} / ${gxx}`;
+  if (target === 'cpu') return `${gxx} / ${toolchain.hostCpu}`;
+  return gxx;
+}
+
+export function plan(spec: KernelSpec, options: PlanOptions, toolchain: Toolchain): KernelPlan {
+  const { target } = options;
+  const sanitize = options.sanitize ?? 'none';
+  const specArchs = spec.targets.filter((t): t is Arch => (ARCHS as readonly string[]).includes(t));
+  const archs = target === 'cuda' ? [...(options.archs ?? specArchs)] : [];
+  if (target === 'cuda' && archs.length === 0)
+    throw new PlanError(`spec "${spec.name}": the cuda target needs at least one arch (e.g. --arch sm_80)`);
+  if (target !== 'cpu' && (spec.dtype.q === 'f32' || spec.dtype.kv === 'f32' || spec.dtype.out === 'f32'))
+    throw new PlanError(`spec "${spec.name}": f32 tensors are supported by the cpu target only, not ${target}`);
+  if (sanitize !== 'none' && target !== 'emu')
+    throw new PlanError(`sanitizer builds exist for the emu target only (asked: ${target})`);
+
+  const tunables: Record<string, number> = {};
+  for (const t of spec.tunables) {
+    const value = options.tunables?.[t.name] ?? t.default;
+    if (!t.values.includes(value))
+      throw new PlanError(`tunable ${t.name}: ${value} is not one of ${t.values.join(', ')}`);
+    tunables[t.name] = value;
+  }
+  for (const name of Object.keys(options.tunables ?? {}))
+    if (!spec.tunables.some((t) => t.name === name)) throw new PlanError(`unknown tunable ${name}`);
+
+  const phase1 = target === 'cpu';
+  const kernels = target === 'cpu' ? [] : [sequenceFirstLaunch(spec)];
+  const compilerVersion = compilerFingerprint();
+  const hash = sha256(canonicalJson({ spec, target, archs, sanitize, tunables, compilerVersion })).slice(0, 16);
+  const suffix = sanitize === 'none' ? target : `${target}-${sanitize}`;
+  const key = `${spec.name}-${suffix}-${hash}`;
+  return {
+    key,
+    buildId: `${key}.${sha256(toolchainIdentity(target, toolchain)).slice(0, 8)}`,
+    name: spec.name,
+    target,
+    archs,
+    sanitize,
+    spec,
+    tunables,
+    phase1,
+    kernels,
+    compilerVersion,
+  };
+}

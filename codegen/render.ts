@@ -1,0 +1,78 @@
+// KernelPlan → source text, through handlebars. Templates only instantiate: constants, the
+// variant functions and the ABI one-liners; the kernels themselves live in templates/include.
+
+import { readdirSync, readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import Handlebars from 'handlebars';
+import type { DType } from '../dsl/spec.ts';
+import { TEMPLATES_DIR } from './cache-key.ts';
+import type { KernelPlan } from './plan.ts';
+
+export interface RenderedModule {
+  /** File name inside the module folder: kernel.cu (cuda, emu) or kernel.cpp (cpu). */
+  readonly fileName: string;
+  readonly source: string;
+}
+
+const CUDA_TYPES: Record<DType, string> = { f16: 'ca::f16', bf16: 'ca::bf16', f32: 'float' };
+const CPU_TYPES: Record<DType, string> = { f16: 'ca::cpu::f16', bf16: 'ca::cpu::bf16', f32: 'float' };
+
+let engine: typeof Handlebars | undefined;
+const compiled = new Map<string, Handlebars.TemplateDelegate>();
+
+function template(name: string): Handlebars.TemplateDelegate {
+  if (!engine) {
+    engine = Handlebars.create();
+    const partials = join(TEMPLATES_DIR, 'partials');
+    for (const file of readdirSync(partials))
+      engine.registerPartial(basename(file, '.hbs'), readFileSync(join(partials, file), 'utf8'));
+  }
+  let fn = compiled.get(name);
+  if (!fn) {
+    // noEscape: this is C++, not HTML; strict: a missing field is an error, never empty text.
+    fn = engine.compile(readFileSync(join(TEMPLATES_DIR, name), 'utf8'), { noEscape: true, strict: true });
+    compiled.set(name, fn);
+  }
+  return fn;
+}
+
+/** The JSON ca_info() returns: what the addon needs to validate calls without the spec. */
+export function moduleInfo(plan: KernelPlan): Record<string, unknown> {
+  const { spec } = plan;
+  return {
+    abi: 1,
+    name: spec.name,
+    key: plan.key,
+    target: plan.target,
+    archs: plan.archs,
+    qHeads: spec.heads.q,
+    kvHeads: spec.heads.kv,
+    headDim: spec.headDim,
+    chunkSize: spec.chunkSize,
+    dtype: spec.dtype,
+    numParams: spec.params.length,
+    phase1: plan.phase1,
+    sanitize: plan.sanitize,
+    compilerVersion: plan.compilerVersion,
+  };
+}
+
+export function render(plan: KernelPlan): RenderedModule {
+  const isCpu = plan.target === 'cpu';
+  const types = isCpu ? CPU_TYPES : CUDA_TYPES;
+  const infoJson = JSON.stringify(moduleInfo(plan));
+  const context = {
+    compilerVersion: plan.compilerVersion,
+    key: plan.key,
+    target: plan.target,
+    archs: plan.archs,
+    spec: plan.spec,
+    targetMacro: plan.target.toUpperCase(),
+    types: { q: types[plan.spec.dtype.q], kv: types[plan.spec.dtype.kv], out: types[plan.spec.dtype.out] },
+    infoJsonOpen: infoJson.slice(0, -1),
+    infoComputed: isCpu ? [] : [{ name: 'smemBytes', expr: 'ca::SequenceFirstPlan<Cfg>::kSmemBytes' }],
+  };
+  return isCpu
+    ? { fileName: 'kernel.cpp', source: template('module_cpu.cpp.hbs')(context) }
+    : { fileName: 'kernel.cu', source: template('module_cuda.cu.hbs')(context) };
+}

@@ -1,0 +1,474 @@
+// `attention({...})`: validates a user's description and normalizes it into a KernelSpec: plain,
+// deep-frozen, JSON-serializable data. Every field error is a DslError whose message starts with
+// the field path and says what is allowed: `heads.kv: 5 does not divide heads.q: 32; allowed: ...`.
+
+import { callSiteFromStack, captureStack, displayPath } from './call-site.ts';
+import { DslError } from './errors.ts';
+import {
+  CHUNK_SIZES,
+  type ChunkSize,
+  DTYPES,
+  type DType,
+  HEAD_DIMS,
+  type HeadDim,
+  type KernelSpec,
+  PARTITIONS,
+  type ParamSpec,
+  type Partition,
+  type Pos,
+  type SourceLoc,
+  TARGETS,
+  type Target,
+  type TunableSpec,
+  type VariantFn,
+} from './spec.ts';
+import { translateVariant } from './translate.ts';
+
+/** The named scalar parameters as score/mask functions see them. */
+export type ParamValues<P> = { readonly [K in keyof P]: number };
+
+export interface AttentionInput<P extends Record<string, number> = Record<never, number>> {
+  /** Identifier-like: a letter, then letters, digits, `_` or `-`. */
+  readonly name: string;
+  /** Query and KV heads; `q % kv == 0` (MHA, GQA, MQA). */
+  readonly heads: { readonly q: number; readonly kv: number };
+  readonly headDim: HeadDim;
+  /** One dtype for q, kv and out, or each separately. f32 only when every target is `cpu`. */
+  readonly dtype: DType | { readonly q: DType; readonly kv: DType; readonly out: DType };
+  /** Tokens per KV chunk (default 64). */
+  readonly chunkSize?: ChunkSize;
+  /** Default `two-phase`. */
+  readonly partition?: Partition;
+  /** Default 1/√headDim. */
+  readonly softmaxScale?: number;
+  /** Named scalar parameters and their defaults, passed to the kernel at run time. */
+  readonly params?: P;
+  /** Rewrites a score (already scaled). Translated to C++: see the DSL docs for what is allowed. */
+  readonly scoreMod?: (score: number, pos: Pos, params: ParamValues<P>) => number;
+  /** `true` keeps the (query, key) pair. Evaluated before any score function. */
+  readonly mask?: (pos: Pos, params: ParamValues<P>) => boolean;
+  /** Tuning knobs: candidate values and the default. */
+  readonly tunables?: Readonly<
+    Record<string, { readonly values: readonly number[]; readonly default: number }>
+  >;
+  /** Default ['sm_80', 'sm_90a', 'cpu']. */
+  readonly targets?: readonly Target[];
+}
+
+export const DEFAULT_TARGETS: readonly Target[] = ['sm_80', 'sm_90a', 'cpu'];
+export const DEFAULT_CHUNK_SIZE: ChunkSize = 64;
+export const DEFAULT_PARTITION: Partition = 'two-phase';
+
+const FIELDS = [
+  'name',
+  'heads',
+  'headDim',
+  'dtype',
+  'chunkSize',
+  'partition',
+  'softmaxScale',
+  'params',
+  'scoreMod',
+  'mask',
+  'tunables',
+  'targets',
+] as const;
+
+const NAME_RE = /^[A-Za-z][A-Za-z0-9_-]*$/;
+const IDENT_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** Brand of specs made by `attention()`: a non-enumerable, registry-wide symbol, invisible to JSON. */
+const BRAND = Symbol.for('chunkattn.KernelSpec');
+
+/** True for specs made by `attention()` or `withOverrides()` (in any copy of this module). */
+export function isKernelSpec(value: unknown): value is KernelSpec {
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[BRAND] === true;
+}
+
+/** Describes an attention kernel. Throws DslError on any invalid field or unsupported function. */
+export function attention<P extends Record<string, number> = Record<never, number>>(
+  input: AttentionInput<P>,
+): KernelSpec {
+  return buildSpec(input, new Context(captureStack()));
+}
+
+// ── validation ───────────────────────────────────────────────────────────────
+
+class Context {
+  private site: SourceLoc | null | undefined;
+  constructor(readonly stack: string | undefined) {}
+
+  /** The `attention()` call site, for field errors (only when its position is known exactly). */
+  loc(): SourceLoc | undefined {
+    if (this.site === undefined) {
+      const site = this.stack === undefined ? undefined : callSiteFromStack(this.stack);
+      this.site = site?.exact ? { file: displayPath(site.file), line: site.line, column: site.column } : null;
+    }
+    return this.site ?? undefined;
+  }
+
+  fail(path: string, message: string, allowed?: string): never {
+    const loc = this.loc();
+    throw new DslError(`${path}: ${message}${allowed ? `; allowed: ${allowed}` : ''}`, {
+      path,
+      ...(loc ? { loc } : {}),
+      ...(allowed ? { allowed } : {}),
+    });
+  }
+}
+
+/** A value as written in messages: strings quoted, arrays bracketed, functions and objects named. */
+export function show(value: unknown): string {
+  if (typeof value === 'string') return `'${value}'`;
+  if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint')
+    return String(value);
+  if (value === undefined) return 'undefined';
+  if (value === null) return 'null';
+  if (typeof value === 'function') return 'a function';
+  if (Array.isArray(value)) return `[${value.map(show).join(', ')}]`;
+  return 'an object';
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let diagonal = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const above = row[j]!;
+      row[j] = Math.min(above + 1, row[j - 1]! + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diagonal = above;
+    }
+  }
+  return row[b.length]!;
+}
+
+function checkKnownFields(
+  ctx: Context,
+  object: Record<string, unknown>,
+  known: readonly string[],
+  prefix: string,
+) {
+  for (const key of Object.keys(object)) {
+    if (known.includes(key)) continue;
+    const close = known.find(
+      (k) => k.toLowerCase() === key.toLowerCase() || editDistance(k.toLowerCase(), key.toLowerCase()) <= 2,
+    );
+    ctx.fail(`${prefix}${key}`, `unknown field${close ? ` (did you mean ${close}?)` : ''}`, known.join(', '));
+  }
+}
+
+function requireField(
+  ctx: Context,
+  object: Record<string, unknown>,
+  key: string,
+  path: string,
+  allowed: string,
+) {
+  if (object[key] === undefined) ctx.fail(path, 'missing', allowed);
+  return object[key];
+}
+
+function oneOf<T extends string | number>(
+  ctx: Context,
+  value: unknown,
+  allowed: readonly T[],
+  path: string,
+  what: string,
+): T {
+  if (!(allowed as readonly unknown[]).includes(value)) {
+    ctx.fail(
+      path,
+      typeof value === 'number' ? `${show(value)} is not supported` : `${show(value)} is not ${what}`,
+      allowed.join(', '),
+    );
+  }
+  return value as T;
+}
+
+function positiveInteger(ctx: Context, value: unknown, path: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) {
+    ctx.fail(path, `${show(value)} is not a positive integer`, 'a positive integer');
+  }
+  return value;
+}
+
+function finiteNumber(ctx: Context, value: unknown, path: string): number {
+  if (typeof value !== 'number' || !Number.isFinite(value))
+    ctx.fail(path, `${show(value)} is not a finite number`, 'a finite number');
+  return value;
+}
+
+interface Translated {
+  readonly scoreMod: VariantFn | null;
+  readonly mask: VariantFn | null;
+}
+
+/** Validates and normalizes; `translated` reuses already-translated functions (withOverrides). */
+function buildSpec(input: unknown, ctx: Context, translated?: Translated): KernelSpec {
+  if (!isPlainObject(input)) {
+    ctx.fail(
+      'attention',
+      `expected an object { name, heads, headDim, dtype, ... }, got ${show(input)}`,
+      FIELDS.join(', '),
+    );
+  }
+  checkKnownFields(ctx, input, FIELDS, '');
+
+  const name = requireField(ctx, input, 'name', 'name', 'a letter, then letters, digits, _ or -');
+  if (typeof name !== 'string' || !NAME_RE.test(name)) {
+    ctx.fail('name', `${show(name)} is not a valid name`, 'a letter, then letters, digits, _ or -');
+  }
+
+  const headsInput = requireField(ctx, input, 'heads', 'heads', '{ q, kv } with q % kv == 0');
+  if (!isPlainObject(headsInput))
+    ctx.fail('heads', `expected { q, kv }, got ${show(headsInput)}`, '{ q, kv } with q % kv == 0');
+  checkKnownFields(ctx, headsInput, ['q', 'kv'], 'heads.');
+  const q = positiveInteger(
+    ctx,
+    requireField(ctx, headsInput, 'q', 'heads.q', 'a positive integer'),
+    'heads.q',
+  );
+  const kv = positiveInteger(
+    ctx,
+    requireField(ctx, headsInput, 'kv', 'heads.kv', 'a divisor of heads.q'),
+    'heads.kv',
+  );
+  if (q % kv !== 0) {
+    const divisors = Array.from({ length: q }, (_, i) => i + 1).filter((d) => q % d === 0);
+    ctx.fail('heads.kv', `${kv} does not divide heads.q: ${q}`, divisors.join(', '));
+  }
+
+  const headDim = oneOf(
+    ctx,
+    requireField(ctx, input, 'headDim', 'headDim', HEAD_DIMS.join(', ')),
+    HEAD_DIMS,
+    'headDim',
+    'a head dim',
+  );
+
+  const targets = validateTargets(ctx, input['targets']);
+  const dtype = validateDtype(ctx, requireField(ctx, input, 'dtype', 'dtype', DTYPES.join(', ')), targets);
+
+  const chunkSize =
+    input['chunkSize'] === undefined
+      ? DEFAULT_CHUNK_SIZE
+      : oneOf(ctx, input['chunkSize'], CHUNK_SIZES, 'chunkSize', 'a chunk size');
+  const partition =
+    input['partition'] === undefined
+      ? DEFAULT_PARTITION
+      : oneOf(ctx, input['partition'], PARTITIONS, 'partition', 'a partition');
+
+  let softmaxScale = 1 / Math.sqrt(headDim);
+  if (input['softmaxScale'] !== undefined) {
+    const s = input['softmaxScale'];
+    if (typeof s !== 'number' || !Number.isFinite(s) || s <= 0) {
+      ctx.fail(
+        'softmaxScale',
+        `${show(s)} is not a finite number > 0`,
+        `a finite number > 0 (default 1/√headDim = ${softmaxScale})`,
+      );
+    }
+    softmaxScale = s;
+  }
+
+  const params = validateParams(ctx, input['params']);
+  const tunables = validateTunables(ctx, input['tunables']);
+
+  let scoreMod: VariantFn | null;
+  let mask: VariantFn | null;
+  if (translated) {
+    ({ scoreMod, mask } = translated);
+  } else {
+    scoreMod = validateFunction(ctx, input['scoreMod'], 'scoreMod', '(score, pos, params) => number', params);
+    mask = validateFunction(ctx, input['mask'], 'mask', '(pos, params) => boolean', params);
+  }
+
+  const spec: KernelSpec = {
+    name,
+    heads: { q, kv },
+    headDim,
+    dtype,
+    chunkSize,
+    partition,
+    softmaxScale,
+    params,
+    scoreMod,
+    mask,
+    tunables,
+    targets,
+  };
+  Object.defineProperty(spec, BRAND, { value: true, enumerable: false });
+  return deepFreeze(spec);
+}
+
+function validateTargets(ctx: Context, value: unknown): readonly Target[] {
+  if (value === undefined) return [...DEFAULT_TARGETS];
+  const allowed = TARGETS.join(', ');
+  if (!Array.isArray(value)) ctx.fail('targets', `expected an array of targets, got ${show(value)}`, allowed);
+  if (value.length === 0) ctx.fail('targets', 'must not be empty', allowed);
+  const seen = new Set<unknown>();
+  value.forEach((t, i) => {
+    oneOf(ctx, t, TARGETS, `targets[${i}]`, 'a target');
+    if (seen.has(t)) ctx.fail(`targets[${i}]`, `duplicate ${show(t)}`, allowed);
+    seen.add(t);
+  });
+  return [...(value as Target[])];
+}
+
+function validateDtype(ctx: Context, value: unknown, targets: readonly Target[]): KernelSpec['dtype'] {
+  const check = (v: unknown, path: string): DType => {
+    const dtype = oneOf(ctx, v, DTYPES, path, 'a dtype');
+    if (dtype === 'f32' && targets.some((t) => t !== 'cpu')) {
+      const gpu = targets.filter((t) => t !== 'cpu');
+      ctx.fail(
+        path,
+        `'f32' needs every target to be cpu, but targets include ${gpu.join(', ')}`,
+        `f16, bf16 (or f32 with targets: ['cpu'])`,
+      );
+    }
+    return dtype;
+  };
+  if (typeof value === 'string') {
+    const dtype = check(value, 'dtype');
+    return { q: dtype, kv: dtype, out: dtype };
+  }
+  if (!isPlainObject(value))
+    ctx.fail('dtype', `expected a dtype or { q, kv, out }, got ${show(value)}`, DTYPES.join(', '));
+  checkKnownFields(ctx, value, ['q', 'kv', 'out'], 'dtype.');
+  const field = (key: string) =>
+    check(requireField(ctx, value, key, `dtype.${key}`, DTYPES.join(', ')), `dtype.${key}`);
+  return { q: field('q'), kv: field('kv'), out: field('out') };
+}
+
+function validateParams(ctx: Context, value: unknown): readonly ParamSpec[] {
+  if (value === undefined) return [];
+  if (!isPlainObject(value)) {
+    ctx.fail(
+      'params',
+      `expected an object of name: default value, got ${show(value)}`,
+      '{ softcap: 50, window: 4096 }',
+    );
+  }
+  return Object.entries(value).map(([name, v]) => {
+    if (!IDENT_RE.test(name)) {
+      ctx.fail(
+        `params.${name}`,
+        `${show(name)} is not an identifier`,
+        'a letter or _, then letters, digits or _',
+      );
+    }
+    return { name, default: finiteNumber(ctx, v, `params.${name}`) };
+  });
+}
+
+function validateTunables(ctx: Context, value: unknown): readonly TunableSpec[] {
+  if (value === undefined) return [];
+  if (!isPlainObject(value)) {
+    ctx.fail(
+      'tunables',
+      `expected an object of name: { values, default }, got ${show(value)}`,
+      '{ blockN: { values: [32, 64], default: 64 } }',
+    );
+  }
+  return Object.entries(value).map(([name, t]) => {
+    const path = `tunables.${name}`;
+    if (!IDENT_RE.test(name))
+      ctx.fail(path, `${show(name)} is not an identifier`, 'a letter or _, then letters, digits or _');
+    if (!isPlainObject(t))
+      ctx.fail(path, `expected { values, default }, got ${show(t)}`, '{ values: [32, 64], default: 64 }');
+    checkKnownFields(ctx, t, ['values', 'default'], `${path}.`);
+    const values = t['values'];
+    if (!Array.isArray(values) || values.length === 0) {
+      ctx.fail(
+        `${path}.values`,
+        `${show(values)} is not a non-empty array of finite numbers`,
+        'e.g. [32, 64, 128]',
+      );
+    }
+    const seen = new Set<number>();
+    values.forEach((v, i) => {
+      finiteNumber(ctx, v, `${path}.values[${i}]`);
+      if (seen.has(v)) ctx.fail(`${path}.values[${i}]`, `duplicate ${show(v)}`, 'distinct values');
+      seen.add(v);
+    });
+    const allowed = values.join(', ');
+    const d = requireField(ctx, t, 'default', `${path}.default`, `one of ${allowed}`);
+    if (!values.includes(d)) ctx.fail(`${path}.default`, `${show(d)} is not among values`, allowed);
+    return { name, values: [...(values as number[])], default: d as number };
+  });
+}
+
+function validateFunction(
+  ctx: Context,
+  value: unknown,
+  kind: 'scoreMod' | 'mask',
+  shape: string,
+  params: readonly ParamSpec[],
+): VariantFn | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value !== 'function')
+    ctx.fail(kind, `expected a function ${shape}, got ${show(value)}`, `a function ${shape}`);
+  return translateVariant(kind, value as (...args: never[]) => unknown, ctx.stack, params);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    for (const key of Object.keys(value)) deepFreeze((value as Record<string, unknown>)[key]);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+// ── overrides ────────────────────────────────────────────────────────────────
+
+/** What the CLI can change on a loaded spec (`--head-dim 64 --arch sm_89 --dtype bf16`). */
+export interface SpecOverrides {
+  readonly headDim?: number;
+  readonly chunkSize?: number;
+  readonly targets?: readonly string[];
+  readonly dtype?: DType | string | { readonly q?: string; readonly kv?: string; readonly out?: string };
+}
+
+/**
+ * A new spec with `overrides` applied and everything validated again. A softmax scale equal to the
+ * old default 1/√headDim follows a new headDim; an explicit one is kept.
+ */
+export function withOverrides(spec: KernelSpec, overrides: SpecOverrides): KernelSpec {
+  const ctx: Context = new Context(undefined);
+  const given: unknown = overrides;
+  if (!isPlainObject(given))
+    ctx.fail('overrides', `expected an object, got ${show(overrides)}`, 'headDim, chunkSize, targets, dtype');
+  checkKnownFields(ctx, given, ['headDim', 'chunkSize', 'targets', 'dtype'], '');
+  let dtype: unknown = spec.dtype;
+  const o = overrides.dtype;
+  if (typeof o === 'string') dtype = o;
+  else if (o !== undefined) {
+    if (!isPlainObject(o))
+      ctx.fail('dtype', `expected a dtype or { q, kv, out }, got ${show(o)}`, DTYPES.join(', '));
+    dtype = { ...spec.dtype, ...o };
+  }
+  const scaleWasDefault = spec.softmaxScale === 1 / Math.sqrt(spec.headDim);
+  const input = {
+    name: spec.name,
+    heads: { ...spec.heads },
+    headDim: overrides.headDim ?? spec.headDim,
+    dtype,
+    chunkSize: overrides.chunkSize ?? spec.chunkSize,
+    partition: spec.partition,
+    ...(scaleWasDefault ? {} : { softmaxScale: spec.softmaxScale }),
+    params: Object.fromEntries(spec.params.map((p) => [p.name, p.default])),
+    tunables: Object.fromEntries(
+      spec.tunables.map((t) => [t.name, { values: [...t.values], default: t.default }]),
+    ),
+    targets: overrides.targets ? [...overrides.targets] : [...spec.targets],
+  };
+  const copy = (fn: VariantFn | null | undefined): VariantFn | null => (fn ? structuredClone(fn) : null);
+  return buildSpec(input, ctx, { scoreMod: copy(spec.scoreMod), mask: copy(spec.mask) });
+}

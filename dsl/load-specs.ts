@@ -1,0 +1,60 @@
+// Loads the KernelSpecs a .ts file exports: the default export, named exports, and arrays of specs.
+// The file is imported with tsx's `tsImport`, so this works from plain node as well as under tsx.
+
+import { existsSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { isKernelSpec, type SpecOverrides, withOverrides } from './attention.ts';
+import { displayPath } from './call-site.ts';
+import { DslError } from './errors.ts';
+import type { KernelSpec } from './spec.ts';
+
+function collect(value: unknown, out: KernelSpec[], depth: number): void {
+  if (isKernelSpec(value)) out.push(value);
+  else if (Array.isArray(value) && depth < 4) for (const item of value) collect(item, out, depth + 1);
+}
+
+/**
+ * Every KernelSpec `file` exports (default first, then named exports in name order), each with
+ * `overrides` applied. The same spec exported twice counts once; two different specs with one
+ * name are an error.
+ */
+export async function loadSpecs(file: string, overrides?: SpecOverrides): Promise<KernelSpec[]> {
+  const path = resolve(file);
+  const shown = displayPath(path);
+  if (!existsSync(path) || !statSync(path).isFile()) {
+    throw new DslError(`${shown}: no such file`, {
+      path: 'file',
+      allowed: 'a .ts file that exports attention({...}) specs',
+    });
+  }
+  const { tsImport } = await import('tsx/esm/api');
+  const module = (await tsImport(pathToFileURL(path).href, import.meta.url)) as Record<string, unknown>;
+  const found: KernelSpec[] = [];
+  if ('default' in module) collect(module['default'], found, 0);
+  for (const key of Object.keys(module).sort()) if (key !== 'default') collect(module[key], found, 0);
+
+  const specs: KernelSpec[] = [];
+  const byName = new Map<string, string>();
+  for (const spec of found) {
+    if (specs.includes(spec)) continue;
+    const json = JSON.stringify(spec);
+    const seen = byName.get(spec.name);
+    if (seen === json) continue;
+    if (seen !== undefined) {
+      throw new DslError(`${shown}: two different specs are named '${spec.name}'`, {
+        path: 'name',
+        allowed: 'one spec per name',
+      });
+    }
+    byName.set(spec.name, json);
+    specs.push(spec);
+  }
+  if (specs.length === 0) {
+    throw new DslError(`${shown}: exports no KernelSpec`, {
+      path: 'file',
+      allowed: 'export default attention({...}), named exports of specs, or arrays of specs',
+    });
+  }
+  return overrides ? specs.map((s) => withOverrides(s, overrides)) : specs;
+}

@@ -1,0 +1,402 @@
+// The native addon (runtime/native) behind a typed API: load a compiled kernel module (a .so that
+// exports the C ABI of templates/include/chunkattn/abi.h), allocate one layer's KV pools through
+// it, scatter K/V, copy chunks, run decode.
+//
+// The addon validates every argument before it touches memory and throws errors with a stable
+// `code`; this wrapper turns them into the typed errors of ./errors.ts (the `code` stays on the
+// typed error):
+//
+//   ShapeError     ERR_CA_SHAPE (a length / layout), ERR_CA_DTYPE (wrong typed-array kind)
+//   ArgumentError  ERR_CA_TYPE (not a number / not a pool), ERR_CA_RANGE (an index or count out of
+//                  range), ERR_CA_CONTEXT (an inconsistent kernel context), ERR_CA_FREED (a freed
+//                  pool), ERR_CA_FOREIGN (another module's pool), ERR_CA_UNSUPPORTED (runs given
+//                  to a module without phase 1), ERR_CA_INVALID (the module itself rejected a call)
+//   ModuleError    ERR_CA_LOAD, ERR_CA_ABI, ERR_CA_SYMBOL, ERR_CA_INFO, ERR_CA_ADDON (addon not built)
+//   KernelError    ERR_CA_KERNEL (emu shim diagnostic), ERR_CA_DEVICE (CUDA error),
+//                  ERR_CA_NO_MEMORY, ERR_CA_STATUS — with .kernel / .location parsed from the
+//                  module's ca_last_error() text when it names them
+//
+// Host arrays: f32 data is a Float32Array, f16/bf16 data a Uint16Array of raw bits; indices are
+// Int32Array. On cpu/emu modules they are handed to the kernels as they are (no copies); on cuda
+// modules q/out and the context are staged through device buffers kept per module (the context is
+// uploaded again only when contextVersion changes or its contents differ from the last upload).
+
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { ArgumentError, type ChunkattnError, KernelError, ModuleError, ShapeError } from './errors.ts';
+import { NATIVE_ADDON_PATH } from './native-status.ts';
+
+export type ModuleTarget = 'cpu' | 'emu' | 'cuda';
+export type ModuleDType = 'f16' | 'bf16' | 'f32';
+
+/** What a module says about itself (its ca_info() JSON). */
+export interface ModuleInfo {
+  readonly abi: number;
+  readonly name: string;
+  /** Cache key / spec hash of the build ('' when the module does not say). */
+  readonly key: string;
+  readonly target: ModuleTarget;
+  readonly archs: readonly string[];
+  readonly qHeads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly chunkSize: number;
+  readonly dtype: { readonly q: ModuleDType; readonly kv: ModuleDType; readonly out: ModuleDType };
+  readonly numParams: number;
+  /** Whether the module has a phase-1 kernel (accepts shared runs). */
+  readonly phase1: boolean;
+  /** The whole ca_info() document, including fields not listed above. */
+  readonly raw: Readonly<Record<string, unknown>>;
+}
+
+/** f32 data: Float32Array; f16/bf16 data: Uint16Array of raw bits. */
+export type HostData = Float32Array | Uint16Array;
+
+/** The kernel context arrays (runtime/kernel-context.ts builds them), as CaDecodeParams takes them. */
+export interface DecodeContextArrays {
+  readonly rowSeq: Int32Array;
+  readonly rowLength: Int32Array;
+  readonly rowChunkOffsets: Int32Array;
+  readonly rowChunkSlots: Int32Array;
+  readonly rowSharedChunks: Int32Array;
+  readonly rowPartialOffsets: Int32Array;
+  readonly rowPartials: Int32Array;
+  /** numRuns × 6: chunkBegin, numChunks, kvBegin, rowBegin, rowEnd, partialBegin. */
+  readonly runs: Int32Array;
+  readonly runSlots: Int32Array;
+  readonly numPartials: number;
+}
+
+export interface DecodeArgs extends DecodeContextArrays {
+  /** [numIoRows, qHeads, headDim] in dtype.q. */
+  readonly q: HostData;
+  /** [numIoRows, qHeads, headDim] in dtype.out; io rows that no row maps to are left untouched. */
+  readonly out: HostData;
+  readonly numIoRows: number;
+  /** [numRows] io row (index into q/out) of each DFS row; injective. */
+  readonly rowIo: Int32Array;
+  /** The spec's scalar parameters, in order ([numParams]; may be omitted when there are none). */
+  readonly params?: Float32Array;
+  readonly softmaxScale: number;
+  /** cpu target: worker threads, 0 (default) = all cores. */
+  readonly numThreads?: number;
+  /** The context's version (KernelContext.version): cuda modules re-upload the context when it changes. */
+  readonly contextVersion?: number;
+}
+
+export type TrafficCategory = 'q' | 'kv' | 'partial' | 'out' | 'context';
+
+/** Bytes moved through global memory by kernels (counted on the emu target; zero elsewhere). */
+export interface KernelStats {
+  readonly bytesRead: Readonly<Record<TrafficCategory, number>>;
+  readonly bytesWritten: Readonly<Record<TrafficCategory, number>>;
+  readonly launches: number;
+}
+
+export type NativeErrorCode =
+  | 'ERR_CA_SHAPE'
+  | 'ERR_CA_DTYPE'
+  | 'ERR_CA_TYPE'
+  | 'ERR_CA_RANGE'
+  | 'ERR_CA_CONTEXT'
+  | 'ERR_CA_FREED'
+  | 'ERR_CA_FOREIGN'
+  | 'ERR_CA_UNSUPPORTED'
+  | 'ERR_CA_INVALID'
+  | 'ERR_CA_LOAD'
+  | 'ERR_CA_ABI'
+  | 'ERR_CA_SYMBOL'
+  | 'ERR_CA_INFO'
+  | 'ERR_CA_ADDON'
+  | 'ERR_CA_KERNEL'
+  | 'ERR_CA_DEVICE'
+  | 'ERR_CA_NO_MEMORY'
+  | 'ERR_CA_STATUS';
+
+/** Which typed error each addon code becomes. */
+export const NATIVE_ERROR_CLASSES: Readonly<
+  Record<NativeErrorCode, 'ShapeError' | 'ArgumentError' | 'ModuleError' | 'KernelError'>
+> = {
+  ERR_CA_SHAPE: 'ShapeError',
+  ERR_CA_DTYPE: 'ShapeError',
+  ERR_CA_TYPE: 'ArgumentError',
+  ERR_CA_RANGE: 'ArgumentError',
+  ERR_CA_CONTEXT: 'ArgumentError',
+  ERR_CA_FREED: 'ArgumentError',
+  ERR_CA_FOREIGN: 'ArgumentError',
+  ERR_CA_UNSUPPORTED: 'ArgumentError',
+  ERR_CA_INVALID: 'ArgumentError',
+  ERR_CA_LOAD: 'ModuleError',
+  ERR_CA_ABI: 'ModuleError',
+  ERR_CA_SYMBOL: 'ModuleError',
+  ERR_CA_INFO: 'ModuleError',
+  ERR_CA_ADDON: 'ModuleError',
+  ERR_CA_KERNEL: 'KernelError',
+  ERR_CA_DEVICE: 'KernelError',
+  ERR_CA_NO_MEMORY: 'KernelError',
+  ERR_CA_STATUS: 'KernelError',
+};
+
+/** A typed error that came from the addon: its stable code and, for module failures, the module's text. */
+export type NativeError = ChunkattnError & {
+  readonly code: NativeErrorCode;
+  readonly status?: number;
+  readonly moduleMessage?: string;
+};
+
+// --- the addon --------------------------------------------------------------------------------
+
+/** Opaque native handles. */
+type NativeHandle = object;
+
+interface NativeBuffers {
+  readonly k: NativeHandle;
+  readonly v: NativeHandle;
+  readonly bytes: number;
+}
+
+interface NativeAddon {
+  readonly abiVersion: number;
+  load(path: string): NativeHandle;
+  info(module: NativeHandle): Record<string, unknown>;
+  path(module: NativeHandle): string;
+  allocPool(module: NativeHandle, numSlots: number): NativeBuffers;
+  freePool(module: NativeHandle, pool: KvPool): void;
+  bufferState(buffer: NativeHandle): { bytes: number; freed: boolean };
+  writeKv(module: NativeHandle, pool: KvPool, slots: unknown, offsets: unknown, k: unknown, v: unknown): void;
+  copyChunk(module: NativeHandle, pool: KvPool, srcSlot: unknown, dstSlot: unknown, numTokens: unknown): void;
+  readPool(module: NativeHandle, pool: KvPool, slot: unknown): { k: HostData; v: HostData };
+  decode(module: NativeHandle, pool: KvPool, args: unknown): void;
+  workspaceBytes(module: NativeHandle, pool: KvPool, args: unknown): number;
+  stats(module: NativeHandle): KernelStats;
+  resetStats(module: NativeHandle): void;
+}
+
+let addon: NativeAddon | undefined;
+
+function withCode<E extends ChunkattnError>(error: E, code: NativeErrorCode): E {
+  Object.defineProperty(error, 'code', { value: code, enumerable: true });
+  return error;
+}
+
+/** The addon, loaded on first use. Throws ModuleError (ERR_CA_ADDON) when it is not built. */
+export function nativeAddon(): NativeAddon {
+  if (addon) return addon;
+  if (!existsSync(NATIVE_ADDON_PATH)) {
+    throw withCode(
+      new ModuleError(
+        `the chunkattn native addon is not built (${NATIVE_ADDON_PATH} is missing): run \`npm run install\` ` +
+          '(or `npm ci`, or `npm rebuild`) in the package root; it needs g++ and the Node headers in /usr/include/node',
+      ),
+      'ERR_CA_ADDON',
+    );
+  }
+  try {
+    addon = createRequire(import.meta.url)(NATIVE_ADDON_PATH) as NativeAddon;
+  } catch (error) {
+    throw withCode(
+      new ModuleError(
+        `cannot load the chunkattn native addon ${NATIVE_ADDON_PATH}: ${(error as Error).message}; ` +
+          'rebuild it with `npm run install`',
+      ),
+      'ERR_CA_ADDON',
+    );
+  }
+  return addon;
+}
+
+/** The C ABI version the addon speaks (CA_ABI_VERSION of abi.h when it was built). */
+export function nativeAbiVersion(): number {
+  return nativeAddon().abiVersion;
+}
+
+// --- errors -----------------------------------------------------------------------------------
+
+/**
+ * Kernel name and source location in a module's diagnostic, e.g. "phase2_kernel: block (1,0,0)
+ * thread (3,0,0): divergent __syncthreads: ... waits at templates/.../phase2.cuh:88:7, ..." →
+ * { kernel: 'phase2_kernel', location: 'templates/.../phase2.cuh:88:7' } (the first location named).
+ */
+export function parseKernelDiagnostic(text: string): { kernel?: string; location?: string } {
+  const result: { kernel?: string; location?: string } = {};
+  const location = /((?:[\w.+-]*\/)*[\w.+-]+\.(?:cuh|cu|cpp|cc|cxx|hpp|hh|h|c)):(\d+):(\d+)/.exec(text);
+  if (location) result.location = `${location[1]}:${location[2]}:${location[3]}`;
+  const kernel =
+    /\bkernel\s+[`'"]?([A-Za-z_]\w*)/.exec(text) ??
+    /^\s*([A-Za-z_]\w*)(?:<[^>]*>)?\s*:(?!\d)/.exec(text) ??
+    /\b([A-Za-z_]\w*_kernel\w*)\b/.exec(text) ??
+    /\bin\s+([A-Za-z_]\w*)\s*(?:<<<|\()/.exec(text);
+  if (kernel?.[1] && kernel[1] !== 'block' && kernel[1] !== 'thread') result.kernel = kernel[1];
+  return result;
+}
+
+/** Turns an addon error (one with an ERR_CA_* code) into its typed error; anything else is returned as is. */
+export function toTypedError(error: unknown): unknown {
+  if (!(error instanceof Error)) return error;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code !== 'string' || !Object.hasOwn(NATIVE_ERROR_CLASSES, code)) return error;
+  const nativeCode = code as NativeErrorCode;
+  const source = error as Error & { status?: number; moduleMessage?: string };
+  let typed: ChunkattnError;
+  switch (NATIVE_ERROR_CLASSES[nativeCode]) {
+    case 'ShapeError':
+      typed = new ShapeError(error.message);
+      break;
+    case 'ArgumentError':
+      typed = new ArgumentError(error.message);
+      break;
+    case 'ModuleError':
+      typed = new ModuleError(error.message);
+      break;
+    case 'KernelError': {
+      const { kernel, location } = parseKernelDiagnostic(source.moduleMessage ?? error.message);
+      typed = new KernelError(error.message, kernel, location);
+      break;
+    }
+  }
+  withCode(typed, nativeCode);
+  if (source.status !== undefined) Object.defineProperty(typed, 'status', { value: source.status, enumerable: true });
+  if (source.moduleMessage !== undefined) {
+    Object.defineProperty(typed, 'moduleMessage', { value: source.moduleMessage, enumerable: true });
+  }
+  return typed;
+}
+
+function call<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (error) {
+    throw toTypedError(error);
+  }
+}
+
+// --- pools and modules ------------------------------------------------------------------------
+
+/**
+ * One layer's K and V pools: [numSlots, kvHeads, chunkSize, headDim] in dtype.kv each, zeroed at
+ * allocation, in the module's memory (device memory on cuda). Free with NativeModule.free(); a pool
+ * that is dropped without free() is released when it is garbage-collected.
+ */
+export class KvPool {
+  /** @internal Use NativeModule.allocPool. */
+  constructor(
+    readonly module: NativeModule,
+    readonly numSlots: number,
+    readonly bytesPerSlot: number,
+    /** Native handle of the K region (read by the addon). */
+    readonly k: object,
+    /** Native handle of the V region (read by the addon). */
+    readonly v: object,
+  ) {}
+
+  /** Bytes of each of the two regions. */
+  get bytes(): number {
+    return this.numSlots * this.bytesPerSlot;
+  }
+
+  get freed(): boolean {
+    return call(() => nativeAddon().bufferState(this.k).freed || nativeAddon().bufferState(this.v).freed);
+  }
+}
+
+function normalizeInfo(raw: Record<string, unknown>): ModuleInfo {
+  const dtype = raw['dtype'] as { q: ModuleDType; kv: ModuleDType; out: ModuleDType };
+  const key = typeof raw['key'] === 'string' ? raw['key'] : typeof raw['specHash'] === 'string' ? raw['specHash'] : '';
+  return Object.freeze({
+    abi: raw['abi'] as number,
+    name: raw['name'] as string,
+    key,
+    target: raw['target'] as ModuleTarget,
+    archs: Object.freeze(Array.isArray(raw['archs']) ? [...(raw['archs'] as string[])] : []),
+    qHeads: raw['qHeads'] as number,
+    kvHeads: raw['kvHeads'] as number,
+    headDim: raw['headDim'] as number,
+    chunkSize: raw['chunkSize'] as number,
+    dtype: Object.freeze({ q: dtype.q, kv: dtype.kv, out: dtype.out }),
+    numParams: raw['numParams'] as number,
+    phase1: raw['phase1'] as boolean,
+    raw: Object.freeze(raw),
+  });
+}
+
+/** A loaded kernel module. The library stays mapped for the life of the process. */
+export class NativeModule {
+  readonly #handle: NativeHandle;
+  readonly info: ModuleInfo;
+  /** The path the module was loaded from (absolute). */
+  readonly path: string;
+
+  private constructor(handle: NativeHandle, path: string) {
+    this.#handle = handle;
+    this.path = path;
+    this.info = normalizeInfo(call(() => nativeAddon().info(handle)));
+  }
+
+  /**
+   * dlopens a module and checks it: ca_abi_version() == the addon's ABI, every ca_* symbol present,
+   * ca_info() well-formed. ModuleError on any failure (missing file, not a module, ABI mismatch,
+   * missing symbol, bad info).
+   */
+  static load(libraryPath: string): NativeModule {
+    if (typeof libraryPath !== 'string' || libraryPath.length === 0) {
+      throw withCode(new ModuleError(`module path must be a non-empty string, got ${String(libraryPath)}`), 'ERR_CA_LOAD');
+    }
+    const path = resolve(libraryPath);
+    const handle = call(() => nativeAddon().load(path));
+    return new NativeModule(handle, path);
+  }
+
+  /** Bytes of one slot of one pool: kvHeads × chunkSize × headDim × sizeof(dtype.kv). */
+  get bytesPerSlot(): number {
+    const { kvHeads, chunkSize, headDim, dtype } = this.info;
+    return kvHeads * chunkSize * headDim * (dtype.kv === 'f32' ? 4 : 2);
+  }
+
+  /** K and V pools of one layer, numSlots chunks each, zeroed. */
+  allocPool(numSlots: number): KvPool {
+    const buffers = call(() => nativeAddon().allocPool(this.#handle, numSlots));
+    return new KvPool(this, numSlots, buffers.bytes / numSlots, buffers.k, buffers.v);
+  }
+
+  /** Releases a pool's memory. Freeing twice (or using a freed pool) is an ArgumentError, never a crash. */
+  free(pool: KvPool): void {
+    call(() => nativeAddon().freePool(this.#handle, pool));
+  }
+
+  /**
+   * Scatters new tokens into the pool: token i goes to (slots[i], offsets[i]). k, v: [n, kvHeads,
+   * headDim], Float32Array or (when dtype.kv is f16/bf16) a Uint16Array of dtype.kv bits.
+   */
+  writeKv(pool: KvPool, slots: Int32Array, offsets: Int32Array, k: HostData, v: HostData): void {
+    call(() => nativeAddon().writeKv(this.#handle, pool, slots, offsets, k, v));
+  }
+
+  /** Copies the first numTokens tokens of slot srcSlot into slot dstSlot (K and V). */
+  copyChunk(pool: KvPool, srcSlot: number, dstSlot: number, numTokens: number): void {
+    call(() => nativeAddon().copyChunk(this.#handle, pool, srcSlot, dstSlot, numTokens));
+  }
+
+  /** One slot's K and V, [kvHeads, chunkSize, headDim] each, in dtype.kv (for tests and debugging). */
+  readPool(pool: KvPool, slot: number): { k: HostData; v: HostData } {
+    return call(() => nativeAddon().readPool(this.#handle, pool, slot));
+  }
+
+  /** Decode attention for one layer: writes out[rowIo[r]] for every DFS row r. */
+  decode(pool: KvPool, args: DecodeArgs): void {
+    call(() => nativeAddon().decode(this.#handle, pool, args));
+  }
+
+  /** The workspace this decode would need (validates args like decode). */
+  workspaceBytes(pool: KvPool, args: DecodeArgs): number {
+    return call(() => nativeAddon().workspaceBytes(this.#handle, pool, args));
+  }
+
+  stats(): KernelStats {
+    return call(() => nativeAddon().stats(this.#handle));
+  }
+
+  resetStats(): void {
+    call(() => nativeAddon().resetStats(this.#handle));
+  }
+}

@@ -1,0 +1,467 @@
+// addon.cc — the N-API surface of chunkattn_native (see ../README.md for the JS API).
+//
+// Every exported function is a plain function taking its module handle as the first argument;
+// handles (modules, pool buffers) are plain objects marked with a napi type tag and checked
+// before they are unwrapped, so no JS value can be mistaken for a native object.
+//
+// Order inside every function: (1) read every JS property the call needs (this may run user
+// getters, which may do anything), (2) allocate any result objects, (3) read the values' native
+// state (typed array pointers, handles) — no JS runs from here on — (4) validate, (5) call the
+// module. A getter therefore cannot free, detach or resize anything between a check and its use.
+#include <napi.h>
+
+#include <new>
+#include <string>
+
+#include "core.h"
+#include "failure.h"
+#include "library.h"
+
+namespace chunkattn {
+namespace {
+
+constexpr napi_type_tag kModuleTag = {0x6368756e6b617474ULL, 0x6e6d6f64756c6531ULL};
+constexpr napi_type_tag kBufferTag = {0x6368756e6b617474ULL, 0x6e62756666657231ULL};
+
+struct ModuleHandle {
+  std::shared_ptr<ModuleCore> core;
+};
+
+struct BufferHandle {
+  DeviceBuffer buffer;
+};
+
+// --- errors ---------------------------------------------------------------------------------
+
+Napi::Error ToJsError(Napi::Env env, const Failure& failure) {
+  Napi::Error error = Napi::Error::New(env, failure.message);
+  error.Set("code", Napi::String::New(env, failure.code));
+  if (failure.status != 0) error.Set("status", Napi::Number::New(env, failure.status));
+  if (!failure.module_message.empty())
+    error.Set("moduleMessage", Napi::String::New(env, failure.module_message));
+  return error;
+}
+
+using Handler = Napi::Value (*)(const Napi::CallbackInfo&);
+
+// Turns every C++ exception into a JS error with a `code`; nothing escapes to terminate().
+template <Handler F>
+Napi::Value Guarded(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    return F(info);
+  } catch (const Failure& failure) {
+    throw ToJsError(env, failure);
+  } catch (const Napi::Error&) {
+    throw;  // a JS exception from a getter: rethrown unchanged
+  } catch (const std::bad_alloc&) {
+    throw ToJsError(env, Failure(code::kNoMemory, "out of host memory in the chunkattn addon"));
+  } catch (const std::exception& e) {
+    throw ToJsError(env, Failure(code::kStatus, std::string("chunkattn addon: ") + e.what()));
+  }
+}
+
+// --- reading JS values (no JS runs in these) -------------------------------------------------
+
+const char* TypedArrayName(napi_typedarray_type type) {
+  switch (type) {
+    case napi_int8_array: return "Int8Array";
+    case napi_uint8_array: return "Uint8Array";
+    case napi_uint8_clamped_array: return "Uint8ClampedArray";
+    case napi_int16_array: return "Int16Array";
+    case napi_uint16_array: return "Uint16Array";
+    case napi_int32_array: return "Int32Array";
+    case napi_uint32_array: return "Uint32Array";
+    case napi_float32_array: return "Float32Array";
+    case napi_float64_array: return "Float64Array";
+    case napi_bigint64_array: return "BigInt64Array";
+    case napi_biguint64_array: return "BigUint64Array";
+    default: return "TypedArray";
+  }
+}
+
+std::string Describe(napi_env env, napi_value value) {
+  napi_valuetype type;
+  if (napi_typeof(env, value, &type) != napi_ok) return "an unknown value";
+  switch (type) {
+    case napi_undefined: return "undefined";
+    case napi_null: return "null";
+    case napi_boolean: return "a boolean";
+    case napi_number: return "a number";
+    case napi_string: return "a string";
+    case napi_symbol: return "a symbol";
+    case napi_function: return "a function";
+    case napi_bigint: return "a bigint";
+    case napi_external: return "an external";
+    case napi_object: break;
+  }
+  bool flag = false;
+  if (napi_is_typedarray(env, value, &flag) == napi_ok && flag) {
+    napi_typedarray_type array_type;
+    size_t length;
+    if (napi_get_typedarray_info(env, value, &array_type, &length, nullptr, nullptr, nullptr) == napi_ok)
+      return std::string("a ") + TypedArrayName(array_type);
+  }
+  if (napi_is_array(env, value, &flag) == napi_ok && flag) return "an Array";
+  if (napi_is_arraybuffer(env, value, &flag) == napi_ok && flag) return "an ArrayBuffer";
+  if (napi_is_dataview(env, value, &flag) == napi_ok && flag) return "a DataView";
+  return "an object";
+}
+
+bool IsUndefined(napi_env env, napi_value value) {
+  napi_valuetype type;
+  return napi_typeof(env, value, &type) == napi_ok && type == napi_undefined;
+}
+
+ArrayArg ReadArray(napi_env env, napi_value value) {
+  ArrayArg array;
+  array.what = Describe(env, value);
+  array.present = !IsUndefined(env, value);
+  bool is_typed = false;
+  if (napi_is_typedarray(env, value, &is_typed) != napi_ok || !is_typed) return array;
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* data = nullptr;
+  napi_value buffer;
+  size_t byte_offset = 0;
+  if (napi_get_typedarray_info(env, value, &type, &length, &data, &buffer, &byte_offset) != napi_ok)
+    return array;
+  bool is_plain_buffer = false;
+  if (napi_is_arraybuffer(env, buffer, &is_plain_buffer) != napi_ok) return array;
+  if (data == nullptr && length != 0) return array;  // cannot happen for a live buffer; be safe
+  array.type = static_cast<ArrayType>(type);
+  array.length = length;
+  array.data = data;
+  array.shared = !is_plain_buffer;
+  return array;
+}
+
+NumberArg ReadNumber(napi_env env, napi_value value) {
+  NumberArg number;
+  number.what = Describe(env, value);
+  number.present = !IsUndefined(env, value);
+  napi_valuetype type;
+  if (napi_typeof(env, value, &type) == napi_ok && type == napi_number &&
+      napi_get_value_double(env, value, &number.value) == napi_ok)
+    number.is_number = true;
+  return number;
+}
+
+template <class T>
+T* Unwrap(napi_env env, napi_value value, const napi_type_tag& tag) {
+  napi_valuetype type;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_object) return nullptr;
+  bool tagged = false;
+  if (napi_check_object_type_tag(env, value, &tag, &tagged) != napi_ok || !tagged) return nullptr;
+  void* native = nullptr;
+  if (napi_unwrap(env, value, &native) != napi_ok) return nullptr;
+  return static_cast<T*>(native);
+}
+
+ModuleCore& Module(const Napi::CallbackInfo& info) {
+  ModuleHandle* handle = Unwrap<ModuleHandle>(info.Env(), info[0], kModuleTag);
+  if (!handle || !handle->core)
+    Fail(code::kType, "the first argument must be a module handle from load(), got " + Describe(info.Env(), info[0]));
+  return *handle->core;
+}
+
+// --- pools ----------------------------------------------------------------------------------
+
+// Step 1: the pool's JS properties (may run getters).
+struct PoolValues {
+  Napi::Value k, v, num_slots;
+};
+
+PoolValues ReadPoolValues(Napi::Env env, Napi::Value pool) {
+  if (!pool.IsObject())
+    Fail(code::kType, "pool must be a KvPool from allocPool, got " + Describe(env, pool));
+  Napi::Object object = pool.As<Napi::Object>();
+  PoolValues values;
+  values.k = object.Get("k");
+  values.v = object.Get("v");
+  values.num_slots = object.Get("numSlots");
+  return values;
+}
+
+// Step 3: their native state (no JS).
+PoolArg ToPoolArg(napi_env env, const PoolValues& values) {
+  PoolArg pool;
+  if (auto* k = Unwrap<BufferHandle>(env, values.k, kBufferTag)) pool.k = &k->buffer;
+  if (auto* v = Unwrap<BufferHandle>(env, values.v, kBufferTag)) pool.v = &v->buffer;
+  pool.k_what = Describe(env, values.k);
+  pool.v_what = Describe(env, values.v);
+  pool.num_slots = ReadNumber(env, values.num_slots);
+  return pool;
+}
+
+void FinalizeBuffer(napi_env, void* data, void*) {
+  auto* handle = static_cast<BufferHandle*>(data);
+  if (!handle->buffer.freed && handle->buffer.owner) handle->buffer.owner->ReleaseQuietly(handle->buffer.ptr);
+  delete handle;
+}
+
+void FinalizeModule(napi_env, void* data, void*) { delete static_cast<ModuleHandle*>(data); }
+
+// Wraps `native` (ownership passes to the object) in a fresh tagged object.
+template <class T>
+Napi::Object Wrap(Napi::Env env, T* native, const napi_type_tag& tag, napi_finalize finalize) {
+  Napi::Object object;
+  try {
+    object = Napi::Object::New(env);
+  } catch (...) {
+    finalize(env, native, nullptr);
+    throw;
+  }
+  napi_status status = napi_wrap(env, object, native, finalize, nullptr, nullptr);
+  if (status != napi_ok) {
+    finalize(env, native, nullptr);
+    NAPI_THROW_IF_FAILED(env, status, Napi::Object());
+  }
+  NAPI_THROW_IF_FAILED(env, napi_type_tag_object(env, object, &tag), Napi::Object());
+  return object;
+}
+
+// --- info -----------------------------------------------------------------------------------
+
+Napi::Value JsonToJs(Napi::Env env, const Json& json) {
+  switch (json.kind) {
+    case Json::Kind::kNull: return env.Null();
+    case Json::Kind::kBool: return Napi::Boolean::New(env, json.boolean);
+    case Json::Kind::kNumber: return Napi::Number::New(env, json.number);
+    case Json::Kind::kString: return Napi::String::New(env, json.string);
+    case Json::Kind::kArray: {
+      Napi::Array array = Napi::Array::New(env, json.items.size());
+      for (size_t i = 0; i < json.items.size(); ++i) array.Set(uint32_t(i), JsonToJs(env, json.items[i]));
+      return array;
+    }
+    case Json::Kind::kObject: {
+      Napi::Object object = Napi::Object::New(env);
+      for (const auto& [name, value] : json.members) object.Set(name, JsonToJs(env, value));
+      return object;
+    }
+  }
+  return env.Undefined();
+}
+
+// --- exported functions ---------------------------------------------------------------------
+
+// load(path: string): ModuleHandle
+Napi::Value Load(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) Fail(code::kType, "the module path must be a string, got " + Describe(env, info[0]));
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  auto handle = new ModuleHandle{std::make_shared<ModuleCore>(Library::Open(path))};
+  return Wrap(env, handle, kModuleTag, FinalizeModule);
+}
+
+// info(mod): the parsed ca_info() document
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  return JsonToJs(info.Env(), Module(info).info().json);
+}
+
+// path(mod): the path the module was loaded from
+Napi::Value Path(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), Module(info).library().path());
+}
+
+// allocPool(mod, numSlots): { k, v, bytes }
+Napi::Value AllocPool(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ModuleCore& core = Module(info);
+  ModuleHandle* handle = Unwrap<ModuleHandle>(env, info[0], kModuleTag);
+  Napi::Object result = Napi::Object::New(env);
+  NumberArg num_slots = ReadNumber(env, info[1]);
+  uint64_t bytes = 0;
+  auto [k, v] = core.AllocPool(num_slots, &bytes);
+  // From here the two regions are owned by their handles (freed by finalizers if JS drops them).
+  Napi::Object k_object = Wrap(env, new BufferHandle{{handle->core, k, bytes, false}}, kBufferTag, FinalizeBuffer);
+  Napi::Object v_object = Wrap(env, new BufferHandle{{handle->core, v, bytes, false}}, kBufferTag, FinalizeBuffer);
+  result.Set("k", k_object);
+  result.Set("v", v_object);
+  result.Set("bytes", Napi::Number::New(env, double(bytes)));
+  return result;
+}
+
+// freePool(mod, pool)
+Napi::Value FreePool(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PoolValues values = ReadPoolValues(env, info[1]);
+  ModuleCore& core = Module(info);
+  core.FreePool(ToPoolArg(env, values));
+  return env.Undefined();
+}
+
+// bufferState(buffer): { bytes, freed } — for KvPool.freed and tests
+Napi::Value BufferState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto* handle = Unwrap<BufferHandle>(env, info[0], kBufferTag);
+  if (!handle) Fail(code::kType, "not a pool buffer: " + Describe(env, info[0]));
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("bytes", Napi::Number::New(env, double(handle->buffer.bytes)));
+  result.Set("freed", Napi::Boolean::New(env, handle->buffer.freed));
+  return result;
+}
+
+// writeKv(mod, pool, slots, offsets, k, v)
+Napi::Value WriteKv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PoolValues values = ReadPoolValues(env, info[1]);
+  ModuleCore& core = Module(info);
+  PoolArg pool = ToPoolArg(env, values);
+  core.WriteKv(pool, ReadArray(env, info[2]), ReadArray(env, info[3]), ReadArray(env, info[4]),
+               ReadArray(env, info[5]));
+  return env.Undefined();
+}
+
+// copyChunk(mod, pool, srcSlot, dstSlot, numTokens)
+Napi::Value CopyChunk(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PoolValues values = ReadPoolValues(env, info[1]);
+  ModuleCore& core = Module(info);
+  core.CopyChunk(ToPoolArg(env, values), ReadNumber(env, info[2]), ReadNumber(env, info[3]),
+                 ReadNumber(env, info[4]));
+  return env.Undefined();
+}
+
+// readPool(mod, pool, slot): { k, v } — one slot [Hkv, C, D], Float32Array (f32) or Uint16Array
+Napi::Value ReadPool(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PoolValues values = ReadPoolValues(env, info[1]);
+  ModuleCore& core = Module(info);
+  const ModuleInfo& mi = core.info();
+  const uint64_t bytes = mi.SlotBytes();
+  const size_t elements = size_t(bytes / DTypeBytes(mi.dtype_kv));
+  const napi_typedarray_type type = mi.dtype_kv == CA_F32 ? napi_float32_array : napi_uint16_array;
+  Napi::ArrayBuffer k_buffer = Napi::ArrayBuffer::New(env, size_t(bytes));
+  Napi::ArrayBuffer v_buffer = Napi::ArrayBuffer::New(env, size_t(bytes));
+  napi_value k_out, v_out;
+  NAPI_THROW_IF_FAILED(env, napi_create_typedarray(env, type, elements, k_buffer, 0, &k_out), Napi::Value());
+  NAPI_THROW_IF_FAILED(env, napi_create_typedarray(env, type, elements, v_buffer, 0, &v_out), Napi::Value());
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("k", Napi::Value(env, k_out));
+  result.Set("v", Napi::Value(env, v_out));
+  core.ReadPool(ToPoolArg(env, values), ReadNumber(env, info[2]), k_buffer.Data(), v_buffer.Data());
+  return result;
+}
+
+struct DecodeValues {
+  Napi::Value q, out, num_io_rows, row_io, row_seq, row_length, row_chunk_offsets, row_chunk_slots;
+  Napi::Value row_shared_chunks, row_partial_offsets, row_partials, runs, run_slots, num_partials;
+  Napi::Value params, softmax_scale, num_threads, context_version;
+};
+
+DecodeValues ReadDecodeValues(Napi::Env env, Napi::Value args) {
+  if (!args.IsObject()) Fail(code::kType, "decode arguments must be an object, got " + Describe(env, args));
+  Napi::Object o = args.As<Napi::Object>();
+  DecodeValues d;
+  d.q = o.Get("q");
+  d.out = o.Get("out");
+  d.num_io_rows = o.Get("numIoRows");
+  d.row_io = o.Get("rowIo");
+  d.row_seq = o.Get("rowSeq");
+  d.row_length = o.Get("rowLength");
+  d.row_chunk_offsets = o.Get("rowChunkOffsets");
+  d.row_chunk_slots = o.Get("rowChunkSlots");
+  d.row_shared_chunks = o.Get("rowSharedChunks");
+  d.row_partial_offsets = o.Get("rowPartialOffsets");
+  d.row_partials = o.Get("rowPartials");
+  d.runs = o.Get("runs");
+  d.run_slots = o.Get("runSlots");
+  d.num_partials = o.Get("numPartials");
+  d.params = o.Get("params");
+  d.softmax_scale = o.Get("softmaxScale");
+  d.num_threads = o.Get("numThreads");
+  d.context_version = o.Get("contextVersion");
+  return d;
+}
+
+DecodeArgs ToDecodeArgs(napi_env env, const DecodeValues& d) {
+  DecodeArgs a;
+  a.q = ReadArray(env, d.q);
+  a.out = ReadArray(env, d.out);
+  a.num_io_rows = ReadNumber(env, d.num_io_rows);
+  a.row_io = ReadArray(env, d.row_io);
+  a.row_seq = ReadArray(env, d.row_seq);
+  a.row_length = ReadArray(env, d.row_length);
+  a.row_chunk_offsets = ReadArray(env, d.row_chunk_offsets);
+  a.row_chunk_slots = ReadArray(env, d.row_chunk_slots);
+  a.row_shared_chunks = ReadArray(env, d.row_shared_chunks);
+  a.row_partial_offsets = ReadArray(env, d.row_partial_offsets);
+  a.row_partials = ReadArray(env, d.row_partials);
+  a.runs = ReadArray(env, d.runs);
+  a.run_slots = ReadArray(env, d.run_slots);
+  a.num_partials = ReadNumber(env, d.num_partials);
+  a.params = ReadArray(env, d.params);
+  a.softmax_scale = ReadNumber(env, d.softmax_scale);
+  a.num_threads = ReadNumber(env, d.num_threads);
+  a.context_version = ReadNumber(env, d.context_version);
+  return a;
+}
+
+// decode(mod, pool, args)
+Napi::Value Decode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PoolValues pool = ReadPoolValues(env, info[1]);
+  DecodeValues values = ReadDecodeValues(env, info[2]);
+  ModuleCore& core = Module(info);
+  core.Decode(ToPoolArg(env, pool), ToDecodeArgs(env, values));
+  return env.Undefined();
+}
+
+// workspaceBytes(mod, pool, args): number
+Napi::Value WorkspaceBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PoolValues pool = ReadPoolValues(env, info[1]);
+  DecodeValues values = ReadDecodeValues(env, info[2]);
+  ModuleCore& core = Module(info);
+  uint64_t bytes = core.WorkspaceBytes(ToPoolArg(env, pool), ToDecodeArgs(env, values));
+  return Napi::Number::New(env, double(bytes));
+}
+
+// stats(mod): { bytesRead: {q, kv, partial, out, context}, bytesWritten: {...}, launches }
+Napi::Value Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CaStats stats = Module(info).Stats();
+  static const char* kNames[CA_TRAFFIC_COUNT] = {"q", "kv", "partial", "out", "context"};
+  Napi::Object read = Napi::Object::New(env), written = Napi::Object::New(env);
+  for (int i = 0; i < CA_TRAFFIC_COUNT; ++i) {
+    read.Set(kNames[i], Napi::Number::New(env, double(stats.bytes_read[i])));
+    written.Set(kNames[i], Napi::Number::New(env, double(stats.bytes_written[i])));
+  }
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("bytesRead", read);
+  result.Set("bytesWritten", written);
+  result.Set("launches", Napi::Number::New(env, double(stats.launches)));
+  return result;
+}
+
+// resetStats(mod)
+Napi::Value ResetStats(const Napi::CallbackInfo& info) {
+  Module(info).ResetStats();
+  return info.Env().Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("abiVersion", Napi::Number::New(env, CA_ABI_VERSION));
+  exports.Set("load", Napi::Function::New<Guarded<Load>>(env, "load"));
+  exports.Set("info", Napi::Function::New<Guarded<Info>>(env, "info"));
+  exports.Set("path", Napi::Function::New<Guarded<Path>>(env, "path"));
+  exports.Set("allocPool", Napi::Function::New<Guarded<AllocPool>>(env, "allocPool"));
+  exports.Set("freePool", Napi::Function::New<Guarded<FreePool>>(env, "freePool"));
+  exports.Set("bufferState", Napi::Function::New<Guarded<BufferState>>(env, "bufferState"));
+  exports.Set("writeKv", Napi::Function::New<Guarded<WriteKv>>(env, "writeKv"));
+  exports.Set("copyChunk", Napi::Function::New<Guarded<CopyChunk>>(env, "copyChunk"));
+  exports.Set("readPool", Napi::Function::New<Guarded<ReadPool>>(env, "readPool"));
+  exports.Set("decode", Napi::Function::New<Guarded<Decode>>(env, "decode"));
+  exports.Set("workspaceBytes", Napi::Function::New<Guarded<WorkspaceBytes>>(env, "workspaceBytes"));
+  exports.Set("stats", Napi::Function::New<Guarded<Stats>>(env, "stats"));
+  exports.Set("resetStats", Napi::Function::New<Guarded<ResetStats>>(env, "resetStats"));
+  return exports;
+}
+
+}  // namespace
+}  // namespace chunkattn
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return chunkattn::Init(env, exports); }
+
+NODE_API_MODULE(chunkattn_native, InitAddon)

@@ -1,0 +1,669 @@
+// chunkattn/cpu/decode.h — two-phase partition (TPP) decode attention on the CPU.
+//
+//   q         [num_io_rows, Hq, D]        Cfg::QT
+//   out       [num_io_rows, Hq, D]        Cfg::OutT
+//   k_pool    [num_slots, Hkv, C, D]      Cfg::KvT   (v_pool alike)
+//   workspace partial_o [num_partials, Hq, D] f32  (o / l of each (run, row) pair)
+//             partial_lse [num_partials, Hq] f32   (m + log l; -inf when empty)
+//
+// Phase 1, one task per (run, KV head, tile of the run's rows): the G query heads of every row
+// are stacked as the M = rows * G rows of a tile. Per chunk of the run: K is converted once to
+// f32 and transposed (KT [D, C]), V converted once (Vf [C, D]); then per block of kTileRows
+// stacked rows S = Q·KT (register tile), masks + Variant, online softmax, O = alpha O + P·V.
+// Tokens at or past a row's length are masked (a chunk-first run may hold one row's partial
+// tail). Writes the partials.
+// Phase 2, one task per (row, KV head), after all of phase 1: merges the row's partials, then
+// streams the row's remaining chunks (from row_shared_chunks[r]) straight from the pool, each K
+// and V vector loaded once for all G heads; normalizes and stores out.
+// With num_runs = 0 phase 2 alone is the sequence-first (paged) baseline: same code, same pool.
+//
+// Threads: ThreadPool; tasks handed out through atomic counters; a completion count separates
+// the phases. Scratch is thread-local and only grows (no allocation once warm).
+#ifndef CHUNKATTN_CPU_DECODE_H_
+#define CHUNKATTN_CPU_DECODE_H_
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <new>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "chunkattn/abi.h"
+#include "chunkattn/cpu/kernels.h"
+#include "chunkattn/cpu/simd.h"
+#include "chunkattn/cpu/thread_pool.h"
+#include "chunkattn/cpu/types.h"
+#include "chunkattn/softmax_state.h"
+#include "chunkattn/variant.h"
+
+namespace ca {
+namespace cpu {
+
+// ---------------------------------------------------------------------------------------------
+// Errors: a per-thread message for ca_last_error().
+
+inline char* last_error_buffer() {
+  thread_local char buffer[512] = "";
+  return buffer;
+}
+inline const char* last_error() { return last_error_buffer(); }
+
+__attribute__((format(printf, 2, 3))) inline int fail(int status, const char* format, ...) {
+  va_list args;
+  va_start(args, format);
+  vsnprintf(last_error_buffer(), 512, format, args);
+  va_end(args);
+  return status;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thread-local scratch: one 64-byte aligned float arena that only grows.
+
+class Scratch {
+ public:
+  ~Scratch() { free(data_); }
+  // Returns false when memory is exhausted.
+  bool ensure(size_t floats) {
+    if (floats <= capacity_) return true;
+    const size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
+    void* fresh = aligned_alloc(64, bytes);
+    if (!fresh) return false;
+    free(data_);
+    data_ = static_cast<float*>(fresh);
+    capacity_ = bytes / sizeof(float);
+    return true;
+  }
+  float* data() const { return data_; }
+
+ private:
+  float* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+inline Scratch& thread_scratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tunables.
+
+// Most stacked rows (rows x G) per phase-1 task; a row's G heads are never split.
+inline constexpr int kPhase1MaxTileRows = 64;
+// Smallest tile phase 1 splits down to when there are fewer tasks than threads.
+inline constexpr int kPhase1MinTileRows = 16;
+
+template <class Cfg>
+struct Dims {
+  static constexpr int kQHeads = Cfg::kQHeads, kKvHeads = Cfg::kKvHeads, kHeadDim = Cfg::kHeadDim,
+                       kChunk = Cfg::kChunk;
+  static_assert(kQHeads > 0 && kKvHeads > 0 && kQHeads % kKvHeads == 0, "Hkv must divide Hq");
+  static_assert(kHeadDim % 16 == 0 && kHeadDim > 0, "head dim must be a multiple of 16");
+  static_assert(kChunk % 16 == 0 && kChunk > 0, "chunk size must be a multiple of 16");
+  static constexpr int kGroup = kQHeads / kKvHeads;
+  static constexpr int kTileCap = kGroup > kPhase1MaxTileRows ? kGroup : kPhase1MaxTileRows;
+  static constexpr size_t round16(size_t n) { return (n + 15) / 16 * 16; }
+  // Scratch layout (floats).
+  static constexpr int kScoreRows = kGroup > kern::kTileRows ? kGroup : kern::kTileRows;
+  static constexpr size_t kQOffset = 0;
+  static constexpr size_t kOOffset = kQOffset + round16(size_t(kTileCap) * kHeadDim);
+  static constexpr size_t kMOffset = kOOffset + round16(size_t(kTileCap) * kHeadDim);
+  static constexpr size_t kLOffset = kMOffset + round16(kTileCap);
+  static constexpr size_t kAlphaOffset = kLOffset + round16(kTileCap);
+  static constexpr size_t kSOffset = kAlphaOffset + round16(kTileCap);
+  static constexpr size_t kKtOffset = kSOffset + round16(size_t(kScoreRows) * kChunk);
+  static constexpr size_t kVOffset = kKtOffset + round16(size_t(kHeadDim) * kChunk);
+  static constexpr size_t kVisOffset = kVOffset + round16(size_t(kChunk) * kHeadDim);
+  static constexpr size_t kScratchFloats = kVisOffset + round16((size_t(kTileCap) * kChunk + 3) / 4);
+};
+
+template <class Cfg>
+struct ScratchView {
+  using Dm = Dims<Cfg>;
+  float* q;
+  float* o;
+  float* m;
+  float* l;
+  float* alpha;
+  float* s;
+  float* kt;
+  float* vf;
+  uint8_t* vis;
+  explicit ScratchView(float* base)
+      : q(base + Dm::kQOffset),
+        o(base + Dm::kOOffset),
+        m(base + Dm::kMOffset),
+        l(base + Dm::kLOffset),
+        alpha(base + Dm::kAlphaOffset),
+        s(base + Dm::kSOffset),
+        kt(base + Dm::kKtOffset),
+        vf(base + Dm::kVOffset),
+        vis(reinterpret_cast<uint8_t*>(base + Dm::kVisOffset)) {}
+};
+
+// ---------------------------------------------------------------------------------------------
+// Workspace: partial_o then partial_lse, each 64-byte aligned.
+
+template <class Cfg>
+inline uint64_t workspace_o_bytes(int64_t num_partials) {
+  const uint64_t bytes = uint64_t(num_partials) * Cfg::kQHeads * Cfg::kHeadDim * sizeof(float);
+  return (bytes + 63) / 64 * 64;
+}
+
+template <class Cfg>
+inline uint64_t workspace_bytes(const CaDecodeParams& p) {
+  if (p.num_runs <= 0 || p.num_partials <= 0) return 0;
+  const uint64_t lse = uint64_t(p.num_partials) * Cfg::kQHeads * sizeof(float);
+  return workspace_o_bytes<Cfg>(p.num_partials) + (lse + 63) / 64 * 64;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks (cheap: O(rows + chunks)). The addon validates first; this keeps a bad call
+// from reading out of bounds when it does not.
+
+template <class Cfg>
+inline int validate(const CaDecodeParams& p) {
+  constexpr int C = Cfg::kChunk;
+  if (p.abi_version != CA_ABI_VERSION)
+    return fail(CA_ERR_INVALID, "ca_decode: abi_version %u, module has %u", p.abi_version, CA_ABI_VERSION);
+  if (p.struct_bytes < sizeof(CaDecodeParams))
+    return fail(CA_ERR_INVALID, "ca_decode: struct_bytes %u < %zu", p.struct_bytes, sizeof(CaDecodeParams));
+  if (p.num_rows < 0 || p.num_rows > p.num_io_rows || p.num_slots < 0 || p.num_runs < 0 || p.num_partials < 0)
+    return fail(CA_ERR_INVALID, "ca_decode: bad counts (rows %d, io rows %d, slots %d, runs %d, partials %d)",
+                p.num_rows, p.num_io_rows, p.num_slots, p.num_runs, p.num_partials);
+  if (p.num_rows == 0) return CA_OK;
+  if (!p.q || !p.out || !p.row_io || !p.row_seq || !p.row_length || !p.row_chunk_offsets || !p.row_shared_chunks ||
+      !p.row_partial_offsets)
+    return fail(CA_ERR_INVALID, "ca_decode: null tensor or row array");
+  // Empty arrays may be null: slots are range-checked against num_slots below.
+  if (p.num_slots > 0 && (!p.k_pool || !p.v_pool)) return fail(CA_ERR_INVALID, "ca_decode: null K/V pool");
+  if (p.row_chunk_offsets[p.num_rows] > 0 && !p.row_chunk_slots)
+    return fail(CA_ERR_INVALID, "ca_decode: null row_chunk_slots");
+  if (p.num_params > 0 && !p.params) return fail(CA_ERR_INVALID, "ca_decode: null params");
+  if (!(fabsf(p.softmax_scale) < INFINITY)) return fail(CA_ERR_INVALID, "ca_decode: softmax_scale not finite");
+  if (p.row_chunk_offsets[0] != 0 || p.row_partial_offsets[0] != 0)
+    return fail(CA_ERR_INVALID, "ca_decode: CSR offsets must start at 0");
+  for (int r = 0; r < p.num_rows; ++r) {
+    const int io = p.row_io[r], len = p.row_length[r];
+    const int c0 = p.row_chunk_offsets[r], c1 = p.row_chunk_offsets[r + 1];
+    const int p0 = p.row_partial_offsets[r], p1 = p.row_partial_offsets[r + 1];
+    if (io < 0 || io >= p.num_io_rows) return fail(CA_ERR_INVALID, "ca_decode: row %d: io row %d out of range", r, io);
+    if (len < 0) return fail(CA_ERR_INVALID, "ca_decode: row %d: negative length", r);
+    if (c1 < c0 || int64_t(c1 - c0) * C < len)
+      return fail(CA_ERR_INVALID, "ca_decode: row %d: %d chunks cannot hold %d tokens", r, c1 - c0, len);
+    if (p.row_shared_chunks[r] < 0 || p.row_shared_chunks[r] > c1 - c0)
+      return fail(CA_ERR_INVALID, "ca_decode: row %d: shared chunks %d of %d", r, p.row_shared_chunks[r], c1 - c0);
+    if (p1 < p0) return fail(CA_ERR_INVALID, "ca_decode: row %d: partial offsets decrease", r);
+    const int needed_chunks = (len + C - 1) / C;
+    for (int c = c0 + p.row_shared_chunks[r]; c < c0 + needed_chunks; ++c)
+      if (p.row_chunk_slots[c] < 0 || p.row_chunk_slots[c] >= p.num_slots)
+        return fail(CA_ERR_INVALID, "ca_decode: row %d: slot %d out of range", r, p.row_chunk_slots[c]);
+    if (p1 > p0 && !p.row_partials) return fail(CA_ERR_INVALID, "ca_decode: null row_partials");
+    for (int k = p0; k < p1; ++k)
+      if (p.row_partials[k] < 0 || p.row_partials[k] >= p.num_partials)
+        return fail(CA_ERR_INVALID, "ca_decode: row %d: partial %d out of range", r, p.row_partials[k]);
+  }
+  if (p.num_runs > 0) {
+    if (!p.runs || !p.run_slots) return fail(CA_ERR_INVALID, "ca_decode: null runs");
+    if (!p.workspace || p.workspace_bytes < workspace_bytes<Cfg>(p))
+      return fail(CA_ERR_INVALID, "ca_decode: workspace of %llu bytes, %llu needed",
+                  (unsigned long long)p.workspace_bytes, (unsigned long long)workspace_bytes<Cfg>(p));
+    for (int i = 0; i < p.num_runs; ++i) {
+      const CaSharedRun& run = p.runs[i];
+      if (run.num_chunks < 1 || run.chunk_begin < 0 || run.kv_begin < 0 || run.row_begin < 0 ||
+          run.row_end > p.num_rows || run.row_end <= run.row_begin || run.partial_begin < 0 ||
+          int64_t(run.partial_begin) + (run.row_end - run.row_begin) > p.num_partials)
+        return fail(CA_ERR_INVALID, "ca_decode: run %d is malformed", i);
+      for (int j = 0; j < run.num_chunks; ++j) {
+        const int slot = p.run_slots[run.chunk_begin + j];
+        if (slot < 0 || slot >= p.num_slots)
+          return fail(CA_ERR_INVALID, "ca_decode: run %d: slot %d out of range", i, slot);
+      }
+    }
+  }
+  return CA_OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-chunk work shared by both phases.
+
+template <class Cfg, class Variant>
+struct Attend {
+  using Dm = Dims<Cfg>;
+  using KvT = typename Cfg::KvT;
+  static constexpr int G = Dm::kGroup, D = Dm::kHeadDim, C = Dm::kChunk, Hq = Dm::kQHeads, Hkv = Dm::kKvHeads;
+  static constexpr bool kVariant = Variant::kHasMask || Variant::kHasScoreMod;
+
+  // Mask and score_mod of one stacked row over the chunk's visible tokens [0, valid) after the
+  // length mask has been applied. vis is the row's mask bytes (kHasMask only).
+  static CA_CPU_INLINE void apply_variant(float* s, const uint8_t* vis, int valid, Pos pos, int token0,
+                                          const float* params) {
+    if constexpr (kVariant) {
+      for (int t = 0; t < valid; ++t) {
+        if constexpr (Variant::kHasMask) {
+          if (!vis[t]) {
+            s[t] = -INFINITY;
+            continue;
+          }
+        }
+        if constexpr (Variant::kHasScoreMod) {
+          pos.kv = token0 + t;
+          s[t] = Variant::score_mod(s[t], pos, params);
+        }
+      }
+    } else {
+      (void)s, (void)vis, (void)valid, (void)pos, (void)token0, (void)params;
+    }
+  }
+
+  // Evaluates the mask for one stacked row; returns whether any token is visible.
+  static CA_CPU_INLINE bool eval_mask(uint8_t* vis, int valid, Pos pos, int token0, const float* params) {
+    bool any = false;
+    for (int t = 0; t < valid; ++t) {
+      pos.kv = token0 + t;
+      const bool v = Variant::mask(pos, params);
+      vis[t] = v;
+      any |= v;
+    }
+    return any;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Phase 1.
+
+struct Phase1Task {
+  int32_t run;
+  int32_t kv_head;
+  int32_t row_begin;  // DFS rows [row_begin, row_end) of the run
+  int32_t row_end;
+};
+
+template <class Cfg, class Variant>
+struct Phase1 {
+  using A = Attend<Cfg, Variant>;
+  using KvT = typename Cfg::KvT;
+  using QT = typename Cfg::QT;
+  static constexpr int G = A::G, D = A::D, C = A::C, Hq = A::Hq, Hkv = A::Hkv;
+
+  struct Tile {
+    const CaDecodeParams* p;
+    const ScratchView<Cfg>* sv;
+    const float* vsrc;  // f32 V of the chunk [C, D]
+    int row_begin;
+    int kv_head;
+    int token0;
+  };
+
+  template <int R>
+  static void block(const Tile& t, int i0, int keys) {
+    const ScratchView<Cfg>& sv = *t.sv;
+    const CaDecodeParams& p = *t.p;
+    float* S = sv.s;
+    kern::qk_rows_t<R, C, D>(S, C, sv.q + size_t(i0) * D, D, sv.kt);
+    for (int i = 0; i < R; ++i) {
+      const int stacked = i0 + i;
+      const int r = t.row_begin + stacked / G;
+      const int len = p.row_length[r];
+      int valid = len - t.token0;
+      valid = valid < 0 ? 0 : valid > C ? C : valid;
+      float* s = S + i * C;
+      kern::mask_tail<C>(s, valid);
+      if constexpr (A::kVariant) {
+        const int h = t.kv_head * G + stacked % G;
+        A::apply_variant(s, sv.vis + size_t(stacked) * C, valid, Pos{p.row_seq[r], h, t.kv_head, len - 1, 0}, t.token0,
+                         p.params);
+      }
+      kern::softmax_row<C>(s, sv.m[stacked], sv.l[stacked], sv.alpha[stacked]);
+    }
+    kern::pv_rows<R, D>(sv.o + size_t(i0) * D, D, sv.alpha + i0, S, C, t.vsrc, keys);
+  }
+
+  static void block_dispatch(int R, const Tile& t, int i0, int keys) {
+    static_assert(kern::kTileRows <= 8, "block_dispatch covers up to 8 rows");
+    switch (R) {
+      case 1: return block<1>(t, i0, keys);
+      case 2: return block<2>(t, i0, keys);
+      case 3: return block<3>(t, i0, keys);
+      case 4: return block<4>(t, i0, keys);
+      case 5: if constexpr (kern::kTileRows >= 5) return block<5>(t, i0, keys); break;
+      case 6: if constexpr (kern::kTileRows >= 6) return block<6>(t, i0, keys); break;
+      case 7: if constexpr (kern::kTileRows >= 7) return block<7>(t, i0, keys); break;
+      case 8: if constexpr (kern::kTileRows >= 8) return block<8>(t, i0, keys); break;
+      default: break;
+    }
+  }
+
+  static void run_task(const CaDecodeParams& p, const Phase1Task& task, float* part_o, float* part_lse,
+                       const ScratchView<Cfg>& sv) {
+    const CaSharedRun& run = p.runs[task.run];
+    const int kvh = task.kv_head;
+    const int rows = task.row_end - task.row_begin;
+    const int M = rows * G;
+    const QT* q = static_cast<const QT*>(p.q);
+    const KvT* k_pool = static_cast<const KvT*>(p.k_pool);
+    const KvT* v_pool = static_cast<const KvT*>(p.v_pool);
+
+    int max_len = 0;
+    for (int ri = 0; ri < rows; ++ri) {
+      const int r = task.row_begin + ri;
+      max_len = p.row_length[r] > max_len ? p.row_length[r] : max_len;
+      for (int g = 0; g < G; ++g) {
+        const int h = kvh * G + g;
+        const int i = ri * G + g;
+        kern::convert_scaled(sv.q + size_t(i) * D, q + (size_t(p.row_io[r]) * Hq + h) * D, D, p.softmax_scale);
+        for (int d = 0; d < D; d += kern::W) simd::store(sv.o + size_t(i) * D + d, simd::zero());
+        sv.m[i] = -INFINITY;
+        sv.l[i] = 0.f;
+      }
+    }
+
+    const size_t chunk_elems = size_t(C) * D;
+    for (int j = 0; j < run.num_chunks; ++j) {
+      const int token0 = run.kv_begin + j * C;
+      if (token0 >= max_len) break;
+      const int keys = max_len - token0 < C ? max_len - token0 : C;
+      if constexpr (Variant::kHasMask) {
+        bool any = false;
+        for (int i = 0; i < M; ++i) {
+          const int r = task.row_begin + i / G;
+          const int len = p.row_length[r];
+          int valid = len - token0;
+          valid = valid < 0 ? 0 : valid > C ? C : valid;
+          any |= A::eval_mask(sv.vis + size_t(i) * C, valid, Pos{p.row_seq[r], kvh * G + i % G, kvh, len - 1, 0},
+                              token0, p.params);
+        }
+        if (!any) continue;  // K and V of this chunk are never read
+      }
+      const size_t base = (size_t(p.run_slots[run.chunk_begin + j]) * Hkv + kvh) * chunk_elems;
+      kern::convert_k_transposed<C, D>(sv.kt, k_pool + base);
+      const float* vsrc;
+      if constexpr (std::is_same<KvT, float>::value) {
+        vsrc = v_pool + base;
+      } else {
+        kern::convert_rows(sv.vf, v_pool + base, keys * D);
+        vsrc = sv.vf;
+      }
+      if (j + 1 < run.num_chunks && token0 + C < max_len) {
+        const size_t next = (size_t(p.run_slots[run.chunk_begin + j + 1]) * Hkv + kvh) * chunk_elems;
+        kern::prefetch_l2(k_pool + next, int(chunk_elems * sizeof(KvT)));
+        kern::prefetch_l2(v_pool + next, int(chunk_elems * sizeof(KvT)));
+      }
+      const Tile tile{&p, &sv, vsrc, task.row_begin, kvh, token0};
+      const int blocks = (M + kern::kTileRows - 1) / kern::kTileRows;
+      const int base_rows = M / blocks, extra = M % blocks;
+      for (int b = 0, i0 = 0; b < blocks; ++b) {
+        const int R = base_rows + (b < extra ? 1 : 0);
+        block_dispatch(R, tile, i0, keys);
+        i0 += R;
+      }
+    }
+
+    for (int i = 0; i < M; ++i) {
+      const int r = task.row_begin + i / G;
+      const int h = kvh * G + i % G;
+      const size_t partial = size_t(run.partial_begin) + (r - run.row_begin);
+      const float l = sv.l[i];
+      const simd::V inv = simd::bcast(l == 0.f ? 0.f : 1.f / l);
+      float* dst = part_o + (partial * Hq + h) * D;
+      for (int d = 0; d < D; d += kern::W) simd::store(dst + d, simd::mul(simd::load(sv.o + size_t(i) * D + d), inv));
+      part_lse[partial * Hq + h] = l == 0.f ? -INFINITY : sv.m[i] + logf(l);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Phase 2 (and the whole sequence-first baseline).
+
+template <class Cfg, class Variant>
+struct Phase2 {
+  using A = Attend<Cfg, Variant>;
+  using KvT = typename Cfg::KvT;
+  using QT = typename Cfg::QT;
+  using OutT = typename Cfg::OutT;
+  static constexpr int G = A::G, D = A::D, C = A::C, Hq = A::Hq, Hkv = A::Hkv;
+
+  // PV for the G heads, in row blocks of at most kTileRows.
+  template <int G0 = 0>
+  static CA_CPU_INLINE void pv_heads(const ScratchView<Cfg>& sv, const KvT* vp, int keys) {
+    if constexpr (G0 < G) {
+      constexpr int rows = (G - G0) < kern::kTileRows ? (G - G0) : kern::kTileRows;
+      kern::pv_rows<rows, D>(sv.o + G0 * D, D, sv.alpha + G0, sv.s + G0 * C, C, vp, keys);
+      pv_heads<G0 + rows>(sv, vp, keys);
+    }
+  }
+
+  static void run_task(const CaDecodeParams& p, int r, int kvh, const float* part_o, const float* part_lse,
+                       const ScratchView<Cfg>& sv) {
+    const int len = p.row_length[r];
+    const int io = p.row_io[r];
+    const QT* q = static_cast<const QT*>(p.q);
+    const KvT* k_pool = static_cast<const KvT*>(p.k_pool);
+    const KvT* v_pool = static_cast<const KvT*>(p.v_pool);
+    OutT* out = static_cast<OutT*>(p.out);
+
+    for (int g = 0; g < G; ++g) {
+      const int h = kvh * G + g;
+      kern::convert_scaled(sv.q + g * D, q + (size_t(io) * Hq + h) * D, D, p.softmax_scale);
+      for (int d = 0; d < D; d += kern::W) simd::store(sv.o + g * D + d, simd::zero());
+      sv.m[g] = -INFINITY;
+      sv.l[g] = 0.f;
+    }
+
+    // Partials of the shared runs.
+    for (int k = p.row_partial_offsets[r]; k < p.row_partial_offsets[r + 1]; ++k) {
+      const size_t partial = size_t(p.row_partials[k]);
+      for (int g = 0; g < G; ++g) {
+        const int h = kvh * G + g;
+        SoftmaxState st{sv.m[g], sv.l[g]};
+        const SoftmaxState::Rescale f = st.merge_lse(part_lse[partial * Hq + h]);
+        sv.m[g] = st.m;
+        sv.l[g] = st.l;
+        if (f.other == 0.f && f.self == 1.f) continue;
+        const simd::V a = simd::bcast(f.self), b = simd::bcast(f.other);
+        const float* src = part_o + (partial * Hq + h) * D;
+        float* o = sv.o + g * D;
+        for (int d = 0; d < D; d += kern::W)
+          simd::store(o + d, simd::fmadd(simd::load(src + d), b, simd::mul(simd::load(o + d), a)));
+      }
+    }
+
+    // The row's own chunks.
+    const int c0 = p.row_chunk_offsets[r];
+    const int num_chunks = p.row_chunk_offsets[r + 1] - c0;
+    const size_t chunk_elems = size_t(C) * D;
+    for (int ci = p.row_shared_chunks[r]; ci < num_chunks; ++ci) {
+      const int token0 = ci * C;
+      if (token0 >= len) break;
+      const int valid = len - token0 < C ? len - token0 : C;
+      if constexpr (Variant::kHasMask) {
+        bool any = false;
+        for (int g = 0; g < G; ++g)
+          any |= A::eval_mask(sv.vis + g * C, valid, Pos{p.row_seq[r], kvh * G + g, kvh, len - 1, 0}, token0, p.params);
+        if (!any) continue;
+      }
+      const size_t base = (size_t(p.row_chunk_slots[c0 + ci]) * Hkv + kvh) * chunk_elems;
+      const KvT* kp = k_pool + base;
+      const KvT* vp = v_pool + base;
+      kern::qk_direct_rows<G, C, D>(sv.s, sv.q, kp, valid);
+      for (int g = 0; g < G; ++g) {
+        float* s = sv.s + g * C;
+        kern::mask_tail<C>(s, valid);
+        if constexpr (A::kVariant)
+          A::apply_variant(s, sv.vis + g * C, valid, Pos{p.row_seq[r], kvh * G + g, kvh, len - 1, 0}, token0, p.params);
+        kern::softmax_row<C>(s, sv.m[g], sv.l[g], sv.alpha[g]);
+      }
+      pv_heads(sv, vp, valid);
+    }
+
+    for (int g = 0; g < G; ++g) {
+      const int h = kvh * G + g;
+      const float l = sv.l[g];
+      const simd::V inv = simd::bcast(l == 0.f ? 0.f : 1.f / l);
+      OutT* dst = out + (size_t(io) * Hq + h) * D;
+      for (int d = 0; d < D; d += kern::W) simd::store(dst + d, simd::mul(simd::load(sv.o + g * D + d), inv));
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Optional phase timing for benchmarks: define CA_CPU_PROFILE to record, per decode call, the
+// steady-clock nanoseconds from the start of the job to the end of phase 1 and of phase 2.
+
+#if defined(CA_CPU_PROFILE)
+struct PhaseTimes {
+  std::atomic<int64_t> start_ns{0}, phase1_end_ns{0}, phase2_end_ns{0};
+};
+inline PhaseTimes& phase_times() {
+  static PhaseTimes t;
+  return t;
+}
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// The job: phase-1 tasks, completion barrier, phase-2 tasks.
+
+template <class Cfg, class Variant>
+struct DecodeJob {
+  using Dm = Dims<Cfg>;
+  const CaDecodeParams* p;
+  float* part_o;
+  float* part_lse;
+  const Phase1Task* tasks1;
+  int num_tasks1;
+  int num_tasks2;
+  alignas(64) std::atomic<int> next1{0};
+  alignas(64) std::atomic<int> done1{0};
+  alignas(64) std::atomic<int> next2{0};
+  alignas(64) std::atomic<int> status{CA_OK};
+
+  static void entry(void* self, int thread_index) {
+    (void)thread_index;
+    static_cast<DecodeJob*>(self)->work();
+  }
+
+  void work() {
+    Scratch& scratch = thread_scratch();
+    if (!scratch.ensure(Dm::kScratchFloats)) {
+      status.store(CA_ERR_NO_MEMORY);
+      return;  // the other threads take every task
+    }
+    const ScratchView<Cfg> sv(scratch.data());
+    for (int i; (i = next1.fetch_add(1, std::memory_order_relaxed)) < num_tasks1;) {
+      Phase1<Cfg, Variant>::run_task(*p, tasks1[i], part_o, part_lse, sv);
+      done1.fetch_add(1, std::memory_order_release);
+    }
+    for (int spins = 0; done1.load(std::memory_order_acquire) < num_tasks1; ++spins) {
+      if (spins < 2048) {
+        CA_CPU_PAUSE();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+#if defined(CA_CPU_PROFILE)
+    {
+      int64_t expected = 0;
+      phase_times().phase1_end_ns.compare_exchange_strong(expected, now_ns());
+    }
+#endif
+    for (int i; (i = next2.fetch_add(1, std::memory_order_relaxed)) < num_tasks2;)
+      Phase2<Cfg, Variant>::run_task(*p, i / Dm::kKvHeads, i % Dm::kKvHeads, part_o, part_lse, sv);
+  }
+};
+
+// Splits every run into row tiles of at most kPhase1MaxTileRows stacked rows (finer when there
+// are fewer tasks than threads), one task per (tile, KV head), largest first.
+template <class Cfg>
+inline void plan_phase1(const CaDecodeParams& p, int num_threads, std::vector<Phase1Task>& tasks) {
+  constexpr int G = Dims<Cfg>::kGroup, Hkv = Cfg::kKvHeads;
+  tasks.clear();
+  int max_tile = kPhase1MaxTileRows;
+  for (;;) {
+    int64_t count = 0;
+    for (int i = 0; i < p.num_runs; ++i) {
+      const int rows = p.runs[i].row_end - p.runs[i].row_begin;
+      const int rows_per_tile = max_tile / G > 0 ? max_tile / G : 1;
+      count += int64_t((rows + rows_per_tile - 1) / rows_per_tile) * Hkv;
+    }
+    if (count >= num_threads || max_tile / 2 < kPhase1MinTileRows || max_tile / 2 < G) break;
+    max_tile /= 2;
+  }
+  const int rows_per_tile_cap = max_tile / G > 0 ? max_tile / G : 1;
+  for (int i = 0; i < p.num_runs; ++i) {
+    const CaSharedRun& run = p.runs[i];
+    const int rows = run.row_end - run.row_begin;
+    const int tiles = (rows + rows_per_tile_cap - 1) / rows_per_tile_cap;
+    const int base_rows = rows / tiles, extra = rows % tiles;
+    for (int t = 0, r0 = run.row_begin; t < tiles; ++t) {
+      const int n = base_rows + (t < extra ? 1 : 0);
+      for (int kvh = 0; kvh < Hkv; ++kvh) tasks.push_back(Phase1Task{i, kvh, r0, r0 + n});
+      r0 += n;
+    }
+  }
+  // Largest work first (rows x chunks), so the phase ends evenly.
+  auto work = [&](const Phase1Task& t) { return int64_t(t.row_end - t.row_begin) * p.runs[t.run].num_chunks; };
+  std::stable_sort(tasks.begin(), tasks.end(),
+                   [&](const Phase1Task& a, const Phase1Task& b) { return work(a) > work(b); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry point of ca_decode. Never throws.
+
+template <class Cfg, class Variant>
+inline int decode(const CaDecodeParams& p) noexcept {
+  try {
+    const int status = validate<Cfg>(p);
+    if (status != CA_OK) return status;
+    if (p.num_rows == 0) return CA_OK;
+    thread_local std::vector<Phase1Task> tasks1;
+    int threads = resolve_num_threads(p.num_threads);
+    if (p.num_runs > 0) plan_phase1<Cfg>(p, threads, tasks1);
+    else tasks1.clear();
+
+    DecodeJob<Cfg, Variant> job;
+    job.p = &p;
+    job.part_o = p.num_runs > 0 ? static_cast<float*>(p.workspace) : nullptr;
+    job.part_lse = p.num_runs > 0 ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
+                                                             workspace_o_bytes<Cfg>(p.num_partials))
+                                  : nullptr;
+    job.tasks1 = tasks1.data();
+    job.num_tasks1 = int(tasks1.size());
+    job.num_tasks2 = p.num_rows * Cfg::kKvHeads;
+    const int most_tasks = job.num_tasks1 > job.num_tasks2 ? job.num_tasks1 : job.num_tasks2;
+    if (threads > most_tasks) threads = most_tasks;
+#if defined(CA_CPU_PROFILE)
+    phase_times().phase1_end_ns = 0;
+    phase_times().start_ns = now_ns();
+#endif
+    ThreadPool::instance().run(threads, &DecodeJob<Cfg, Variant>::entry, &job);
+#if defined(CA_CPU_PROFILE)
+    phase_times().phase2_end_ns = now_ns();
+#endif
+    if (job.status.load() != CA_OK) return fail(job.status.load(), "ca_decode: out of memory for scratch");
+    return CA_OK;
+  } catch (const std::bad_alloc&) {
+    return fail(CA_ERR_NO_MEMORY, "ca_decode: out of memory");
+  } catch (const std::exception& e) {
+    return fail(CA_ERR_DEVICE, "ca_decode: %s", e.what());
+  } catch (...) {
+    return fail(CA_ERR_DEVICE, "ca_decode: unknown exception");
+  }
+}
+
+}  // namespace cpu
+}  // namespace ca
+
+#endif  // CHUNKATTN_CPU_DECODE_H_

@@ -1,0 +1,263 @@
+// chunkattn/cpu/kernels.h — register-blocked microkernels of the cpu target.
+//
+// Everything is f32 in registers; K/V/Q in f16/bf16 are converted on load. W = simd::kWidth.
+//
+// Phase 1 (many stacked query rows share one K/V chunk):
+//   convert_k_transposed   K [C, D] (any dtype)  ->  KT [D, C] f32   (once per chunk and task)
+//   convert_rows           V [C, D] (any dtype)  ->  Vf [C, D] f32
+//   qk_tile_t<R, NKV>      S[R, NKV*W] = Q[R, D] · KT[:, keys]      (broadcast q, vectors over keys)
+//   pv_tile<R, NV>         O[R, NV*W] = alpha ⊙ O + P[R, keys] · V[keys, NV*W]
+// Phase 2 (one row's G query heads stream that row's own chunks, K/V read once):
+//   qk_direct<NG, NK>      S[NG, NK] = Q[NG, D] · K[NK, D]ᵀ straight from the pool, NG*NK = W
+//                          accumulators reduced by one transpose-sum
+//   pv_tile<R, NV>         with V straight from the pool (converted per load)
+// softmax_rows             online-softmax update of R rows of S in place (S becomes P)
+#ifndef CHUNKATTN_CPU_KERNELS_H_
+#define CHUNKATTN_CPU_KERNELS_H_
+
+#include <math.h>
+#include <stdint.h>
+
+#include "chunkattn/cpu/simd.h"
+#include "chunkattn/cpu/types.h"
+
+namespace ca {
+namespace cpu {
+namespace kern {
+
+using simd::V;
+inline constexpr int W = simd::kWidth;
+
+// Register budget per ISA: accumulator tiles of the phase-1 QK and the PV microkernels.
+#if defined(__AVX512F__)
+inline constexpr int kQkKeyVecs = 4;  // keys per QK tile = 4 * 16
+inline constexpr int kTileRows = 6;   // 6 x 4 = 24 zmm accumulators (32 registers)
+inline constexpr int kPvAccs = 24;
+#elif defined(__AVX2__) && defined(__FMA__)
+inline constexpr int kQkKeyVecs = 2;  // 6 x 2 = 12 ymm accumulators (16 registers)
+inline constexpr int kTileRows = 6;
+inline constexpr int kPvAccs = 12;
+#else
+inline constexpr int kQkKeyVecs = 4;
+inline constexpr int kTileRows = 4;
+inline constexpr int kPvAccs = 16;
+#endif
+
+// d-vectors per PV tile for R rows: enough independent FMA chains for one row, no more
+// accumulators than the register file holds.
+constexpr int pv_vecs_for(int rows) {
+  return (kPvAccs / rows) > 8 ? 8 : (kPvAccs / rows) < 1 ? 1 : (kPvAccs / rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversions.
+
+// dst[i] = scale * src[i], i in [0, n), n a multiple of W.
+template <class T>
+CA_CPU_INLINE void convert_scaled(float* dst, const T* src, int n, float scale) {
+  const V s = simd::bcast(scale);
+  for (int i = 0; i < n; i += W) simd::store(dst + i, simd::mul(simd::load(src + i), s));
+}
+
+template <class T>
+CA_CPU_INLINE void convert_rows(float* dst, const T* src, int n) {
+#pragma GCC unroll 4
+  for (int i = 0; i < n; i += W) simd::store(dst + i, simd::load(src + i));
+}
+
+// KT[d * C + c] = K[c * D + d].
+template <int C, int D, class T>
+inline void convert_k_transposed(float* __restrict KT, const T* __restrict K) {
+  static_assert(C % W == 0 && D % W == 0, "chunk size and head dim must be multiples of the vector width");
+  for (int c0 = 0; c0 < C; c0 += W) {
+    for (int d0 = 0; d0 < D; d0 += W) {
+      V r[W];
+#pragma GCC unroll 16
+      for (int i = 0; i < W; ++i) r[i] = simd::load(K + (c0 + i) * D + d0);
+      simd::transpose(r);
+#pragma GCC unroll 16
+      for (int j = 0; j < W; ++j) simd::store(KT + (d0 + j) * C + c0, r[j]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase-1 QK: S[i, j*W + l] = sum_d Q[i, d] * KT[d, j*W + l]  for i < R, j < NKV.
+template <int R, int NKV, int D>
+CA_CPU_INLINE void qk_tile_t(float* __restrict S, int ldS, const float* __restrict Q, int ldQ,
+                             const float* __restrict KT, int ldKT) {
+  V acc[R][NKV];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NKV; ++j) acc[i][j] = simd::zero();
+#pragma GCC unroll 2
+  for (int d = 0; d < D; ++d) {
+    V k[NKV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NKV; ++j) k[j] = simd::load(KT + d * ldKT + j * W);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const V q = simd::bcast(Q[i * ldQ + d]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NKV; ++j) acc[i][j] = simd::fmadd(q, k[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NKV; ++j) simd::store(S + i * ldS + j * W, acc[i][j]);
+}
+
+// All C keys of a chunk, in key blocks of kQkKeyVecs vectors.
+template <int R, int C, int D, int KEY0 = 0>
+CA_CPU_INLINE void qk_rows_t(float* S, int ldS, const float* Q, int ldQ, const float* KT) {
+  if constexpr (KEY0 < C) {
+    constexpr int remaining = (C - KEY0) / W;
+    constexpr int nkv = remaining < kQkKeyVecs ? remaining : kQkKeyVecs;
+    qk_tile_t<R, nkv, D>(S + KEY0, ldS, Q, ldQ, KT + KEY0, C);
+    qk_rows_t<R, C, D, KEY0 + nkv * W>(S, ldS, Q, ldQ, KT);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PV: O[i, j*W + l] = alpha[i] * O[i, ..] + sum_{t < keys} P[i, t] * V[t, j*W + l].
+template <int R, int NV, class VT>
+CA_CPU_INLINE void pv_tile(float* __restrict O, int ldO, const float* __restrict alpha, const float* __restrict P,
+                           int ldP, const VT* __restrict Vp, int ldV, int keys) {
+  V acc[R][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    const V a = simd::bcast(alpha[i]);
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) acc[i][j] = simd::mul(simd::load(O + i * ldO + j * W), a);
+  }
+#pragma GCC unroll 2
+  for (int t = 0; t < keys; ++t) {
+    V v[NV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) v[j] = simd::load(Vp + t * ldV + j * W);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const V p = simd::bcast(P[i * ldP + t]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) acc[i][j] = simd::fmadd(p, v[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) simd::store(O + i * ldO + j * W, acc[i][j]);
+}
+
+// All D columns, in d blocks of pv_vecs_for(R) vectors.
+template <int R, int D, int D0 = 0, class VT>
+CA_CPU_INLINE void pv_rows(float* O, int ldO, const float* alpha, const float* P, int ldP, const VT* Vp, int keys) {
+  if constexpr (D0 < D) {
+    constexpr int remaining = (D - D0) / W;
+    constexpr int nv = remaining < pv_vecs_for(R) ? remaining : pv_vecs_for(R);
+    pv_tile<R, nv>(O + D0, ldO, alpha, P, ldP, Vp + D0, D, keys);
+    pv_rows<R, D, D0 + nv * W>(O, ldO, alpha, P, ldP, Vp, keys);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase-2 QK straight from the pool: S[g, k] = sum_d Q[g, d] * K[k, d], g < NG, k < NK,
+// NG * NK == W. Each loaded K vector is reused by the NG query heads of the group.
+template <int NG, int NK, int D, class KT>
+CA_CPU_INLINE void qk_direct(float* S, int ldS, const float* __restrict Q, const KT* __restrict K) {
+  static_assert(NG * NK == W, "one accumulator per output lane");
+  V acc[W];
+#pragma GCC unroll 16
+  for (int a = 0; a < W; ++a) acc[a] = simd::zero();
+#pragma GCC unroll 2
+  for (int d = 0; d < D; d += W) {
+    V q[NG];
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g) q[g] = simd::load(Q + g * D + d);
+#pragma GCC unroll 16
+    for (int k = 0; k < NK; ++k) {
+      const V kv = simd::load(K + k * D + d);
+#pragma GCC unroll 16
+      for (int g = 0; g < NG; ++g) acc[g * NK + k] = simd::fmadd(q[g], kv, acc[g * NK + k]);
+    }
+  }
+  const V r = simd::reduce_transpose(acc);  // lane g * NK + k
+  if constexpr (NG == 1) {
+    simd::store(S, r);
+  } else {
+#pragma GCC unroll 16
+    for (int g = 0; g < NG; ++g) simd::store_lanes(S + g * ldS - g * NK, r, g * NK, (g + 1) * NK);
+  }
+}
+
+constexpr int pow2_floor(int x) {
+  int p = 1;
+  while (p * 2 <= x) p *= 2;
+  return p;
+}
+
+// S[g, k] for g < G, k < keys (rounded up to the key block), G split into power-of-two groups.
+template <int G, int C, int D, class KT, int G0 = 0>
+CA_CPU_INLINE void qk_direct_rows(float* S, const float* Q, const KT* K, int keys) {
+  if constexpr (G0 < G) {
+    constexpr int left = G - G0;
+    constexpr int ng = pow2_floor(left < W ? left : W);
+    constexpr int nk = W / ng;
+    for (int k0 = 0; k0 < keys; k0 += nk) qk_direct<ng, nk, D>(S + G0 * C + k0, C, Q + G0 * D, K + k0 * D);
+    qk_direct_rows<G, C, D, KT, G0 + ng>(S, Q, K, keys);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Online softmax over one chunk for R rows. S[i, 0..C) holds scores (-inf where invisible);
+// on return it holds p = exp(s - m_new) and alpha[i] the factor for the row's old o.
+template <int C>
+CA_CPU_INLINE void softmax_row(float* __restrict s, float& m, float& l, float& alpha) {
+  V mx = simd::load(s);
+#pragma GCC unroll 8
+  for (int c = W; c < C; c += W) mx = simd::max(mx, simd::load(s + c));
+  const float m_chunk = simd::reduce_max(mx);
+  if (m_chunk == -INFINITY) {  // nothing visible: p = 0, state unchanged
+    alpha = 1.f;
+#pragma GCC unroll 8
+    for (int c = 0; c < C; c += W) simd::store(s + c, simd::zero());
+    return;
+  }
+  const float m_new = m > m_chunk ? m : m_chunk;
+  alpha = expf(m - m_new);  // 0 when m = -inf
+  const V mv = simd::bcast(m_new);
+  V sum = simd::zero();
+#pragma GCC unroll 8
+  for (int c = 0; c < C; c += W) {
+    const V p = simd::exp(simd::sub(simd::load(s + c), mv));
+    simd::store(s + c, p);
+    sum = simd::add(sum, p);
+  }
+  l = l * alpha + simd::reduce_add(sum);
+  m = m_new;
+}
+
+// Sets s[t] = -inf for t in [valid, C).
+template <int C>
+CA_CPU_INLINE void mask_tail(float* s, int valid) {
+  if (valid >= C) return;
+  int c = (valid / W) * W;
+  if (c < valid) {
+    simd::store(s + c, simd::fill_from(simd::load(s + c), valid - c, -INFINITY));
+    c += W;
+  }
+  for (; c < C; c += W) simd::store(s + c, simd::bcast(-INFINITY));
+}
+
+// Prefetches n bytes from p into L2.
+CA_CPU_INLINE void prefetch_l2(const void* p, int bytes) {
+  const char* b = static_cast<const char*>(p);
+  for (int i = 0; i < bytes; i += 64) __builtin_prefetch(b + i, 0, 2);
+}
+
+}  // namespace kern
+}  // namespace cpu
+}  // namespace ca
+
+#endif  // CHUNKATTN_CPU_KERNELS_H_

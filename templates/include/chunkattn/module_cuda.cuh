@@ -1,0 +1,185 @@
+// chunkattn/module_cuda.cuh — the C ABI of a module built from the CUDA source, for the `cuda`
+// target (nvcc, device memory) and the `emu` target (g++ + runtime/cucpu, host memory).
+// Everything here is host code; the generated module instantiates it with its Cfg/Variant.
+#ifndef CHUNKATTN_MODULE_CUDA_CUH_
+#define CHUNKATTN_MODULE_CUDA_CUH_
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "chunkattn/abi.h"
+#include "chunkattn/decode_sequence_first.cuh"
+#include "chunkattn/dtype.cuh"
+#include "chunkattn/module_status.h"
+#include "chunkattn/prims.cuh"
+
+#if !defined(CA_TARGET_CUDA) && !defined(CA_TARGET_EMU)
+#error "module_cuda.cuh needs CA_TARGET_CUDA or CA_TARGET_EMU"
+#endif
+
+namespace ca::cuda_module {
+
+#if defined(CA_TARGET_CUDA)
+inline int device_status(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return ok();
+  return fail(e == cudaErrorMemoryAllocation ? CA_ERR_NO_MEMORY : CA_ERR_DEVICE,
+              std::string(what) + ": " + cudaGetErrorString(e));
+}
+#endif
+
+// Runs `kernel` on the GPU, or on the CPU through the shim; a shim diagnostic (deadlock,
+// divergent barrier, bad collective mask) becomes CA_ERR_KERNEL naming the kernel and location.
+template <class... P, class... A>
+int launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes,
+           void* stream, A&&... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return ok();
+#if defined(CA_TARGET_CUDA)
+  if (smem_bytes > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(smem_bytes));
+    if (e != cudaSuccess) return device_status(e, name);
+  }
+  kernel<<<grid, block, smem_bytes, static_cast<cudaStream_t>(stream)>>>(std::forward<A>(args)...);
+  return device_status(cudaGetLastError(), name);
+#else
+  (void)stream;
+  traffic_count_launch();
+  const cucpu::Error e = cucpu::launch(kernel, grid, block, smem_bytes, std::forward<A>(args)...);
+  if (e.ok()) return ok();
+  return fail(CA_ERR_KERNEL, std::string("kernel ") + name + ": " + e.describe());
+#endif
+}
+
+inline int malloc_bytes(void** ptr, uint64_t bytes) {
+  if (ptr == nullptr) return fail(CA_ERR_INVALID, "ca_malloc: null output pointer");
+  *ptr = nullptr;
+  if (bytes == 0) return ok();
+#if defined(CA_TARGET_CUDA)
+  return device_status(cudaMalloc(ptr, bytes), "cudaMalloc");
+#else
+  *ptr = aligned_alloc(256, (bytes + 255) / 256 * 256);
+  return *ptr ? ok() : fail(CA_ERR_NO_MEMORY, "ca_malloc: out of host memory");
+#endif
+}
+
+inline int free_bytes(void* ptr) {
+#if defined(CA_TARGET_CUDA)
+  return device_status(cudaFree(ptr), "cudaFree");
+#else
+  free(ptr);
+  return ok();
+#endif
+}
+
+inline int copy_bytes(void* dst, const void* src, uint64_t bytes, int32_t kind) {
+  if (kind < CA_COPY_H2D || kind > CA_COPY_D2D) return fail(CA_ERR_INVALID, "ca_memcpy: bad kind");
+  if (bytes == 0) return ok();
+#if defined(CA_TARGET_CUDA)
+  const cudaMemcpyKind kinds[] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost,
+                                  cudaMemcpyDeviceToDevice};
+  return device_status(cudaMemcpy(dst, src, bytes, kinds[kind]), "cudaMemcpy");
+#else
+  memmove(dst, src, bytes);
+  return ok();
+#endif
+}
+
+inline int set_bytes(void* dst, int32_t value, uint64_t bytes) {
+#if defined(CA_TARGET_CUDA)
+  return device_status(cudaMemset(dst, value, bytes), "cudaMemset");
+#else
+  memset(dst, value, bytes);
+  return ok();
+#endif
+}
+
+inline int synchronize(void* stream) {
+#if defined(CA_TARGET_CUDA)
+  return device_status(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)),
+                       "cudaStreamSynchronize");
+#else
+  (void)stream;
+  return ok();
+#endif
+}
+
+// Scatters tokens' K/V rows into the pool. Rows are converted to the pool's dtype on the host
+// and copied one (token, head) row at a time; a device-side scatter kernel can replace this
+// without changing the ABI.
+template <class Cfg>
+int write_kv(const CaWriteKvParams& p) {
+  using KvT = typename Cfg::KvT;
+  constexpr int Hkv = Cfg::kKvHeads, C = Cfg::kChunk, D = Cfg::kHeadDim;
+  std::vector<KvT> row(D);
+  for (int i = 0; i < p.num_tokens; ++i) {
+    const int slot = p.slots[i], offset = p.offsets[i];
+    if (slot < 0 || slot >= p.num_slots || offset < 0 || offset >= C)
+      return fail(CA_ERR_INVALID, "ca_write_kv: token " + std::to_string(i) + " targets slot " +
+                                      std::to_string(slot) + " offset " + std::to_string(offset));
+    for (int which = 0; which < 2; ++which) {
+      const void* src = which == 0 ? p.k : p.v;
+      KvT* pool = static_cast<KvT*>(which == 0 ? p.k_pool : p.v_pool);
+      for (int h = 0; h < Hkv; ++h) {
+        const size_t src_index = (size_t(i) * Hkv + h) * D;
+        if (p.src_dtype == CA_F32) {
+          for (int d = 0; d < D; ++d) row[d] = from_float<KvT>(static_cast<const float*>(src)[src_index + d]);
+        } else {
+          memcpy(row.data(), static_cast<const KvT*>(src) + src_index, D * sizeof(KvT));
+        }
+        KvT* dst = pool + ((size_t(slot) * Hkv + h) * C + offset) * D;
+        if (int s = copy_bytes(dst, row.data(), D * sizeof(KvT), CA_COPY_H2D)) return s;
+      }
+    }
+  }
+  return ok();
+}
+
+// Copy-on-write of a chunk's first num_tokens tokens, every KV head, K and V.
+template <class Cfg>
+int copy_chunk(void* k_pool, void* v_pool, int32_t num_slots, int32_t src, int32_t dst, int32_t num_tokens) {
+  using KvT = typename Cfg::KvT;
+  constexpr int Hkv = Cfg::kKvHeads, C = Cfg::kChunk, D = Cfg::kHeadDim;
+  if (src < 0 || src >= num_slots || dst < 0 || dst >= num_slots || num_tokens < 0 || num_tokens > C)
+    return fail(CA_ERR_INVALID, "ca_copy_chunk: slot or token count out of range");
+  for (void* pool : {k_pool, v_pool})
+    for (int h = 0; h < Hkv; ++h) {
+      KvT* base = static_cast<KvT*>(pool);
+      const size_t row_bytes = size_t(num_tokens) * D * sizeof(KvT);
+      if (int s = copy_bytes(base + (size_t(dst) * Hkv + h) * C * D, base + (size_t(src) * Hkv + h) * C * D,
+                             row_bytes, CA_COPY_D2D))
+        return s;
+    }
+  return ok();
+}
+
+template <class Cfg>
+uint64_t workspace_bytes(const CaDecodeParams&) {
+  return 0;  // sequence-first needs no scratch; phase 1 partials come with the two-phase kernels
+}
+
+template <class Cfg, class Variant>
+int decode(const CaDecodeParams& p, void* stream) {
+  if (p.abi_version != CA_ABI_VERSION || p.struct_bytes != sizeof(CaDecodeParams))
+    return fail(CA_ERR_INVALID, "ca_decode: params from another ABI version");
+  if (p.num_runs != 0)
+    return fail(CA_ERR_UNSUPPORTED,
+                "ca_decode: this module has no phase-1 kernel yet; build the context with no shared runs");
+  using Plan = SequenceFirstPlan<Cfg>;
+  return launch("decode_sequence_first", decode_sequence_first_kernel<Cfg, Variant>,
+                dim3(unsigned(p.num_rows), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads), Plan::kSmemBytes,
+                stream, p);
+}
+
+inline int get_stats(CaStats* out) {
+  if (out == nullptr) return fail(CA_ERR_INVALID, "ca_get_stats: null output");
+  traffic_snapshot(out);
+  return ok();
+}
+
+}  // namespace ca::cuda_module
+
+#endif  // CHUNKATTN_MODULE_CUDA_CUH_

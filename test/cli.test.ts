@@ -1,0 +1,76 @@
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, test } from 'vitest';
+import { runCli } from './cli-harness.ts';
+
+function specFile(source: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'chunkattn-cli-'));
+  const file = join(dir, 'spec.ts');
+  writeFileSync(file, source.replaceAll('DSL', join(import.meta.dirname, '..', 'dsl', 'index.ts')));
+  return file;
+}
+
+describe('chunkattn CLI', () => {
+  test('doctor reports compilers, GPU, cache and addon as JSON', async () => {
+    const result = await runCli(['doctor', '--json']);
+    expect(result.exitCode, result.stderr).toBe(0);
+    const report = result.json as Record<string, unknown>;
+    expect(report).toHaveProperty('gxx');
+    expect(report).toHaveProperty('nvcc');
+    expect(String(report.gpu)).toMatch(/^(yes|no|a device)/);
+    expect(String(report.cache)).toBeTruthy();
+  });
+
+  test('a bad spec exits 1 with file:line:col and starts no build', async () => {
+    const cache = mkdtempSync(join(tmpdir(), 'chunkattn-cli-cache-'));
+    const file = specFile(
+      [
+        "import { attention } from 'DSL';",
+        'export default attention({',
+        "  name: 'bad', heads: { q: 8, kv: 8 }, headDim: 64, dtype: 'f16',",
+        '  mask: (pos) => pos.query > 3,',
+        '});',
+        '',
+      ].join('\n'),
+    );
+    const result = await runCli(['compile', file, '--target', 'cpu'], { CHUNKATTN_CACHE: cache });
+    expect(result.exitCode).toBe(1);
+    expect(result.stderr).toContain(`${file}:4:`);
+    expect(result.stderr).toMatch(/query/);
+    expect(readdirSync(cache)).toEqual([]);
+  });
+
+  test('a spec field error names the field path and exits 1', async () => {
+    const file = specFile(
+      "import { attention } from 'DSL';\nexport default attention({ name: 'x', heads: { q: 32, kv: 5 }, headDim: 128, dtype: 'f16' });\n",
+    );
+    const result = await runCli(['compile', file]);
+    expect(result.exitCode).toBe(1);
+    expect(result.stderr).toContain('heads.kv');
+  });
+
+  test('unknown flags values, targets and files are user errors (exit 1)', async () => {
+    for (const args of [
+      ['compile', 'examples/llama2-7b.ts', '--arch', 'sm_70'],
+      ['compile', 'examples/llama2-7b.ts', '--target', 'tpu'],
+      ['compile', 'examples/llama2-7b.ts', '--head-dim', 'big'],
+      ['compile', 'examples/does-not-exist.ts'],
+      ['bench', 'no-such-report'],
+      ['no-such-command'],
+    ]) {
+      const result = await runCli(args);
+      expect(result.exitCode, `${args.join(' ')}\n${result.stderr}`).toBe(1);
+      expect(result.stderr.length).toBeGreaterThan(0);
+    }
+  });
+
+  test('--head-dim retargets a spec, and an unsupported one is refused', async () => {
+    const ok = await runCli(['inspect', 'examples/llama2-7b.ts', '--target', 'cpu', '--head-dim', '64', '--json']);
+    expect(ok.exitCode, ok.stderr).toBe(0);
+    expect((ok.json as { specs: { headDim: number }[] }).specs[0]!.headDim).toBe(64);
+    const bad = await runCli(['inspect', 'examples/llama2-7b.ts', '--head-dim', '100']);
+    expect(bad.exitCode).toBe(1);
+    expect(bad.stderr).toContain('headDim');
+  });
+});

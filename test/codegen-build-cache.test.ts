@@ -1,0 +1,118 @@
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, expect, test } from 'vitest';
+import { BuildError, build, findToolchain, plan } from '../codegen/index.ts';
+import { attention } from '../dsl/index.ts';
+import { runCli, spawnCli } from './cli-harness.ts';
+
+interface ModuleResult {
+  name: string;
+  target: string;
+  key: string;
+  cached: boolean;
+  seconds: number;
+  dir: string;
+  spillBytes: number;
+  maxRegisters: number;
+  resources: { arch: string; spillStoreBytes: number; spillLoadBytes: number }[];
+}
+
+const EXAMPLES = ['llama2-7b', 'llama3-8b', 'softcap-window'];
+
+function freshCache(): string {
+  return mkdtempSync(join(tmpdir(), 'chunkattn-cache-test-'));
+}
+
+describe('compile for GPUs through nvcc', () => {
+  test.each(EXAMPLES)('%s builds for sm_80 and sm_90a with 0 spill bytes; the second run is a cache hit', async (example) => {
+    const file = join('examples', `${example}.ts`);
+    const first = await runCli(['compile', file, '--arch', 'sm_80,sm_90a', '--json']);
+    expect(first.exitCode, first.stderr).toBe(0);
+    const [module] = (first.json as { modules: ModuleResult[] }).modules;
+    expect(module!.target).toBe('cuda');
+    expect(module!.resources.map((r) => r.arch).sort()).toEqual(['sm_80', 'sm_90a']);
+    for (const r of module!.resources) expect(r.spillStoreBytes + r.spillLoadBytes).toBe(0);
+    const libraryMtime = statSync(join(module!.dir, 'module.so')).mtimeMs;
+
+    const second = await runCli(['compile', file, '--arch', 'sm_80,sm_90a', '--json']);
+    expect(second.exitCode, second.stderr).toBe(0);
+    const [again] = (second.json as { modules: ModuleResult[] }).modules;
+    expect(again!.cached).toBe(true);
+    expect(again!.key).toBe(module!.key);
+    expect(again!.seconds).toBeLessThan(1);
+    expect(statSync(join(again!.dir, 'module.so')).mtimeMs).toBe(libraryMtime);
+  });
+});
+
+describe('the build cache under concurrency and interruption', () => {
+  test('4 processes compiling one spec at once produce one build and four identical manifests', async () => {
+    const cache = freshCache();
+    const env = { CHUNKATTN_CACHE: cache };
+    const runs = await Promise.all(
+      [0, 1, 2, 3].map(() => runCli(['compile', 'examples/llama3-8b.ts', '--target', 'cpu', '--json'], env)),
+    );
+    for (const run of runs) expect(run.exitCode, run.stderr).toBe(0);
+    const modules = runs.map((r) => (r.json as { modules: ModuleResult[] }).modules[0]!);
+    expect(modules.filter((m) => !m.cached)).toHaveLength(1);
+    expect(new Set(modules.map((m) => m.key)).size).toBe(1);
+    const manifests = modules.map((m) => readFileSync(join(m.dir, 'manifest.json'), 'utf8'));
+    expect(new Set(manifests).size).toBe(1);
+    const entries = readdirSync(cache).filter((e) => !e.startsWith('.'));
+    expect(entries).toEqual([modules[0]!.dir.split('/').at(-1)]);
+    expect(existsSync(join(modules[0]!.dir, 'module.so'))).toBe(true);
+  });
+
+  test('a build killed midway leaves nothing that looks complete, and the next build recovers', async () => {
+    const cache = freshCache();
+    const env = { CHUNKATTN_CACHE: cache };
+    const child = spawnCli(['compile', 'examples/llama2-7b.ts', '--arch', 'sm_80', '--json'], env);
+    const tmpRoot = join(cache, '.tmp');
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && !(existsSync(tmpRoot) && readdirSync(tmpRoot).length > 0)) await sleep(20);
+    await sleep(300); // inside the compiler now
+    child.kill('SIGKILL');
+    await child.catch(() => undefined);
+    const complete = readdirSync(cache).filter((e) => !e.startsWith('.') && !e.endsWith('.lock'));
+    expect(complete).toEqual([]);
+
+    const retry = await runCli(['compile', 'examples/llama2-7b.ts', '--arch', 'sm_80', '--json'], env);
+    expect(retry.exitCode, retry.stderr).toBe(0);
+    const [module] = (retry.json as { modules: ModuleResult[] }).modules;
+    expect(module!.cached).toBe(false);
+    expect(readdirSync(tmpRoot)).toEqual([]); // the dead builder's folder was swept
+  });
+
+  test('a compiler error shows the compiler message, the generated file and the spec name', async () => {
+    const saved = process.env.CHUNKATTN_CACHE;
+    process.env.CHUNKATTN_CACHE = freshCache();
+    const spec = attention({ name: 'broken-variant', heads: { q: 4, kv: 4 }, headDim: 64, dtype: 'f32', targets: ['cpu'] });
+    // A translated scoreMod can only hold valid C++; plant an invalid one to exercise the error path.
+    const broken = { ...spec, scoreMod: { source: 's', loc: { file: 'x.ts', line: 1, column: 1 }, ir: { kind: 'score' as const }, cpp: 'score +' } };
+    const toolchain = await findToolchain();
+    const error = await build(plan(broken, { target: 'cpu' }, toolchain), toolchain)
+      .catch((e: unknown) => e)
+      .finally(() => {
+        process.env.CHUNKATTN_CACHE = saved;
+      });
+    expect(error).toBeInstanceOf(BuildError);
+    const message = (error as BuildError).message;
+    expect(message).toContain('spec "broken-variant"');
+    expect(message).toMatch(/generated file: .*\.failed.*kernel\.cpp/);
+    expect(message).toContain('error:');
+    expect(existsSync((error as BuildError).generatedFile)).toBe(true);
+  });
+});
+
+describe('the cache key', () => {
+  test('changes with the spec, target and tunables, and not between identical specs', async () => {
+    const toolchain = await findToolchain();
+    const base = { name: 'k', heads: { q: 8, kv: 2 }, headDim: 64, dtype: 'f16', targets: ['cpu', 'emu'] } as const;
+    const a = plan(attention(base), { target: 'cpu' }, toolchain).key;
+    expect(plan(attention(base), { target: 'cpu' }, toolchain).key).toBe(a);
+    expect(plan(attention({ ...base, headDim: 128 }), { target: 'cpu' }, toolchain).key).not.toBe(a);
+    expect(plan(attention(base), { target: 'emu' }, toolchain).key).not.toBe(a);
+    expect(plan(attention(base), { target: 'emu', sanitize: 'address' }, toolchain).key).toMatch(/^k-emu-address-/);
+  });
+});
