@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { BENCH_NAMES, benchCommand } from './commands/bench.ts';
 import { compileCommand } from './commands/compile.ts';
+import { demoCommand } from './commands/demo.ts';
 import { doctorCommand } from './commands/doctor.ts';
 import { inspectCommand } from './commands/inspect.ts';
 import { describeError, EXIT_USER } from './exit-codes.ts';
@@ -36,6 +37,16 @@ program
   .description('show compilers, GPU, cache location and the native addon')
   .option('--json', 'print one JSON object as the last line of output')
   .action(async (flags) => doctorCommand(makeOutput(!!flags.json)));
+
+program
+  .command('demo')
+  .description('a shared-system-prompt workload on the cpu target: memory saved, two-phase vs sequence-first, error vs float64')
+  .option('--batch <n>', 'sequences (default 32)')
+  .option('--shared <n>', 'shared prompt tokens (default 2048)')
+  .option('--steps <n>', 'decode steps (default 256)')
+  .option('--heads <n>', 'attention heads (default 8; Llama2-7B has 32)')
+  .option('--json', 'print one JSON object as the last line of stdout')
+  .action(async (flags) => demoCommand(flags, makeOutput(!!flags.json)));
 
 program
   .command('bench <name>')

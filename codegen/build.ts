@@ -59,6 +59,9 @@ export function buildCommand(plan: KernelPlan, toolchain: Toolchain, sourceFile:
     gxx.path,
     ...common,
     ...SANITIZER_FLAGS[plan.sanitize],
+    // The shim backs `extern __shared__` arrays with thread_locals; without this, g++ calls a
+    // weak TLS-init hook that is null in a dlopened module.
+    '-fno-extern-tls-init',
     `-I${cudaInclude}`,
     '-include',
     join(CUCPU_DIR, 'cucpu.h'),

@@ -149,6 +149,21 @@ function editDistance(a: string, b: string): number {
   return row[b.length]!;
 }
 
+/** The known field a typo most likely meant: same letters, a prefix, or 1-2 edits away. */
+function closestField(key: string, known: readonly string[]): string | undefined {
+  const lower = key.toLowerCase();
+  const maxEdits = lower.length <= 3 ? 1 : 2;
+  let best: { field: string; score: number } | undefined;
+  for (const field of known) {
+    const f = field.toLowerCase();
+    const score =
+      f === lower ? 0 : f.startsWith(lower) || lower.startsWith(f) ? 1 : 1 + editDistance(f, lower);
+    if (score > 1 + maxEdits) continue;
+    if (!best || score < best.score) best = { field, score };
+  }
+  return best?.field;
+}
+
 function checkKnownFields(
   ctx: Context,
   object: Record<string, unknown>,
@@ -157,9 +172,7 @@ function checkKnownFields(
 ) {
   for (const key of Object.keys(object)) {
     if (known.includes(key)) continue;
-    const close = known.find(
-      (k) => k.toLowerCase() === key.toLowerCase() || editDistance(k.toLowerCase(), key.toLowerCase()) <= 2,
-    );
+    const close = closestField(key, known);
     ctx.fail(`${prefix}${key}`, `unknown field${close ? ` (did you mean ${close}?)` : ''}`, known.join(', '));
   }
 }

@@ -41,7 +41,8 @@ export function floatLiteral(value: number): string {
   if (Object.is(value, -0)) return '(-0.0f)';
   const magnitude = Math.abs(value);
   // Integers below 1e21 print in full: BigInt gives their exact digits (String rounds past 2^53).
-  const text = Number.isInteger(magnitude) && magnitude < 1e21 ? BigInt(magnitude).toString() : String(magnitude);
+  const text =
+    Number.isInteger(magnitude) && magnitude < 1e21 ? BigInt(magnitude).toString() : String(magnitude);
   const literal = /[.e]/.test(text) ? `${text}f` : `${text}.0f`;
   return value < 0 ? `(-${literal})` : literal;
 }

@@ -464,7 +464,8 @@ class Translator {
   }
 
   private number(n: import('ts-morph').NumericLiteral): Value | null {
-    const value = n.getLiteralValue();
+    // The compiler's normalized text (`0x10` → 16, `1_000` → 1000); ts-morph's getLiteralValue misreads `1e39`.
+    const value = Number(n.compilerNode.text);
     if (!Number.isFinite(value)) return this.report(n, `numeric literal ${n.getText()} is not finite`);
     if (Math.abs(value) > FLOAT_MAX) {
       return this.report(n, `numeric literal ${n.getText()} does not fit in a float (largest: 3.4028235e38)`);

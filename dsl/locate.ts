@@ -222,15 +222,43 @@ function constInitializer(file: SourceFile, name: string, usePos: number): Expre
 
 /**
  * Identifiers, literal values and `true`/`false`, in order, outside type annotations: what survives
- * tsx/esbuild's transform unchanged, so source and `fn.toString()` can be compared.
+ * tsx/esbuild's transform, so source and `fn.toString()` can be compared. Names the function
+ * declares itself (parameters, destructured names, consts) become positional placeholders, since
+ * esbuild renames them when they shadow a module-level name (`s` → `s2`).
  */
 function signature(node: FunctionNode): string {
   const { ts } = tsMorph();
+  const root = node.compilerNode;
+  const declared = new Map<string, string>();
+  const declare = (name: TsNamespace.BindingName): void => {
+    if (ts.isIdentifier(name)) {
+      if (!declared.has(name.text)) declared.set(name.text, `#${declared.size}`);
+    } else {
+      for (const element of name.elements) if (!ts.isOmittedExpression(element)) declare(element.name);
+    }
+  };
+  const collect = (n: TsNamespace.Node): void => {
+    if (ts.isParameter(n) || ts.isVariableDeclaration(n) || ts.isBindingElement(n)) declare(n.name);
+    ts.forEachChild(n, collect);
+  };
+  for (const p of root.parameters) collect(p);
+  if (root.body) collect(root.body);
+
   const out: string[] = [];
   const visit = (n: TsNamespace.Node): void => {
     if (ts.isTypeNode(n) || ts.isTypeParameterDeclaration(n)) return;
-    if (ts.isIdentifier(n)) out.push(n.text);
-    else if (ts.isNumericLiteral(n)) out.push(String(Number(n.text)));
+    if (ts.isIdentifier(n)) out.push(declared.get(n.text) ?? n.text);
+    else if (ts.isPropertyAccessExpression(n)) {
+      visit(n.expression);
+      out.push(`.${n.name.text}`);
+      return;
+    } else if (ts.isBindingElement(n) || ts.isPropertyAssignment(n)) {
+      // `{ q }` may come back as `{ q: q2 }`: the property name is not compared, the binding is.
+      const name = ts.isBindingElement(n) ? n.name : n.initializer;
+      visit(name);
+      if (ts.isBindingElement(n) && n.initializer) visit(n.initializer);
+      return;
+    } else if (ts.isNumericLiteral(n)) out.push(String(Number(n.text)));
     else if (ts.isBigIntLiteral(n)) out.push(n.text);
     else if (ts.isStringLiteralLike(n)) out.push(JSON.stringify(n.text));
     else if (n.kind === ts.SyntaxKind.TrueKeyword || n.kind === ts.SyntaxKind.FalseKeyword) {
@@ -238,9 +266,8 @@ function signature(node: FunctionNode): string {
     }
     ts.forEachChild(n, visit);
   };
-  for (const p of node.getParameters()) visit(p.compilerNode);
-  const body = node.getBody();
-  if (body) visit(body.compilerNode);
+  for (const p of root.parameters) visit(p);
+  if (root.body) visit(root.body);
   return out.join(' ');
 }
 

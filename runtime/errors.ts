@@ -55,6 +55,7 @@ export class KernelError extends ChunkattnError {
 export class InvariantError extends ChunkattnError {
   override name = 'InvariantError';
   constructor(readonly problems: readonly string[]) {
-    super(`prefix tree invariants violated:\n  ${problems.slice(0, 20).join('\n  ')}${problems.length > 20 ? `\n  ... ${problems.length - 20} more` : ''}`);
+    const more = problems.length > 20 ? `\n  ... ${problems.length - 20} more` : '';
+    super(`prefix tree invariants violated:\n  ${problems.slice(0, 20).join('\n  ')}${more}`);
   }
 }

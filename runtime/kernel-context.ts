@@ -43,8 +43,15 @@ export interface KernelContextOptions {
 }
 
 export interface KernelContext {
-  /** Changes only when the tree's shape changed (it is the tree's shape version at build time). */
+  /**
+   * Identifies this build: unique per built context in the process (a new number at every
+   * rebuild, and different for contexts built with different options or from different trees).
+   * tree.context() rebuilds only when the shape changed, so it changes only then. rowLength is
+   * refreshed in place WITHOUT a version change.
+   */
   readonly version: number;
+  /** The tree's shapeVersion this context was built from. */
+  readonly shapeVersion: number;
   readonly chunkSize: number;
   readonly minSharers: number;
   readonly maxRunChunks: number;
@@ -85,7 +92,7 @@ export interface ContextSource {
   readonly refSum: number;
   /** Nodes with refcount > 0. */
   readonly chunksInUse: number;
-  readonly parent: Int32Array;
+  /** Chunk index of the node within its sequences (root: -1). */
   readonly depth: Int32Array;
   readonly refs: Int32Array;
   readonly firstChild: Int32Array;
@@ -110,12 +117,15 @@ export function normalizeContextOptions(options: KernelContextOptions = {}): {
   return { minSharers, maxRunChunks };
 }
 
+let buildCounter = 0;
+
 class BuiltContext implements KernelContext {
   #rowMap: Map<number, number> | undefined;
   /** The tree's sequence records per row; used to refresh rowLength in place. */
   readonly #rowRecords: readonly ContextSequence[];
+  readonly version = ++buildCounter;
   constructor(
-    readonly version: number,
+    readonly shapeVersion: number,
     readonly chunkSize: number,
     readonly minSharers: number,
     readonly maxRunChunks: number,
@@ -182,7 +192,7 @@ export function buildKernelContext(source: ContextSource, options: KernelContext
   const chunkSize = source.chunkSize;
   const numRows = source.liveSequences;
   const liveNodes = source.chunksInUse;
-  const { parent, depth, refs, firstChild, nextSibling, nodeSequences } = source;
+  const { depth, refs, firstChild, nextSibling, nodeSequences } = source;
 
   const rowSeq = new Int32Array(numRows);
   const rowLength = new Int32Array(numRows);
@@ -194,12 +204,18 @@ export function buildKernelContext(source: ContextSource, options: KernelContext
 
   // Upper bounds: every live node is on the DFS stack at most once, in at most one run; each run
   // gives one partial per row it covers, so partials ≤ Σ refcounts.
-  const stack = (stackScratch = atLeast(stackScratch, liveNodes + 1));
-  const path = (pathScratch = atLeast(pathScratch, liveNodes + 1));
-  const runStack = (runStackScratch = atLeast(runStackScratch, liveNodes + 1));
-  const runs = (runsScratch = atLeast(runsScratch, (liveNodes + 1) * RUN_FIELDS));
-  const runSlots = (runSlotsScratch = atLeast(runSlotsScratch, liveNodes + 1));
-  const partials = (partialsScratch = atLeast(partialsScratch, source.refSum + 1));
+  stackScratch = atLeast(stackScratch, liveNodes + 1);
+  pathScratch = atLeast(pathScratch, liveNodes + 1);
+  runStackScratch = atLeast(runStackScratch, liveNodes + 1);
+  runsScratch = atLeast(runsScratch, (liveNodes + 1) * RUN_FIELDS);
+  runSlotsScratch = atLeast(runSlotsScratch, liveNodes + 1);
+  partialsScratch = atLeast(partialsScratch, source.refSum + 1);
+  const stack = stackScratch;
+  const path = pathScratch;
+  const runStack = runStackScratch;
+  const runs = runsScratch;
+  const runSlots = runSlotsScratch;
+  const partials = partialsScratch;
 
   let row = 0;
   let chunkOffset = 0;
@@ -329,12 +345,15 @@ export function ioRowMap(context: KernelContext, ioSeqs: ArrayLike<number>): Int
     if (seq === -1) continue;
     const row = context.rowOf(seq);
     if (row < 0) throw new UnknownSequenceError(seq);
-    if (rowIo[row] !== -1) throw new ShapeError(`sequence ${seq} appears twice in the io rows (${rowIo[row]} and ${io})`);
+    if (rowIo[row] !== -1)
+      throw new ShapeError(`sequence ${seq} appears twice in the io rows (${rowIo[row]} and ${io})`);
     rowIo[row] = io;
   }
   for (let row = 0; row < context.numRows; row++) {
     if (rowIo[row] === -1) {
-      throw new ShapeError(`live sequence ${context.rowSeq[row]} has no io row (every live sequence is decoded)`);
+      throw new ShapeError(
+        `live sequence ${context.rowSeq[row]} has no io row (every live sequence is decoded)`,
+      );
     }
   }
   return rowIo;

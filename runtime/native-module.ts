@@ -21,8 +21,8 @@
 // modules q/out and the context are staged through device buffers kept per module (the context is
 // uploaded again only when contextVersion changes or its contents differ from the last upload).
 
-import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import { ArgumentError, type ChunkattnError, KernelError, ModuleError, ShapeError } from './errors.ts';
 import { NATIVE_ADDON_PATH } from './native-status.ts';
@@ -224,7 +224,7 @@ export function parseKernelDiagnostic(text: string): { kernel?: string; location
   if (location) result.location = `${location[1]}:${location[2]}:${location[3]}`;
   const kernel =
     /\bkernel\s+[`'"]?([A-Za-z_]\w*)/.exec(text) ??
-    /^\s*([A-Za-z_]\w*)(?:<[^>]*>)?\s*:(?!\d)/.exec(text) ??
+    /^\s*([A-Za-z_]\w*)(?:<[^>]*>)?\s*:\s*(?:block|thread|grid)\s*\(/.exec(text) ??
     /\b([A-Za-z_]\w*_kernel\w*)\b/.exec(text) ??
     /\bin\s+([A-Za-z_]\w*)\s*(?:<<<|\()/.exec(text);
   if (kernel?.[1] && kernel[1] !== 'block' && kernel[1] !== 'thread') result.kernel = kernel[1];
@@ -256,7 +256,8 @@ export function toTypedError(error: unknown): unknown {
     }
   }
   withCode(typed, nativeCode);
-  if (source.status !== undefined) Object.defineProperty(typed, 'status', { value: source.status, enumerable: true });
+  if (source.status !== undefined)
+    Object.defineProperty(typed, 'status', { value: source.status, enumerable: true });
   if (source.moduleMessage !== undefined) {
     Object.defineProperty(typed, 'moduleMessage', { value: source.moduleMessage, enumerable: true });
   }
@@ -302,7 +303,8 @@ export class KvPool {
 
 function normalizeInfo(raw: Record<string, unknown>): ModuleInfo {
   const dtype = raw['dtype'] as { q: ModuleDType; kv: ModuleDType; out: ModuleDType };
-  const key = typeof raw['key'] === 'string' ? raw['key'] : typeof raw['specHash'] === 'string' ? raw['specHash'] : '';
+  const key =
+    typeof raw['key'] === 'string' ? raw['key'] : typeof raw['specHash'] === 'string' ? raw['specHash'] : '';
   return Object.freeze({
     abi: raw['abi'] as number,
     name: raw['name'] as string,
@@ -340,7 +342,10 @@ export class NativeModule {
    */
   static load(libraryPath: string): NativeModule {
     if (typeof libraryPath !== 'string' || libraryPath.length === 0) {
-      throw withCode(new ModuleError(`module path must be a non-empty string, got ${String(libraryPath)}`), 'ERR_CA_LOAD');
+      throw withCode(
+        new ModuleError(`module path must be a non-empty string, got ${String(libraryPath)}`),
+        'ERR_CA_LOAD',
+      );
     }
     const path = resolve(libraryPath);
     const handle = call(() => nativeAddon().load(path));

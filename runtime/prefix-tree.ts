@@ -316,14 +316,14 @@ export class PrefixTree {
 
   /**
    * The kernel context of all live sequences. Cached per option set: rebuilt only when the
-   * shape changed since the last build (its version changes then); otherwise the same object is
-   * returned with rowLength refreshed in place.
+   * shape changed since the last build (a new object with a new version); otherwise the same
+   * object is returned with rowLength refreshed in place (same version).
    */
   context(options: KernelContextOptions = {}): KernelContext {
     const { minSharers, maxRunChunks } = normalizeContextOptions(options);
     const key = `${minSharers}|${maxRunChunks}`;
     const cached = this.contexts.get(key);
-    if (cached && cached.context.version === this.shapeVersionNow) {
+    if (cached && cached.context.shapeVersion === this.shapeVersionNow) {
       if (cached.lengthVersion !== this.lengthVersion) {
         refreshContextLengths(cached.context);
         cached.lengthVersion = this.lengthVersion;
@@ -344,7 +344,6 @@ export class PrefixTree {
       liveSequences: this.sequenceMap.size,
       refSum: this.refTotal,
       chunksInUse: this.inUse,
-      parent: this.parent,
       depth: this.depth,
       refs: this.refs,
       firstChild: this.firstChild,
@@ -362,7 +361,7 @@ export class PrefixTree {
    * except the chunk holding the last prompt token, which is always fresh and private.
    */
   insert(prompt: ArrayLike<number>): InsertResult {
-    const length = prompt.length;
+    const length = prompt?.length;
     if (typeof length !== 'number') throw new ArgumentError('insert: tokens must be an array of token ids');
     const promptTokens = new Int32Array(length);
     for (let i = 0; i < length; i++) promptTokens[i] = checkToken(prompt[i], `insert: position ${i}`);
@@ -424,6 +423,9 @@ export class PrefixTree {
    * A sequence whose tail chunk is full (or that is empty) gets a new private chunk.
    */
   appendBatch(seqs: ArrayLike<number>, newTokens: ArrayLike<number>): AppendResult {
+    if (typeof seqs?.length !== 'number' || typeof newTokens?.length !== 'number') {
+      throw new ArgumentError('appendBatch: seqs and tokens must be arrays');
+    }
     const n = seqs.length;
     if (newTokens.length !== n) {
       throw new ShapeError(`appendBatch: ${n} sequences but ${newTokens.length} tokens`);
@@ -497,7 +499,8 @@ export class PrefixTree {
     if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) {
       throw new ArgumentError(`fork: n must be an integer ≥ 1, got ${String(n)}`);
     }
-    if (this.nextHandle + n - 1 > MAX_HANDLE) throw new ChunkattnError('sequence handles exhausted (2^31 issued)');
+    if (this.nextHandle + n - 1 > MAX_HANDLE)
+      throw new ChunkattnError('sequence handles exhausted (2^31 issued)');
     const c = this.chunkSize;
     const tail = rec.tail;
     const tailFill = tail === ROOT ? 0 : this.fill[tail]!;
@@ -621,7 +624,9 @@ export class PrefixTree {
         }
         const expectLength = this.depth[tail]! * c + this.fill[tail]!;
         if (rec.length !== expectLength) {
-          problems.push(`sequence ${handle}: length ${rec.length} but its chunks hold ${expectLength} tokens`);
+          problems.push(
+            `sequence ${handle}: length ${rec.length} but its chunks hold ${expectLength} tokens`,
+          );
         }
         let steps = 0;
         for (let node = tail; node !== ROOT; node = this.parent[node]!) {
@@ -631,7 +636,8 @@ export class PrefixTree {
           }
           count[node]!++;
           refTotal++;
-          if (node !== tail && this.fill[node] !== c) problems.push(`sequence ${handle}: inner chunk ${node - 1} is not full`);
+          if (node !== tail && this.fill[node] !== c)
+            problems.push(`sequence ${handle}: inner chunk ${node - 1} is not full`);
         }
       }
       let found = false;
@@ -656,18 +662,24 @@ export class PrefixTree {
     for (let slot = 0; slot < cap; slot++) {
       const node = slot + 1;
       if (!this.pool.isAllocated(slot)) {
-        if (this.refs[node] !== 0 || this.fill[node] !== 0) problems.push(`free slot ${slot} still has node data`);
+        if (this.refs[node] !== 0 || this.fill[node] !== 0)
+          problems.push(`free slot ${slot} still has node data`);
         continue;
       }
       const refs = this.refs[node]!;
       const fillNode = this.fill[node]!;
-      if (refs !== count[node]) problems.push(`slot ${slot}: refcount ${refs} but ${count[node]} live sequences pass through`);
+      if (refs !== count[node])
+        problems.push(`slot ${slot}: refcount ${refs} but ${count[node]} live sequences pass through`);
       if (fillNode < 1 || fillNode > c) problems.push(`slot ${slot}: fill ${fillNode} outside [1, ${c}]`);
-      if (this.firstChild[node] !== NONE && fillNode !== c) problems.push(`slot ${slot}: has children but is not full`);
-      if (fillNode < c && refs !== 1) problems.push(`slot ${slot}: partial chunk with refcount ${refs} (must be a private tail)`);
+      if (this.firstChild[node] !== NONE && fillNode !== c)
+        problems.push(`slot ${slot}: has children but is not full`);
+      if (fillNode < c && refs !== 1)
+        problems.push(`slot ${slot}: partial chunk with refcount ${refs} (must be a private tail)`);
       const up = this.parent[node]!;
-      if (up !== ROOT && !this.pool.isAllocated(up - 1)) problems.push(`slot ${slot}: parent ${up - 1} is not allocated`);
-      if (this.depth[node] !== (up === ROOT ? 0 : this.depth[up]! + 1)) problems.push(`slot ${slot}: wrong depth`);
+      if (up !== ROOT && !this.pool.isAllocated(up - 1))
+        problems.push(`slot ${slot}: parent ${up - 1} is not allocated`);
+      if (this.depth[node] !== (up === ROOT ? 0 : this.depth[up]! + 1))
+        problems.push(`slot ${slot}: wrong depth`);
       if (refs > 0) {
         inUse++;
         stored += fillNode;
@@ -711,7 +723,8 @@ export class PrefixTree {
       if (this.lastChild[node] !== prev) problems.push(`node ${node}: wrong last child`);
     }
     for (let slot = 0; slot < cap; slot++) {
-      if (this.pool.isAllocated(slot) && !listed[slot + 1]) problems.push(`slot ${slot}: missing from its parent's children`);
+      if (this.pool.isAllocated(slot) && !listed[slot + 1])
+        problems.push(`slot ${slot}: missing from its parent's children`);
     }
 
     // Child index: only allocated full chunks, under the right key.
@@ -725,11 +738,13 @@ export class PrefixTree {
         }
         indexed++;
         if (this.fill[x] !== c) problems.push(`child index: slot ${x - 1} is not full`);
-        if (hashKey(this.parent[x]!, this.contentHash[x]!) !== key) problems.push(`child index: slot ${x - 1} under a wrong key`);
+        if (hashKey(this.parent[x]!, this.contentHash[x]!) !== key)
+          problems.push(`child index: slot ${x - 1} under a wrong key`);
       }
     }
     let fullChunks = 0;
-    for (let slot = 0; slot < cap; slot++) if (this.pool.isAllocated(slot) && this.fill[slot + 1] === c) fullChunks++;
+    for (let slot = 0; slot < cap; slot++)
+      if (this.pool.isAllocated(slot) && this.fill[slot + 1] === c) fullChunks++;
     if (indexed !== fullChunks) problems.push(`child index holds ${indexed} chunks, ${fullChunks} are full`);
 
     // LRU: exactly the evictable chunks, each after its evictable descendants.
@@ -762,8 +777,10 @@ export class PrefixTree {
     // Counters.
     const pool = this.pool;
     if (this.inUse !== inUse) problems.push(`counter: inUse ${this.inUse}, recount ${inUse}`);
-    if (this.evictable !== evictable) problems.push(`counter: evictable ${this.evictable}, recount ${evictable}`);
-    if (pool.used !== inUse + evictable) problems.push(`pool: ${pool.used} allocated, tree holds ${inUse + evictable}`);
+    if (this.evictable !== evictable)
+      problems.push(`counter: evictable ${this.evictable}, recount ${evictable}`);
+    if (pool.used !== inUse + evictable)
+      problems.push(`pool: ${pool.used} allocated, tree holds ${inUse + evictable}`);
     if (pool.freeSlots + inUse + evictable !== cap) {
       problems.push(`free ${pool.freeSlots} + evictable ${evictable} + in use ${inUse} != capacity ${cap}`);
     }
@@ -785,7 +802,10 @@ export class PrefixTree {
         const got = this.tokensOf(handle);
         let same = got.length === want.length;
         for (let i = 0; same && i < got.length; i++) same = got[i] === want[i];
-        if (!same) problems.push(`sequence ${handle}: tokens [${got.join(' ')}], expected [${Array.from(want).join(' ')}]`);
+        if (!same)
+          problems.push(
+            `sequence ${handle}: tokens [${got.join(' ')}], expected [${Array.from(want).join(' ')}]`,
+          );
       }
     }
 
@@ -810,8 +830,11 @@ export class PrefixTree {
     if (rootSeqs) lines.push(`(root)${rootSeqs}`);
     const visit = (node: number, indent: string) => {
       const children: number[] = [];
-      for (let child = this.firstChild[node]!; child !== NONE; child = this.nextSibling[child]!) children.push(child);
-      const content = children.map((child) => Array.from(this.tokens.subarray(child * c, child * c + this.fill[child]!)));
+      for (let child = this.firstChild[node]!; child !== NONE; child = this.nextSibling[child]!)
+        children.push(child);
+      const content = children.map((child) =>
+        Array.from(this.tokens.subarray(child * c, child * c + this.fill[child]!)),
+      );
       const order = children.map((_, i) => i);
       order.sort((a, b) => {
         const x = content[a]!;
@@ -913,7 +936,8 @@ export class PrefixTree {
         if (same) stack.push(x, revived + (this.refs[x] === 0 ? 1 : 0));
       }
     }
-    for (let node = bestNode; node !== ROOT; node = this.parent[node]!) this.matchScratch[this.depth[node]!] = node;
+    for (let node = bestNode; node !== ROOT; node = this.parent[node]!)
+      this.matchScratch[this.depth[node]!] = node;
     return bestDepth;
   }
 
@@ -1082,7 +1106,8 @@ export class PrefixTree {
     this.tokens = grow(this.tokens, this.chunkSize);
     // A packed array (never holey or sparse), so lookups stay fast.
     const sequences: (SequenceRecord | null)[] = new Array(size).fill(null);
-    for (let node = 0; node < this.nodeSequences.length; node++) sequences[node] = this.nodeSequences[node] ?? null;
+    for (let node = 0; node < this.nodeSequences.length; node++)
+      sequences[node] = this.nodeSequences[node] ?? null;
     this.nodeSequences = sequences;
     this.depth[ROOT] = -1;
     this.nodeCapacity = size;

@@ -93,7 +93,13 @@ describe('attention() normalizes', () => {
   });
 
   test('f32 is accepted when every target is cpu', () => {
-    const spec = attention({ name: 'f32', heads: { q: 4, kv: 4 }, headDim: 64, dtype: 'f32', targets: ['cpu'] });
+    const spec = attention({
+      name: 'f32',
+      heads: { q: 4, kv: 4 },
+      headDim: 64,
+      dtype: 'f32',
+      targets: ['cpu'],
+    });
     expect(spec.dtype).toEqual({ q: 'f32', kv: 'f32', out: 'f32' });
   });
 
@@ -142,7 +148,14 @@ describe('score/mask translation', () => {
       right: {
         kind: 'call',
         fn: 'tanh',
-        args: [{ kind: 'binary', op: '/', left: { kind: 'score' }, right: { kind: 'param', name: 'softcap', index: 0 } }],
+        args: [
+          {
+            kind: 'binary',
+            op: '/',
+            left: { kind: 'score' },
+            right: { kind: 'param', name: 'softcap', index: 0 },
+          },
+        ],
       },
     };
     expect(spec.scoreMod?.ir).toEqual(ir);
@@ -154,8 +167,17 @@ describe('score/mask translation', () => {
   });
 
   test('the location of an inline function is this file, line and column', () => {
-    const spec = attention({ name: 'here', heads: { q: 8, kv: 8 }, headDim: 64, dtype: 'f16', mask: (p) => p.kv <= p.q });
-    expect(spec.mask?.loc).toEqual({ file: THIS_FILE, ...positionOf(ownText, "name: 'here'", '(p) => p.kv') });
+    const spec = attention({
+      name: 'here',
+      heads: { q: 8, kv: 8 },
+      headDim: 64,
+      dtype: 'f16',
+      mask: (p) => p.kv <= p.q,
+    });
+    expect(spec.mask?.loc).toEqual({
+      file: THIS_FILE,
+      ...positionOf(ownText, "name: 'here'", '(p) => p.kv'),
+    });
   });
 
   test('block bodies inline their const bindings; destructured parameters read pos and params', () => {
@@ -188,7 +210,10 @@ describe('score/mask translation', () => {
   });
 
   test('a function built by new Function falls back to its own text at <anonymous>', () => {
-    const make = new Function('attention', "return attention({ name: 'dyn', heads: { q: 8, kv: 8 }, headDim: 64, dtype: 'f16', mask: (pos) => pos.kv <= pos.q })");
+    const make = new Function(
+      'attention',
+      "return attention({ name: 'dyn', heads: { q: 8, kv: 8 }, headDim: 64, dtype: 'f16', mask: (pos) => pos.kv <= pos.q })",
+    );
     const spec = make(attention) as KernelSpec;
     expect(spec.mask?.loc).toEqual({ file: '<anonymous>', line: 1, column: 1 });
     expect(spec.mask?.cpp).toBe('(((float)pos.kv) <= ((float)pos.q))');
@@ -204,9 +229,9 @@ describe('score/mask translation', () => {
       '0.1f',
       '1152921504606846976.0f',
     ]);
-    expect(exprToCpp({ kind: 'binary', op: '%', left: { kind: 'score' }, right: { kind: 'num', value: 3 } })).toBe(
-      'fmodf(score, 3.0f)',
-    );
+    expect(
+      exprToCpp({ kind: 'binary', op: '%', left: { kind: 'score' }, right: { kind: 'num', value: 3 } }),
+    ).toBe('fmodf(score, 3.0f)');
   });
 
   test('evaluateExpr and the compiled closures agree on every node kind', () => {
@@ -215,13 +240,31 @@ describe('score/mask translation', () => {
       test: {
         kind: 'binary',
         op: '&&',
-        left: { kind: 'unary', op: '!', arg: { kind: 'binary', op: '>', left: { kind: 'pos', field: 'kv' }, right: { kind: 'pos', field: 'q' } } },
-        right: { kind: 'binary', op: '!=', left: { kind: 'pos', field: 'qHead' }, right: { kind: 'num', value: 3 } },
+        left: {
+          kind: 'unary',
+          op: '!',
+          arg: {
+            kind: 'binary',
+            op: '>',
+            left: { kind: 'pos', field: 'kv' },
+            right: { kind: 'pos', field: 'q' },
+          },
+        },
+        right: {
+          kind: 'binary',
+          op: '!=',
+          left: { kind: 'pos', field: 'qHead' },
+          right: { kind: 'num', value: 3 },
+        },
       },
       then: {
         kind: 'call',
         fn: 'min',
-        args: [{ kind: 'score' }, { kind: 'param', name: 'cap', index: 0 }, { kind: 'binary', op: '%', left: { kind: 'pos', field: 'q' }, right: { kind: 'num', value: 7 } }],
+        args: [
+          { kind: 'score' },
+          { kind: 'param', name: 'cap', index: 0 },
+          { kind: 'binary', op: '%', left: { kind: 'pos', field: 'q' }, right: { kind: 'num', value: 7 } },
+        ],
       },
       else: { kind: 'unary', op: '-', arg: { kind: 'call', fn: 'floor', args: [{ kind: 'score' }] } },
     };
@@ -272,7 +315,12 @@ describe('withOverrides', () => {
   });
 
   test('retargets head dim, chunk size, targets and dtype, and re-derives the default scale', () => {
-    const spec = withOverrides(base, { headDim: 64, chunkSize: 32, targets: ['sm_89'], dtype: { kv: 'bf16' } });
+    const spec = withOverrides(base, {
+      headDim: 64,
+      chunkSize: 32,
+      targets: ['sm_89'],
+      dtype: { kv: 'bf16' },
+    });
     expect(spec.headDim).toBe(64);
     expect(spec.softmaxScale).toBe(1 / 8);
     expect(spec.chunkSize).toBe(32);
@@ -284,14 +332,22 @@ describe('withOverrides', () => {
   });
 
   test('keeps an explicit softmax scale', () => {
-    const explicit = attention({ name: 'scaled', heads: { q: 8, kv: 8 }, headDim: 128, dtype: 'f16', softmaxScale: 0.3 });
+    const explicit = attention({
+      name: 'scaled',
+      heads: { q: 8, kv: 8 },
+      headDim: 128,
+      dtype: 'f16',
+      softmaxScale: 0.3,
+    });
     expect(withOverrides(explicit, { headDim: 64 }).softmaxScale).toBe(0.3);
   });
 
   test('validates again: f32 on a GPU, an unsupported head dim, an unknown override', () => {
     expect(() => withOverrides(base, { dtype: 'f32' })).toThrow(/^dtype: 'f32' needs every target to be cpu/);
     expect(withOverrides(base, { dtype: 'f32', targets: ['cpu'] }).dtype.out).toBe('f32');
-    expect(() => withOverrides(base, { headDim: 100 })).toThrow(/^headDim: 100 is not supported; allowed: 64, 80/);
+    expect(() => withOverrides(base, { headDim: 100 })).toThrow(
+      /^headDim: 100 is not supported; allowed: 64, 80/,
+    );
     expect(() => withOverrides(base, { arch: 'sm_89' } as never)).toThrow(DslError);
   });
 
@@ -306,7 +362,12 @@ describe('loadSpecs', () => {
     const [llama2] = await loadSpecs(join(ROOT, 'examples/llama2-7b.ts'));
     const [llama3] = await loadSpecs(join(ROOT, 'examples/llama3-8b.ts'));
     const [softcap] = await loadSpecs(join(ROOT, 'examples/softcap-window.ts'));
-    expect(llama2).toMatchObject({ name: 'llama2-7b', heads: { q: 32, kv: 32 }, headDim: 128, chunkSize: 64 });
+    expect(llama2).toMatchObject({
+      name: 'llama2-7b',
+      heads: { q: 32, kv: 32 },
+      headDim: 128,
+      chunkSize: 64,
+    });
     expect(llama2!.dtype.q).toBe('f16');
     expect(llama2!.partition).toBe('two-phase');
     expect(llama3).toMatchObject({ name: 'llama3-8b', heads: { q: 32, kv: 8 }, headDim: 128 });
@@ -322,7 +383,8 @@ describe('loadSpecs', () => {
       file: 'examples/softcap-window.ts',
       ...positionOf(exampleText, 'mask:', '(pos, p)'),
     });
-    for (const spec of [llama2, llama3, softcap]) expect(spec!.targets).toEqual(['sm_80', 'sm_90a', 'emu', 'cpu']);
+    for (const spec of [llama2, llama3, softcap])
+      expect(spec!.targets).toEqual(['sm_80', 'sm_90a', 'emu', 'cpu']);
     const fns = variantFunctions(softcap!);
     expect(fns.mask!(pos(5000, 903), fns.params)).toBe(false);
     expect(fns.mask!(pos(5000, 905), fns.params)).toBe(true);
@@ -344,16 +406,31 @@ describe('loadSpecs', () => {
     const specs = await loadSpecs(file);
     const byName = new Map(specs.map((s) => [s.name, s]));
     const file_ = 'test/fixtures/dsl/sources.ts';
-    expect(byName.get('via-const')?.scoreMod?.loc).toEqual({ file: file_, ...positionOf(text, 'const softcap =', '(s: number') });
+    expect(byName.get('via-const')?.scoreMod?.loc).toEqual({
+      file: file_,
+      ...positionOf(text, 'const softcap =', '(s: number'),
+    });
     expect(byName.get('via-const')?.scoreMod?.cpp).toBe('(params[0] * tanhf((score / params[0])))');
-    expect(byName.get('via-declaration')?.mask?.loc).toEqual({ file: file_, ...positionOf(text, '', 'function slidingWindow') });
+    expect(byName.get('via-declaration')?.mask?.loc).toEqual({
+      file: file_,
+      ...positionOf(text, '', 'function slidingWindow'),
+    });
     expect(byName.get('via-declaration')?.mask?.cpp).toBe('((((float)pos.q) - ((float)pos.kv)) < params[1])');
-    expect(byName.get('via-shorthand')?.mask?.loc).toEqual({ file: file_, ...positionOf(text, 'const mask =', '(pos:') });
-    expect(byName.get('via-method')?.scoreMod?.loc).toEqual({ file: file_, ...positionOf(text, "'via-method'", 'scoreMod(') });
+    expect(byName.get('via-shorthand')?.mask?.loc).toEqual({
+      file: file_,
+      ...positionOf(text, 'const mask =', '(pos:'),
+    });
+    expect(byName.get('via-method')?.scoreMod?.loc).toEqual({
+      file: file_,
+      ...positionOf(text, "'via-method'", 'scoreMod('),
+    });
     expect(byName.get('via-method')?.scoreMod?.cpp).toBe(
       '((params[0] * tanhf((score / params[0]))) - (0.125f * (((float)pos.q) - ((float)pos.kv))))',
     );
-    expect(byName.get('from-config')?.scoreMod?.loc).toEqual({ file: file_, ...positionOf(text, "'from-config'", '(s: number)') });
+    expect(byName.get('from-config')?.scoreMod?.loc).toEqual({
+      file: file_,
+      ...positionOf(text, "'from-config'", '(s: number)'),
+    });
     expect(byName.get('via-function-expression')?.mask?.loc).toEqual({
       file: file_,
       ...positionOf(text, "'via-function-expression'", 'function (pos)'),
@@ -361,8 +438,12 @@ describe('loadSpecs', () => {
   });
 
   test('errors clearly for a missing file, a file without specs, and two specs with one name', async () => {
-    await expect(loadSpecs(join(FIXTURES, 'does-not-exist.ts'))).rejects.toThrow(/does-not-exist\.ts: no such file/);
-    await expect(loadSpecs(join(FIXTURES, 'no-specs.ts'))).rejects.toThrow(/no-specs\.ts: exports no KernelSpec/);
+    await expect(loadSpecs(join(FIXTURES, 'does-not-exist.ts'))).rejects.toThrow(
+      /does-not-exist\.ts: no such file/,
+    );
+    await expect(loadSpecs(join(FIXTURES, 'no-specs.ts'))).rejects.toThrow(
+      /no-specs\.ts: exports no KernelSpec/,
+    );
     await expect(loadSpecs(join(FIXTURES, 'duplicate-names.ts'))).rejects.toThrow(
       /two different specs are named 'twin'/,
     );
@@ -400,7 +481,9 @@ console.log(JSON.stringify({ plain, withFunctions: loaded(), plainMs: t1 - t0, f
     );
     const out = execFileSync(process.execPath, ['--import', 'tsx', script], { cwd: ROOT, encoding: 'utf8' });
     const result = JSON.parse(out.trim().split('\n').at(-1)!);
-    console.log(`load without functions ${result.plainMs.toFixed(0)} ms, with functions ${result.functionsMs.toFixed(0)} ms`);
+    console.log(
+      `load without functions ${result.plainMs.toFixed(0)} ms, with functions ${result.functionsMs.toFixed(0)} ms`,
+    );
     expect(result.plain).toBe(false);
     expect(result.withFunctions).toBe(true);
   });

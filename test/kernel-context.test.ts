@@ -8,8 +8,6 @@ import {
   ioRowMap,
   type KernelContext,
   RUN_FIELDS,
-  RUN_KV_BEGIN,
-  RUN_NUM_CHUNKS,
   RUN_PARTIAL_BEGIN,
   RUN_ROW_BEGIN,
   RUN_ROW_END,
@@ -20,13 +18,15 @@ const range = (begin: number, end: number) => Array.from({ length: end - begin }
 
 function runsOf(ctx: KernelContext): number[][] {
   const out: number[][] = [];
-  for (let i = 0; i < ctx.numRuns; i++) out.push(Array.from(ctx.runs.subarray(i * RUN_FIELDS, (i + 1) * RUN_FIELDS)));
+  for (let i = 0; i < ctx.numRuns; i++)
+    out.push(Array.from(ctx.runs.subarray(i * RUN_FIELDS, (i + 1) * RUN_FIELDS)));
   return out;
 }
 
 function csr(offsets: Int32Array, values: Int32Array): number[][] {
   const out: number[][] = [];
-  for (let r = 0; r + 1 < offsets.length; r++) out.push(Array.from(values.subarray(offsets[r]!, offsets[r + 1]!)));
+  for (let r = 0; r + 1 < offsets.length; r++)
+    out.push(Array.from(values.subarray(offsets[r]!, offsets[r + 1]!)));
   return out;
 }
 
@@ -58,19 +58,24 @@ function coverage(t: PrefixTree, ctx: KernelContext): Map<number, number[]> {
       if (row < rowBegin! || row >= rowEnd! || partial !== partialBegin! + row - rowBegin!) {
         throw new Error(`row ${row}: partial ${partial} does not match run ${run}`);
       }
-      if (kvBegin !== tokens.length) throw new Error(`row ${row}: run ${run} starts at ${kvBegin}, row has ${tokens.length}`);
+      if (kvBegin !== tokens.length)
+        throw new Error(`row ${row}: run ${run} starts at ${kvBegin}, row has ${tokens.length}`);
       for (let k = 0; k < numChunks!; k++) {
         const slot = ctx.runSlots[chunkBegin! + k]!;
-        if (slot !== chunks[shared]) throw new Error(`row ${row}: run chunk ${slot} is not its chunk ${shared}`);
+        if (slot !== chunks[shared])
+          throw new Error(`row ${row}: run chunk ${slot} is not its chunk ${shared}`);
         const content = t.chunkTokens(slot);
-        if (rowEnd! - rowBegin! > 1 && content.length !== c) throw new Error(`shared chunk ${slot} is partial`);
+        if (rowEnd! - rowBegin! > 1 && content.length !== c)
+          throw new Error(`shared chunk ${slot} is partial`);
         tokens.push(...content);
         shared++;
       }
     }
-    if (shared !== ctx.rowSharedChunks[row]) throw new Error(`row ${row}: ${shared} run chunks, rowSharedChunks says ${ctx.rowSharedChunks[row]}`);
+    if (shared !== ctx.rowSharedChunks[row])
+      throw new Error(`row ${row}: ${shared} run chunks, rowSharedChunks says ${ctx.rowSharedChunks[row]}`);
     for (let k = shared; k < chunks.length; k++) tokens.push(...t.chunkTokens(chunks[k]!));
-    if (tokens.length !== ctx.rowLength[row]) throw new Error(`row ${row}: ${tokens.length} tokens, length ${ctx.rowLength[row]}`);
+    if (tokens.length !== ctx.rowLength[row])
+      throw new Error(`row ${row}: ${tokens.length} tokens, length ${ctx.rowLength[row]}`);
     out.set(ctx.rowSeq[row]!, tokens);
   }
   if (partialOwner.includes(-1)) throw new Error('a partial is merged by no row');
@@ -146,7 +151,11 @@ describe('kernel context shapes', () => {
       [0, 2, 0, 0, 3, 0],
       [2, 1, 8, 0, 3, 3],
     ]);
-    expect(csr(cut.rowPartialOffsets, cut.rowPartials)).toEqual([[0, 3], [1, 4], [2, 5]]);
+    expect(csr(cut.rowPartialOffsets, cut.rowPartials)).toEqual([
+      [0, 3],
+      [1, 4],
+      [2, 5],
+    ]);
     expect(Array.from(cut.rowSharedChunks)).toEqual([3, 3, 3]);
     coverage(t, whole);
     coverage(t, cut);
@@ -220,6 +229,9 @@ describe('kernel context caching', () => {
     const chunkFirst = t.context({ minSharers: 1 });
     expect(t.context()).toBe(twoPhase);
     expect(t.context({ minSharers: 1 })).toBe(chunkFirst);
+    // Same shape, different work lists: versions differ, so a version identifies the arrays.
+    expect(chunkFirst.version).not.toBe(twoPhase.version);
+    expect(chunkFirst.shapeVersion).toBe(twoPhase.shapeVersion);
     const x = t.insert([50, 51, 52, 53, 54]).seq;
     t.release(x);
     const after = t.context();
@@ -257,7 +269,8 @@ describe('kernel context at scale', () => {
   test('256 sequences × 4096 tokens at c = 64: coverage holds, and a rebuild stays fast', () => {
     const t = new PrefixTree({ chunkSize: 64, maxCapacity: 256 * 64 + 64 });
     const shared = range(0, 2048);
-    for (let i = 0; i < 256; i++) t.insert([...shared, ...range(100000 + i * 4096, 100000 + i * 4096 + 2048)]);
+    for (let i = 0; i < 256; i++)
+      t.insert([...shared, ...range(100000 + i * 4096, 100000 + i * 4096 + 2048)]);
     const ctx = t.context();
     expect(ctx.rowChunkSlots.length).toBe(256 * 64);
     expect(runsOf(ctx)).toEqual([[0, 32, 0, 0, 256, 0]]);

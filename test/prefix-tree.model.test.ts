@@ -59,7 +59,10 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
       tokens: fc.array(token, { minLength: 6, maxLength: 6 }),
     }),
   },
-  { weight: 2, arbitrary: fc.record({ kind: fc.constant('fork' as const), pick, n: fc.integer({ min: 1, max: 3 }) }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({ kind: fc.constant('fork' as const), pick, n: fc.integer({ min: 1, max: 3 }) }),
+  },
   { weight: 3, arbitrary: fc.record({ kind: fc.constant('release' as const), pick }) },
   {
     weight: 1,
@@ -68,7 +71,10 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
       n: fc.oneof(fc.integer({ min: 0, max: 4 }), fc.constant(Number.POSITIVE_INFINITY)),
     }),
   },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('bad' as const), variant: fc.nat({ max: 8 }), pick }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({ kind: fc.constant('bad' as const), variant: fc.nat({ max: 8 }), pick }),
+  },
 );
 
 const configArb = fc.record({
@@ -154,14 +160,16 @@ function coverage(t: PrefixTree, ctx: KernelContext): Map<number, number[]> {
       if (partial - ctx.runs[f + RUN_PARTIAL_BEGIN]! !== row - ctx.runs[f + RUN_ROW_BEGIN]!) {
         throw new Error(`row ${row} merges partial ${partial} of another row`);
       }
-      if (ctx.runs[f + RUN_KV_BEGIN] !== tokens.length) throw new Error(`row ${row}: run does not continue the row`);
+      if (ctx.runs[f + RUN_KV_BEGIN] !== tokens.length)
+        throw new Error(`row ${row}: run does not continue the row`);
       const sharers = ctx.runs[f + RUN_ROW_END]! - ctx.runs[f + RUN_ROW_BEGIN]!;
       if (sharers < ctx.minSharers) throw new Error(`run with ${sharers} sharers below threshold`);
       const numChunks = ctx.runs[f + RUN_NUM_CHUNKS]!;
       if (numChunks < 1 || numChunks > ctx.maxRunChunks) throw new Error(`run of ${numChunks} chunks`);
       for (let k = 0; k < numChunks; k++) {
         const slot = ctx.runSlots[ctx.runs[f]! + k]!;
-        if (slot !== chunks[covered]) throw new Error(`row ${row}: run chunk ${slot} is not its chunk ${covered}`);
+        if (slot !== chunks[covered])
+          throw new Error(`row ${row}: run chunk ${slot} is not its chunk ${covered}`);
         const content = t.chunkTokens(slot);
         if (sharers > 1 && content.length !== c) throw new Error(`multi-row run holds partial chunk ${slot}`);
         tokens.push(...content);
@@ -172,10 +180,12 @@ function coverage(t: PrefixTree, ctx: KernelContext): Map<number, number[]> {
     for (let k = covered; k < chunks.length; k++) {
       const slot = chunks[k]!;
       // A chunk with ≥ minSharers sharers must have been in a run.
-      if (t.chunkRefs(slot) >= ctx.minSharers) throw new Error(`row ${row}: shared chunk ${slot} left to phase 2`);
+      if (t.chunkRefs(slot) >= ctx.minSharers)
+        throw new Error(`row ${row}: shared chunk ${slot} left to phase 2`);
       tokens.push(...t.chunkTokens(slot));
     }
-    if (tokens.length !== ctx.rowLength[row]) throw new Error(`row ${row}: covers ${tokens.length} of ${ctx.rowLength[row]}`);
+    if (tokens.length !== ctx.rowLength[row])
+      throw new Error(`row ${row}: covers ${tokens.length} of ${ctx.rowLength[row]}`);
     out.set(ctx.rowSeq[row]!, tokens);
   }
   if (usedPartial.includes(0)) throw new Error('a partial is merged by no row');
@@ -262,7 +272,8 @@ function runScenario(config: Config, ops: Op[]): void {
           expect(r.matchedTokens).toBeLessThanOrEqual(maxMatch * c);
           // Matching finds at least as much as any live sequence offers.
           let best = 0;
-          for (const tokens of model.values()) best = Math.max(best, Math.min(maxMatch, commonFullChunks(tokens, prompt, c)));
+          for (const tokens of model.values())
+            best = Math.max(best, Math.min(maxMatch, commonFullChunks(tokens, prompt, c)));
           expect(r.matchedTokens).toBeGreaterThanOrEqual(best * c);
           expect(r.newChunks).toBe(Math.ceil((prompt.length - r.matchedTokens) / c));
           expect(r.writes.slots.length).toBe(prompt.length - r.matchedTokens);
@@ -284,7 +295,7 @@ function runScenario(config: Config, ops: Op[]): void {
           expect(r.copies).toEqual([]);
           kv.copy(r.copies);
           kv.write(r.slots, r.offsets, tokens);
-          seqs.forEach((s, i) => model.get(s)!.push(tokens[i]!));
+          for (const [i, s] of seqs.entries()) model.get(s)!.push(tokens[i]!);
           break;
         }
         case 'fork': {
@@ -403,7 +414,13 @@ describe('prefix tree against a naive model', () => {
   test('a long run under heavy capacity pressure (one scenario, 3000 steps)', () => {
     const ops = fc.sample(opArb, { numRuns: 3000, seed: 42 });
     runScenario(
-      { chunkSize: 4, maxCapacity: 12, initialFraction: 0.25, minSharers: 2, maxRunChunks: Number.POSITIVE_INFINITY },
+      {
+        chunkSize: 4,
+        maxCapacity: 12,
+        initialFraction: 0.25,
+        minSharers: 2,
+        maxRunChunks: Number.POSITIVE_INFINITY,
+      },
       ops,
     );
   });

@@ -63,7 +63,12 @@ describe('insert', () => {
     expect(Array.from(r.writes.slots)).toEqual([3, 3, 3]);
     expect(Array.from(r.writes.offsets)).toEqual([0, 1, 2]);
     expect(t.dump()).toBe(
-      ['[1 2 3 4] refs=2', '  [5 6 7 8] refs=2', '    [9 10] refs=1 seqs=0', '    [11 12 13] refs=1 seqs=1'].join('\n'),
+      [
+        '[1 2 3 4] refs=2',
+        '  [5 6 7 8] refs=2',
+        '    [9 10] refs=1 seqs=0',
+        '    [11 12 13] refs=1 seqs=1',
+      ].join('\n'),
     );
     t.validate();
   });
@@ -75,12 +80,9 @@ describe('insert', () => {
     expect(r.matchedTokens).toBe(4);
     expect(r.newChunks).toBe(1);
     expect(t.dump()).toBe(
-      [
-        '[1 2 3 4] refs=2',
-        '  [5 6 7 8] refs=1',
-        '    [9] refs=1 seqs=0',
-        '  [5 6 7 8] refs=1 seqs=1',
-      ].join('\n'),
+      ['[1 2 3 4] refs=2', '  [5 6 7 8] refs=1', '    [9] refs=1 seqs=0', '  [5 6 7 8] refs=1 seqs=1'].join(
+        '\n',
+      ),
     );
     // A longer prompt may then match either copy of [5..8]; it prefers a live one.
     const longer = t.insert(range(1, 13));
@@ -310,7 +312,12 @@ describe('release and evict', () => {
     expect(b.newChunks).toBe(2);
     const c = t.insert([30, 31, 32]); // needs 1: evicts the LRU leaf [5..8]
     expect(t.dump()).toBe(
-      ['[1 2 3 4] cached', '[20 21 22 23] refs=1', '  [24 25 26] refs=1 seqs=1', '[30 31 32] refs=1 seqs=2'].join('\n'),
+      [
+        '[1 2 3 4] cached',
+        '[20 21 22 23] refs=1',
+        '  [24 25 26] refs=1 seqs=1',
+        '[30 31 32] refs=1 seqs=2',
+      ].join('\n'),
     );
     expect(Array.from(c.writes.slots)).toEqual([1, 1, 1]); // the evicted slot, reused
     t.validate();
@@ -404,7 +411,12 @@ describe('handles, stats and validation', () => {
 
   test('the pool grows on demand and reports it before the writes are due', () => {
     const grown: number[] = [];
-    const t = new PrefixTree({ chunkSize: 4, initialCapacity: 2, maxCapacity: 100, onPoolGrow: (c) => grown.push(c) });
+    const t = new PrefixTree({
+      chunkSize: 4,
+      initialCapacity: 2,
+      maxCapacity: 100,
+      onPoolGrow: (c) => grown.push(c),
+    });
     const r = t.insert(range(0, 40));
     expect(grown).toEqual([18]);
     expect(Math.max(...r.writes.slots)).toBeLessThan(t.capacity);

@@ -1,17 +1,18 @@
 // chunkattn bench NAME [--quick] [--json]: runs one report, prints its table last (to stderr
 // under --json, with the JSON object as the last stdout line), and writes bench/out/NAME.{json,svg}.
 
-import cliProgress from 'cli-progress';
 import type { BenchOptions, BenchReport } from '../../bench/report.ts';
 import { renderTable, writeReportFiles } from '../../bench/report.ts';
 import { UsageError } from '../exit-codes.ts';
 import type { Output } from '../output.ts';
+import { makeProgress } from './progress.ts';
 
 type BenchRunner = (opts: BenchOptions) => Promise<BenchReport>;
 
 const REPORTS: Record<string, () => Promise<BenchRunner>> = {
   build: async () => (await import('../../bench/build.ts')).runBuildBench,
   memory: async () => (await import('../../bench/memory.ts')).runMemoryBench,
+  tpp: async () => (await import('../../bench/tpp.ts')).runTppBench,
 };
 
 export const BENCH_NAMES = Object.keys(REPORTS);
@@ -20,26 +21,8 @@ export async function benchCommand(name: string, flags: { quick?: boolean; json?
   const load = REPORTS[name];
   if (!load) throw new UsageError(`unknown report '${name}'; available: ${BENCH_NAMES.join(', ')}`);
   const run = await load();
-  const bar = process.stderr.isTTY
-    ? new cliProgress.SingleBar({ format: `${name} [{bar}] {value}/{total} {label}`, clearOnComplete: true }, cliProgress.Presets.shades_classic)
-    : null;
-  let started = false;
-  let lastLabel = '';
-  const report = await run({
-    quick: !!flags.quick,
-    progress: (done, total, label) => {
-      if (bar) {
-        if (!started) bar.start(total, done, { label });
-        started = true;
-        bar.setTotal(total);
-        bar.update(done, { label });
-      } else if (label !== lastLabel) {
-        process.stderr.write(`[${done}/${total}] ${label}\n`);
-      }
-      lastLabel = label;
-    },
-  });
-  bar?.stop();
+  const progress = makeProgress(name);
+  const report = await run({ quick: !!flags.quick, progress: progress.update }).finally(() => progress.stop());
   const files = writeReportFiles(report);
   out.info(`wrote ${files.json} and ${files.svg}`);
   out.info(renderTable(report));

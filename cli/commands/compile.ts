@@ -46,7 +46,12 @@ export function compileRequests(specs: readonly KernelSpec[], flags: CompileFlag
   return specs.flatMap((spec) => {
     const targets = flags.target ? parseBuildTargets(flags.target) : archs ? ['cuda' as const] : buildTargetsOf(spec.targets);
     if (targets.length === 0) throw new UsageError(`spec "${spec.name}" names no build target`);
-    return targets.map((target) => ({ spec, target, sanitize: target === 'emu' ? sanitize : 'none', ...(archs && { archs }) }));
+    return targets.map((target) => ({
+      spec,
+      target,
+      sanitize: target === 'emu' ? sanitize : 'none',
+      ...(archs && target === 'cuda' && { archs }),
+    }));
   });
 }
 

@@ -65,18 +65,30 @@ Napi::Value Guarded(const Napi::CallbackInfo& info) {
 
 const char* TypedArrayName(napi_typedarray_type type) {
   switch (type) {
-    case napi_int8_array: return "Int8Array";
-    case napi_uint8_array: return "Uint8Array";
-    case napi_uint8_clamped_array: return "Uint8ClampedArray";
-    case napi_int16_array: return "Int16Array";
-    case napi_uint16_array: return "Uint16Array";
-    case napi_int32_array: return "Int32Array";
-    case napi_uint32_array: return "Uint32Array";
-    case napi_float32_array: return "Float32Array";
-    case napi_float64_array: return "Float64Array";
-    case napi_bigint64_array: return "BigInt64Array";
-    case napi_biguint64_array: return "BigUint64Array";
-    default: return "TypedArray";
+    case napi_int8_array:
+      return "Int8Array";
+    case napi_uint8_array:
+      return "Uint8Array";
+    case napi_uint8_clamped_array:
+      return "Uint8ClampedArray";
+    case napi_int16_array:
+      return "Int16Array";
+    case napi_uint16_array:
+      return "Uint16Array";
+    case napi_int32_array:
+      return "Int32Array";
+    case napi_uint32_array:
+      return "Uint32Array";
+    case napi_float32_array:
+      return "Float32Array";
+    case napi_float64_array:
+      return "Float64Array";
+    case napi_bigint64_array:
+      return "BigInt64Array";
+    case napi_biguint64_array:
+      return "BigUint64Array";
+    default:
+      return "TypedArray";
   }
 }
 
@@ -84,22 +96,33 @@ std::string Describe(napi_env env, napi_value value) {
   napi_valuetype type;
   if (napi_typeof(env, value, &type) != napi_ok) return "an unknown value";
   switch (type) {
-    case napi_undefined: return "undefined";
-    case napi_null: return "null";
-    case napi_boolean: return "a boolean";
-    case napi_number: return "a number";
-    case napi_string: return "a string";
-    case napi_symbol: return "a symbol";
-    case napi_function: return "a function";
-    case napi_bigint: return "a bigint";
-    case napi_external: return "an external";
-    case napi_object: break;
+    case napi_undefined:
+      return "undefined";
+    case napi_null:
+      return "null";
+    case napi_boolean:
+      return "a boolean";
+    case napi_number:
+      return "a number";
+    case napi_string:
+      return "a string";
+    case napi_symbol:
+      return "a symbol";
+    case napi_function:
+      return "a function";
+    case napi_bigint:
+      return "a bigint";
+    case napi_external:
+      return "an external";
+    case napi_object:
+      break;
   }
   bool flag = false;
   if (napi_is_typedarray(env, value, &flag) == napi_ok && flag) {
     napi_typedarray_type array_type;
     size_t length;
-    if (napi_get_typedarray_info(env, value, &array_type, &length, nullptr, nullptr, nullptr) == napi_ok)
+    if (napi_get_typedarray_info(env, value, &array_type, &length, nullptr, nullptr, nullptr) ==
+        napi_ok)
       return std::string("a ") + TypedArrayName(array_type);
   }
   if (napi_is_array(env, value, &flag) == napi_ok && flag) return "an Array";
@@ -161,7 +184,8 @@ T* Unwrap(napi_env env, napi_value value, const napi_type_tag& tag) {
 ModuleCore& Module(const Napi::CallbackInfo& info) {
   ModuleHandle* handle = Unwrap<ModuleHandle>(info.Env(), info[0], kModuleTag);
   if (!handle || !handle->core)
-    Fail(code::kType, "the first argument must be a module handle from load(), got " + Describe(info.Env(), info[0]));
+    Fail(code::kType, "the first argument must be a module handle from load(), got " +
+                          Describe(info.Env(), info[0]));
   return *handle->core;
 }
 
@@ -196,7 +220,8 @@ PoolArg ToPoolArg(napi_env env, const PoolValues& values) {
 
 void FinalizeBuffer(napi_env, void* data, void*) {
   auto* handle = static_cast<BufferHandle*>(data);
-  if (!handle->buffer.freed && handle->buffer.owner) handle->buffer.owner->ReleaseQuietly(handle->buffer.ptr);
+  if (!handle->buffer.freed && handle->buffer.owner)
+    handle->buffer.owner->ReleaseQuietly(handle->buffer.ptr);
   delete handle;
 }
 
@@ -225,13 +250,18 @@ Napi::Object Wrap(Napi::Env env, T* native, const napi_type_tag& tag, napi_final
 
 Napi::Value JsonToJs(Napi::Env env, const Json& json) {
   switch (json.kind) {
-    case Json::Kind::kNull: return env.Null();
-    case Json::Kind::kBool: return Napi::Boolean::New(env, json.boolean);
-    case Json::Kind::kNumber: return Napi::Number::New(env, json.number);
-    case Json::Kind::kString: return Napi::String::New(env, json.string);
+    case Json::Kind::kNull:
+      return env.Null();
+    case Json::Kind::kBool:
+      return Napi::Boolean::New(env, json.boolean);
+    case Json::Kind::kNumber:
+      return Napi::Number::New(env, json.number);
+    case Json::Kind::kString:
+      return Napi::String::New(env, json.string);
     case Json::Kind::kArray: {
       Napi::Array array = Napi::Array::New(env, json.items.size());
-      for (size_t i = 0; i < json.items.size(); ++i) array.Set(uint32_t(i), JsonToJs(env, json.items[i]));
+      for (size_t i = 0; i < json.items.size(); ++i)
+        array.Set(uint32_t(i), JsonToJs(env, json.items[i]));
       return array;
     }
     case Json::Kind::kObject: {
@@ -248,7 +278,8 @@ Napi::Value JsonToJs(Napi::Env env, const Json& json) {
 // load(path: string): ModuleHandle
 Napi::Value Load(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsString()) Fail(code::kType, "the module path must be a string, got " + Describe(env, info[0]));
+  if (!info[0].IsString())
+    Fail(code::kType, "the module path must be a string, got " + Describe(env, info[0]));
   std::string path = info[0].As<Napi::String>().Utf8Value();
   auto handle = new ModuleHandle{std::make_shared<ModuleCore>(Library::Open(path))};
   return Wrap(env, handle, kModuleTag, FinalizeModule);
@@ -274,8 +305,10 @@ Napi::Value AllocPool(const Napi::CallbackInfo& info) {
   uint64_t bytes = 0;
   auto [k, v] = core.AllocPool(num_slots, &bytes);
   // From here the two regions are owned by their handles (freed by finalizers if JS drops them).
-  Napi::Object k_object = Wrap(env, new BufferHandle{{handle->core, k, bytes, false}}, kBufferTag, FinalizeBuffer);
-  Napi::Object v_object = Wrap(env, new BufferHandle{{handle->core, v, bytes, false}}, kBufferTag, FinalizeBuffer);
+  Napi::Object k_object =
+      Wrap(env, new BufferHandle{{handle->core, k, bytes, false}}, kBufferTag, FinalizeBuffer);
+  Napi::Object v_object =
+      Wrap(env, new BufferHandle{{handle->core, v, bytes, false}}, kBufferTag, FinalizeBuffer);
   result.Set("k", k_object);
   result.Set("v", v_object);
   result.Set("bytes", Napi::Number::New(env, double(bytes)));
@@ -335,8 +368,10 @@ Napi::Value ReadPool(const Napi::CallbackInfo& info) {
   Napi::ArrayBuffer k_buffer = Napi::ArrayBuffer::New(env, size_t(bytes));
   Napi::ArrayBuffer v_buffer = Napi::ArrayBuffer::New(env, size_t(bytes));
   napi_value k_out, v_out;
-  NAPI_THROW_IF_FAILED(env, napi_create_typedarray(env, type, elements, k_buffer, 0, &k_out), Napi::Value());
-  NAPI_THROW_IF_FAILED(env, napi_create_typedarray(env, type, elements, v_buffer, 0, &v_out), Napi::Value());
+  NAPI_THROW_IF_FAILED(env, napi_create_typedarray(env, type, elements, k_buffer, 0, &k_out),
+                       Napi::Value());
+  NAPI_THROW_IF_FAILED(env, napi_create_typedarray(env, type, elements, v_buffer, 0, &v_out),
+                       Napi::Value());
   Napi::Object result = Napi::Object::New(env);
   result.Set("k", Napi::Value(env, k_out));
   result.Set("v", Napi::Value(env, v_out));
@@ -351,7 +386,8 @@ struct DecodeValues {
 };
 
 DecodeValues ReadDecodeValues(Napi::Env env, Napi::Value args) {
-  if (!args.IsObject()) Fail(code::kType, "decode arguments must be an object, got " + Describe(env, args));
+  if (!args.IsObject())
+    Fail(code::kType, "decode arguments must be an object, got " + Describe(env, args));
   Napi::Object o = args.As<Napi::Object>();
   DecodeValues d;
   d.q = o.Get("q");
@@ -453,7 +489,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("copyChunk", Napi::Function::New<Guarded<CopyChunk>>(env, "copyChunk"));
   exports.Set("readPool", Napi::Function::New<Guarded<ReadPool>>(env, "readPool"));
   exports.Set("decode", Napi::Function::New<Guarded<Decode>>(env, "decode"));
-  exports.Set("workspaceBytes", Napi::Function::New<Guarded<WorkspaceBytes>>(env, "workspaceBytes"));
+  exports.Set("workspaceBytes",
+              Napi::Function::New<Guarded<WorkspaceBytes>>(env, "workspaceBytes"));
   exports.Set("stats", Napi::Function::New<Guarded<Stats>>(env, "stats"));
   exports.Set("resetStats", Napi::Function::New<Guarded<ResetStats>>(env, "resetStats"));
   return exports;
@@ -462,6 +499,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 }  // namespace
 }  // namespace chunkattn
 
-static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return chunkattn::Init(env, exports); }
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
+  return chunkattn::Init(env, exports);
+}
 
 NODE_API_MODULE(chunkattn_native, InitAddon)

@@ -34,7 +34,8 @@ int32_t ToInt(const NumberArg& number, const char* name, int64_t lo, int64_t hi)
   if (!number.is_number)
     Fail(code::kType, std::string(name) + " must be an integer number, got " + number.what);
   const double value = number.value;
-  if (!std::isfinite(value) || value != std::floor(value) || value < double(lo) || value > double(hi))
+  if (!std::isfinite(value) || value != std::floor(value) || value < double(lo) ||
+      value > double(hi))
     Fail(code::kRange, std::string(name) + " = " + NumberText(value) + " must be an integer in [" +
                            std::to_string(lo) + ", " + std::to_string(hi) + "]");
   return int32_t(value);
@@ -46,7 +47,8 @@ Int32Span Ints(const ArrayArg& array, const char* name, std::vector<std::vector<
   if (array.type != ArrayType::kInt32)
     Fail(code::kDType, std::string(name) + " must be an Int32Array, got " + array.what);
   if (array.length > size_t(INT32_MAX))
-    Fail(code::kShape, std::string(name) + " has " + Num(array.length) + " elements, more than 2^31 - 1");
+    Fail(code::kShape,
+         std::string(name) + " has " + Num(array.length) + " elements, more than 2^31 - 1");
   if (array.length == 0) return {kEmpty, 0};
   const int32_t* data = static_cast<const int32_t*>(array.data);
   if (array.shared) {
@@ -68,8 +70,8 @@ CaDType CheckData(const ArrayArg& array, const char* name, CaDType dtype, uint64
     held = dtype;
   } else {
     std::string want = dtype == CA_F32 ? "a Float32Array (f32)"
-                                       : std::string("a Uint16Array of ") + DTypeName(dtype) + " bits" +
-                                             (allow_f32 ? " or a Float32Array" : "");
+                                       : std::string("a Uint16Array of ") + DTypeName(dtype) +
+                                             " bits" + (allow_f32 ? " or a Float32Array" : "");
     Fail(code::kDType, std::string(name) + " must be " + want + ", got " + array.what);
   }
   if (array.length != expected_length)
@@ -96,8 +98,9 @@ ModuleCore::~ModuleCore() {
   ReleaseScratch(workspace_);
   ReleaseScratch(q_device_);
   ReleaseScratch(out_device_);
-  for (Mirror* m : {&row_io_, &row_seq_, &row_length_, &row_chunk_offsets_, &row_chunk_slots_,
-                    &row_shared_chunks_, &row_partial_offsets_, &row_partials_, &runs_, &run_slots_, &params_})
+  for (Mirror* m :
+       {&row_io_, &row_seq_, &row_length_, &row_chunk_offsets_, &row_chunk_slots_,
+        &row_shared_chunks_, &row_partial_offsets_, &row_partials_, &runs_, &run_slots_, &params_})
     ReleaseScratch(m->device);
 }
 
@@ -136,7 +139,8 @@ const void* ModuleCore::Upload(Mirror& mirror, const void* host, uint64_t bytes,
       (bytes == 0 || std::memcmp(mirror.shadow.data(), host, bytes) == 0))
     return mirror.device.ptr;
   mirror.valid = false;
-  if (bytes > 0) lib_->Check(lib_->api().memcpy_(mirror.device.ptr, host, bytes, CA_COPY_H2D), "ca_memcpy");
+  if (bytes > 0)
+    lib_->Check(lib_->api().memcpy_(mirror.device.ptr, host, bytes, CA_COPY_H2D), "ca_memcpy");
   const uint8_t* begin = static_cast<const uint8_t*>(host);
   mirror.shadow.assign(begin, begin + bytes);
   mirror.valid = true;
@@ -164,20 +168,23 @@ ModuleCore::Pool ModuleCore::ResolvePool(const PoolArg& pool) const {
   bool overflow = __builtin_mul_overflow(uint64_t(num_slots), info().SlotBytes(), &expected);
   for (const auto& half : halves)
     if (overflow || half.buffer->bytes != expected)
-      Fail(code::kShape, std::string(half.name) + " has " + Num(half.buffer->bytes) + " bytes, but pool.numSlots = " +
-                             std::to_string(num_slots) + " needs " + (overflow ? "more than 2^64" : Num(expected)) +
-                             " (numSlots × kvHeads × chunkSize × headDim × " + Num(DTypeBytes(info().dtype_kv)) +
-                             ")");
+      Fail(code::kShape, std::string(half.name) + " has " + Num(half.buffer->bytes) +
+                             " bytes, but pool.numSlots = " + std::to_string(num_slots) +
+                             " needs " + (overflow ? "more than 2^64" : Num(expected)) +
+                             " (numSlots × kvHeads × chunkSize × headDim × " +
+                             Num(DTypeBytes(info().dtype_kv)) + ")");
   return {pool.k->ptr, pool.v->ptr, num_slots};
 }
 
-std::pair<void*, void*> ModuleCore::AllocPool(const NumberArg& num_slots_arg, uint64_t* bytes_each) {
+std::pair<void*, void*> ModuleCore::AllocPool(const NumberArg& num_slots_arg,
+                                              uint64_t* bytes_each) {
   const int32_t num_slots = ToInt(num_slots_arg, "numSlots", 1, INT32_MAX);
   uint64_t bytes, both;
   if (__builtin_mul_overflow(uint64_t(num_slots), info().SlotBytes(), &bytes) ||
       __builtin_mul_overflow(bytes, uint64_t(2), &both))
     Fail(code::kRange, "numSlots = " + std::to_string(num_slots) + " needs more than 2^64 bytes");
-  if (!OnDevice()) CheckHostBytes(both, "a pool of " + std::to_string(num_slots) + " slots (K and V)");
+  if (!OnDevice())
+    CheckHostBytes(both, "a pool of " + std::to_string(num_slots) + " slots (K and V)");
   const Api& api = lib_->api();
   void* k = nullptr;
   void* v = nullptr;
@@ -211,8 +218,8 @@ void ModuleCore::FreePool(const PoolArg& pool_arg) {
   lib_->Check(status[1], "ca_free");
 }
 
-void ModuleCore::WriteKv(const PoolArg& pool_arg, const ArrayArg& slots_arg, const ArrayArg& offsets_arg,
-                         const ArrayArg& k, const ArrayArg& v) {
+void ModuleCore::WriteKv(const PoolArg& pool_arg, const ArrayArg& slots_arg,
+                         const ArrayArg& offsets_arg, const ArrayArg& k, const ArrayArg& v) {
   const ModuleInfo& mi = info();
   const Pool pool = ResolvePool(pool_arg);
   std::vector<std::vector<int32_t>> copies;
@@ -220,26 +227,32 @@ void ModuleCore::WriteKv(const PoolArg& pool_arg, const ArrayArg& slots_arg, con
   const Int32Span offsets = Ints(offsets_arg, "offsets", copies);
   const uint64_t num_tokens = slots.size;
   if (offsets.size != num_tokens)
-    Fail(code::kShape, "offsets has " + Num(offsets.size) + " elements, expected " + Num(num_tokens) +
-                           " (one per token, like slots)");
+    Fail(code::kShape, "offsets has " + Num(offsets.size) + " elements, expected " +
+                           Num(num_tokens) + " (one per token, like slots)");
   const uint64_t token_elements = uint64_t(mi.kv_heads) * uint64_t(mi.head_dim);
-  const CaDType src = CheckData(k, "k", mi.dtype_kv, num_tokens * token_elements, true, "[tokens, kvHeads, headDim]");
-  const CaDType src_v = CheckData(v, "v", mi.dtype_kv, num_tokens * token_elements, true, "[tokens, kvHeads, headDim]");
+  const CaDType src = CheckData(k, "k", mi.dtype_kv, num_tokens * token_elements, true,
+                                "[tokens, kvHeads, headDim]");
+  const CaDType src_v = CheckData(v, "v", mi.dtype_kv, num_tokens * token_elements, true,
+                                  "[tokens, kvHeads, headDim]");
   if (src != src_v)
-    Fail(code::kDType, std::string("k and v must have the same dtype, got k ") + k.what + " and v " + v.what);
+    Fail(code::kDType,
+         std::string("k and v must have the same dtype, got k ") + k.what + " and v " + v.what);
   std::vector<int64_t> targets(num_tokens);
   for (uint64_t i = 0; i < num_tokens; ++i) {
     if (slots[i] < 0 || slots[i] >= pool.num_slots)
       Fail(code::kRange, "slots[" + Num(i) + "] = " + std::to_string(slots[i]) +
-                             " is out of range [0, numSlots = " + std::to_string(pool.num_slots) + ")");
+                             " is out of range [0, numSlots = " + std::to_string(pool.num_slots) +
+                             ")");
     if (offsets[i] < 0 || offsets[i] >= mi.chunk_size)
       Fail(code::kRange, "offsets[" + Num(i) + "] = " + std::to_string(offsets[i]) +
-                             " is out of range [0, chunkSize = " + std::to_string(mi.chunk_size) + ")");
+                             " is out of range [0, chunkSize = " + std::to_string(mi.chunk_size) +
+                             ")");
     targets[i] = int64_t(slots[i]) * mi.chunk_size + offsets[i];
   }
   std::sort(targets.begin(), targets.end());
   if (std::adjacent_find(targets.begin(), targets.end()) != targets.end())
-    Fail(code::kRange, "two tokens write the same (slot, offset): each position may be written once per call");
+    Fail(code::kRange,
+         "two tokens write the same (slot, offset): each position may be written once per call");
   if (num_tokens == 0) return;
   CaWriteKvParams p{};
   p.k_pool = pool.k;
@@ -254,8 +267,8 @@ void ModuleCore::WriteKv(const PoolArg& pool_arg, const ArrayArg& slots_arg, con
   lib_->Check(lib_->api().write_kv(&p, nullptr), "ca_write_kv");
 }
 
-void ModuleCore::CopyChunk(const PoolArg& pool_arg, const NumberArg& src_arg, const NumberArg& dst_arg,
-                           const NumberArg& tokens_arg) {
+void ModuleCore::CopyChunk(const PoolArg& pool_arg, const NumberArg& src_arg,
+                           const NumberArg& dst_arg, const NumberArg& tokens_arg) {
   const Pool pool = ResolvePool(pool_arg);
   const int32_t src = ToInt(src_arg, "srcSlot", 0, pool.num_slots - 1);
   const int32_t dst = ToInt(dst_arg, "dstSlot", 0, pool.num_slots - 1);
@@ -266,15 +279,18 @@ void ModuleCore::CopyChunk(const PoolArg& pool_arg, const NumberArg& src_arg, co
               "ca_copy_chunk");
 }
 
-void ModuleCore::ReadPool(const PoolArg& pool_arg, const NumberArg& slot_arg, void* k_host, void* v_host) {
+void ModuleCore::ReadPool(const PoolArg& pool_arg, const NumberArg& slot_arg, void* k_host,
+                          void* v_host) {
   const Pool pool = ResolvePool(pool_arg);
   const int32_t slot = ToInt(slot_arg, "slot", 0, pool.num_slots - 1);
   const uint64_t bytes = info().SlotBytes();
   const Api& api = lib_->api();
   if (OnDevice()) lib_->Check(api.synchronize(nullptr), "ca_synchronize");
-  lib_->Check(api.memcpy_(k_host, static_cast<uint8_t*>(pool.k) + uint64_t(slot) * bytes, bytes, CA_COPY_D2H),
+  lib_->Check(api.memcpy_(k_host, static_cast<uint8_t*>(pool.k) + uint64_t(slot) * bytes, bytes,
+                          CA_COPY_D2H),
               "ca_memcpy");
-  lib_->Check(api.memcpy_(v_host, static_cast<uint8_t*>(pool.v) + uint64_t(slot) * bytes, bytes, CA_COPY_D2H),
+  lib_->Check(api.memcpy_(v_host, static_cast<uint8_t*>(pool.v) + uint64_t(slot) * bytes, bytes,
+                          CA_COPY_D2H),
               "ca_memcpy");
 }
 
@@ -306,8 +322,9 @@ void ModuleCore::Prepare(const PoolArg& pool_arg, const DecodeArgs& a, Prepared&
     if (a.params.type != ArrayType::kFloat32)
       Fail(code::kDType, "params must be a Float32Array, got " + a.params.what);
     if (a.params.length != uint64_t(mi.num_params))
-      Fail(code::kShape, "params has " + Num(a.params.length) + " elements, but the module declares " +
-                             std::to_string(mi.num_params) + " parameter(s)");
+      Fail(code::kShape, "params has " + Num(a.params.length) +
+                             " elements, but the module declares " + std::to_string(mi.num_params) +
+                             " parameter(s)");
     if (a.params.length > 0) params = static_cast<const float*>(a.params.data);
   }
   if (!a.softmax_scale.is_number)
@@ -320,7 +337,8 @@ void ModuleCore::Prepare(const PoolArg& pool_arg, const DecodeArgs& a, Prepared&
     if (!a.context_version.is_number)
       Fail(code::kType, "contextVersion must be a number, got " + a.context_version.what);
     if (!std::isfinite(a.context_version.value))
-      Fail(code::kRange, "contextVersion = " + NumberText(a.context_version.value) + " must be finite");
+      Fail(code::kRange,
+           "contextVersion = " + NumberText(a.context_version.value) + " must be finite");
     pr.context_version = a.context_version.value;
   }
 
@@ -401,7 +419,10 @@ void ModuleCore::Decode(const PoolArg& pool, const DecodeArgs& args) {
   p.workspace_bytes = workspace_bytes;
 
   if (OnDevice()) {
-    const bool force = !pr.context_version || !uploaded_version_ || *uploaded_version_ != *pr.context_version;
+    // A new contextVersion uploads everything; otherwise each array is compared with what was
+    // uploaded last (lengths move between tree rebuilds; a caller may also mutate in place).
+    const bool force =
+        pr.context_version && (!uploaded_version_ || *uploaded_version_ != *pr.context_version);
     uploaded_version_.reset();
     auto upload = [&](Mirror& mirror, const void* host, uint64_t count, uint64_t element_bytes) {
       return Upload(mirror, host, count * element_bytes, force);
@@ -414,13 +435,18 @@ void ModuleCore::Decode(const PoolArg& pool, const DecodeArgs& args) {
     d.row_io = static_cast<const int32_t*>(upload(row_io_, p.row_io, num_rows, 4));
     d.row_seq = static_cast<const int32_t*>(upload(row_seq_, p.row_seq, num_rows, 4));
     d.row_length = static_cast<const int32_t*>(upload(row_length_, p.row_length, num_rows, 4));
-    d.row_chunk_offsets = static_cast<const int32_t*>(upload(row_chunk_offsets_, p.row_chunk_offsets, num_rows + 1, 4));
-    d.row_chunk_slots = static_cast<const int32_t*>(upload(row_chunk_slots_, p.row_chunk_slots, num_chunks, 4));
-    d.row_shared_chunks = static_cast<const int32_t*>(upload(row_shared_chunks_, p.row_shared_chunks, num_rows, 4));
-    d.row_partial_offsets =
-        static_cast<const int32_t*>(upload(row_partial_offsets_, p.row_partial_offsets, num_rows + 1, 4));
-    d.row_partials = static_cast<const int32_t*>(upload(row_partials_, p.row_partials, num_row_partials, 4));
-    d.runs = static_cast<const CaSharedRun*>(upload(runs_, p.runs, uint64_t(p.num_runs), sizeof(CaSharedRun)));
+    d.row_chunk_offsets = static_cast<const int32_t*>(
+        upload(row_chunk_offsets_, p.row_chunk_offsets, num_rows + 1, 4));
+    d.row_chunk_slots =
+        static_cast<const int32_t*>(upload(row_chunk_slots_, p.row_chunk_slots, num_chunks, 4));
+    d.row_shared_chunks =
+        static_cast<const int32_t*>(upload(row_shared_chunks_, p.row_shared_chunks, num_rows, 4));
+    d.row_partial_offsets = static_cast<const int32_t*>(
+        upload(row_partial_offsets_, p.row_partial_offsets, num_rows + 1, 4));
+    d.row_partials =
+        static_cast<const int32_t*>(upload(row_partials_, p.row_partials, num_row_partials, 4));
+    d.runs = static_cast<const CaSharedRun*>(
+        upload(runs_, p.runs, uint64_t(p.num_runs), sizeof(CaSharedRun)));
     d.run_slots = static_cast<const int32_t*>(upload(run_slots_, p.run_slots, num_run_slots, 4));
     d.params = static_cast<const float*>(upload(params_, p.params, uint64_t(p.num_params), 4));
     if (pr.context_version) uploaded_version_ = pr.context_version;
@@ -429,7 +455,8 @@ void ModuleCore::Decode(const PoolArg& pool, const DecodeArgs& args) {
     Ensure(q_device_, pr.q_bytes);
     Ensure(out_device_, pr.out_bytes);
     lib_->Check(api.memcpy_(q_device_.ptr, p.q, pr.q_bytes, CA_COPY_H2D), "ca_memcpy");
-    // Io rows outside rowIo keep their contents: start from the caller's out unless every row is written.
+    // Io rows outside rowIo keep their contents: start from the caller's out unless every row is
+    // written.
     if (p.num_rows < p.num_io_rows)
       lib_->Check(api.memcpy_(out_device_.ptr, p.out, pr.out_bytes, CA_COPY_H2D), "ca_memcpy");
     d.q = q_device_.ptr;

@@ -98,8 +98,8 @@ class ModuleCore {
   // Releases a buffer from its finalizer: never throws.
   void ReleaseQuietly(void* ptr) noexcept;
 
-  void WriteKv(const PoolArg& pool, const ArrayArg& slots, const ArrayArg& offsets, const ArrayArg& k,
-               const ArrayArg& v);
+  void WriteKv(const PoolArg& pool, const ArrayArg& slots, const ArrayArg& offsets,
+               const ArrayArg& k, const ArrayArg& v);
   void CopyChunk(const PoolArg& pool, const NumberArg& src_slot, const NumberArg& dst_slot,
                  const NumberArg& num_tokens);
   // Copies one slot of K and V into host memory of slotBytes each.

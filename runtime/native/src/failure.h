@@ -10,7 +10,8 @@
 //   ERR_CA_INVALID                                   → ArgumentError (a value, range or handle)
 //   ERR_CA_LOAD, ERR_CA_ABI, ERR_CA_SYMBOL, ERR_CA_INFO → ModuleError (the library itself)
 //   ERR_CA_KERNEL, ERR_CA_DEVICE, ERR_CA_NO_MEMORY,
-//   ERR_CA_STATUS                                    → KernelError   (the module failed at run time)
+//   ERR_CA_STATUS                                    → KernelError   (the module failed at run
+//   time)
 #ifndef CHUNKATTN_NATIVE_FAILURE_H_
 #define CHUNKATTN_NATIVE_FAILURE_H_
 

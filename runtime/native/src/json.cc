@@ -32,12 +32,13 @@ class Reader {
 
  private:
   [[noreturn]] void Error(const std::string& what) {
-    Fail(code::kInfo, "ca_info() is not valid JSON: " + what + " at offset " + std::to_string(pos_));
+    Fail(code::kInfo,
+         "ca_info() is not valid JSON: " + what + " at offset " + std::to_string(pos_));
   }
 
   void SkipSpace() {
-    while (pos_ < text_.size() &&
-           (text_[pos_] == ' ' || text_[pos_] == '\t' || text_[pos_] == '\n' || text_[pos_] == '\r'))
+    while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\t' ||
+                                   text_[pos_] == '\n' || text_[pos_] == '\r'))
       ++pos_;
   }
 
@@ -158,10 +159,14 @@ class Reader {
     for (int i = 0; i < 4; ++i) {
       char h = text_[pos_++];
       v <<= 4;
-      if (h >= '0' && h <= '9') v |= uint32_t(h - '0');
-      else if (h >= 'a' && h <= 'f') v |= uint32_t(h - 'a' + 10);
-      else if (h >= 'A' && h <= 'F') v |= uint32_t(h - 'A' + 10);
-      else Error("bad \\u escape");
+      if (h >= '0' && h <= '9')
+        v |= uint32_t(h - '0');
+      else if (h >= 'a' && h <= 'f')
+        v |= uint32_t(h - 'a' + 10);
+      else if (h >= 'A' && h <= 'F')
+        v |= uint32_t(h - 'A' + 10);
+      else
+        Error("bad \\u escape");
     }
     return v;
   }
@@ -199,14 +204,30 @@ class Reader {
       if (pos_ >= text_.size()) Error("unterminated string");
       char e = text_[pos_++];
       switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           uint32_t cp = Hex4();
           if (cp >= 0xD800 && cp < 0xDC00) {
@@ -220,7 +241,8 @@ class Reader {
           AppendUtf8(out, cp);
           break;
         }
-        default: Error("bad escape");
+        default:
+          Error("bad escape");
       }
     }
   }

@@ -19,7 +19,7 @@ struct Json {
   bool boolean = false;
   double number = 0;
   std::string string;
-  std::vector<Json> items;                             // kArray
+  std::vector<Json> items;                            // kArray
   std::vector<std::pair<std::string, Json>> members;  // kObject, in source order
 
   // The member named `key` of an object (the last one if repeated), or nullptr.

@@ -13,27 +13,31 @@ namespace chunkattn {
 
 const char* TargetName(Target target) {
   switch (target) {
-    case Target::kCpu: return "cpu";
-    case Target::kEmu: return "emu";
-    case Target::kCuda: return "cuda";
+    case Target::kCpu:
+      return "cpu";
+    case Target::kEmu:
+      return "emu";
+    case Target::kCuda:
+      return "cuda";
   }
   return "?";
 }
 
 const char* DTypeName(CaDType dtype) {
   switch (dtype) {
-    case CA_F16: return "f16";
-    case CA_BF16: return "bf16";
-    case CA_F32: return "f32";
+    case CA_F16:
+      return "f16";
+    case CA_BF16:
+      return "bf16";
+    case CA_F32:
+      return "f32";
   }
   return "?";
 }
 
 namespace {
 
-[[noreturn]] void InfoError(const std::string& what) {
-  Fail(code::kInfo, "ca_info(): " + what);
-}
+[[noreturn]] void InfoError(const std::string& what) { Fail(code::kInfo, "ca_info(): " + what); }
 
 const Json& Member(const Json& object, const char* name) {
   const Json* value = object.Find(name);
@@ -52,7 +56,8 @@ int32_t IntMember(const Json& object, const char* name, int32_t lo, int32_t hi) 
 
 std::string StringMember(const Json& object, const char* name) {
   const Json& value = Member(object, name);
-  if (value.kind != Json::Kind::kString) InfoError(std::string("\"") + name + "\" must be a string");
+  if (value.kind != Json::Kind::kString)
+    InfoError(std::string("\"") + name + "\" must be a string");
   return value.string;
 }
 
@@ -88,9 +93,10 @@ ModuleInfo ParseModuleInfo(const char* text) {
 
   const Json& abi = Member(doc, "abi");
   if (abi.kind != Json::Kind::kNumber || abi.number != double(CA_ABI_VERSION))
-    Fail(code::kAbi, "ca_info() declares abi " +
-                         (abi.kind == Json::Kind::kNumber ? std::to_string(abi.number) : "(not a number)") +
-                         ", this addon speaks abi " + std::to_string(CA_ABI_VERSION));
+    Fail(code::kAbi,
+         "ca_info() declares abi " +
+             (abi.kind == Json::Kind::kNumber ? std::to_string(abi.number) : "(not a number)") +
+             ", this addon speaks abi " + std::to_string(CA_ABI_VERSION));
   info.name = StringMember(doc, "name");
   if (const Json* key = doc.Find("key"); key && key->kind == Json::Kind::kString) {
     info.key = key->string;
@@ -98,10 +104,14 @@ ModuleInfo ParseModuleInfo(const char* text) {
     info.key = hash->string;
   }
   std::string target = StringMember(doc, "target");
-  if (target == "cpu") info.target = Target::kCpu;
-  else if (target == "emu") info.target = Target::kEmu;
-  else if (target == "cuda") info.target = Target::kCuda;
-  else InfoError("\"target\" must be \"cpu\", \"emu\" or \"cuda\", got \"" + target + "\"");
+  if (target == "cpu")
+    info.target = Target::kCpu;
+  else if (target == "emu")
+    info.target = Target::kEmu;
+  else if (target == "cuda")
+    info.target = Target::kCuda;
+  else
+    InfoError("\"target\" must be \"cpu\", \"emu\" or \"cuda\", got \"" + target + "\"");
   if (const Json* archs = doc.Find("archs")) {
     if (archs->kind != Json::Kind::kArray) InfoError("\"archs\" must be an array of strings");
     for (const Json& arch : archs->items) {
@@ -137,7 +147,8 @@ std::shared_ptr<Library> Library::Open(const std::string& path_in) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0)
     Fail(code::kLoad, "cannot load module " + path_in + ": " + std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) Fail(code::kLoad, "cannot load module " + path_in + ": not a regular file");
+  if (!S_ISREG(st.st_mode))
+    Fail(code::kLoad, "cannot load module " + path_in + ": not a regular file");
 
   dlerror();
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -154,7 +165,8 @@ std::shared_ptr<Library> Library::Open(const std::string& path_in) {
     std::vector<std::string> missing;
     Resolve(handle, "ca_abi_version", api.abi_version, missing);
     if (!api.abi_version)
-      Fail(code::kSymbol, path_in + " is not a chunkattn module: it does not export ca_abi_version");
+      Fail(code::kSymbol,
+           path_in + " is not a chunkattn module: it does not export ca_abi_version");
     uint32_t version = api.abi_version();
     if (version != CA_ABI_VERSION)
       Fail(code::kAbi, path_in + " speaks chunkattn ABI " + std::to_string(version) +
@@ -201,12 +213,30 @@ void Library::Check(int status, const char* call) const {
   const char* error_code;
   const char* status_name;
   switch (status) {
-    case CA_ERR_INVALID: error_code = code::kInvalid; status_name = "CA_ERR_INVALID"; break;
-    case CA_ERR_UNSUPPORTED: error_code = code::kUnsupported; status_name = "CA_ERR_UNSUPPORTED"; break;
-    case CA_ERR_DEVICE: error_code = code::kDevice; status_name = "CA_ERR_DEVICE"; break;
-    case CA_ERR_KERNEL: error_code = code::kKernel; status_name = "CA_ERR_KERNEL"; break;
-    case CA_ERR_NO_MEMORY: error_code = code::kNoMemory; status_name = "CA_ERR_NO_MEMORY"; break;
-    default: error_code = code::kStatus; status_name = "unknown status"; break;
+    case CA_ERR_INVALID:
+      error_code = code::kInvalid;
+      status_name = "CA_ERR_INVALID";
+      break;
+    case CA_ERR_UNSUPPORTED:
+      error_code = code::kUnsupported;
+      status_name = "CA_ERR_UNSUPPORTED";
+      break;
+    case CA_ERR_DEVICE:
+      error_code = code::kDevice;
+      status_name = "CA_ERR_DEVICE";
+      break;
+    case CA_ERR_KERNEL:
+      error_code = code::kKernel;
+      status_name = "CA_ERR_KERNEL";
+      break;
+    case CA_ERR_NO_MEMORY:
+      error_code = code::kNoMemory;
+      status_name = "CA_ERR_NO_MEMORY";
+      break;
+    default:
+      error_code = code::kStatus;
+      status_name = "unknown status";
+      break;
   }
   std::string detail = LastError();
   std::string message = std::string(call) + " failed with " + status_name + " (" +

@@ -10,7 +10,9 @@ namespace chunkattn {
 
 namespace {
 
-std::string At(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
+std::string At(const char* name, size_t i) {
+  return std::string(name) + "[" + std::to_string(i) + "]";
+}
 
 std::string RunField(size_t run, const char* field) {
   return "runs[" + std::to_string(run) + "]." + field;
@@ -18,12 +20,13 @@ std::string RunField(size_t run, const char* field) {
 
 void ExpectLength(const char* name, const Int32Span& span, size_t expected, const char* why) {
   if (span.size != expected)
-    Fail(code::kShape, std::string(name) + " has " + std::to_string(span.size) + " elements, expected " +
-                           std::to_string(expected) + " (" + why + ")");
+    Fail(code::kShape, std::string(name) + " has " + std::to_string(span.size) +
+                           " elements, expected " + std::to_string(expected) + " (" + why + ")");
 }
 
 // CSR offsets: numRows + 1 entries, offsets[0] == 0, non-decreasing, last == data.size.
-void CheckOffsets(const char* name, const Int32Span& offsets, const char* data_name, const Int32Span& data) {
+void CheckOffsets(const char* name, const Int32Span& offsets, const char* data_name,
+                  const Int32Span& data) {
   if (offsets[0] != 0)
     Fail(code::kContext, std::string(name) + "[0] = " + std::to_string(offsets[0]) + ", must be 0");
   for (size_t r = 1; r < offsets.size; ++r)
@@ -33,8 +36,9 @@ void CheckOffsets(const char* name, const Int32Span& offsets, const char* data_n
                                ": offsets must not decrease");
   size_t last = size_t(offsets[offsets.size - 1]);
   if (last != data.size)
-    Fail(code::kShape, std::string(data_name) + " has " + std::to_string(data.size) + " elements but " +
-                           At(name, offsets.size - 1) + " = " + std::to_string(last));
+    Fail(code::kShape, std::string(data_name) + " has " + std::to_string(data.size) +
+                           " elements but " + At(name, offsets.size - 1) + " = " +
+                           std::to_string(last));
 }
 
 }  // namespace
@@ -46,7 +50,8 @@ void ValidateContext(const ContextView& ctx, const ContextLimits& limits) {
   // Shapes.
   ExpectLength("rowIo", ctx.row_io, num_rows, "one per row, numRows = rowLength.length");
   ExpectLength("rowSeq", ctx.row_seq, num_rows, "one per row, numRows = rowLength.length");
-  ExpectLength("rowSharedChunks", ctx.row_shared_chunks, num_rows, "one per row, numRows = rowLength.length");
+  ExpectLength("rowSharedChunks", ctx.row_shared_chunks, num_rows,
+               "one per row, numRows = rowLength.length");
   ExpectLength("rowChunkOffsets", ctx.row_chunk_offsets, num_rows + 1, "numRows + 1");
   ExpectLength("rowPartialOffsets", ctx.row_partial_offsets, num_rows + 1, "numRows + 1");
   if (ctx.runs.size % kRunFields != 0)
@@ -55,8 +60,8 @@ void ValidateContext(const ContextView& ctx, const ContextLimits& limits) {
                            "rowBegin, rowEnd, partialBegin per run)");
   const size_t num_runs = ctx.runs.size / kRunFields;
   if (num_rows > size_t(limits.num_io_rows))
-    Fail(code::kRange, "numRows = " + std::to_string(num_rows) + " exceeds numIoRows = " +
-                           std::to_string(limits.num_io_rows));
+    Fail(code::kRange, "numRows = " + std::to_string(num_rows) +
+                           " exceeds numIoRows = " + std::to_string(limits.num_io_rows));
   if (ctx.num_partials < 0 || ctx.num_partials > INT32_MAX)
     Fail(code::kRange, "numPartials = " + std::to_string(ctx.num_partials) + " is out of range");
   CheckOffsets("rowChunkOffsets", ctx.row_chunk_offsets, "rowChunkSlots", ctx.row_chunk_slots);
@@ -67,8 +72,9 @@ void ValidateContext(const ContextView& ctx, const ContextLimits& limits) {
   for (size_t r = 0; r < num_rows; ++r) {
     int32_t io = ctx.row_io[r];
     if (io < 0 || io >= limits.num_io_rows)
-      Fail(code::kRange, At("rowIo", r) + " = " + std::to_string(io) + " is out of range [0, numIoRows = " +
-                             std::to_string(limits.num_io_rows) + ")");
+      Fail(code::kRange,
+           At("rowIo", r) + " = " + std::to_string(io) +
+               " is out of range [0, numIoRows = " + std::to_string(limits.num_io_rows) + ")");
     if (io_used[size_t(io)])
       Fail(code::kContext, At("rowIo", r) + " = " + std::to_string(io) +
                                " repeats an earlier row's io row: rowIo must be injective");
@@ -79,39 +85,47 @@ void ValidateContext(const ContextView& ctx, const ContextLimits& limits) {
     int64_t chunks = int64_t(ctx.row_chunk_offsets[r + 1]) - ctx.row_chunk_offsets[r];
     if (length < 0)
       Fail(code::kRange, At("rowLength", r) + " = " + std::to_string(length) + " is negative");
-    bool consistent = chunks == 0 ? length == 0 : (chunks - 1) * chunk < length && length <= chunks * chunk;
+    bool consistent =
+        chunks == 0 ? length == 0 : (chunks - 1) * chunk < length && length <= chunks * chunk;
     if (!consistent)
-      Fail(code::kContext, At("rowLength", r) + " = " + std::to_string(length) + " does not fit the row's " +
-                               std::to_string(chunks) + " chunk(s) of " + std::to_string(chunk) +
-                               " tokens: need (chunks - 1)·C < length <= chunks·C, or 0 with 0 chunks");
+      Fail(code::kContext,
+           At("rowLength", r) + " = " + std::to_string(length) + " does not fit the row's " +
+               std::to_string(chunks) + " chunk(s) of " + std::to_string(chunk) +
+               " tokens: need (chunks - 1)·C < length <= chunks·C, or 0 with 0 chunks");
     int64_t shared = ctx.row_shared_chunks[r];
     if (shared < 0 || shared > chunks)
       Fail(code::kRange, At("rowSharedChunks", r) + " = " + std::to_string(shared) +
-                             " is out of range [0, " + std::to_string(chunks) + "] (the row's chunks)");
+                             " is out of range [0, " + std::to_string(chunks) +
+                             "] (the row's chunks)");
   }
   for (size_t i = 0; i < ctx.row_chunk_slots.size; ++i) {
     int32_t slot = ctx.row_chunk_slots[i];
     if (slot < 0 || slot >= limits.num_slots)
       Fail(code::kRange, At("rowChunkSlots", i) + " = " + std::to_string(slot) +
-                             " is out of range [0, numSlots = " + std::to_string(limits.num_slots) + ")");
+                             " is out of range [0, numSlots = " + std::to_string(limits.num_slots) +
+                             ")");
   }
   for (size_t i = 0; i < ctx.run_slots.size; ++i) {
     int32_t slot = ctx.run_slots[i];
     if (slot < 0 || slot >= limits.num_slots)
       Fail(code::kRange, At("runSlots", i) + " = " + std::to_string(slot) +
-                             " is out of range [0, numSlots = " + std::to_string(limits.num_slots) + ")");
+                             " is out of range [0, numSlots = " + std::to_string(limits.num_slots) +
+                             ")");
   }
   for (size_t i = 0; i < ctx.row_partials.size; ++i) {
     int32_t partial = ctx.row_partials[i];
     if (partial < 0 || partial >= ctx.num_partials)
-      Fail(code::kRange, At("rowPartials", i) + " = " + std::to_string(partial) +
-                             " is out of range [0, numPartials = " + std::to_string(ctx.num_partials) + ")");
+      Fail(code::kRange,
+           At("rowPartials", i) + " = " + std::to_string(partial) +
+               " is out of range [0, numPartials = " + std::to_string(ctx.num_partials) + ")");
   }
 
   // Runs.
   if (num_runs > 0 && !limits.phase1)
-    Fail(code::kUnsupported, "this module has no phase-1 kernel (partition without shared runs): runs must "
-                             "be empty, got " + std::to_string(num_runs) + " run(s)");
+    Fail(code::kUnsupported,
+         "this module has no phase-1 kernel (partition without shared runs): runs must "
+         "be empty, got " +
+             std::to_string(num_runs) + " run(s)");
   struct Interval {
     int64_t begin, end;
     size_t run;
@@ -123,22 +137,27 @@ void ValidateContext(const ContextView& ctx, const ContextLimits& limits) {
     int64_t chunk_begin = run[0], num_chunks = run[1], kv_begin = run[2];
     int64_t row_begin = run[3], row_end = run[4], partial_begin = run[5];
     if (num_chunks < 1)
-      Fail(code::kRange, RunField(j, "numChunks") + " = " + std::to_string(num_chunks) + ", must be >= 1");
+      Fail(code::kRange,
+           RunField(j, "numChunks") + " = " + std::to_string(num_chunks) + ", must be >= 1");
     if (chunk_begin < 0 || chunk_begin + num_chunks > int64_t(ctx.run_slots.size))
-      Fail(code::kRange, RunField(j, "chunkBegin") + " = " + std::to_string(chunk_begin) + " with numChunks = " +
-                             std::to_string(num_chunks) + " is outside runSlots (" +
-                             std::to_string(ctx.run_slots.size) + " elements)");
+      Fail(code::kRange, RunField(j, "chunkBegin") + " = " + std::to_string(chunk_begin) +
+                             " with numChunks = " + std::to_string(num_chunks) +
+                             " is outside runSlots (" + std::to_string(ctx.run_slots.size) +
+                             " elements)");
     if (kv_begin < 0 || kv_begin % chunk != 0)
       Fail(code::kRange, RunField(j, "kvBegin") + " = " + std::to_string(kv_begin) +
-                             " must be >= 0 and a multiple of the chunk size " + std::to_string(chunk));
+                             " must be >= 0 and a multiple of the chunk size " +
+                             std::to_string(chunk));
     if (row_begin < 0 || row_begin >= row_end || row_end > int64_t(num_rows))
-      Fail(code::kRange, "runs[" + std::to_string(j) + "] rows [" + std::to_string(row_begin) + ", " +
-                             std::to_string(row_end) + ") must be a non-empty range within [0, numRows = " +
+      Fail(code::kRange, "runs[" + std::to_string(j) + "] rows [" + std::to_string(row_begin) +
+                             ", " + std::to_string(row_end) +
+                             ") must be a non-empty range within [0, numRows = " +
                              std::to_string(num_rows) + ")");
     if (partial_begin < 0 || partial_begin + (row_end - row_begin) > ctx.num_partials)
-      Fail(code::kRange, RunField(j, "partialBegin") + " = " + std::to_string(partial_begin) + " with " +
-                             std::to_string(row_end - row_begin) + " row(s) is outside [0, numPartials = " +
-                             std::to_string(ctx.num_partials) + ")");
+      Fail(code::kRange,
+           RunField(j, "partialBegin") + " = " + std::to_string(partial_begin) + " with " +
+               std::to_string(row_end - row_begin) +
+               " row(s) is outside [0, numPartials = " + std::to_string(ctx.num_partials) + ")");
     partial_ranges.push_back({partial_begin, partial_begin + (row_end - row_begin), j});
   }
   std::sort(partial_ranges.begin(), partial_ranges.end(),
@@ -146,14 +165,16 @@ void ValidateContext(const ContextView& ctx, const ContextLimits& limits) {
   int64_t covered = 0;
   for (size_t i = 0; i < partial_ranges.size(); ++i) {
     if (i > 0 && partial_ranges[i].begin < partial_ranges[i - 1].end)
-      Fail(code::kContext, "runs[" + std::to_string(partial_ranges[i - 1].run) + "] and runs[" +
-                               std::to_string(partial_ranges[i].run) +
-                               "] write overlapping partials: each partial belongs to one (run, row)");
+      Fail(code::kContext,
+           "runs[" + std::to_string(partial_ranges[i - 1].run) + "] and runs[" +
+               std::to_string(partial_ranges[i].run) +
+               "] write overlapping partials: each partial belongs to one (run, row)");
     covered += partial_ranges[i].end - partial_ranges[i].begin;
   }
   if (covered != ctx.num_partials)
-    Fail(code::kContext, "numPartials = " + std::to_string(ctx.num_partials) + " but the runs produce " +
-                             std::to_string(covered) + " partial(s): numPartials must equal the rows summed over runs");
+    Fail(code::kContext, "numPartials = " + std::to_string(ctx.num_partials) +
+                             " but the runs produce " + std::to_string(covered) +
+                             " partial(s): numPartials must equal the rows summed over runs");
 
   // Tiling: every row's shared chunks covered exactly once by its runs, with matching slots.
   std::vector<uint8_t> chunk_covered(ctx.row_chunk_slots.size, 0);
@@ -164,22 +185,23 @@ void ValidateContext(const ContextView& ctx, const ContextLimits& limits) {
     for (int64_t r = run[3]; r < run[4]; ++r) {
       const int64_t shared = ctx.row_shared_chunks[size_t(r)];
       if (first + num_chunks > shared)
-        Fail(code::kContext, "runs[" + std::to_string(j) + "] covers chunks [" + std::to_string(first) + ", " +
-                                 std::to_string(first + num_chunks) + ") of row " + std::to_string(r) +
-                                 ", which has only " + std::to_string(shared) + " shared chunk(s)");
+        Fail(code::kContext, "runs[" + std::to_string(j) + "] covers chunks [" +
+                                 std::to_string(first) + ", " + std::to_string(first + num_chunks) +
+                                 ") of row " + std::to_string(r) + ", which has only " +
+                                 std::to_string(shared) + " shared chunk(s)");
       const size_t base = size_t(ctx.row_chunk_offsets[size_t(r)]);
       for (int64_t c = 0; c < num_chunks; ++c) {
         const size_t index = base + size_t(first + c);
         if (chunk_covered[index])
-          Fail(code::kContext, "chunk " + std::to_string(first + c) + " of row " + std::to_string(r) +
-                                   " is covered by more than one run");
+          Fail(code::kContext, "chunk " + std::to_string(first + c) + " of row " +
+                                   std::to_string(r) + " is covered by more than one run");
         chunk_covered[index] = 1;
         const int32_t run_slot = ctx.run_slots[size_t(run[0] + c)];
         if (run_slot != ctx.row_chunk_slots[index])
-          Fail(code::kContext, "runs[" + std::to_string(j) + "] chunk " + std::to_string(c) + " is slot " +
-                                   std::to_string(run_slot) + " but row " + std::to_string(r) + "'s chunk " +
-                                   std::to_string(first + c) + " is slot " +
-                                   std::to_string(ctx.row_chunk_slots[index]));
+          Fail(code::kContext, "runs[" + std::to_string(j) + "] chunk " + std::to_string(c) +
+                                   " is slot " + std::to_string(run_slot) + " but row " +
+                                   std::to_string(r) + "'s chunk " + std::to_string(first + c) +
+                                   " is slot " + std::to_string(ctx.row_chunk_slots[index]));
       }
       ++runs_per_row[size_t(r)];
     }
@@ -191,11 +213,12 @@ void ValidateContext(const ContextView& ctx, const ContextLimits& limits) {
       if (!chunk_covered[base + size_t(c)])
         Fail(code::kContext, "chunk " + std::to_string(c) + " of row " + std::to_string(r) +
                                  " is counted in rowSharedChunks but no run covers it");
-    const size_t begin = size_t(ctx.row_partial_offsets[r]), end = size_t(ctx.row_partial_offsets[r + 1]);
+    const size_t begin = size_t(ctx.row_partial_offsets[r]),
+                 end = size_t(ctx.row_partial_offsets[r + 1]);
     if (int64_t(end - begin) != runs_per_row[r])
       Fail(code::kContext, "row " + std::to_string(r) + " lists " + std::to_string(end - begin) +
-                               " partial(s) in rowPartials but is shared by " + std::to_string(runs_per_row[r]) +
-                               " run(s)");
+                               " partial(s) in rowPartials but is shared by " +
+                               std::to_string(runs_per_row[r]) + " run(s)");
     for (size_t i = begin; i < end; ++i) {
       const int64_t partial = ctx.row_partials[i];
       // The run whose partial range holds `partial` (ranges are sorted and disjoint).

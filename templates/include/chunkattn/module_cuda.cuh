@@ -48,9 +48,11 @@ int launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t
 #else
   (void)stream;
   traffic_count_launch();
-  const cucpu::Error e = cucpu::launch(kernel, grid, block, smem_bytes, std::forward<A>(args)...);
+  const cucpu::Error e =
+      cucpu::launch_named(name, kernel, grid, block, smem_bytes, std::forward<A>(args)...);
   if (e.ok()) return ok();
-  return fail(CA_ERR_KERNEL, std::string("kernel ") + name + ": " + e.describe());
+  return fail(CA_ERR_KERNEL, e.to_string());  // "file:line:col: kernel 'name' failed (kind): ..."
+
 #endif
 }
 

@@ -99,6 +99,11 @@ inline Scratch& thread_scratch() {
 
 // Most stacked rows (rows x G) per phase-1 task; a row's G heads are never split.
 inline constexpr int kPhase1MaxTileRows = 64;
+// Phase 2 prefetches the next chunk's K and V into L2 while it computes the current one.
+#ifndef CA_CPU_PHASE2_PREFETCH
+#define CA_CPU_PHASE2_PREFETCH 1
+#endif
+inline constexpr bool kPhase2Prefetch = CA_CPU_PHASE2_PREFETCH;
 // Smallest tile phase 1 splits down to when there are fewer tasks than threads.
 inline constexpr int kPhase1MinTileRows = 16;
 
@@ -323,8 +328,8 @@ struct Phase1 {
         A::apply_variant(s, sv.vis + size_t(stacked) * C, valid, Pos{p.row_seq[r], h, t.kv_head, len - 1, 0}, t.token0,
                          p.params);
       }
-      kern::softmax_row<C>(s, sv.m[stacked], sv.l[stacked], sv.alpha[stacked]);
     }
+    kern::softmax_rows<R, C>(S, sv.m + i0, sv.l + i0, sv.alpha + i0);
     kern::pv_rows<R, D>(sv.o + size_t(i0) * D, D, sv.alpha + i0, S, C, t.vsrc, keys);
   }
 
@@ -368,6 +373,7 @@ struct Phase1 {
     }
 
     const size_t chunk_elems = size_t(C) * D;
+    const int blocks = (M + kern::kTileRows - 1) / kern::kTileRows;
     for (int j = 0; j < run.num_chunks; ++j) {
       const int token0 = run.kv_begin + j * C;
       if (token0 >= max_len) break;
@@ -393,16 +399,20 @@ struct Phase1 {
         kern::convert_rows(sv.vf, v_pool + base, keys * D);
         vsrc = sv.vf;
       }
+      // The next chunk's K and V stream into L2 while this one computes.
+      kern::PrefetchRange next_k, next_v;
       if (j + 1 < run.num_chunks && token0 + C < max_len) {
         const size_t next = (size_t(p.run_slots[run.chunk_begin + j + 1]) * Hkv + kvh) * chunk_elems;
-        kern::prefetch_l2(k_pool + next, int(chunk_elems * sizeof(KvT)));
-        kern::prefetch_l2(v_pool + next, int(chunk_elems * sizeof(KvT)));
+        next_k.reset(k_pool + next, int(chunk_elems * sizeof(KvT)));
+        next_v.reset(v_pool + next, int(chunk_elems * sizeof(KvT)));
       }
       const Tile tile{&p, &sv, vsrc, task.row_begin, kvh, token0};
-      const int blocks = (M + kern::kTileRows - 1) / kern::kTileRows;
       const int base_rows = M / blocks, extra = M % blocks;
+      const int slice = (int(chunk_elems * sizeof(KvT)) / blocks + 63) / 64 * 64;
       for (int b = 0, i0 = 0; b < blocks; ++b) {
         const int R = base_rows + (b < extra ? 1 : 0);
+        next_k.issue(slice);
+        next_v.issue(slice);
         block_dispatch(R, tile, i0, keys);
         i0 += R;
       }
@@ -442,8 +452,9 @@ struct Phase2 {
     }
   }
 
+  template <class WaitPhase1>
   static void run_task(const CaDecodeParams& p, int r, int kvh, const float* part_o, const float* part_lse,
-                       const ScratchView<Cfg>& sv) {
+                       const ScratchView<Cfg>& sv, const WaitPhase1& wait_phase1) {
     const int len = p.row_length[r];
     const int io = p.row_io[r];
     const QT* q = static_cast<const QT*>(p.q);
@@ -457,24 +468,6 @@ struct Phase2 {
       for (int d = 0; d < D; d += kern::W) simd::store(sv.o + g * D + d, simd::zero());
       sv.m[g] = -INFINITY;
       sv.l[g] = 0.f;
-    }
-
-    // Partials of the shared runs.
-    for (int k = p.row_partial_offsets[r]; k < p.row_partial_offsets[r + 1]; ++k) {
-      const size_t partial = size_t(p.row_partials[k]);
-      for (int g = 0; g < G; ++g) {
-        const int h = kvh * G + g;
-        SoftmaxState st{sv.m[g], sv.l[g]};
-        const SoftmaxState::Rescale f = st.merge_lse(part_lse[partial * Hq + h]);
-        sv.m[g] = st.m;
-        sv.l[g] = st.l;
-        if (f.other == 0.f && f.self == 1.f) continue;
-        const simd::V a = simd::bcast(f.self), b = simd::bcast(f.other);
-        const float* src = part_o + (partial * Hq + h) * D;
-        float* o = sv.o + g * D;
-        for (int d = 0; d < D; d += kern::W)
-          simd::store(o + d, simd::fmadd(simd::load(src + d), b, simd::mul(simd::load(o + d), a)));
-      }
     }
 
     // The row's own chunks.
@@ -494,6 +487,12 @@ struct Phase2 {
       const size_t base = (size_t(p.row_chunk_slots[c0 + ci]) * Hkv + kvh) * chunk_elems;
       const KvT* kp = k_pool + base;
       const KvT* vp = v_pool + base;
+      if (kPhase2Prefetch && ci + 1 < num_chunks && token0 + C < len) {
+        const size_t next = (size_t(p.row_chunk_slots[c0 + ci + 1]) * Hkv + kvh) * chunk_elems;
+        const int bytes = (len - token0 - C < C ? len - token0 - C : C) * D * int(sizeof(KvT));
+        kern::prefetch_l2(k_pool + next, bytes);
+        kern::prefetch_l2(v_pool + next, bytes);
+      }
       kern::qk_direct_rows<G, C, D>(sv.s, sv.q, kp, valid);
       for (int g = 0; g < G; ++g) {
         float* s = sv.s + g * C;
@@ -503,6 +502,26 @@ struct Phase2 {
         kern::softmax_row<C>(s, sv.m[g], sv.l[g], sv.alpha[g]);
       }
       pv_heads(sv, vp, valid);
+    }
+
+    // Partials of the shared runs, merged last (merging commutes), so the row's own chunks above
+    // could run while phase 1 was still computing them.
+    if (p.row_partial_offsets[r + 1] > p.row_partial_offsets[r]) wait_phase1();
+    for (int k = p.row_partial_offsets[r]; k < p.row_partial_offsets[r + 1]; ++k) {
+      const size_t partial = size_t(p.row_partials[k]);
+      for (int g = 0; g < G; ++g) {
+        const int h = kvh * G + g;
+        SoftmaxState st{sv.m[g], sv.l[g]};
+        const SoftmaxState::Rescale f = st.merge_lse(part_lse[partial * Hq + h]);
+        sv.m[g] = st.m;
+        sv.l[g] = st.l;
+        if (f.other == 0.f && f.self == 1.f) continue;
+        const simd::V a = simd::bcast(f.self), b = simd::bcast(f.other);
+        const float* src = part_o + (partial * Hq + h) * D;
+        float* o = sv.o + g * D;
+        for (int d = 0; d < D; d += kern::W)
+          simd::store(o + d, simd::fmadd(simd::load(src + d), b, simd::mul(simd::load(o + d), a)));
+      }
     }
 
     for (int g = 0; g < G; ++g) {
@@ -564,23 +583,28 @@ struct DecodeJob {
     const ScratchView<Cfg> sv(scratch.data());
     for (int i; (i = next1.fetch_add(1, std::memory_order_relaxed)) < num_tasks1;) {
       Phase1<Cfg, Variant>::run_task(*p, tasks1[i], part_o, part_lse, sv);
-      done1.fetch_add(1, std::memory_order_release);
-    }
-    for (int spins = 0; done1.load(std::memory_order_acquire) < num_tasks1; ++spins) {
-      if (spins < 2048) {
-        CA_CPU_PAUSE();
-      } else {
-        std::this_thread::yield();
-      }
-    }
 #if defined(CA_CPU_PROFILE)
-    {
-      int64_t expected = 0;
-      phase_times().phase1_end_ns.compare_exchange_strong(expected, now_ns());
-    }
+      if (done1.fetch_add(1, std::memory_order_release) + 1 == num_tasks1) phase_times().phase1_end_ns = now_ns();
+#else
+      done1.fetch_add(1, std::memory_order_release);
 #endif
+    }
+    // Phase 2 starts as soon as phase 1 has no task left to hand out; a task waits for phase 1
+    // to complete only before it merges partials (the barrier is per use, not per thread).
+    bool phase1_done = num_tasks1 == 0;
+    auto wait_phase1 = [&] {
+      if (phase1_done) return;
+      for (int spins = 0; done1.load(std::memory_order_acquire) < num_tasks1; ++spins) {
+        if (spins < 2048) {
+          CA_CPU_PAUSE();
+        } else {
+          std::this_thread::yield();
+        }
+      }
+      phase1_done = true;
+    };
     for (int i; (i = next2.fetch_add(1, std::memory_order_relaxed)) < num_tasks2;)
-      Phase2<Cfg, Variant>::run_task(*p, i / Dm::kKvHeads, i % Dm::kKvHeads, part_o, part_lse, sv);
+      Phase2<Cfg, Variant>::run_task(*p, i / Dm::kKvHeads, i % Dm::kKvHeads, part_o, part_lse, sv, wait_phase1);
   }
 };
 

@@ -209,6 +209,17 @@ CA_CPU_INLINE void qk_direct_rows(float* S, const float* Q, const KT* K, int key
   }
 }
 
+// exp of one float x <= 0 through the vector exp (no libm call in the chunk loop).
+CA_CPU_INLINE float exp_scalar(float x) {
+#if defined(__AVX512F__)
+  return _mm_cvtss_f32(_mm512_castps512_ps128(simd::exp_nonpos(_mm512_set1_ps(x))));
+#elif defined(__AVX2__) && defined(__FMA__)
+  return _mm_cvtss_f32(_mm256_castps256_ps128(simd::exp(_mm256_set1_ps(x))));
+#else
+  return expf(x);
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // Online softmax over one chunk for R rows. S[i, 0..C) holds scores (-inf where invisible);
 // on return it holds p = exp(s - m_new) and alpha[i] the factor for the row's old o.
@@ -225,17 +236,50 @@ CA_CPU_INLINE void softmax_row(float* __restrict s, float& m, float& l, float& a
     return;
   }
   const float m_new = m > m_chunk ? m : m_chunk;
-  alpha = expf(m - m_new);  // 0 when m = -inf
+  alpha = m_new == m ? 1.f : exp_scalar(m - m_new);  // 0 when m = -inf
   const V mv = simd::bcast(m_new);
   V sum = simd::zero();
 #pragma GCC unroll 8
   for (int c = 0; c < C; c += W) {
-    const V p = simd::exp(simd::sub(simd::load(s + c), mv));
+    const V p = simd::exp_nonpos(simd::sub(simd::load(s + c), mv));
     simd::store(s + c, p);
     sum = simd::add(sum, p);
   }
   l = l * alpha + simd::reduce_add(sum);
   m = m_new;
+}
+
+// softmax_row for R rows of S (row stride C) at once: the rows' reductions and exps are
+// independent, so doing them in lockstep hides their latency.
+template <int R, int C>
+CA_CPU_INLINE void softmax_rows(float* __restrict S, float* __restrict m, float* __restrict l,
+                                float* __restrict alpha) {
+  float m_new[R];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    V mx = simd::load(S + i * C);
+#pragma GCC unroll 8
+    for (int c = W; c < C; c += W) mx = simd::max(mx, simd::load(S + i * C + c));
+    const float m_chunk = simd::reduce_max(mx);
+    m_new[i] = m[i] > m_chunk ? m[i] : m_chunk;
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    // A row with nothing visible so far keeps m = -inf: use 0 as the reference so that
+    // exp(-inf - 0) = 0 (never -inf - -inf = NaN); its alpha is 1 and o stays 0.
+    const float ref = m_new[i] == -INFINITY ? 0.f : m_new[i];
+    alpha[i] = m_new[i] == m[i] ? 1.f : exp_scalar(m[i] - ref);
+    const V mv = simd::bcast(ref);
+    V sum = simd::zero();
+#pragma GCC unroll 8
+    for (int c = 0; c < C; c += W) {
+      const V p = simd::exp_nonpos(simd::sub(simd::load(S + i * C + c), mv));
+      simd::store(S + i * C + c, p);
+      sum = simd::add(sum, p);
+    }
+    l[i] = l[i] * alpha[i] + simd::reduce_add(sum);
+    m[i] = m_new[i];
+  }
 }
 
 // Sets s[t] = -inf for t in [valid, C).
@@ -255,6 +299,28 @@ CA_CPU_INLINE void prefetch_l2(const void* p, int bytes) {
   const char* b = static_cast<const char*>(p);
   for (int i = 0; i < bytes; i += 64) __builtin_prefetch(b + i, 0, 2);
 }
+
+#ifndef CA_CPU_PREFETCH_LOCALITY
+#define CA_CPU_PREFETCH_LOCALITY 2
+#endif
+
+// A byte range prefetched into L2 a slice at a time, so the prefetches spread over the compute
+// instead of overflowing the miss queues at once.
+struct PrefetchRange {
+  const char* begin = nullptr;
+  int bytes = 0;
+  int issued = 0;
+  void reset(const void* p, int n) {
+    begin = static_cast<const char*>(p);
+    bytes = n;
+    issued = 0;
+  }
+  CA_CPU_INLINE void issue(int slice_bytes) {
+    const int end = issued + slice_bytes < bytes ? issued + slice_bytes : bytes;
+    for (; issued < end; issued += 64) __builtin_prefetch(begin + issued, 0, CA_CPU_PREFETCH_LOCALITY);
+  }
+  CA_CPU_INLINE void finish() { issue(bytes); }
+};
 
 }  // namespace kern
 }  // namespace cpu

@@ -32,6 +32,7 @@
 #include "chunkattn/cpu/thread_pool.h"
 #include "chunkattn/cpu/decode.h"
 #include "chunkattn/cpu/kv_write.h"
+#include "chunkattn/cpu/host_memory.h"
 
 namespace ca {
 namespace cpu {

@@ -1,0 +1,111 @@
+import { afterAll, describe, expect, test } from 'vitest';
+import { Attention, attention } from '../index.ts';
+import type { DType } from '../dsl/spec.ts';
+import { Rng, WorkloadModel } from './workload-model.ts';
+
+const SEED = Number(process.env.CHUNKATTN_SEED ?? Math.floor(Math.random() * 2 ** 31));
+
+// Compile-time configurations (one module each); the 20 shapes vary everything else.
+const CONFIGS = [
+  { heads: { q: 4, kv: 4 }, headDim: 64, chunkSize: 16, dtype: 'f16' },
+  { heads: { q: 8, kv: 2 }, headDim: 80, chunkSize: 32, dtype: 'bf16' },
+  { heads: { q: 12, kv: 2 }, headDim: 96, chunkSize: 16, dtype: 'f16' },
+  { heads: { q: 16, kv: 2 }, headDim: 128, chunkSize: 64, dtype: 'bf16' },
+  { heads: { q: 2, kv: 1 }, headDim: 256, chunkSize: 128, dtype: 'f16' },
+] as const;
+
+type Pattern = 'none' | 'all' | 'nested' | 'groups';
+
+const runtimes = new Map<number, { attn: Attention; spec: ReturnType<typeof attention> }>();
+
+async function runtimeFor(index: number) {
+  let entry = runtimes.get(index);
+  if (!entry) {
+    const config = CONFIGS[index]!;
+    const spec = attention({ name: `emu-shape-${index}`, ...config, dtype: config.dtype as DType, targets: ['emu'] });
+    entry = { attn: await Attention.create(spec, { layers: 1, capacityTokens: 64 * 1024, target: 'emu' }), spec };
+    runtimes.set(index, entry);
+  }
+  return entry;
+}
+
+afterAll(() => {
+  for (const { attn } of runtimes.values()) attn.close();
+});
+
+/** Prompt lengths around chunk edges: 0, 1, c−1, c, c+1, and a few chunks. */
+function edgeLength(rng: Rng, c: number): number {
+  return rng.pick([0, 1, c - 1, c, c + 1, 2 * c + rng.int(c), 3 * c]);
+}
+
+function prompts(rng: Rng, pattern: Pattern, batch: number, c: number): number[][] {
+  const shared = Array.from({ length: 2 * c + rng.int(2 * c) }, () => rng.int(50));
+  const tail = () => Array.from({ length: edgeLength(rng, c) }, () => 100 + rng.int(50));
+  return Array.from({ length: batch }, (_, i) => {
+    switch (pattern) {
+      case 'none':
+        return [1000 + i, ...tail()];
+      case 'all':
+        return [...shared, ...tail()];
+      case 'nested': // three levels: shared root, 2 branches of c+ tokens, leaves
+        return [...shared, ...Array.from({ length: c + 3 }, () => 500 + (i % 2)), ...(i % 4 < 2 ? [7, 7] : []), ...tail()];
+      case 'groups':
+        return [...Array.from({ length: c + 1 }, () => 300 + (i % 5)), ...tail()];
+    }
+  });
+}
+
+describe(`the sequence-first CUDA kernel on the emu target matches float64 on 20 random shapes (seed ${SEED})`, () => {
+  const rng = new Rng(SEED);
+  const shapes = Array.from({ length: 20 }, (_, i) => ({
+    id: i,
+    config: i % CONFIGS.length,
+    batch: rng.pick([1, 2, 17, 33, i === 7 ? 129 : 2]),
+    pattern: rng.pick<Pattern>(['none', 'all', 'nested', 'groups']),
+    order: i % 2 === 0 ? 'forward' : 'random',
+  }));
+  test.each(shapes)('shape $id: config $config, batch $batch, sharing $pattern, CUCPU_ORDER=$order', async (shape) => {
+    const { attn, spec } = await runtimeFor(shape.config);
+    const shapeRng = new Rng(SEED + shape.id);
+    const model = new WorkloadModel(attn, spec, shapeRng);
+    const saved = process.env.CUCPU_ORDER;
+    process.env.CUCPU_ORDER = shape.order;
+    try {
+      const seqs = prompts(shapeRng, shape.pattern, shape.batch, spec.chunkSize).map((p) => model.insert(p));
+      model.step(seqs); // poisons the output, decodes, compares with float64 attention
+      model.step([...seqs].reverse());
+      expect(model.decodes).toBe(2);
+    } finally {
+      for (const seq of [...model.seqs.keys()]) model.release(seq);
+      attn.cache.evict();
+      process.env.CUCPU_ORDER = saved;
+      if (saved === undefined) delete process.env.CUCPU_ORDER;
+    }
+  });
+});
+
+describe('bytes moved through global memory (counted by the prims wrappers on the emu target)', () => {
+  test('a decode reads each K/V byte of every sequence once, Q once, and writes the output once', async () => {
+    const spec = attention({ name: 'emu-traffic', heads: { q: 8, kv: 2 }, headDim: 64, dtype: 'bf16', chunkSize: 16, targets: ['emu'] });
+    const attn = await Attention.create(spec, { layers: 1, capacityTokens: 4096, target: 'emu' });
+    try {
+      const model = new WorkloadModel(attn, spec, new Rng(SEED));
+      const lengths = [1, 15, 16, 17, 40, 100];
+      const seqs = lengths.map((n, i) => model.insert(Array.from({ length: n }, (_, t) => (i * 1000 + t) % 977)));
+      attn.appendStep(seqs, seqs.map(() => 1));
+      const kv = new Uint16Array(seqs.length * 2 * 64);
+      attn.writeDecodeKV(0, kv, kv);
+      attn.module.resetStats();
+      attn.decode(0, new Uint16Array(seqs.length * 8 * 64));
+      const stats = attn.module.stats();
+      const tokens = lengths.reduce((sum, n) => sum + n + 1, 0);
+      expect(stats.bytesRead.kv).toBe(tokens * 2 /* kv heads */ * 64 * 2 /* bytes */ * 2 /* K and V */);
+      expect(stats.bytesRead.q).toBe(seqs.length * 8 * 64 * 2);
+      expect(stats.bytesWritten.out).toBe(seqs.length * 8 * 64 * 2);
+      expect(stats.bytesRead.partial).toBe(0);
+      expect(stats.launches).toBe(1);
+    } finally {
+      attn.close();
+    }
+  });
+});
