@@ -13,6 +13,7 @@
 import { readFileSync } from 'node:fs';
 import type {
   ArrowFunction,
+  CallExpression,
   Expression,
   FunctionDeclaration,
   FunctionExpression,
@@ -84,19 +85,47 @@ function unparsable(kind: VariantKind, fnText: string): never {
   });
 }
 
+interface FileIndex {
+  readonly calls: readonly CallExpression[];
+  /** Per kind: every call's function for that property, with its signature (computed once per file). */
+  readonly candidates: Map<VariantKind, readonly { node: FunctionNode; line: number; signature: string }[]>;
+}
+
+const indexes = new WeakMap<SourceFile, FileIndex>();
+
+function indexOf(file: SourceFile): FileIndex {
+  let index = indexes.get(file);
+  if (!index) {
+    index = { calls: file.getDescendantsOfKind(tsMorph().SyntaxKind.CallExpression), candidates: new Map() };
+    indexes.set(file, index);
+  }
+  return index;
+}
+
+function candidatesOf(file: SourceFile, kind: VariantKind) {
+  const index = indexOf(file);
+  let list = index.candidates.get(kind);
+  if (!list) {
+    list = index.calls.flatMap((call) => {
+      const node = functionInCall(call.getArguments()[0], kind);
+      return node ? [{ node, line: call.getStartLineNumber(), signature: signature(node) }] : [];
+    });
+    index.candidates.set(kind, list);
+  }
+  return list;
+}
+
 function findInFile(
   file: SourceFile,
   kind: VariantKind,
   site: CallSite,
   expected: string,
 ): FunctionNode | undefined {
-  const { SyntaxKind } = tsMorph();
-  const calls = file.getDescendantsOfKind(SyntaxKind.CallExpression);
   if (site.exact) {
     const pos = positionOf(file, site.line, site.column);
     if (pos !== undefined) {
-      let best: (typeof calls)[number] | undefined;
-      for (const call of calls) {
+      let best: CallExpression | undefined;
+      for (const call of indexOf(file).calls) {
         const callee = call.getExpression();
         const hit = (callee.getStart() <= pos && pos <= callee.getEnd()) || call.getStart() === pos;
         if (hit && (!best || call.getWidth() < best.getWidth())) best = call;
@@ -106,11 +135,10 @@ function findInFile(
     }
   }
   let best: { node: FunctionNode; distance: number } | undefined;
-  for (const call of calls) {
-    const node = functionInCall(call.getArguments()[0], kind);
-    if (!node || signature(node) !== expected) continue;
-    const distance = Math.abs(call.getStartLineNumber() - site.line);
-    if (!best || distance < best.distance) best = { node, distance };
+  for (const candidate of candidatesOf(file, kind)) {
+    if (candidate.signature !== expected) continue;
+    const distance = Math.abs(candidate.line - site.line);
+    if (!best || distance < best.distance) best = { node: candidate.node, distance };
   }
   return best?.node;
 }

@@ -3,11 +3,12 @@
 // g++ once per content hash (sources + headers + flags) and cached under
 // $CHUNKATTN_CACHE/cpu-kernel-tests/<hash>/. Each run draws a fresh seed (CHUNKATTN_SEED pins it).
 
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { beforeAll, describe, expect, test } from 'vitest';
 
 const root = join(import.meta.dirname, '..');
@@ -58,7 +59,9 @@ function hasGxx(): boolean {
 function sourceFiles(): string[] {
   const files = [driver];
   const walk = (dir: string): void => {
-    for (const entry of readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+    for (const entry of readdirSync(dir, { withFileTypes: true }).sort((a, b) =>
+      a.name.localeCompare(b.name),
+    )) {
       const path = join(dir, entry.name);
       if (entry.isDirectory()) walk(path);
       else if (/\.(h|hpp|cuh)$/.test(entry.name)) files.push(path);
@@ -69,7 +72,7 @@ function sourceFiles(): string[] {
 }
 
 /** Builds the driver with the given flags (cached by content hash) and returns the binary. */
-function buildDriver(name: string, flags: readonly string[]): string {
+async function buildDriver(name: string, flags: readonly string[]): Promise<string> {
   const args = [...flags, '-std=c++20', '-pthread', '-I', include, driver];
   const hash = createHash('sha256');
   hash.update(JSON.stringify(args));
@@ -84,11 +87,33 @@ function buildDriver(name: string, flags: readonly string[]): string {
   if (existsSync(binary)) return binary;
   mkdirSync(dir, { recursive: true });
   const partial = `${binary}.${process.pid}.tmp`;
-  const built = spawnSync('g++', [...args, '-o', partial], { encoding: 'utf8' });
-  if (built.status !== 0) throw new Error(`g++ ${args.join(' ')} failed:\n${built.stderr}`);
+  try {
+    await promisify(execFile)('g++', [...args, '-o', partial], { maxBuffer: 16 << 20 });
+  } catch (error) {
+    const stderr = (error as { stderr?: string }).stderr ?? String(error);
+    throw new Error(`g++ ${args.join(' ')} failed:\n${stderr}`);
+  }
   renameSync(partial, binary); // atomic: concurrent builders race harmlessly
   return binary;
 }
+
+const builds = new Map<string, Promise<string>>();
+/** Starts (once) the build of one flavour of the driver; the three flavours build concurrently. */
+function build(name: string, flags: readonly string[]): Promise<string> {
+  let pending = builds.get(name);
+  if (!pending) {
+    pending = buildDriver(name, flags);
+    pending.catch(() => {}); // reported by the test that awaits it
+    builds.set(name, pending);
+  }
+  return pending;
+}
+
+const fallbacks = [
+  { name: 'avx2', flags: ['-O2', '-mavx2', '-mfma', '-mf16c'], isa: 'avx2' },
+  { name: 'scalar', flags: ['-O2', '-march=x86-64'], isa: 'scalar' },
+] as const;
+const isX64 = process.arch === 'x64';
 
 function runDriver(binary: string, seed: string, extra: readonly string[] = []): DriverRun {
   const result = spawnSync(binary, ['--seed', seed, ...extra], {
@@ -130,8 +155,10 @@ const gxx = hasGxx();
 describe.skipIf(!gxx)('cpu kernels (native build of the driver)', () => {
   let native: DriverRun;
 
-  beforeAll(() => {
-    native = runDriver(buildDriver('cpu_kernel_test', ['-O2', '-march=native']), seed);
+  beforeAll(async () => {
+    const binary = build('cpu_kernel_test', ['-O2', '-march=native']);
+    if (isX64) for (const f of fallbacks) build(`cpu_kernel_test_${f.name}`, f.flags);
+    native = runDriver(await binary, seed);
   }, 600_000);
 
   test('the driver ran to completion', () => {
@@ -158,11 +185,15 @@ describe.skipIf(!gxx)('cpu kernels (native build of the driver)', () => {
   });
 
   test('shared runs really run: two-phase uses phase 1 for shared prefixes, sequence-first never does', () => {
-    const shared = native.cases.filter((c) => c.mode === 'two-phase' && /all share|nested|groups/.test(c.case));
+    const shared = native.cases.filter(
+      (c) => c.mode === 'two-phase' && /all share|nested|groups/.test(c.case),
+    );
     expect(shared.length).toBeGreaterThan(20);
     expect(shared.every((c) => c.runs > 0)).toBe(true);
     expect(native.cases.filter((c) => c.mode === 'sequence-first').every((c) => c.runs === 0)).toBe(true);
-    const chunkFirst = native.cases.filter((c) => c.mode === 'chunk-first' && /single len=(1|[2-9]\d*)$/.test(c.case));
+    const chunkFirst = native.cases.filter(
+      (c) => c.mode === 'chunk-first' && /single len=(1|[2-9]\d*)$/.test(c.case),
+    );
     expect(chunkFirst.every((c) => c.runs > 0)).toBe(true);
   });
 
@@ -178,7 +209,8 @@ describe.skipIf(!gxx)('cpu kernels (native build of the driver)', () => {
     for (const g of [1, 2, 4, 6, 8]) expect(groups.has(g)).toBe(true);
     for (const t of ['f16', 'bf16', 'f32']) expect([...cfgs].some((c) => c.includes(`kv=${t}`))).toBe(true);
     const variants = new Set(native.cases.map((c) => c.variant));
-    for (const v of ['plain', 'softcap+window', 'head-bias+mask', 'score-only']) expect(variants.has(v)).toBe(true);
+    for (const v of ['plain', 'softcap+window', 'head-bias+mask', 'score-only'])
+      expect(variants.has(v)).toBe(true);
   });
 
   test('no output is NaN and io rows outside the batch are left untouched', () => {
@@ -203,17 +235,12 @@ describe.skipIf(!gxx)('cpu kernels (native build of the driver)', () => {
 });
 
 describe.skipIf(!gxx)('cpu kernels (portable fallbacks)', () => {
-  const fallbacks = [
-    { name: 'avx2', flags: ['-O2', '-mavx2', '-mfma', '-mf16c'], isa: 'avx2' },
-    { name: 'scalar', flags: ['-O2', '-march=x86-64'], isa: 'scalar' },
-  ] as const;
-  const isX64 = process.arch === 'x64';
-
   for (const fallback of fallbacks) {
     test.skipIf(!isX64)(
       `the ${fallback.name} path matches float64 attention too`,
-      () => {
-        const run = runDriver(buildDriver(`cpu_kernel_test_${fallback.name}`, fallback.flags), seed, ['--quick']);
+      async () => {
+        const binary = await build(`cpu_kernel_test_${fallback.name}`, fallback.flags);
+        const run = runDriver(binary, seed, ['--quick']);
         expect(run.isa).toBe(fallback.isa);
         expect(run.summary, `seed ${seed}`).toBeDefined();
         expect(failures(run), `seed ${seed} (rerun with CHUNKATTN_SEED=${seed})`).toEqual([]);

@@ -1,3 +1,6 @@
+// biome-ignore-all lint/correctness: the catalog holds unreachable code, unused and undeclared names on purpose
+// biome-ignore-all lint/suspicious/noTemplateCurlyInString: the needle '`${s}`' is source text to find
+// biome-ignore-all lint/style/useConst: a `let` binding is one of the bad constructs
 // A catalog of specs the DSL must reject, each with the exact field path or the exact
 // file:line:col of the offending TypeScript and a key phrase of the message.
 
@@ -11,8 +14,14 @@ const THIS_FILE = 'test/dsl-bad-specs.test.ts';
 const FIXTURE = 'test/fixtures/dsl/bad-constructs.ts';
 const ownText = readFileSync(fileURLToPath(import.meta.url), 'utf8');
 
-// biome-ignore lint/suspicious/noExplicitAny: bad specs are untyped on purpose; the DSL must catch them
-const loose = attention as (input: any) => KernelSpec;
+// Bad specs are untyped on purpose: the DSL, not tsc, must catch them.
+// biome-ignore lint/suspicious/noExplicitAny: see above
+type Loose = any;
+const loose = attention as unknown as (input: {
+  readonly [field: string]: unknown;
+  readonly scoreMod?: (this: Loose, score: Loose, pos: Loose, params: Loose, ...rest: Loose[]) => Loose;
+  readonly mask?: (this: Loose, pos: Loose, params: Loose, ...rest: Loose[]) => Loose;
+}) => KernelSpec;
 
 const base = {
   name: 'bad',
@@ -207,7 +216,7 @@ describe('field errors name the path and what is allowed', () => {
   ];
 
   test.each(cases)('$path: $message', ({ input, path, message }) => {
-    const error = catchDsl(() => loose(input));
+    const error = catchDsl(() => loose(input as Loose));
     expect(error.path).toBe(path);
     if (typeof message === 'string') expect(error.message).toBe(message);
     else expect(error.message).toMatch(message);
@@ -228,7 +237,7 @@ describe('field errors name the path and what is allowed', () => {
 
 describe('unsupported TypeScript is reported at its line and column', () => {
   // Each case: `make` holds exactly one construct at `at` (the first occurrence after the case's name).
-  const cases: { name: string; make: () => unknown; at: string; phrase: string }[] = [
+  const cases: { name: string; make: () => unknown; at: string; offset?: number; phrase: string }[] = [
     {
       name: 'for loop',
       make: () =>
@@ -283,6 +292,7 @@ describe('unsupported TypeScript is reported at its line and column', () => {
     },
     {
       name: 'Math constant',
+      // @ts-expect-error: no such Math constant, on purpose
       make: () => loose({ ...base, scoreMod: (s) => s * Math.TAU }),
       at: 'Math.TAU',
       phrase: 'may not use `Math.TAU`',
@@ -331,6 +341,7 @@ describe('unsupported TypeScript is reported at its line and column', () => {
     },
     {
       name: 'new',
+      // @ts-expect-error: arithmetic on a Number object, on purpose
       make: () => loose({ ...base, scoreMod: (s) => s * new Number(2) }),
       at: 'new Number',
       phrase: 'an object construction (`new`)',
@@ -365,6 +376,7 @@ describe('unsupported TypeScript is reported at its line and column', () => {
         loose({
           ...base,
           scoreMod: (s) => {
+            // @ts-expect-error: an untyped nested function, on purpose
             const double = (x) => x * 2;
             return double(s);
           },
@@ -392,6 +404,7 @@ describe('unsupported TypeScript is reported at its line and column', () => {
     },
     {
       name: 'arity of exp',
+      // @ts-expect-error: Math.exp takes one argument, on purpose
       make: () => loose({ ...base, scoreMod: (s) => Math.exp(s, 2) }),
       at: 'Math.exp(s, 2)',
       phrase: '`Math.exp` takes 1 argument, got 2',
@@ -452,6 +465,7 @@ describe('unsupported TypeScript is reported at its line and column', () => {
     },
     {
       name: '=== across types',
+      // @ts-expect-error: comparing a boolean with a number, on purpose
       make: () => loose({ ...base, mask: (pos) => pos.q > 0 === 1 }),
       at: '===',
       phrase: '`===` compares a boolean with a number',
@@ -517,6 +531,7 @@ describe('unsupported TypeScript is reported at its line and column', () => {
         loose({
           ...base,
           scoreMod: (s) => {
+            // @ts-expect-error: b is used before its declaration, on purpose
             const a = b * 2;
             const b = s;
             return a;
@@ -534,7 +549,8 @@ describe('unsupported TypeScript is reported at its line and column', () => {
             const t = s;
           },
         }),
-      at: '{ const t',
+      at: '(s) => {',
+      offset: 7,
       phrase: 'scoreMod must end with `return <expression>`',
     },
     {
@@ -613,9 +629,10 @@ describe('unsupported TypeScript is reported at its line and column', () => {
     },
   ];
 
-  test.each(cases)('$name', ({ name, make, at, phrase }) => {
+  test.each(cases)('$name', ({ name, make, at, offset = 0, phrase }) => {
     const error = catchDsl(make);
-    const loc = { file: THIS_FILE, ...positionOf(ownText, `name: '${name}'`, at) };
+    const found = positionOf(ownText, `name: '${name}'`, at);
+    const loc = { file: THIS_FILE, line: found.line, column: found.column + offset };
     expect(error.diagnostics[0]?.loc, formatDslError(error)).toEqual(loc);
     expect(error.diagnostics[0]?.message).toContain(phrase);
     expect(error.message.startsWith(`${THIS_FILE}:${loc.line}:${loc.column} error: `)).toBe(true);

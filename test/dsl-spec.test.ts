@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, test } from 'vitest';
+import { compileExpr } from '../dsl/evaluate.ts';
 import {
   attention,
   DslError,
@@ -18,7 +19,6 @@ import {
   variantFunctions,
   withOverrides,
 } from '../dsl/index.ts';
-import { compileExpr } from '../dsl/evaluate.ts';
 import { referenceDecode } from './reference.ts';
 
 const THIS_FILE = 'test/dsl-spec.test.ts';
@@ -257,6 +257,7 @@ describe('score/mask translation', () => {
           right: { kind: 'num', value: 3 },
         },
       },
+      // biome-ignore lint/suspicious/noThenProperty: `then` is the Expr field name in spec.ts
       then: {
         kind: 'call',
         fn: 'min',

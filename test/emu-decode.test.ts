@@ -1,28 +1,19 @@
 import { afterAll, describe, expect, test } from 'vitest';
-import { Attention, attention } from '../index.ts';
-import type { DType } from '../dsl/spec.ts';
+import { Attention } from '../index.ts';
+import type { KernelSpec } from '../dsl/spec.ts';
+import { EMU_CONFIGS, emuShapeSpec, emuTrafficSpec } from './specs.ts';
 import { Rng, WorkloadModel } from './workload-model.ts';
 
 const SEED = Number(process.env.CHUNKATTN_SEED ?? Math.floor(Math.random() * 2 ** 31));
 
-// Compile-time configurations (one module each); the 20 shapes vary everything else.
-const CONFIGS = [
-  { heads: { q: 4, kv: 4 }, headDim: 64, chunkSize: 16, dtype: 'f16' },
-  { heads: { q: 8, kv: 2 }, headDim: 80, chunkSize: 32, dtype: 'bf16' },
-  { heads: { q: 12, kv: 2 }, headDim: 96, chunkSize: 16, dtype: 'f16' },
-  { heads: { q: 16, kv: 2 }, headDim: 128, chunkSize: 64, dtype: 'bf16' },
-  { heads: { q: 2, kv: 1 }, headDim: 256, chunkSize: 128, dtype: 'f16' },
-] as const;
-
 type Pattern = 'none' | 'all' | 'nested' | 'groups';
 
-const runtimes = new Map<number, { attn: Attention; spec: ReturnType<typeof attention> }>();
+const runtimes = new Map<number, { attn: Attention; spec: KernelSpec }>();
 
 async function runtimeFor(index: number) {
   let entry = runtimes.get(index);
   if (!entry) {
-    const config = CONFIGS[index]!;
-    const spec = attention({ name: `emu-shape-${index}`, ...config, dtype: config.dtype as DType, targets: ['emu'] });
+    const spec = emuShapeSpec(index);
     entry = { attn: await Attention.create(spec, { layers: 1, capacityTokens: 64 * 1024, target: 'emu' }), spec };
     runtimes.set(index, entry);
   }
@@ -59,7 +50,7 @@ describe(`the sequence-first CUDA kernel on the emu target matches float64 on 20
   const rng = new Rng(SEED);
   const shapes = Array.from({ length: 20 }, (_, i) => ({
     id: i,
-    config: i % CONFIGS.length,
+    config: i % EMU_CONFIGS.length,
     batch: rng.pick([1, 2, 17, 33, i === 7 ? 129 : 2]),
     pattern: rng.pick<Pattern>(['none', 'all', 'nested', 'groups']),
     order: i % 2 === 0 ? 'forward' : 'random',
@@ -86,7 +77,7 @@ describe(`the sequence-first CUDA kernel on the emu target matches float64 on 20
 
 describe('bytes moved through global memory (counted by the prims wrappers on the emu target)', () => {
   test('a decode reads each K/V byte of every sequence once, Q once, and writes the output once', async () => {
-    const spec = attention({ name: 'emu-traffic', heads: { q: 8, kv: 2 }, headDim: 64, dtype: 'bf16', chunkSize: 16, targets: ['emu'] });
+    const spec = emuTrafficSpec();
     const attn = await Attention.create(spec, { layers: 1, capacityTokens: 4096, target: 'emu' });
     try {
       const model = new WorkloadModel(attn, spec, new Rng(SEED));

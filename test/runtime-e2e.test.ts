@@ -1,27 +1,10 @@
 import { describe, expect, test } from 'vitest';
-import { Attention, attention } from '../index.ts';
+import { Attention } from '../index.ts';
 import type { DType, Partition } from '../dsl/spec.ts';
+import { tinySpec } from './specs.ts';
 import { Rng, runRandomWorkload, WorkloadModel } from './workload-model.ts';
 
 const SEED = Number(process.env.CHUNKATTN_SEED ?? Math.floor(Math.random() * 2 ** 31));
-
-function tinySpec(dtype: DType, variant: 'plain' | 'softcap-window', targets: ('cpu' | 'emu')[]) {
-  const common = {
-    name: `e2e-${dtype}-${variant}`,
-    heads: { q: 8, kv: 2 },
-    headDim: 64 as const,
-    dtype,
-    chunkSize: 16 as const,
-    targets,
-  };
-  if (variant === 'plain') return attention(common);
-  return attention({
-    ...common,
-    params: { softcap: 5, window: 37 },
-    scoreMod: (s, _pos, p) => p.softcap * Math.tanh(s / p.softcap),
-    mask: (pos, p) => pos.q - pos.kv < p.window,
-  });
-}
 
 describe(`decode matches float64 attention on random workloads (fork, append, release; seed ${SEED})`, () => {
   const cases: [DType, 'plain' | 'softcap-window', Partition][] = [

@@ -29,12 +29,13 @@
 //
 // Knobs (environment, read at every launch)
 //   CUCPU_WORKERS=n                      OS threads running blocks (default: all cores)
-//   CUCPU_ORDER=forward|reverse|random   order in which the fibers of a block are run (default forward)
-//   CUCPU_SEED=n                         seed for CUCPU_ORDER=random (default 1)
+//   CUCPU_ORDER=forward|reverse|random   order in which the fibers of a block are run (default
+//   forward) CUCPU_SEED=n                         seed for CUCPU_ORDER=random (default 1)
 // Compile-time knobs
 //   CUCPU_STACK_BYTES      fiber stack size (default 256 KiB; at most 504 KiB under TSan)
-//   CUCPU_DYN_SMEM_BYTES   capacity of every dynamic shared array (default 227 KiB, sm_90's maximum)
-//   CUCPU_USE_UCONTEXT     use swapcontext instead of the hand-written x86-64 switch (~100x slower)
+//   CUCPU_DYN_SMEM_BYTES   capacity of every dynamic shared array (default 227 KiB, sm_90's
+//   maximum) CUCPU_USE_UCONTEXT     use swapcontext instead of the hand-written x86-64 switch
+//   (~100x slower)
 //
 // Parts: cucpu_fiber.h (context switch, stacks, sanitizer hooks), cucpu_sched.h (blocks, barriers,
 // collectives, launch, errors), cucpu_device.h (the CUDA device API), cucpu_ptx.h (mma.sync,

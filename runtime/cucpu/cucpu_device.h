@@ -54,8 +54,8 @@ inline T shuffle(const char* name, uint32_t mask, T value, int src,
   if (src >= 0 && !(mask >> src & 1)) {
     Thread& t = running_thread(name);
     fail(t, ErrorKind::kMask, site,
-         std::string(name) + " at " + format_location(site) + " reads lane " +
-             std::to_string(src) + ", which is not in mask " + format_mask(mask) +
+         std::string(name) + " at " + format_location(site) + " reads lane " + std::to_string(src) +
+             ", which is not in mask " + format_mask(mask) +
              " (its value is undefined on the GPU)");
   }
   T result;
@@ -124,14 +124,16 @@ inline T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = warpSiz
   const unsigned lane = cucpu::lane_id("__shfl_xor_sync");
   const unsigned s = lane ^ unsigned(laneMask);
   // A lane of a later segment cannot be read: the lane keeps its own value.
-  const int src = ((s & ~unsigned(width - 1)) > (lane & ~unsigned(width - 1)) || s >= 32) ? -1 : int(s);
+  const int src =
+      ((s & ~unsigned(width - 1)) > (lane & ~unsigned(width - 1)) || s >= 32) ? -1 : int(s);
   return cucpu::shuffle("__shfl_xor_sync", mask, var, src, site);
 }
 template <class T>
 inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
                           std::source_location site = std::source_location::current()) {
   const unsigned lane = cucpu::lane_id("__shfl_down_sync");
-  const int src = ((lane & unsigned(width - 1)) + delta >= unsigned(width)) ? -1 : int(lane + delta);
+  const int src =
+      ((lane & unsigned(width - 1)) + delta >= unsigned(width)) ? -1 : int(lane + delta);
   return cucpu::shuffle("__shfl_down_sync", mask, var, src, site);
 }
 template <class T>
@@ -170,34 +172,83 @@ inline T atomic_rmw(T* p, T v, AtomicOp op) {
   for (;;) {
     T next;
     switch (op) {
-      case AtomicOp::kAdd: next = T(old + v); break;
-      case AtomicOp::kMax: next = old < v ? v : old; break;
-      case AtomicOp::kMin: next = v < old ? v : old; break;
-      case AtomicOp::kExch: next = v; break;
-      case AtomicOp::kAnd: if constexpr (std::is_integral_v<T>) next = old & v; else next = v; break;
-      case AtomicOp::kOr: if constexpr (std::is_integral_v<T>) next = old | v; else next = v; break;
-      case AtomicOp::kXor: if constexpr (std::is_integral_v<T>) next = old ^ v; else next = v; break;
+      case AtomicOp::kAdd:
+        next = T(old + v);
+        break;
+      case AtomicOp::kMax:
+        next = old < v ? v : old;
+        break;
+      case AtomicOp::kMin:
+        next = v < old ? v : old;
+        break;
+      case AtomicOp::kExch:
+        next = v;
+        break;
+      case AtomicOp::kAnd:
+        if constexpr (std::is_integral_v<T>)
+          next = old & v;
+        else
+          next = v;
+        break;
+      case AtomicOp::kOr:
+        if constexpr (std::is_integral_v<T>)
+          next = old | v;
+        else
+          next = v;
+        break;
+      case AtomicOp::kXor:
+        if constexpr (std::is_integral_v<T>)
+          next = old ^ v;
+        else
+          next = v;
+        break;
     }
     if (a.compare_exchange_weak(old, next, std::memory_order_relaxed)) return old;
   }
 }
 }  // namespace cucpu
-template <class T> inline T atomicAdd(T* p, T v) { return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kAdd); }
-template <class T> inline T atomicSub(T* p, T v) { return cucpu::atomic_rmw(p, T(-v), cucpu::AtomicOp::kAdd); }
-template <class T> inline T atomicMax(T* p, T v) { return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kMax); }
-template <class T> inline T atomicMin(T* p, T v) { return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kMin); }
-template <class T> inline T atomicExch(T* p, T v) { return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kExch); }
-template <class T> inline T atomicAnd(T* p, T v) { return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kAnd); }
-template <class T> inline T atomicOr(T* p, T v) { return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kOr); }
-template <class T> inline T atomicXor(T* p, T v) { return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kXor); }
-template <class T> inline T atomicCAS(T* p, T compare, T v) {
+template <class T>
+inline T atomicAdd(T* p, T v) {
+  return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kAdd);
+}
+template <class T>
+inline T atomicSub(T* p, T v) {
+  return cucpu::atomic_rmw(p, T(-v), cucpu::AtomicOp::kAdd);
+}
+template <class T>
+inline T atomicMax(T* p, T v) {
+  return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kMax);
+}
+template <class T>
+inline T atomicMin(T* p, T v) {
+  return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kMin);
+}
+template <class T>
+inline T atomicExch(T* p, T v) {
+  return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kExch);
+}
+template <class T>
+inline T atomicAnd(T* p, T v) {
+  return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kAnd);
+}
+template <class T>
+inline T atomicOr(T* p, T v) {
+  return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kOr);
+}
+template <class T>
+inline T atomicXor(T* p, T v) {
+  return cucpu::atomic_rmw(p, v, cucpu::AtomicOp::kXor);
+}
+template <class T>
+inline T atomicCAS(T* p, T compare, T v) {
   std::atomic_ref<T>(*p).compare_exchange_strong(compare, v, std::memory_order_relaxed);
   return compare;
 }
 inline unsigned atomicInc(unsigned* p, unsigned limit) {
   std::atomic_ref<unsigned> a(*p);
   unsigned old = a.load(std::memory_order_relaxed);
-  while (!a.compare_exchange_weak(old, old >= limit ? 0u : old + 1u, std::memory_order_relaxed)) {}
+  while (!a.compare_exchange_weak(old, old >= limit ? 0u : old + 1u, std::memory_order_relaxed)) {
+  }
   return old;
 }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
@@ -229,12 +280,36 @@ inline int __float2int_rz(float f) { return int(f); }
 inline unsigned __float2uint_rn(float f) { return unsigned(std::nearbyint(f)); }
 inline float __int2float_rn(int i) { return float(i); }
 inline float __uint2float_rn(unsigned i) { return float(i); }
-inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
-inline unsigned __float_as_uint(float f) { unsigned i; std::memcpy(&i, &f, 4); return i; }
-inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
-inline long long __double_as_longlong(double d) { long long i; std::memcpy(&i, &d, 8); return i; }
-inline double __longlong_as_double(long long i) { double d; std::memcpy(&d, &i, 8); return d; }
+inline int __float_as_int(float f) {
+  int i;
+  std::memcpy(&i, &f, 4);
+  return i;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned i;
+  std::memcpy(&i, &f, 4);
+  return i;
+}
+inline float __int_as_float(int i) {
+  float f;
+  std::memcpy(&f, &i, 4);
+  return f;
+}
+inline float __uint_as_float(unsigned i) {
+  float f;
+  std::memcpy(&f, &i, 4);
+  return f;
+}
+inline long long __double_as_longlong(double d) {
+  long long i;
+  std::memcpy(&i, &d, 8);
+  return i;
+}
+inline double __longlong_as_double(long long i) {
+  double d;
+  std::memcpy(&d, &i, 8);
+  return d;
+}
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(unsigned(x)); }
@@ -262,14 +337,38 @@ inline long long clock64() {
 }
 
 // Cache-hinted loads and stores are plain accesses on the CPU.
-template <class T> inline T __ldg(const T* p) { return *p; }
-template <class T> inline T __ldcg(const T* p) { return *p; }
-template <class T> inline T __ldca(const T* p) { return *p; }
-template <class T> inline T __ldcs(const T* p) { return *p; }
-template <class T> inline T __ldlu(const T* p) { return *p; }
-template <class T> inline void __stcg(T* p, T v) { *p = v; }
-template <class T> inline void __stcs(T* p, T v) { *p = v; }
-template <class T> inline void __stwb(T* p, T v) { *p = v; }
+template <class T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+template <class T>
+inline T __ldcg(const T* p) {
+  return *p;
+}
+template <class T>
+inline T __ldca(const T* p) {
+  return *p;
+}
+template <class T>
+inline T __ldcs(const T* p) {
+  return *p;
+}
+template <class T>
+inline T __ldlu(const T* p) {
+  return *p;
+}
+template <class T>
+inline void __stcg(T* p, T v) {
+  *p = v;
+}
+template <class T>
+inline void __stcs(T* p, T v) {
+  *p = v;
+}
+template <class T>
+inline void __stwb(T* p, T v) {
+  *p = v;
+}
 inline size_t __cvta_generic_to_shared(const void* p) { return reinterpret_cast<size_t>(p); }
 
 // min / max with CUDA's mixed-type overloads (the wider / unsigned type wins, as in CUDA).
@@ -306,18 +405,20 @@ inline __nv_bfloat162 __hfma2(__nv_bfloat162 a, __nv_bfloat162 b, __nv_bfloat162
                             __hfma(__high2bfloat16(a), __high2bfloat16(b), __high2bfloat16(c)));
 }
 // name: __half and __nv_bfloat16; name2: their pairs.
-#define CUCPU_HALF_UNARY(name, name2, expr)                                                    \
-  inline __half name(__half a) {                                                               \
-    const float x = __half2float(a);                                                           \
-    return __float2half(expr);                                                                 \
-  }                                                                                            \
-  inline __nv_bfloat16 name(__nv_bfloat16 a) {                                                 \
-    const float x = __bfloat162float(a);                                                       \
-    return __float2bfloat16(expr);                                                             \
-  }                                                                                            \
-  inline __half2 name2(__half2 a) { return __halves2half2(name(__low2half(a)), name(__high2half(a))); } \
-  inline __nv_bfloat162 name2(__nv_bfloat162 a) {                                              \
-    return __halves2bfloat162(name(__low2bfloat16(a)), name(__high2bfloat16(a)));             \
+#define CUCPU_HALF_UNARY(name, name2, expr)                                       \
+  inline __half name(__half a) {                                                  \
+    const float x = __half2float(a);                                              \
+    return __float2half(expr);                                                    \
+  }                                                                               \
+  inline __nv_bfloat16 name(__nv_bfloat16 a) {                                    \
+    const float x = __bfloat162float(a);                                          \
+    return __float2bfloat16(expr);                                                \
+  }                                                                               \
+  inline __half2 name2(__half2 a) {                                               \
+    return __halves2half2(name(__low2half(a)), name(__high2half(a)));             \
+  }                                                                               \
+  inline __nv_bfloat162 name2(__nv_bfloat162 a) {                                 \
+    return __halves2bfloat162(name(__low2bfloat16(a)), name(__high2bfloat16(a))); \
   }
 CUCPU_HALF_UNARY(hexp, h2exp, std::exp(x))
 CUCPU_HALF_UNARY(hexp2, h2exp2, std::exp2(x))

@@ -119,7 +119,8 @@ inline void make_context(Context& c, char* stack_bottom, size_t bytes, FiberEntr
   (void)colour;
 #else
   const uintptr_t top =
-      (reinterpret_cast<uintptr_t>(stack_bottom) + bytes - (colour * 320u) % 4096u) & ~uintptr_t(15);
+      (reinterpret_cast<uintptr_t>(stack_bottom) + bytes - (colour * 320u) % 4096u) &
+      ~uintptr_t(15);
   // The frame cucpu_switch_context pops: control words, r15, r14, r13, r12, rbx, rbp, return.
   uint64_t* sp = reinterpret_cast<uint64_t*>(top - 128);
   sp[0] = 0x037F00001F80ull;  // MXCSR default (low 32 bits) | x87 control word default
@@ -128,7 +129,7 @@ inline void make_context(Context& c, char* stack_bottom, size_t bytes, FiberEntr
   sp[3] = reinterpret_cast<uint64_t>(entry);  // r13
   sp[4] = reinterpret_cast<uint64_t>(arg);    // r12
   sp[5] = 0;                                  // rbx
-  sp[6] = 0;  // rbp = 0 ends frame-pointer backtraces here
+  sp[6] = 0;                                  // rbp = 0 ends frame-pointer backtraces here
   sp[7] = reinterpret_cast<uint64_t>(&cucpu_fiber_start);
   c.sp = sp;
 #endif

@@ -50,8 +50,10 @@ inline void mma_m16n8k16_compute(const LaneBytes* in, LaneBytes* out, uint32_t, 
   for (int l = 0; l < 32; ++l) {
     MmaIn m;
     std::memcpy(&m, in[l], sizeof m);
-    for (int i = 0; i < 8; ++i) A[a_row(l, i)][a_col(l, i)] = cvt(uint16_t(m.a[i >> 1] >> (16 * (i & 1))));
-    for (int i = 0; i < 4; ++i) B[b_row(l, i)][b_col(l, i)] = cvt(uint16_t(m.b[i >> 1] >> (16 * (i & 1))));
+    for (int i = 0; i < 8; ++i)
+      A[a_row(l, i)][a_col(l, i)] = cvt(uint16_t(m.a[i >> 1] >> (16 * (i & 1))));
+    for (int i = 0; i < 4; ++i)
+      B[b_row(l, i)][b_col(l, i)] = cvt(uint16_t(m.b[i >> 1] >> (16 * (i & 1))));
     for (int i = 0; i < 4; ++i) C[c_row(l, i)][c_col(l, i)] = m.c[i];
   }
   for (int l = 0; l < 32; ++l) {
@@ -128,8 +130,8 @@ inline void ldmatrix(uint32_t (&r)[kNum], const void* row, const std::source_loc
                ", which is not 16-byte aligned");
     std::memcpy(bytes, row, 16);
   }
-  warp_collective(name, 0xffffffffu, &ldmatrix_compute<kNum, kTrans>, nullptr, bytes,
-                  sizeof bytes, r, sizeof r, site);
+  warp_collective(name, 0xffffffffu, &ldmatrix_compute<kNum, kTrans>, nullptr, bytes, sizeof bytes,
+                  r, sizeof r, site);
 }
 
 // ---- cp.async ----------------------------------------------------------------------------------
@@ -145,6 +147,11 @@ inline void cp_async(void* dst, const void* src, uint32_t bytes, uint32_t src_by
              ": shared address " + std::to_string(reinterpret_cast<uintptr_t>(dst)) +
              " and global address " + std::to_string(reinterpret_cast<uintptr_t>(src)) +
              " must both be " + std::to_string(bytes) + "-byte aligned");
+#if defined(CUCPU_ASAN)
+  // Read the source now, so that ASan reports an out-of-bounds source where the copy is issued.
+  unsigned char probe[16];
+  std::memcpy(probe, src, std::min(src_bytes, bytes) & 31);
+#endif
   Untracked untracked;
   t.async_copies.push_back({dst, src, bytes, std::min(src_bytes, bytes), t.async_committed});
 }
@@ -178,7 +185,8 @@ inline void cp_async_wait(int pending) {
     }
     // The thread's own accesses: visible to ASan and TSan.
     std::memcpy(c.dst, c.src, c.src_bytes);
-    if (c.src_bytes < c.bytes) std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+    if (c.src_bytes < c.bytes)
+      std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
   }
 }
 

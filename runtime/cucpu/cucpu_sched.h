@@ -27,15 +27,24 @@ enum class ErrorKind : uint8_t {
 
 inline const char* error_kind_name(ErrorKind kind) {
   switch (kind) {
-    case ErrorKind::kNone: return "none";
-    case ErrorKind::kInvalidLaunch: return "invalid-launch";
-    case ErrorKind::kDeadlock: return "deadlock";
-    case ErrorKind::kDivergentBarrier: return "divergent-barrier";
-    case ErrorKind::kMask: return "mask";
-    case ErrorKind::kExitedLane: return "exited-lane";
-    case ErrorKind::kMisaligned: return "misaligned";
-    case ErrorKind::kTrap: return "trap";
-    case ErrorKind::kException: return "exception";
+    case ErrorKind::kNone:
+      return "none";
+    case ErrorKind::kInvalidLaunch:
+      return "invalid-launch";
+    case ErrorKind::kDeadlock:
+      return "deadlock";
+    case ErrorKind::kDivergentBarrier:
+      return "divergent-barrier";
+    case ErrorKind::kMask:
+      return "mask";
+    case ErrorKind::kExitedLane:
+      return "exited-lane";
+    case ErrorKind::kMisaligned:
+      return "misaligned";
+    case ErrorKind::kTrap:
+      return "trap";
+    case ErrorKind::kException:
+      return "exception";
   }
   return "unknown";
 }
@@ -44,10 +53,11 @@ inline const char* error_kind_name(ErrorKind kind) {
 //   if (cucpu::Error e = cucpu::launch(...)) report(e.to_string());
 struct Error {
   ErrorKind kind = ErrorKind::kNone;
-  std::string message;  // the diagnostic, e.g. "divergent __syncthreads: thread (16,0,0) waits at ..."
-  std::string kernel;   // kernel name (launch_named's, else the demangled symbol, best effort)
-  std::string file;     // source location of the offending barrier / collective / prim; empty if
-  unsigned line = 0;    //   none (e.g. invalid launch, an exception)
+  std::string
+      message;  // the diagnostic, e.g. "divergent __syncthreads: thread (16,0,0) waits at ..."
+  std::string kernel;  // kernel name (launch_named's, else the demangled symbol, best effort)
+  std::string file;    // source location of the offending barrier / collective / prim; empty if
+  unsigned line = 0;   //   none (e.g. invalid launch, an exception)
   unsigned column = 0;
   uint3 block_idx{};   // the block that failed (the lowest-numbered one, if several did)
   uint3 thread_idx{};  // the thread the diagnostic is about
@@ -70,7 +80,8 @@ struct Error {
          "): " + message;
     return s;
   }
-  // One JSON object: {"kind","kernel","file","line","column","block":[x,y,z],"thread":[x,y,z],"message"}.
+  // One JSON object:
+  // {"kind","kernel","file","line","column","block":[x,y,z],"thread":[x,y,z],"message"}.
   std::string to_json() const {
     auto str = [](const std::string& v) {
       std::string o = "\"";
@@ -89,7 +100,8 @@ struct Error {
       return o + "\"";
     };
     auto vec = [](const uint3& v) {
-      return "[" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + "]";
+      return "[" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) +
+             "]";
     };
     return std::string("{\"kind\":") + str(kind_name()) + ",\"kernel\":" + str(kernel) +
            ",\"file\":" + str(file) + ",\"line\":" + std::to_string(line) +
@@ -146,7 +158,7 @@ struct Thread {
   State state = State::kReady;
   bool exited = false;
   Block* block = nullptr;
-  const char* wait_name = "";       // what it waits in (for diagnostics)
+  const char* wait_name = "";        // what it waits in (for diagnostics)
   std::source_location wait_site{};  // where
 
   // cp.async: copies in issue order, each tagged with its commit group (see cucpu_ptx.h).
@@ -158,8 +170,8 @@ struct Thread {
     uint64_t group;
   };
   std::vector<AsyncCopy> async_copies;
-  size_t async_done = 0;          // copies [0, async_done) have been performed
-  uint64_t async_committed = 0;   // commit groups so far; open copies carry this number
+  size_t async_done = 0;         // copies [0, async_done) have been performed
+  uint64_t async_committed = 0;  // commit groups so far; open copies carry this number
 };
 
 // A lane parked in a warp collective.
@@ -185,10 +197,10 @@ struct Block {
   uint64_t linear = 0;
   std::vector<Thread> threads;
   std::vector<Warp> warps;
-  int live = 0;              // threads that have not exited
-  int barrier_arrived = 0;   // threads waiting at __syncthreads
-  int barrier_true = 0;      // ... of which passed a non-zero predicate
-  int released_true = 0;     // predicate count / arrivals of the last released barrier
+  int live = 0;             // threads that have not exited
+  int barrier_arrived = 0;  // threads waiting at __syncthreads
+  int barrier_true = 0;     // ... of which passed a non-zero predicate
+  int released_true = 0;    // predicate count / arrivals of the last released barrier
   int released_arrived = 0;
   std::vector<unsigned> order;  // run order of the threads (CUCPU_ORDER)
   size_t pos = 0;               // position in `order` of the running thread
@@ -198,10 +210,10 @@ struct Block {
   Error error;
   Context scheduler;
 #if defined(CUCPU_TSAN)
-  char tsan_barrier = 0;  // address for the barrier's release/acquire
-  void* tsan_launch_start = nullptr;
-  void* tsan_launch_end = nullptr;
-  void* tsan_block_order = nullptr;
+  char tsan_barrier = 0;             // address for the barrier's release/acquire
+  void* tsan_block_start = nullptr;  // scheduler -> this block's fibers
+  void* tsan_block_end = nullptr;    // this block's fibers -> scheduler (next block)
+  void* tsan_launch_end = nullptr;   // fibers -> launching thread
 #endif
 };
 
@@ -246,7 +258,12 @@ struct Worker {
   Block block;
 #if defined(CUCPU_TSAN)
   std::vector<void*> tsan_fibers;  // one per stack, reused across blocks (creating one costs ms)
-  char tsan_block_order = 0;       // orders a worker's consecutive blocks (shared memory is reused)
+  // A worker's consecutive blocks are ordered through its scheduler (they reuse shared memory):
+  // fibers release block_end when they finish, the scheduler acquires it before the next block
+  // and releases block_start, which that block's fibers acquire. Fibers of one block are never
+  // ordered with each other except by barriers, warp syncs and atomics.
+  char tsan_block_start = 0;
+  char tsan_block_end = 0;
 #endif
 };
 
@@ -298,8 +315,8 @@ inline void record_failure(Block& b, ErrorKind kind, const std::source_location*
       b.error.line = site->line();
       b.error.column = site->column();
     }
-    b.error.message = "block " + format_index(b.idx) + " thread " + format_index(thread_idx) +
-                      ": " + message;
+    b.error.message =
+        "block " + format_index(b.idx) + " thread " + format_index(thread_idx) + ": " + message;
   }
   begin_abort(b);
 }
@@ -518,8 +535,7 @@ inline void fiber_main(void* arg) {
     run = !b->aborting;
   }
 #if defined(CUCPU_TSAN)
-  __tsan_acquire(b->tsan_launch_start);
-  __tsan_acquire(b->tsan_block_order);
+  __tsan_acquire(b->tsan_block_start);
 #endif
   try {
     if (run) {
@@ -533,16 +549,16 @@ inline void fiber_main(void* arg) {
     }
   } catch (const FiberAbort&) {
   } catch (const std::exception& e) {
-    record_failure(*b, ErrorKind::kException, nullptr, t.thread_idx,
-                   std::string("uncaught C++ exception ") + demangle(typeid(e).name()) + ": " +
-                       e.what());
+    record_failure(
+        *b, ErrorKind::kException, nullptr, t.thread_idx,
+        std::string("uncaught C++ exception ") + demangle(typeid(e).name()) + ": " + e.what());
   } catch (...) {
     record_failure(*b, ErrorKind::kException, nullptr, t.thread_idx,
                    "uncaught C++ exception of unknown type");
   }
 #if defined(CUCPU_TSAN)
+  __tsan_release(b->tsan_block_end);
   __tsan_release(b->tsan_launch_end);
-  __tsan_release(b->tsan_block_order);
 #endif
   {
     Untracked untracked;
@@ -736,12 +752,16 @@ inline void run_block(Launch& L, Worker& W, uint64_t linear,
   blockDim = L.block;
   gridDim = L.grid;
 #else
-  b.tsan_launch_start = &L.tsan_start;
+  b.tsan_block_start = &W.tsan_block_start;
+  b.tsan_block_end = &W.tsan_block_end;
   b.tsan_launch_end = &L.tsan_end;
-  b.tsan_block_order = &W.tsan_block_order;
+  __tsan_acquire(&L.tsan_start);      // what the host wrote before the launch
+  __tsan_acquire(&W.tsan_block_end);  // the previous block on this worker
+  __tsan_release(&W.tsan_block_start);
   while (W.tsan_fibers.size() < nt) W.tsan_fibers.push_back(__tsan_create_fiber(0));
 #endif
-  for (const DynamicShared& d : dyn_arrays) std::memset(d.address(), 0xff, std::min(d.bytes, L.dyn_smem));
+  for (const DynamicShared& d : dyn_arrays)
+    std::memset(d.address(), 0xff, std::min(d.bytes, L.dyn_smem));
   for (unsigned i = 0; i < nt; ++i) {
     Thread& t = b.threads[i];
     t.thread_idx = uint3{i % L.block.x, (i / L.block.x) % L.block.y, i / (L.block.x * L.block.y)};
@@ -812,7 +832,8 @@ inline bool parse_env(Order* order, unsigned* seed, unsigned* workers, std::stri
       return false;
     }
   }
-  if (const char* e = std::getenv("CUCPU_SEED"); e && *e) *seed = unsigned(std::strtoul(e, nullptr, 10));
+  if (const char* e = std::getenv("CUCPU_SEED"); e && *e)
+    *seed = unsigned(std::strtoul(e, nullptr, 10));
   *workers = std::max(1u, std::thread::hardware_concurrency());
   if (const char* e = std::getenv("CUCPU_WORKERS"); e && *e) {
     const long n = std::strtol(e, nullptr, 10);
@@ -862,10 +883,12 @@ inline Error run(Launch& L) {
   if (tl_block) return invalid_launch(L, "cucpu::launch called from inside a kernel");
   const uint64_t nt = uint64_t(L.block.x) * L.block.y * L.block.z;
   if (nt == 0 || nt > 1024 || L.block.z > 64)
-    return invalid_launch(L, "invalid block size " + format_index(uint3{L.block.x, L.block.y, L.block.z}) +
+    return invalid_launch(L, "invalid block size " +
+                                 format_index(uint3{L.block.x, L.block.y, L.block.z}) +
                                  ": 1 to 1024 threads, z at most 64");
   if (L.grid.x == 0 || L.grid.y == 0 || L.grid.z == 0 || L.grid.y > 65535 || L.grid.z > 65535)
-    return invalid_launch(L, "invalid grid size " + format_index(uint3{L.grid.x, L.grid.y, L.grid.z}));
+    return invalid_launch(L,
+                          "invalid grid size " + format_index(uint3{L.grid.x, L.grid.y, L.grid.z}));
   if (L.dyn_smem > CUCPU_DYN_SMEM_BYTES)
     return invalid_launch(L, "dynamic shared memory of " + std::to_string(L.dyn_smem) +
                                  " bytes exceeds CUCPU_DYN_SMEM_BYTES (" +
@@ -885,7 +908,8 @@ inline Error run(Launch& L) {
     // Reads and writes past the launch's dynamic shared memory size are reported.
     for (const DynamicShared& d : dyn_arrays)
       if (d.bytes > L.dyn_smem)
-        ASAN_POISON_MEMORY_REGION(static_cast<char*>(d.address()) + L.dyn_smem, d.bytes - L.dyn_smem);
+        ASAN_POISON_MEMORY_REGION(static_cast<char*>(d.address()) + L.dyn_smem,
+                                  d.bytes - L.dyn_smem);
 #endif
     for (;;) {
       if (L.failed.load(std::memory_order_relaxed)) break;
@@ -954,8 +978,7 @@ Error launch_named(const char* name, void (*kernel)(P...), dim3 grid, dim3 block
 
 // extern __shared__ T name[];  needs one of these at namespace scope, in the kernel's namespace.
 // Every copy holds CUCPU_DYN_SMEM_BYTES; `inline`, so a header may hold it.
-#define CUCPU_DYNAMIC_SHARED(T, name)                                                       \
-  alignas(128) inline thread_local T name[CUCPU_DYN_SMEM_BYTES / sizeof(T)];               \
-  inline const bool cucpu_dynamic_shared_##name =                                           \
-      ::cucpu::register_dynamic_shared([]() -> void* { return static_cast<void*>(name); }, \
-                                       sizeof(name));
+#define CUCPU_DYNAMIC_SHARED(T, name)                                               \
+  alignas(128) inline thread_local T name[CUCPU_DYN_SMEM_BYTES / sizeof(T)];        \
+  inline const bool cucpu_dynamic_shared_##name = ::cucpu::register_dynamic_shared( \
+      []() -> void* { return static_cast<void*>(name); }, sizeof(name));

@@ -71,10 +71,16 @@ struct SoftcapWindow {
   CA_HD static float score_mod(float score, const ca::Pos&, const float* params) {
     return params[0] * tanhf(score / params[0]);
   }
-  CA_HD static bool mask(const ca::Pos& pos, const float* params) { return float(pos.q - pos.kv) < params[1]; }
+  CA_HD static bool mask(const ca::Pos& pos, const float* params) {
+    return float(pos.q - pos.kv) < params[1];
+  }
   static constexpr int kNumParams = 2;
-  static double ref_score(double s, const ca::Pos&, const double* params) { return params[0] * tanh(s / params[0]); }
-  static bool ref_mask(const ca::Pos& pos, const double* params) { return double(pos.q - pos.kv) < params[1]; }
+  static double ref_score(double s, const ca::Pos&, const double* params) {
+    return params[0] * tanh(s / params[0]);
+  }
+  static bool ref_mask(const ca::Pos& pos, const double* params) {
+    return double(pos.q - pos.kv) < params[1];
+  }
   static const char* name() { return "softcap+window"; }
 };
 
@@ -83,14 +89,20 @@ struct SoftcapWindow {
 struct HeadBiasMask {
   static constexpr bool kHasScoreMod = true, kHasMask = true;
   CA_HD static float score_mod(float score, const ca::Pos& pos, const float* params) {
-    return score - params[0] * float(pos.q_head + 1) * float(pos.q - pos.kv) + 0.25f * float(pos.kv_head);
+    return score - params[0] * float(pos.q_head + 1) * float(pos.q - pos.kv) +
+           0.25f * float(pos.kv_head);
   }
-  CA_HD static bool mask(const ca::Pos& pos, const float*) { return (pos.kv + pos.seq + pos.q_head) % 5 != 0; }
+  CA_HD static bool mask(const ca::Pos& pos, const float*) {
+    return (pos.kv + pos.seq + pos.q_head) % 5 != 0;
+  }
   static constexpr int kNumParams = 1;
   static double ref_score(double s, const ca::Pos& pos, const double* params) {
-    return s - params[0] * double(pos.q_head + 1) * double(pos.q - pos.kv) + 0.25 * double(pos.kv_head);
+    return s - params[0] * double(pos.q_head + 1) * double(pos.q - pos.kv) +
+           0.25 * double(pos.kv_head);
   }
-  static bool ref_mask(const ca::Pos& pos, const double*) { return (pos.kv + pos.seq + pos.q_head) % 5 != 0; }
+  static bool ref_mask(const ca::Pos& pos, const double*) {
+    return (pos.kv + pos.seq + pos.q_head) % 5 != 0;
+  }
   static const char* name() { return "head-bias+mask"; }
 };
 
@@ -125,9 +137,12 @@ const double kGate[3] = {1e-5, 2e-3, 1e-2};
 
 template <class T>
 T nan_value() {
-  if constexpr (std::is_same<T, f16>::value) return f16{0x7e00};
-  else if constexpr (std::is_same<T, bf16>::value) return bf16{0x7fc0};
-  else return NAN;
+  if constexpr (std::is_same<T, f16>::value)
+    return f16{0x7e00};
+  else if constexpr (std::is_same<T, bf16>::value)
+    return bf16{0x7fc0};
+  else
+    return NAN;
 }
 template <class T>
 bool is_nan_bits(T x) {
@@ -160,8 +175,8 @@ struct Layout {
   std::vector<std::pair<int, int>> slot_fill;  // (slot, valid tokens) of every used slot
 };
 
-void flatten(const Node& node, int depth_chunks, std::vector<int>& path, Layout& out, std::vector<int>& slot_ids,
-             int chunk_size) {
+void flatten(const Node& node, int depth_chunks, std::vector<int>& path, Layout& out,
+             std::vector<int>& slot_ids, int chunk_size) {
   const int seg_index = int(out.segments.size());
   out.segments.push_back(Segment{});
   {
@@ -171,7 +186,8 @@ void flatten(const Node& node, int depth_chunks, std::vector<int>& path, Layout&
     seg.leaf = node.tail_tokens >= 0;
     const int n = seg.leaf ? (node.tail_tokens + chunk_size - 1) / chunk_size : node.chunks;
     for (int i = 0; i < n; ++i) seg.slots.push_back(slot_ids[out.num_slots++]);
-    seg.valid_tokens_last = seg.leaf && node.tail_tokens % chunk_size ? node.tail_tokens % chunk_size : chunk_size;
+    seg.valid_tokens_last =
+        seg.leaf && node.tail_tokens % chunk_size ? node.tail_tokens % chunk_size : chunk_size;
     for (int i = 0; i < n; ++i)
       out.slot_fill.push_back({seg.slots[i], i + 1 == n ? seg.valid_tokens_last : chunk_size});
   }
@@ -200,19 +216,27 @@ int count_slots(const Node& node, int chunk_size) {
 struct Rng {
   std::mt19937_64 gen;
   explicit Rng(uint64_t seed) : gen(seed) {}
-  int uniform(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(gen); }  // inclusive
+  int uniform(int lo, int hi) {
+    return std::uniform_int_distribution<int>(lo, hi)(gen);
+  }  // inclusive
   double normal() { return std::normal_distribution<double>(0.0, 1.0)(gen); }
   bool chance(double p) { return std::uniform_real_distribution<double>(0, 1)(gen) < p; }
 };
 
 int pick_tail(Rng& rng, int C) {
   switch (rng.uniform(0, 6)) {
-    case 0: return 0;
-    case 1: return 1;
-    case 2: return C - 1;
-    case 3: return C;
-    case 4: return C + 1;
-    default: return rng.uniform(0, 3 * C);
+    case 0:
+      return 0;
+    case 1:
+      return 1;
+    case 2:
+      return C - 1;
+    case 3:
+      return C;
+    case 4:
+      return C + 1;
+    default:
+      return rng.uniform(0, 3 * C);
   }
 }
 
@@ -244,12 +268,13 @@ Node tree_groups(Rng& rng, int rows, int C) {
     Node group;
     group.chunks = rng.uniform(1, 3);
     for (int i = 0; i < size; ++i) group.children.push_back(leaf(pick_tail(rng, C)));
-    if (size == 1) group = [&] {
-      Node chain;  // a single sharer: its chunks are private (not a two-phase run)
-      chain.chunks = group.chunks;
-      chain.children = group.children;
-      return chain;
-    }();
+    if (size == 1)
+      group = [&] {
+        Node chain;  // a single sharer: its chunks are private (not a two-phase run)
+        chain.chunks = group.chunks;
+        chain.children = group.children;
+        return chain;
+      }();
     root.children.push_back(group);
     left -= size;
   }
@@ -288,12 +313,14 @@ Node tree_nested(Rng& rng, int rows, int C) {
 
 enum class Mode { TwoPhase, ChunkFirst, SequenceFirst };
 const char* mode_name(Mode m) {
-  return m == Mode::TwoPhase ? "two-phase" : m == Mode::ChunkFirst ? "chunk-first" : "sequence-first";
+  return m == Mode::TwoPhase     ? "two-phase"
+         : m == Mode::ChunkFirst ? "chunk-first"
+                                 : "sequence-first";
 }
 
 struct Context {
-  std::vector<int32_t> row_io, row_seq, row_length, row_chunk_offsets, row_chunk_slots, row_shared_chunks,
-      row_partial_offsets, row_partials, run_slots;
+  std::vector<int32_t> row_io, row_seq, row_length, row_chunk_offsets, row_chunk_slots,
+      row_shared_chunks, row_partial_offsets, row_partials, run_slots;
   std::vector<CaSharedRun> runs;
   int num_partials = 0;
 };
@@ -362,7 +389,8 @@ struct Case {
   using QT = typename Cfg::QT;
   using KvT = typename Cfg::KvT;
   using OutT = typename Cfg::OutT;
-  static constexpr int Hq = Cfg::kQHeads, Hkv = Cfg::kKvHeads, D = Cfg::kHeadDim, C = Cfg::kChunk, G = Hq / Hkv;
+  static constexpr int Hq = Cfg::kQHeads, Hkv = Cfg::kKvHeads, D = Cfg::kHeadDim, C = Cfg::kChunk,
+                       G = Hq / Hkv;
 
   static double run(const std::string& label, const Node& tree, Rng& rng, int num_threads) {
     const int needed_slots = count_slots(tree, C);
@@ -398,7 +426,8 @@ struct Case {
     for (auto& s : row_seq) s = rng.uniform(0, 1000);
     std::vector<float> params(std::max(1, Variant::kNumParams));
     std::vector<double> params_d(params.size());
-    if (Variant::kNumParams >= 1) params[0] = std::is_same<Variant, HeadBiasMask>::value ? 0.01f : 2.5f;
+    if (Variant::kNumParams >= 1)
+      params[0] = std::is_same<Variant, HeadBiasMask>::value ? 0.01f : 2.5f;
     if (Variant::kNumParams >= 2) params[1] = float(rng.uniform(1, 2 * C + 5));
     if (std::is_same<Variant, ScoreOnly>::value) params[0] = 0.7f;
     for (size_t i = 0; i < params.size(); ++i) params_d[i] = params[i];
@@ -419,7 +448,8 @@ struct Case {
           const KvT* k = &k_pool[((size_t(slot) * Hkv + kvh) * C + t % C) * D];
           const QT* qq = &q[(size_t(row_io[r]) * Hq + h) * D];
           double dot = 0;
-          for (int d = 0; d < D; ++d) dot += double(ca::cpu::to_f32(qq[d])) * double(ca::cpu::to_f32(k[d]));
+          for (int d = 0; d < D; ++d)
+            dot += double(ca::cpu::to_f32(qq[d])) * double(ca::cpu::to_f32(k[d]));
           s.push_back(Variant::ref_score(double(scale) * dot, pos, params_d.data()));
           tok.push_back(t);
         }
@@ -489,7 +519,8 @@ struct Case {
       for (int r = 0; r < rows; ++r) named[row_io[r]] = true;
       for (int io = 0; io < num_io_rows; ++io)
         if (!named[io])
-          for (int i = 0; i < Hq * D; ++i) untouched_bad += !is_nan_bits(out[size_t(io) * Hq * D + i]);
+          for (int i = 0; i < Hq * D; ++i)
+            untouched_bad += !is_nan_bits(out[size_t(io) * Hq * D + i]);
       const double err = den > 0 ? sqrt(num / den) : sqrt(num);
       const int cls = std::max(std::max(gate_class<QT>(), gate_class<KvT>()), gate_class<OutT>());
       const bool ok = status == CA_OK && non_finite == 0 && untouched_bad == 0 && err <= kGate[cls];
@@ -498,13 +529,15 @@ struct Case {
       ++g_checks;
       if (!ok) ++g_failures;
       printf(
-          "{\"case\":\"%s\",\"mode\":\"%s\",\"cfg\":\"Hq=%d Hkv=%d D=%d C=%d q=%s kv=%s out=%s\",\"variant\":\"%s\","
-          "\"rows\":%d,\"runs\":%d,\"threads\":%d,\"status\":%d,\"nonFinite\":%d,\"untouchedClobbered\":%d,"
+          "{\"case\":\"%s\",\"mode\":\"%s\",\"cfg\":\"Hq=%d Hkv=%d D=%d C=%d q=%s kv=%s "
+          "out=%s\",\"variant\":\"%s\","
+          "\"rows\":%d,\"runs\":%d,\"threads\":%d,\"status\":%d,\"nonFinite\":%d,"
+          "\"untouchedClobbered\":%d,"
           "\"relErr\":%.3e,\"gate\":%.0e,\"ok\":%s%s%s%s}\n",
-          label.c_str(), mode_name(mode), Hq, Hkv, D, C, dtype_name<QT>(), dtype_name<KvT>(), dtype_name<OutT>(),
-          Variant::name(), rows, p.num_runs, num_threads, status, non_finite, untouched_bad, err, kGate[cls],
-          ok ? "true" : "false", status ? ",\"error\":\"" : "", status ? ca::cpu::last_error() : "",
-          status ? "\"" : "");
+          label.c_str(), mode_name(mode), Hq, Hkv, D, C, dtype_name<QT>(), dtype_name<KvT>(),
+          dtype_name<OutT>(), Variant::name(), rows, p.num_runs, num_threads, status, non_finite,
+          untouched_bad, err, kGate[cls], ok ? "true" : "false", status ? ",\"error\":\"" : "",
+          status ? ca::cpu::last_error() : "", status ? "\"" : "");
       fflush(stdout);
     }
     return worst;
@@ -576,8 +609,34 @@ void check_simd() {
         special_ok &= std::isnan(x) ? std::isnan(y[i]) : x > 0 ? std::isinf(y[i]) : y[i] == 0.f;
       }
     }
-    snprintf(detail, sizeof detail, "max %.2f ulp on [-87, 88.5]; exp(-inf)=0, exp(inf)=inf, exp(nan)=nan: %s",
-             worst_ulp, special_ok ? "yes" : "no");
+    // exp_nonpos (softmax weights): x <= 0 only.
+    double worst_nonpos_ulp = 0;
+    for (size_t i = 0; i < xs.size(); i += W) {
+      float x[W], y[W];
+      for (int j = 0; j < W; ++j) x[j] = -fminf(fabsf(xs[i + j]), 87.f);  // results stay normal
+      s::store(y, s::exp_nonpos(s::load(x)));
+      for (int j = 0; j < W; ++j) {
+        const double ref = exp(double(x[j]));
+        const double ulp = ldexp(1.0, ilogb(ref) - 23);
+        worst_nonpos_ulp = std::max(worst_nonpos_ulp, fabs(y[j] - ref) / ulp);
+      }
+    }
+    for (int j = 0; j < 4; ++j) {
+      const float in[4] = {-INFINITY, NAN, -200.f, -0.f};
+      float buf[W], y[W];
+      for (int i = 0; i < W; ++i) buf[i] = in[(j + i) % 4];
+      s::store(y, s::exp_nonpos(s::load(buf)));
+      for (int i = 0; i < W; ++i)
+        special_ok &= std::isnan(buf[i]) ? std::isnan(y[i])
+                      : buf[i] == 0.f    ? y[i] == 1.f
+                                         : y[i] == 0.f;
+    }
+    worst_ulp = std::max(worst_ulp, worst_nonpos_ulp);
+    snprintf(
+        detail, sizeof detail,
+        "max %.2f ulp on [-87, 88.5] (exp_nonpos on [-87, 0]: %.2f); exp(-inf)=0, exp(inf)=inf, "
+        "exp(nan)=nan: %s",
+        worst_ulp, worst_nonpos_ulp, special_ok ? "yes" : "no");
     report_check("simd exp", worst_ulp <= 3.0 && special_ok, detail);
   }
   {  // transpose and reduce_transpose
@@ -614,13 +673,15 @@ void check_simd() {
       const uint32_t u = gen();
       float x;
       memcpy(&x, &u, 4);
-      if (i % 2) x = ldexpf(float(gen() % 100000) / 1000.f, int(gen() % 40) - 30);  // in f16 range mostly
+      if (i % 2)
+        x = ldexpf(float(gen() % 100000) / 1000.f, int(gen() % 40) - 30);  // in f16 range mostly
       const uint16_t soft = ca::cpu::f32_to_f16_bits_soft(x);
       const uint16_t hard = ca::cpu::from_f32<f16>(x).bits;
       if (soft != hard && !(std::isnan(x) && (soft & 0x7c00) == 0x7c00 && (soft & 0x3ff))) ++bad;
     }
     // bf16: round to nearest even.
-    const float ties[] = {1.00390625f /* 1 + 2^-8: tie, rounds to even 1 */, 1.01171875f /* tie to 1.015625 */};
+    const float ties[] = {1.00390625f /* 1 + 2^-8: tie, rounds to even 1 */,
+                          1.01171875f /* tie to 1.015625 */};
     bad += ca::cpu::from_f32<bf16>(ties[0]).bits != 0x3f80;
     bad += ca::cpu::from_f32<bf16>(ties[1]).bits != 0x3f82;
     // Vector stores agree with the scalar ones.
@@ -670,15 +731,18 @@ void check_entry_points() {
     for (int h = 0; h < Hkv; ++h)
       for (int t = 0; t < C; ++t)
         for (int d = 0; d < D; ++d) {
-          const size_t src = ((size_t(2) * Hkv + h) * C + t) * D + d, dst = ((size_t(1) * Hkv + h) * C + t) * D + d;
-          ok &= t < 6 ? kp[dst].bits == kp[src].bits && vp[dst].bits == vp[src].bits : kp[dst].bits == 0;
+          const size_t src = ((size_t(2) * Hkv + h) * C + t) * D + d,
+                       dst = ((size_t(1) * Hkv + h) * C + t) * D + d;
+          ok &= t < 6 ? kp[dst].bits == kp[src].bits && vp[dst].bits == vp[src].bits
+                      : kp[dst].bits == 0;
         }
     // Errors.
     const int32_t bad_slot[1] = {3}, bad_off[1] = {16}, good[1] = {0};
     CaWriteKvParams e1{kp.data(), vp.data(), slots, 1, bad_slot, good, k.data(), v.data(), CA_F32};
     CaWriteKvParams e2{kp.data(), vp.data(), slots, 1, good, bad_off, k.data(), v.data(), CA_F32};
     CaWriteKvParams e3{kp.data(), vp.data(), slots, 1, good, good, k.data(), v.data(), CA_BF16};
-    ok &= ca::cpu::write_kv<Cfg>(e1) == CA_ERR_INVALID && ca::cpu::write_kv<Cfg>(e2) == CA_ERR_INVALID &&
+    ok &= ca::cpu::write_kv<Cfg>(e1) == CA_ERR_INVALID &&
+          ca::cpu::write_kv<Cfg>(e2) == CA_ERR_INVALID &&
           ca::cpu::write_kv<Cfg>(e3) == CA_ERR_INVALID;
     ok &= ca::cpu::copy_chunk<Cfg>(kp.data(), vp.data(), slots, 0, 3, 1) == CA_ERR_INVALID;
     ok &= ca::cpu::copy_chunk<Cfg>(kp.data(), vp.data(), slots, 0, 1, C + 1) == CA_ERR_INVALID;
@@ -687,7 +751,8 @@ void check_entry_points() {
   }
   {  // decode rejects malformed calls with CA_ERR_INVALID and a message
     std::vector<f16> q(4 * D), out(4 * D), pool(size_t(1) * Hkv * C * D);
-    int32_t io[1] = {0}, seq[1] = {0}, len[1] = {5}, co[2] = {0, 1}, slots[1] = {0}, shared[1] = {0}, po[2] = {0, 0};
+    int32_t io[1] = {0}, seq[1] = {0}, len[1] = {5}, co[2] = {0, 1}, slots[1] = {0},
+            shared[1] = {0}, po[2] = {0, 0};
     CaDecodeParams p{};
     p.abi_version = CA_ABI_VERSION;
     p.struct_bytes = sizeof p;
@@ -754,12 +819,20 @@ int main(int argc, char** argv) {
   run_suite<CfgT<8, 8, 128, 64, f16, f16, f16>, Plain>("g1 d128 c64 f16", rng, quick);
   run_suite<CfgT<32, 8, 128, 64, bf16, bf16, bf16>, Plain>("g4 d128 c64 bf16", rng, quick);
   run_suite<CfgT<16, 2, 64, 32, float, float, float>, Plain>("g8 d64 c32 f32", rng, quick);
-  run_suite<CfgT<12, 2, 96, 16, f16, f16, f16>, SoftcapWindow>("g6 d96 c16 f16 softcap+window", rng, quick);
-  run_suite<CfgT<4, 2, 80, 128, float, bf16, float>, HeadBiasMask>("g2 d80 c128 bf16-kv head-bias+mask", rng, quick);
-  run_suite<CfgT<8, 1, 128, 64, float, float, float>, ScoreOnly>("g8 mqa d128 c64 f32 score-only", rng, quick);
-  run_suite<CfgT<4, 4, 64, 32, f16, f16, float>, SoftcapWindow>("g1 d64 c32 f16->f32 softcap+window", rng, quick);
+  run_suite<CfgT<12, 2, 96, 16, f16, f16, f16>, SoftcapWindow>("g6 d96 c16 f16 softcap+window", rng,
+                                                               quick);
+  run_suite<CfgT<4, 2, 80, 128, float, bf16, float>, HeadBiasMask>(
+      "g2 d80 c128 bf16-kv head-bias+mask", rng, quick);
+  run_suite<CfgT<8, 1, 128, 64, float, float, float>, ScoreOnly>("g8 mqa d128 c64 f32 score-only",
+                                                                 rng, quick);
+  run_suite<CfgT<2, 2, 64, 16, float, bf16, f16>, Plain>("g1 d64 c16 f32-q bf16-kv f16-out", rng,
+                                                         quick);
+  run_suite<CfgT<4, 4, 64, 32, f16, f16, float>, SoftcapWindow>(
+      "g1 d64 c32 f16->f32 softcap+window", rng, quick);
 
-  printf("{\"summary\":{\"checks\":%d,\"failures\":%d,\"worstRelErr\":{\"f32\":%.3e,\"f16\":%.3e,\"bf16\":%.3e}}}\n",
-         g_checks, g_failures, g_worst[0], g_worst[1], g_worst[2]);
+  printf(
+      "{\"summary\":{\"checks\":%d,\"failures\":%d,\"worstRelErr\":{\"f32\":%.3e,\"f16\":%.3e,"
+      "\"bf16\":%.3e}}}\n",
+      g_checks, g_failures, g_worst[0], g_worst[1], g_worst[2]);
   return g_failures == 0 ? 0 : 1;
 }

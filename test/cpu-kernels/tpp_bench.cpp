@@ -10,6 +10,7 @@
 // Build: g++ -O3 -march=native -fno-math-errno -std=c++20 -DCA_CPU_PROFILE -pthread
 //          -I templates/include test/cpu-kernels/tpp_bench.cpp -o tpp_bench
 // Usage: tpp_bench [--b 32] [--ns 2048] [--np 2048] [--decoded 128] [--threads 0] [--reps 9]
+//                  [--dtype f16|bf16]
 //                  [--grid] (ns = np in {1024, 2048, 4096} and ns = 0, b in {16, 32, 64})
 // Last line: one JSON object with every measured shape.
 #define CA_TARGET_CPU 1
@@ -30,11 +31,12 @@
 
 using ca::cpu::f16;
 
+template <class T>
 struct BenchCfg {
   static constexpr int kQHeads = 8, kKvHeads = 8, kHeadDim = 128, kChunk = 64;
-  using QT = f16;
-  using KvT = f16;
-  using OutT = f16;
+  using QT = T;
+  using KvT = T;
+  using OutT = T;
 };
 struct Plain {
   static constexpr bool kHasScoreMod = false, kHasMask = false;
@@ -44,7 +46,8 @@ struct Plain {
 
 namespace {
 
-constexpr int Hq = BenchCfg::kQHeads, Hkv = BenchCfg::kKvHeads, D = BenchCfg::kHeadDim, C = BenchCfg::kChunk;
+constexpr int Hq = BenchCfg<f16>::kQHeads, Hkv = BenchCfg<f16>::kKvHeads,
+              D = BenchCfg<f16>::kHeadDim, C = BenchCfg<f16>::kChunk;
 
 double seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -63,7 +66,8 @@ struct HostArray {
   size_t n;
   explicit HostArray(size_t count) : n(count) {
     const bool huge = getenv("CA_BENCH_HUGE") && atoi(getenv("CA_BENCH_HUGE"));
-    ptr = static_cast<T*>(huge ? ca::cpu::host_alloc(count * sizeof(T)) : malloc(count * sizeof(T)));
+    ptr =
+        static_cast<T*>(huge ? ca::cpu::host_alloc(count * sizeof(T)) : malloc(count * sizeof(T)));
     if (!ptr) abort();
     hugepages = huge;
   }
@@ -80,12 +84,13 @@ struct Result {
 };
 
 struct Context {
-  std::vector<int32_t> row_io, row_seq, row_length, row_chunk_offsets, row_chunk_slots, row_shared_chunks,
-      row_partial_offsets, row_partials, run_slots;
+  std::vector<int32_t> row_io, row_seq, row_length, row_chunk_offsets, row_chunk_slots,
+      row_shared_chunks, row_partial_offsets, row_partials, run_slots;
   std::vector<CaSharedRun> runs;
   int num_partials = 0;
 };
 
+template <class T>
 Result run_shape(int b, int ns, int np, int decoded, int threads, int reps) {
   std::mt19937_64 rng(42);
   const int shared_chunks = ns / C;
@@ -97,14 +102,14 @@ Result run_shape(int b, int ns, int np, int decoded, int threads, int reps) {
   std::shuffle(slot_ids.begin(), slot_ids.end(), rng);  // chunks scattered over the pool
 
   const size_t pool_elems = size_t(num_slots) * Hkv * C * D;
-  HostArray<f16> k_pool(pool_elems), v_pool(pool_elems);
-  std::vector<f16> q(size_t(b) * Hq * D), out(q.size());
+  HostArray<T> k_pool(pool_elems), v_pool(pool_elems);
+  std::vector<T> q(size_t(b) * Hq * D), out(q.size());
   std::normal_distribution<float> normal(0.f, 1.f);
   for (size_t i = 0; i < pool_elems; ++i) {
-    k_pool[i] = ca::cpu::from_f32<f16>(normal(rng));
-    v_pool[i] = ca::cpu::from_f32<f16>(normal(rng));
+    k_pool[i] = ca::cpu::from_f32<T>(normal(rng));
+    v_pool[i] = ca::cpu::from_f32<T>(normal(rng));
   }
-  for (auto& x : q) x = ca::cpu::from_f32<f16>(normal(rng));
+  for (auto& x : q) x = ca::cpu::from_f32<T>(normal(rng));
 
   std::vector<int> shared_slots(slot_ids.begin(), slot_ids.begin() + shared_chunks);
   // Diagnostic: CA_BENCH_ONE_SLOT=1 maps every shared chunk to one slot (cache-resident K/V:
@@ -165,13 +170,13 @@ Result run_shape(int b, int ns, int np, int decoded, int threads, int reps) {
     return p;
   };
   CaDecodeParams p_tpp = params_of(tpp), p_seq = params_of(seq);
-  workspace.resize(ca::cpu::workspace_bytes<BenchCfg>(p_tpp) + 64);
+  workspace.resize(ca::cpu::workspace_bytes<BenchCfg<T>>(p_tpp) + 64);
   p_tpp.workspace = workspace.data();
   p_tpp.workspace_bytes = workspace.size();
 
   auto step = [&](const CaDecodeParams& p, double* phase1_us) {
     const double t0 = seconds();
-    const int st = ca::cpu::decode<BenchCfg, Plain>(p);
+    const int st = ca::cpu::decode<BenchCfg<T>, Plain>(p);
     const double t = seconds() - t0;
     if (st != CA_OK) {
       fprintf(stderr, "decode failed: %s\n", ca::cpu::last_error());
@@ -208,7 +213,7 @@ Result run_shape(int b, int ns, int np, int decoded, int threads, int reps) {
   r.phase1_min_us = p_tpp.num_runs > 0 ? *std::min_element(t_p1.begin(), t_p1.end()) : 0;
   r.speedup = r.seq_us / r.tpp_us;
   r.phase1_gflops = r.phase1_us > 0 ? 4.0 * b * Hq * double(ns) * D / (r.phase1_us * 1e3) : 0;
-  r.seq_kv_gbps = 2.0 * b * Hkv * double(np + decoded) * D * sizeof(f16) / (r.seq_us * 1e3);
+  r.seq_kv_gbps = 2.0 * b * Hkv * double(np + decoded) * D * sizeof(T) / (r.seq_us * 1e3);
   return r;
 }
 
@@ -216,16 +221,25 @@ Result run_shape(int b, int ns, int np, int decoded, int threads, int reps) {
 
 int main(int argc, char** argv) {
   int b = 32, ns = 2048, np = 2048, decoded = 128, threads = 0, reps = 9;
-  bool grid = false;
+  bool grid = false, bf16_data = false;
   for (int i = 1; i < argc; ++i) {
     auto next = [&] { return i + 1 < argc ? atoi(argv[++i]) : 0; };
-    if (!strcmp(argv[i], "--b")) b = next();
-    else if (!strcmp(argv[i], "--ns")) ns = next();
-    else if (!strcmp(argv[i], "--np")) np = next();
-    else if (!strcmp(argv[i], "--decoded")) decoded = next();
-    else if (!strcmp(argv[i], "--threads")) threads = next();
-    else if (!strcmp(argv[i], "--reps")) reps = next();
-    else if (!strcmp(argv[i], "--grid")) grid = true;
+    if (!strcmp(argv[i], "--b"))
+      b = next();
+    else if (!strcmp(argv[i], "--ns"))
+      ns = next();
+    else if (!strcmp(argv[i], "--np"))
+      np = next();
+    else if (!strcmp(argv[i], "--decoded"))
+      decoded = next();
+    else if (!strcmp(argv[i], "--threads"))
+      threads = next();
+    else if (!strcmp(argv[i], "--reps"))
+      reps = next();
+    else if (!strcmp(argv[i], "--grid"))
+      grid = true;
+    else if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
+      bf16_data = !strcmp(argv[++i], "bf16");
   }
   if (ns % C || ns > np) {
     fprintf(stderr, "ns must be a multiple of %d and <= np\n", C);
@@ -243,29 +257,39 @@ int main(int argc, char** argv) {
     shapes.push_back({b, ns, np});
     if (ns != 0) shapes.push_back({b, 0, np});
   }
-  fprintf(stderr, "cpu target (%s), Hq=%d Hkv=%d D=%d C=%d f16, %d threads, median of %d steps, decoded=%d\n",
-          ca::cpu::isa(), Hq, Hkv, D, C, ca::cpu::resolve_num_threads(threads), reps, decoded);
-  printf("%4s %6s %6s | %12s %12s %8s | %10s %10s | %10s || %9s %9s %8s %10s\n", "b", "ns", "np", "two-phase us",
-         "seq-first us", "speedup", "phase1 us", "p1 GFLOP/s", "seq KV GB/s", "min 2p us", "min sf us", "min spd",
-         "min p1 GF/s");
+  fprintf(
+      stderr,
+      "cpu target (%s), Hq=%d Hkv=%d D=%d C=%d %s, %d threads, median of %d steps, decoded=%d\n",
+      ca::cpu::isa(), Hq, Hkv, D, C, bf16_data ? "bf16" : "f16",
+      ca::cpu::resolve_num_threads(threads), reps, decoded);
+  printf("%4s %6s %6s | %12s %12s %8s | %10s %10s | %10s || %9s %9s %8s %10s\n", "b", "ns", "np",
+         "two-phase us", "seq-first us", "speedup", "phase1 us", "p1 GFLOP/s", "seq KV GB/s",
+         "min 2p us", "min sf us", "min spd", "min p1 GF/s");
   for (auto [bb, n_s, n_p] : shapes) {
-    const Result r = run_shape(bb, n_s, n_p, decoded, threads, reps);
+    const Result r = bf16_data ? run_shape<ca::cpu::bf16>(bb, n_s, n_p, decoded, threads, reps)
+                               : run_shape<f16>(bb, n_s, n_p, decoded, threads, reps);
     results.push_back(r);
-    printf("%4d %6d %6d | %12.1f %12.1f %7.2fx | %10.1f %10.1f | %10.1f || %9.1f %9.1f %7.2fx %10.1f\n", r.b, r.ns,
-           r.np, r.tpp_us, r.seq_us, r.speedup, r.phase1_us, r.phase1_gflops, r.seq_kv_gbps, r.tpp_min_us,
-           r.seq_min_us, r.seq_min_us / r.tpp_min_us,
-           r.phase1_min_us > 0 ? 4.0 * r.b * Hq * double(r.ns) * D / (r.phase1_min_us * 1e3) : 0.0);
+    printf(
+        "%4d %6d %6d | %12.1f %12.1f %7.2fx | %10.1f %10.1f | %10.1f || %9.1f %9.1f %7.2fx "
+        "%10.1f\n",
+        r.b, r.ns, r.np, r.tpp_us, r.seq_us, r.speedup, r.phase1_us, r.phase1_gflops, r.seq_kv_gbps,
+        r.tpp_min_us, r.seq_min_us, r.seq_min_us / r.tpp_min_us,
+        r.phase1_min_us > 0 ? 4.0 * r.b * Hq * double(r.ns) * D / (r.phase1_min_us * 1e3) : 0.0);
     fflush(stdout);
   }
-  printf("{\"isa\":\"%s\",\"heads\":{\"q\":%d,\"kv\":%d},\"headDim\":%d,\"chunk\":%d,\"dtype\":\"f16\",\"results\":[",
-         ca::cpu::isa(), Hq, Hkv, D, C);
+  printf(
+      "{\"isa\":\"%s\",\"heads\":{\"q\":%d,\"kv\":%d},\"headDim\":%d,\"chunk\":%d,\"dtype\":"
+      "\"%s\",\"results\":[",
+      ca::cpu::isa(), Hq, Hkv, D, C, bf16_data ? "bf16" : "f16");
   for (size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
-    printf("%s{\"b\":%d,\"ns\":%d,\"np\":%d,\"decoded\":%d,\"threads\":%d,\"twoPhaseUs\":%.1f,\"sequenceFirstUs\":%.1f,"
-           "\"speedup\":%.3f,\"phase1Us\":%.1f,\"phase1Gflops\":%.1f,\"twoPhaseMinUs\":%.1f,"
-           "\"sequenceFirstMinUs\":%.1f,\"phase1MinUs\":%.1f}",
-           i ? "," : "", r.b, r.ns, r.np, r.decoded, r.threads, r.tpp_us, r.seq_us, r.speedup, r.phase1_us,
-           r.phase1_gflops, r.tpp_min_us, r.seq_min_us, r.phase1_min_us);
+    printf(
+        "%s{\"b\":%d,\"ns\":%d,\"np\":%d,\"decoded\":%d,\"threads\":%d,\"twoPhaseUs\":%.1f,"
+        "\"sequenceFirstUs\":%.1f,"
+        "\"speedup\":%.3f,\"phase1Us\":%.1f,\"phase1Gflops\":%.1f,\"twoPhaseMinUs\":%.1f,"
+        "\"sequenceFirstMinUs\":%.1f,\"phase1MinUs\":%.1f}",
+        i ? "," : "", r.b, r.ns, r.np, r.decoded, r.threads, r.tpp_us, r.seq_us, r.speedup,
+        r.phase1_us, r.phase1_gflops, r.tpp_min_us, r.seq_min_us, r.phase1_min_us);
   }
   printf("]}\n");
   return 0;

@@ -41,7 +41,8 @@ __global__ void lane_not_in_mask(float* out) {
 // A full-mask shuffle executed by half a warp; the other half has returned.
 __global__ void shfl_after_half_warp_exit(float* out) {
   if (threadIdx.x >= 16) return;
-  out[threadIdx.x] = __shfl_sync(0xffffffffu, 1.f * threadIdx.x, 0);  // BUG: shfl_after_half_warp_exit
+  out[threadIdx.x] =
+      __shfl_sync(0xffffffffu, 1.f * threadIdx.x, 0);  // BUG: shfl_after_half_warp_exit
 }
 
 // mma.sync needs the whole warp; lanes 0..7 have returned.
@@ -77,7 +78,8 @@ __global__ void mismatched_collectives(float* out) {
 // Half of warp 1 waits in a full-warp shuffle while the rest of the block waits at __syncthreads.
 __global__ void barrier_deadlock(float* out) {
   float v = threadIdx.x;
-  if (threadIdx.x >= 32 && threadIdx.x < 48) v = __shfl_sync(0xffffffffu, v, 0);  // BUG: barrier_deadlock
+  if (threadIdx.x >= 32 && threadIdx.x < 48)
+    v = __shfl_sync(0xffffffffu, v, 0);  // BUG: barrier_deadlock
   __syncthreads();
   out[threadIdx.x] = v;
 }
@@ -92,14 +94,16 @@ __global__ void ldmatrix_misaligned(float* out) {
 
 // A 16-byte global load from an address that is only 4-byte aligned.
 __global__ void ldg_misaligned(const float* in, float* out) {
-  const uint4 v = ca::ldg<CA_TRAFFIC_KV>(reinterpret_cast<const uint4*>(in + 1 + 4 * threadIdx.x));  // BUG: ldg_misaligned
+  const uint4* p = reinterpret_cast<const uint4*>(in + 1 + 4 * threadIdx.x);
+  const uint4 v = ca::ldg<CA_TRAFFIC_KV>(p);  // BUG: ldg_misaligned
   out[threadIdx.x] = float(v.x);
 }
 
 // cp.async of 16 bytes from an 8-byte aligned source.
 __global__ void cp_async_misaligned(const float* in, float* out) {
   extern __shared__ __align__(128) unsigned char smem[];
-  ca::cp_async<CA_TRAFFIC_KV, 16>(smem + threadIdx.x * 16, in + 2 + 4 * threadIdx.x);  // BUG: cp_async_misaligned
+  const float* src = in + 2 + 4 * threadIdx.x;
+  ca::cp_async<CA_TRAFFIC_KV, 16>(smem + threadIdx.x * 16, src);  // BUG: cp_async_misaligned
   ca::cp_async_wait_all();
   out[threadIdx.x] = 1.f;
 }
@@ -120,7 +124,8 @@ __global__ void exception_escapes(float* out) {
 // names block 3 whatever the number of workers.
 __global__ void fails_from_block_3(float* out) {
   float v = 0.f;
-  if (blockIdx.x >= 3 && threadIdx.x < 8) v = __shfl_sync(0xffffffffu, v, 0);  // BUG: fails_from_block_3
+  if (blockIdx.x >= 3 && threadIdx.x < 8)
+    v = __shfl_sync(0xffffffffu, v, 0);  // BUG: fails_from_block_3
   out[blockIdx.x * blockDim.x + threadIdx.x] = v;
 }
 
@@ -173,7 +178,8 @@ static bool good_launch_works() {
   std::vector<float> x(256);
   for (int i = 0; i < 256; ++i) x[i] = float(i % 17);
   float out = -1.f;
-  const cucpu::Error e = cucpu::launch(good_sum, dim3(1), dim3(256), 256 * sizeof(float), x.data(), &out);
+  const cucpu::Error e =
+      cucpu::launch(good_sum, dim3(1), dim3(256), 256 * sizeof(float), x.data(), &out);
   float want = 0.f;
   for (float v : x) want += v;
   return e.ok() && out == want;
@@ -181,7 +187,10 @@ static bool good_launch_works() {
 
 static void expect_error(const char* name, const cucpu::Error& e) {
   const bool recovered = good_launch_works();
-  Result(std::string("bug/") + name).error(e).flag("recovered", recovered).print(!e.ok() && recovered);
+  Result(std::string("bug/") + name)
+      .error(e)
+      .flag("recovered", recovered)
+      .print(!e.ok() && recovered);
 }
 
 int main() {
@@ -189,46 +198,75 @@ int main() {
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(i % 7);
   alignas(16) static float aligned[1024];
 
-  expect_error("divergent_barrier", cucpu::launch(divergent_barrier, dim3(1), dim3(32), 0, out.data()));
-  expect_error("shfl_source_outside_mask", cucpu::launch(shfl_source_outside_mask, dim3(1), dim3(32), 0, out.data()));
-  expect_error("lane_not_in_mask", cucpu::launch(lane_not_in_mask, dim3(1), dim3(32), 0, out.data()));
-  expect_error("shfl_after_half_warp_exit", cucpu::launch(shfl_after_half_warp_exit, dim3(1), dim3(32), 0, out.data()));
+  expect_error("divergent_barrier",
+               cucpu::launch(divergent_barrier, dim3(1), dim3(32), 0, out.data()));
+  expect_error("shfl_source_outside_mask",
+               cucpu::launch(shfl_source_outside_mask, dim3(1), dim3(32), 0, out.data()));
+  expect_error("lane_not_in_mask",
+               cucpu::launch(lane_not_in_mask, dim3(1), dim3(32), 0, out.data()));
+  expect_error("shfl_after_half_warp_exit",
+               cucpu::launch(shfl_after_half_warp_exit, dim3(1), dim3(32), 0, out.data()));
   expect_error("mma_after_exit", cucpu::launch(mma_after_exit, dim3(1), dim3(32), 0, out.data()));
-  expect_error("syncwarp_waits_for_exited", cucpu::launch(syncwarp_waits_for_exited, dim3(1), dim3(32), 0, out.data()));
-  expect_error("mismatched_collectives", cucpu::launch(mismatched_collectives, dim3(1), dim3(32), 0, out.data()));
-  expect_error("barrier_deadlock", cucpu::launch(barrier_deadlock, dim3(1), dim3(64), 0, out.data()));
-  expect_error("ldmatrix_misaligned", cucpu::launch(ldmatrix_misaligned, dim3(1), dim3(32), 1024, out.data()));
-  expect_error("ldg_misaligned", cucpu::launch(ldg_misaligned, dim3(1), dim3(32), 0, static_cast<const float*>(aligned), out.data()));
-  expect_error("cp_async_misaligned", cucpu::launch(cp_async_misaligned, dim3(1), dim3(32), 1024, static_cast<const float*>(aligned), out.data()));
-  expect_error("trap_in_one_thread", cucpu::launch_named("trap_in_one_thread", trap_in_one_thread, dim3(2), dim3(32), 0, out.data()));
-  expect_error("exception_escapes", cucpu::launch(exception_escapes, dim3(1), dim3(32), 0, out.data()));
-  expect_error("fails_from_block_3", cucpu::launch(fails_from_block_3, dim3(8), dim3(32), 0, out.data()));
+  expect_error("syncwarp_waits_for_exited",
+               cucpu::launch(syncwarp_waits_for_exited, dim3(1), dim3(32), 0, out.data()));
+  expect_error("mismatched_collectives",
+               cucpu::launch(mismatched_collectives, dim3(1), dim3(32), 0, out.data()));
+  expect_error("barrier_deadlock",
+               cucpu::launch(barrier_deadlock, dim3(1), dim3(64), 0, out.data()));
+  expect_error("ldmatrix_misaligned",
+               cucpu::launch(ldmatrix_misaligned, dim3(1), dim3(32), 1024, out.data()));
+  expect_error("ldg_misaligned", cucpu::launch(ldg_misaligned, dim3(1), dim3(32), 0,
+                                               static_cast<const float*>(aligned), out.data()));
+  expect_error("cp_async_misaligned",
+               cucpu::launch(cp_async_misaligned, dim3(1), dim3(32), 1024,
+                             static_cast<const float*>(aligned), out.data()));
+  expect_error("trap_in_one_thread", cucpu::launch_named("trap_in_one_thread", trap_in_one_thread,
+                                                         dim3(2), dim3(32), 0, out.data()));
+  expect_error("exception_escapes",
+               cucpu::launch(exception_escapes, dim3(1), dim3(32), 0, out.data()));
+  expect_error("fails_from_block_3",
+               cucpu::launch(fails_from_block_3, dim3(8), dim3(32), 0, out.data()));
 
   // Invalid launches are refused before anything runs.
-  expect_error("invalid/empty_block", cucpu::launch(good_sum, dim3(1), dim3(0), 0, static_cast<const float*>(x.data()), out.data()));
-  expect_error("invalid/block_too_large", cucpu::launch(good_sum, dim3(1), dim3(2048), 0, static_cast<const float*>(x.data()), out.data()));
-  expect_error("invalid/dynamic_smem_too_large", cucpu::launch(good_sum, dim3(1), dim3(32), 1 << 20, static_cast<const float*>(x.data()), out.data()));
+  expect_error("invalid/empty_block",
+               cucpu::launch(good_sum, dim3(1), dim3(0), 0, static_cast<const float*>(x.data()),
+                             out.data()));
+  expect_error("invalid/block_too_large",
+               cucpu::launch(good_sum, dim3(1), dim3(2048), 0, static_cast<const float*>(x.data()),
+                             out.data()));
+  expect_error("invalid/dynamic_smem_too_large",
+               cucpu::launch(good_sum, dim3(1), dim3(32), 1 << 20,
+                             static_cast<const float*>(x.data()), out.data()));
   {
     const char* old = std::getenv("CUCPU_ORDER");
     const std::string saved = old ? old : "";
     setenv("CUCPU_ORDER", "sideways", 1);
-    const cucpu::Error e = cucpu::launch(good_sum, dim3(1), dim3(32), 128, static_cast<const float*>(x.data()), out.data());
-    if (old) setenv("CUCPU_ORDER", saved.c_str(), 1); else unsetenv("CUCPU_ORDER");
+    const cucpu::Error e = cucpu::launch(good_sum, dim3(1), dim3(32), 128,
+                                         static_cast<const float*>(x.data()), out.data());
+    if (old)
+      setenv("CUCPU_ORDER", saved.c_str(), 1);
+    else
+      unsetenv("CUCPU_ORDER");
     expect_error("invalid/bad_cucpu_order", e);
   }
 
   // Many failed launches in a row leave nothing behind.
   {
     int caught = 0;
-    for (int i = 0; i < 50; ++i) caught += !cucpu::launch(barrier_deadlock, dim3(2), dim3(256), 0, out.data()).ok();
+    for (int i = 0; i < 50; ++i)
+      caught += !cucpu::launch(barrier_deadlock, dim3(2), dim3(256), 0, out.data()).ok();
     const bool recovered = good_launch_works();
-    Result("recovery/50_failed_launches_then_good").num("caught", caught).flag("recovered", recovered).print(caught == 50 && recovered);
+    Result("recovery/50_failed_launches_then_good")
+        .num("caught", caught)
+        .flag("recovered", recovered)
+        .print(caught == 50 && recovered);
   }
 
   // Silent bugs the shim makes visible.
   {
     std::vector<float> o(128, -1.f);
-    const cucpu::Error e = cucpu::launch(cp_async_read_before_wait, dim3(1), dim3(32), 512, static_cast<const float*>(x.data()), o.data());
+    const cucpu::Error e = cucpu::launch(cp_async_read_before_wait, dim3(1), dim3(32), 512,
+                                         static_cast<const float*>(x.data()), o.data());
     bool stale = false;
     for (int i = 0; i < 32; ++i) stale |= o[i] != x[(i * 4 + 5) % 128];
     Result("silent/cp_async_read_before_wait").error(e).flag("stale", stale).print(e.ok() && stale);
@@ -238,7 +276,10 @@ int main() {
     const cucpu::Error e = cucpu::launch(smem_read_before_write, dim3(1), dim3(64), 256, o.data());
     bool all_nan = true;
     for (float v : o) all_nan &= std::isnan(v);
-    Result("silent/smem_read_before_write_is_nan").error(e).flag("nan", all_nan).print(e.ok() && all_nan);
+    Result("silent/smem_read_before_write_is_nan")
+        .error(e)
+        .flag("nan", all_nan)
+        .print(e.ok() && all_nan);
   }
   {  // The missing barrier changes the result under another schedule.
     const char* orders[3] = {"forward", "reverse", "random"};
@@ -248,13 +289,21 @@ int main() {
     for (int k = 0; k < 3; ++k) {
       setenv("CUCPU_ORDER", orders[k], 1);
       std::vector<float> r(4, 0.f);
-      (void)cucpu::launch(racy_tree_reduce, dim3(4), dim3(256), 0, static_cast<const float*>(x.data()), r.data());
+      (void)cucpu::launch(racy_tree_reduce, dim3(4), dim3(256), 0,
+                          static_cast<const float*>(x.data()), r.data());
       sums[k] = r[0];
     }
-    if (old) setenv("CUCPU_ORDER", saved.c_str(), 1); else unsetenv("CUCPU_ORDER");
+    if (old)
+      setenv("CUCPU_ORDER", saved.c_str(), 1);
+    else
+      unsetenv("CUCPU_ORDER");
     double want = 0;
     for (int i = 0; i < 256; ++i) want += x[i];
-    Result("silent/missing_syncthreads_depends_on_order").num("forward", sums[0]).num("reverse", sums[1]).num("random", sums[2]).num("true", want)
+    Result("silent/missing_syncthreads_depends_on_order")
+        .num("forward", sums[0])
+        .num("reverse", sums[1])
+        .num("random", sums[2])
+        .num("true", want)
         .print(sums[0] != sums[1] || sums[0] != sums[2] || sums[0] != want);
   }
   std::printf("%d check(s) failed\n", g_failed_checks);

@@ -51,16 +51,27 @@ static void test_reduce(int n) {
   for (float& v : x) ref += (v = U(rng));
   float out = 0.f;
   double t0 = now();
-  cucpu::Error e = cucpu::launch(block_reduce_sum<256>, dim3(std::min(64, n / 1024)), dim3(256), 0, x.data(), n, &out);
-  Result("reduce/block_reduce_sum").error(e).num("err", std::fabs(out - ref)).num("seconds", now() - t0).print(e.ok() && std::fabs(out - ref) < 1e-2);
+  cucpu::Error e = cucpu::launch(block_reduce_sum<256>, dim3(std::min(64, n / 1024)), dim3(256), 0,
+                                 x.data(), n, &out);
+  Result("reduce/block_reduce_sum")
+      .error(e)
+      .num("err", std::fabs(out - ref))
+      .num("seconds", now() - t0)
+      .print(e.ok() && std::fabs(out - ref) < 1e-2);
 
   const int bs = 256, nb = (n + 2 * bs - 1) / (2 * bs);
   std::vector<float> part(nb);
   t0 = now();
-  e = cucpu::launch(smem_tree_reduce, dim3(nb), dim3(bs), bs * sizeof(float), x.data(), n, part.data());
+  e = cucpu::launch(smem_tree_reduce, dim3(nb), dim3(bs), bs * sizeof(float), x.data(), n,
+                    part.data());
   double s = 0;
   for (float p : part) s += p;
-  Result("reduce/smem_tree_reduce").error(e).num("err", std::fabs(s - ref)).num("blocks", nb).num("seconds", now() - t0).print(e.ok() && std::fabs(s - ref) < 1e-2);
+  Result("reduce/smem_tree_reduce")
+      .error(e)
+      .num("err", std::fabs(s - ref))
+      .num("blocks", nb)
+      .num("seconds", now() - t0)
+      .print(e.ok() && std::fabs(s - ref) < 1e-2);
 }
 
 static void test_barrier_votes() {
@@ -68,7 +79,12 @@ static void test_barrier_votes() {
   const int nt = 200;
   cucpu::Error e = cucpu::launch(barrier_votes, dim3(1), dim3(nt), 0, out);
   const int expect_count = (nt + 2) / 3;
-  Result("block/syncthreads_count_and_or").error(e).num("count", out[0]).num("and", out[1]).num("or", out[2]).num("and_but", out[3])
+  Result("block/syncthreads_count_and_or")
+      .error(e)
+      .num("count", out[0])
+      .num("and", out[1])
+      .num("or", out[2])
+      .num("and_but", out[3])
       .print(e.ok() && out[0] == expect_count && out[1] == 1 && out[2] == 1 && out[3] == 0);
 }
 
@@ -95,11 +111,16 @@ static void test_warp_ops() {
     expect[7] = int(2.f * (0.5f * float(base + src)));
     for (int i = 0; i < 8; ++i)
       if (out[t * 8 + i] != expect[i]) {
-        if (bad < 5) std::printf("warp_ops: thread %d word %d = %d, want %d\n", t, i, out[t * 8 + i], expect[i]);
+        if (bad < 5)
+          std::printf("warp_ops: thread %d word %d = %d, want %d\n", t, i, out[t * 8 + i],
+                      expect[i]);
         ++bad;
       }
   }
-  Result("warp/shuffles_votes_activemask").error(e).num("mismatches", bad).print(e.ok() && bad == 0);
+  Result("warp/shuffles_votes_activemask")
+      .error(e)
+      .num("mismatches", bad)
+      .print(e.ok() && bad == 0);
 }
 
 static void test_atomics() {
@@ -108,15 +129,23 @@ static void test_atomics() {
   const int blocks = 8, threads = 96;
   cucpu::Error e = cucpu::launch(atomics, dim3(blocks), dim3(threads), 0, counters, &fsum);
   const int n = blocks * threads;
-  Result("atomics/add_max_min_cas").error(e).num("add", counters[0]).num("max", counters[1]).num("min", counters[2]).num("cas", counters[3]).num("fsum", fsum)
-      .print(e.ok() && counters[0] == n && counters[1] == n - 1 && counters[2] == -(n - 1) && counters[3] == n && fsum == 0.5f * n);
+  Result("atomics/add_max_min_cas")
+      .error(e)
+      .num("add", counters[0])
+      .num("max", counters[1])
+      .num("min", counters[2])
+      .num("cas", counters[3])
+      .num("fsum", fsum)
+      .print(e.ok() && counters[0] == n && counters[1] == n - 1 && counters[2] == -(n - 1) &&
+             counters[3] == n && fsum == 0.5f * n);
 }
 
 // ---- flash decoding ------------------------------------------------------------------------
 
 // softmax(q . K^T * scale) V in float64.
-static void attention_f64(const std::vector<__half>& q, const std::vector<__half>& k, const std::vector<__half>& v,
-                          const std::vector<int>& lengths, int B, int H, int T, std::vector<double>& out) {
+static void attention_f64(const std::vector<__half>& q, const std::vector<__half>& k,
+                          const std::vector<__half>& v, const std::vector<int>& lengths, int B,
+                          int H, int T, std::vector<double>& out) {
   const int D = kDecodeD;
   const double scale = 1.0 / std::sqrt(double(D));
   out.assign(size_t(B) * H * D, 0.0);
@@ -127,7 +156,8 @@ static void attention_f64(const std::vector<__half>& q, const std::vector<__half
       double mx = -1e300;
       for (int t = 0; t < lengths[b]; ++t) {
         double acc = 0;
-        for (int d = 0; d < D; ++d) acc += double(__half2float(q[bh * D + d])) * __half2float(k[(bh * T + t) * D + d]);
+        for (int d = 0; d < D; ++d)
+          acc += double(__half2float(q[bh * D + d])) * __half2float(k[(bh * T + t) * D + d]);
         s[t] = acc * scale;
         mx = std::max(mx, s[t]);
       }
@@ -153,12 +183,25 @@ static void test_decode(int B, int H, int T, int S, bool ragged, bool report_tim
   if (ragged)
     for (int b = 0; b < B; ++b) lengths[b] = (b * 7919) % (T + 1);  // includes 0 and short ones
   const float nan = std::nanf("");
-  std::vector<float> part_acc(size_t(B) * H * S * D, nan), part_m(size_t(B) * H * S, nan), part_l(part_m.size(), nan),
-      out(size_t(B) * H * D, nan);
-  DecodeParams p{q.data(), k.data(), v.data(), part_acc.data(), part_m.data(), part_l.data(), out.data(), lengths.data(), B, H, T, S, 1.0f / std::sqrt(float(D))};
+  std::vector<float> part_acc(size_t(B) * H * S * D, nan), part_m(size_t(B) * H * S, nan),
+      part_l(part_m.size(), nan), out(size_t(B) * H * D, nan);
+  DecodeParams p{q.data(),
+                 k.data(),
+                 v.data(),
+                 part_acc.data(),
+                 part_m.data(),
+                 part_l.data(),
+                 out.data(),
+                 lengths.data(),
+                 B,
+                 H,
+                 T,
+                 S,
+                 1.0f / std::sqrt(float(D))};
   ca::traffic_reset();
   const double t0 = now();
-  cucpu::Error e = cucpu::launch(decode_split_kernel, dim3(S, H, B), dim3(kDecodeThreads), decode_split_smem_bytes(), p);
+  cucpu::Error e = cucpu::launch(decode_split_kernel, dim3(S, H, B), dim3(kDecodeThreads),
+                                 decode_split_smem_bytes(), p);
   const double t1 = now();
   if (e.ok()) e = cucpu::launch(decode_combine_kernel, dim3(H, B), dim3(D), 0, p);
   const double t2 = now();
@@ -183,15 +226,27 @@ static void test_decode(int B, int H, int T, int S, bool ragged, bool report_tim
     combine += uint64_t(H) * (S * 4 + D * (S * 4 + nonempty * 8));
   }
   const uint64_t blocks = uint64_t(S) * H * B;
-  const bool bytes_ok = tr.read(CA_TRAFFIC_Q) == blocks * kDecodeWarps * D * 2 && tr.read(CA_TRAFFIC_KV) == kv &&
-                        tr.read(CA_TRAFFIC_CONTEXT) == blocks * kDecodeThreads * 4 && tr.read(CA_TRAFFIC_PARTIAL) == combine &&
-                        tr.written(CA_TRAFFIC_PARTIAL) == blocks * (D + 2) * 4 && tr.written(CA_TRAFFIC_OUT) == uint64_t(B) * H * D * 4;
+  const bool bytes_ok = tr.read(CA_TRAFFIC_Q) == blocks * kDecodeWarps * D * 2 &&
+                        tr.read(CA_TRAFFIC_KV) == kv &&
+                        tr.read(CA_TRAFFIC_CONTEXT) == blocks * kDecodeThreads * 4 &&
+                        tr.read(CA_TRAFFIC_PARTIAL) == combine &&
+                        tr.written(CA_TRAFFIC_PARTIAL) == blocks * (D + 2) * 4 &&
+                        tr.written(CA_TRAFFIC_OUT) == uint64_t(B) * H * D * 4;
   char name[96];
-  snprintf(name, sizeof name, "decode/split_combine/B%d_H%d_T%d_S%d%s", B, H, T, S, ragged ? "_ragged" : "");
+  snprintf(name, sizeof name, "decode/split_combine/B%d_H%d_T%d_S%d%s", B, H, T, S,
+           ragged ? "_ragged" : "");
   Result r(name);
-  r.error(e).num("rel_err", rel).num("q_bytes", double(tr.read(CA_TRAFFIC_Q))).num("kv_bytes", double(tr.read(CA_TRAFFIC_KV)))
-      .num("kv_bytes_expected", double(kv)).num("partial_bytes", double(tr.read(CA_TRAFFIC_PARTIAL))).flag("bytes_ok", bytes_ok);
-  if (report_time) r.num("split_seconds", t1 - t0).num("combine_seconds", t2 - t1).num("tokens_per_second", double(B) * H * T / (t1 - t0));
+  r.error(e)
+      .num("rel_err", rel)
+      .num("q_bytes", double(tr.read(CA_TRAFFIC_Q)))
+      .num("kv_bytes", double(tr.read(CA_TRAFFIC_KV)))
+      .num("kv_bytes_expected", double(kv))
+      .num("partial_bytes", double(tr.read(CA_TRAFFIC_PARTIAL)))
+      .flag("bytes_ok", bytes_ok);
+  if (report_time)
+    r.num("split_seconds", t1 - t0)
+        .num("combine_seconds", t2 - t1)
+        .num("tokens_per_second", double(B) * H * T / (t1 - t0));
   r.print(e.ok() && rel < 1e-5 && bytes_ok);
 }
 
@@ -217,25 +272,34 @@ static void test_gemm(int M, int N, int K, const char* type) {
   std::vector<float> C(size_t(M) * N, std::nanf(""));
   ca::traffic_reset();
   const double t0 = now();
-  cucpu::Error e = cucpu::launch(tc::gemm_tc<T>, dim3(N / tc::kBN, M / tc::kBM), dim3(128), tc::kGemmSmemBytes, A.data(), B.data(), C.data(), M, N, K);
+  cucpu::Error e = cucpu::launch(tc::gemm_tc<T>, dim3(N / tc::kBN, M / tc::kBM), dim3(128),
+                                 tc::kGemmSmemBytes, A.data(), B.data(), C.data(), M, N, K);
   const double t1 = now();
   const Traffic tr = traffic();
   double max_err = 0;
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j) {
       double r = 0;
-      for (int kk = 0; kk < K; ++kk) r += double(to_float(A[size_t(i) * K + kk])) * to_float(B[size_t(kk) * N + j]);
+      for (int kk = 0; kk < K; ++kk)
+        r += double(to_float(A[size_t(i) * K + kk])) * to_float(B[size_t(kk) * N + j]);
       const double d = std::fabs(r - C[size_t(i) * N + j]);
       max_err = std::isnan(d) ? INFINITY : std::max(max_err, d);
     }
   // Each block reads its A and B panels once: (64 x K + K x 64) elements.
-  const uint64_t expect_kv = uint64_t(N / tc::kBN) * (M / tc::kBM) * (tc::kBM + tc::kBN) * K * sizeof(T);
-  const bool bytes_ok = tr.read(CA_TRAFFIC_KV) == expect_kv && tr.written(CA_TRAFFIC_OUT) == uint64_t(M) * N * 4;
+  const uint64_t expect_kv =
+      uint64_t(N / tc::kBN) * (M / tc::kBM) * (tc::kBM + tc::kBN) * K * sizeof(T);
+  const bool bytes_ok =
+      tr.read(CA_TRAFFIC_KV) == expect_kv && tr.written(CA_TRAFFIC_OUT) == uint64_t(M) * N * 4;
   char name[64];
   snprintf(name, sizeof name, "gemm/%s/%dx%dx%d", type, M, N, K);
   const double mmas = (M / 16.0) * (N / 8.0) * (K / 16.0);
-  Result(name).error(e).num("max_err", max_err).num("kv_bytes", double(tr.read(CA_TRAFFIC_KV))).flag("bytes_ok", bytes_ok)
-      .num("seconds", t1 - t0).num("mma_per_second", mmas / (t1 - t0))
+  Result(name)
+      .error(e)
+      .num("max_err", max_err)
+      .num("kv_bytes", double(tr.read(CA_TRAFFIC_KV)))
+      .flag("bytes_ok", bytes_ok)
+      .num("seconds", t1 - t0)
+      .num("mma_per_second", mmas / (t1 - t0))
       .print(e.ok() && max_err < 1e-3 * std::sqrt(double(K)) && bytes_ok);
 }
 
@@ -246,16 +310,21 @@ static void test_mma_tile() {
   std::vector<float> C(128, std::nanf(""));
   for (auto& x : A) x = __float2half(U(rng));
   for (auto& x : B) x = __float2half(U(rng));
-  cucpu::Error e = cucpu::launch(tc::mma_tile_16x8x16, dim3(1), dim3(32), 1024, A.data(), B.data(), C.data());
+  cucpu::Error e =
+      cucpu::launch(tc::mma_tile_16x8x16, dim3(1), dim3(32), 1024, A.data(), B.data(), C.data());
   double max_err = 0;
   for (int i = 0; i < 16; ++i)
     for (int j = 0; j < 8; ++j) {
       double r = 0;
-      for (int k = 0; k < 16; ++k) r += double(__half2float(A[i * 16 + k])) * __half2float(B[k * 8 + j]);
+      for (int k = 0; k < 16; ++k)
+        r += double(__half2float(A[i * 16 + k])) * __half2float(B[k * 8 + j]);
       const double d = std::fabs(r - C[i * 8 + j]);
       max_err = std::isnan(d) ? INFINITY : std::max(max_err, d);
     }
-  Result("mma/tile_16x8x16_ldmatrix_x4_x2trans").error(e).num("max_err", max_err).print(e.ok() && max_err < 1e-4);
+  Result("mma/tile_16x8x16_ldmatrix_x4_x2trans")
+      .error(e)
+      .num("max_err", max_err)
+      .print(e.ok() && max_err < 1e-4);
 }
 
 // ---- every prim: values and exact byte counts ------------------------------------------------
@@ -288,7 +357,8 @@ static void test_every_prim() {
   }
   for (int i = 0; i < 32 * 64; ++i) copy_src[i] = uint8_t(i * 7 + 3);
   std::vector<uint32_t> out(32 * kPrimWords, 0xcdcdcdcdu);
-  PrimArgs args{f32.data(), i32.data(), h2.data(), b2.data(), u2.data(), u4.data(), f4.data(), u8.data(), copy_src, out.data()};
+  PrimArgs args{f32.data(), i32.data(), h2.data(), b2.data(), u2.data(),
+                u4.data(),  f4.data(),  u8.data(), copy_src,  out.data()};
   ca::traffic_reset();
   cucpu::Error e = cucpu::launch(every_prim, dim3(1), dim3(32), 4096, args);
   ca::traffic_count_launch();
@@ -298,7 +368,9 @@ static void test_every_prim() {
   auto expect = [&](int lane, int word, uint32_t want, const char* what) {
     const uint32_t got = out[lane * kPrimWords + word];
     if (got != want) {
-      if (bad < 8) std::printf("every_prim: lane %d word %d (%s) = 0x%08x, want 0x%08x\n", lane, word, what, got, want);
+      if (bad < 8)
+        std::printf("every_prim: lane %d word %d (%s) = 0x%08x, want 0x%08x\n", lane, word, what,
+                    got, want);
       ++bad;
     }
   };
@@ -331,8 +403,14 @@ static void test_every_prim() {
     }
     // ldmatrix: register m of lane l; plain: row l/4 of matrix m, columns 2(l%4), +1;
     // trans: column l/4 of rows 2(l%4), 2(l%4)+1.
-    auto plain = [&](int m) { return uint32_t(prim_matrix(m, l / 4, 2 * (l % 4))) | uint32_t(prim_matrix(m, l / 4, 2 * (l % 4) + 1)) << 16; };
-    auto trans = [&](int m) { return uint32_t(prim_matrix(m, 2 * (l % 4), l / 4)) | uint32_t(prim_matrix(m, 2 * (l % 4) + 1, l / 4)) << 16; };
+    auto plain = [&](int m) {
+      return uint32_t(prim_matrix(m, l / 4, 2 * (l % 4))) |
+             uint32_t(prim_matrix(m, l / 4, 2 * (l % 4) + 1)) << 16;
+    };
+    auto trans = [&](int m) {
+      return uint32_t(prim_matrix(m, 2 * (l % 4), l / 4)) |
+             uint32_t(prim_matrix(m, 2 * (l % 4) + 1, l / 4)) << 16;
+    };
     expect(l, 26, plain(0), "ldmatrix.x1");
     for (int m = 0; m < 2; ++m) expect(l, 27 + m, plain(m), "ldmatrix.x2");
     for (int m = 0; m < 4; ++m) expect(l, 29 + m, plain(m), "ldmatrix.x4");
@@ -348,20 +426,28 @@ static void test_every_prim() {
       expect(l, 44 + i, bits(d), "mma bf16");
     }
   }
-  const uint64_t q = 32 * 8, kv = 32 * (8 + 33), partial = 32 * 24, context = 32 * 17, written = 32 * 4 * kPrimWords;
-  bool bytes_ok = tr.read(CA_TRAFFIC_Q) == q && tr.read(CA_TRAFFIC_KV) == kv && tr.read(CA_TRAFFIC_PARTIAL) == partial &&
-                  tr.read(CA_TRAFFIC_CONTEXT) == context && tr.read(CA_TRAFFIC_OUT) == 0 && tr.written(CA_TRAFFIC_OUT) == written &&
-                  tr.s.launches == 1;
+  const uint64_t q = 32 * 8, kv = 32 * (8 + 33), partial = 32 * 24, context = 32 * 17,
+                 written = 32 * 4 * kPrimWords;
+  bool bytes_ok = tr.read(CA_TRAFFIC_Q) == q && tr.read(CA_TRAFFIC_KV) == kv &&
+                  tr.read(CA_TRAFFIC_PARTIAL) == partial &&
+                  tr.read(CA_TRAFFIC_CONTEXT) == context && tr.read(CA_TRAFFIC_OUT) == 0 &&
+                  tr.written(CA_TRAFFIC_OUT) == written && tr.s.launches == 1;
   for (int k = 0; k < CA_TRAFFIC_COUNT; ++k)
     if (k != CA_TRAFFIC_OUT && tr.written(CaTraffic(k)) != 0) bytes_ok = false;
   Result("prims/every_prim_values").error(e).num("mismatches", bad).print(e.ok() && bad == 0);
-  Result("prims/traffic_exact_bytes").num("q", double(tr.read(CA_TRAFFIC_Q))).num("kv", double(tr.read(CA_TRAFFIC_KV)))
-      .num("partial", double(tr.read(CA_TRAFFIC_PARTIAL))).num("context", double(tr.read(CA_TRAFFIC_CONTEXT)))
-      .num("out_written", double(tr.written(CA_TRAFFIC_OUT))).num("launches", double(tr.s.launches)).print(e.ok() && bytes_ok);
+  Result("prims/traffic_exact_bytes")
+      .num("q", double(tr.read(CA_TRAFFIC_Q)))
+      .num("kv", double(tr.read(CA_TRAFFIC_KV)))
+      .num("partial", double(tr.read(CA_TRAFFIC_PARTIAL)))
+      .num("context", double(tr.read(CA_TRAFFIC_CONTEXT)))
+      .num("out_written", double(tr.written(CA_TRAFFIC_OUT)))
+      .num("launches", double(tr.s.launches))
+      .print(e.ok() && bytes_ok);
   ca::traffic_reset();
   const Traffic zero = traffic();
   bool all_zero = zero.s.launches == 0;
-  for (int k = 0; k < CA_TRAFFIC_COUNT; ++k) all_zero = all_zero && zero.read(CaTraffic(k)) == 0 && zero.written(CaTraffic(k)) == 0;
+  for (int k = 0; k < CA_TRAFFIC_COUNT; ++k)
+    all_zero = all_zero && zero.read(CaTraffic(k)) == 0 && zero.written(CaTraffic(k)) == 0;
   Result("prims/traffic_reset").print(all_zero);
 }
 

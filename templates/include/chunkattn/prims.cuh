@@ -41,7 +41,8 @@
 #define CA_LOC_PARAM
 #define CA_LOC_ARG
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "chunkattn kernels use sm_80 instructions (mma.sync m16n8k16, ldmatrix, cp.async): build for sm_80 or newer"
+#error \
+    "chunkattn kernels use sm_80 instructions (mma.sync m16n8k16, ldmatrix, cp.async): build for sm_80 or newer"
 #endif
 #elif defined(CUCPU_VERSION)
 #include <atomic>
@@ -50,7 +51,8 @@
 #define CA_LOC_PARAM , std::source_location ca_loc = std::source_location::current()
 #define CA_LOC_ARG , ca_loc
 #else
-#error "chunkattn/prims.cuh is compiled by nvcc, or by g++ with -include runtime/cucpu/cucpu.h (emu target)"
+#error \
+    "chunkattn/prims.cuh is compiled by nvcc, or by g++ with -include runtime/cucpu/cucpu.h (emu target)"
 #endif
 
 #if !defined(__CUDACC__)
@@ -59,6 +61,16 @@ CUCPU_DYNAMIC_SHARED(unsigned char, smem)
 namespace ca {
 CUCPU_DYNAMIC_SHARED(unsigned char, smem)
 }  // namespace ca
+// In a kernel template, g++ calls the TLS-init hook of an `extern thread_local` (`_ZTH<name>`)
+// without checking that it exists; in a shared library the weak reference is null and the
+// kernel crashes. The arenas need no initialization: give them no-op hooks. (Other dynamic
+// shared arrays: build with -fno-extern-tls-init, which drops the hook calls altogether.)
+extern "C" __attribute__((weak, visibility("hidden"))) void ca_smem_tls_init_global() __asm__(
+    "_ZTH4smem");
+extern "C" __attribute__((weak, visibility("hidden"))) void ca_smem_tls_init_global() {}
+extern "C" __attribute__((weak, visibility("hidden"))) void ca_smem_tls_init_ca() __asm__(
+    "_ZTHN2ca4smemE");
+extern "C" __attribute__((weak, visibility("hidden"))) void ca_smem_tls_init_ca() {}
 #endif
 
 namespace ca {
@@ -69,7 +81,8 @@ namespace ca {
 // count. CUDA: absent, read as zeros.
 namespace detail {
 #if !defined(__CUDACC__)
-static_assert(2 * CA_TRAFFIC_COUNT <= cucpu::kCounters, "traffic categories exceed the shim's counters");
+static_assert(2 * CA_TRAFFIC_COUNT <= cucpu::kCounters,
+              "traffic categories exceed the shim's counters");
 inline std::atomic<uint64_t> launches{0};
 
 template <CaTraffic kCat>
@@ -155,7 +168,8 @@ CA_DEVICE void stg(T* p, const T& v CA_LOC_PARAM) {
 
 // Copies src_bytes (0..kBytes) and zero-fills the rest of the kBytes destination.
 template <CaTraffic kCat, int kBytes>
-CA_DEVICE void cp_async_zfill(void* smem_dst, const void* gmem_src, unsigned src_bytes CA_LOC_PARAM) {
+CA_DEVICE void cp_async_zfill(void* smem_dst, const void* gmem_src,
+                              unsigned src_bytes CA_LOC_PARAM) {
   static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "cp.async copies 4, 8 or 16 bytes");
 #if defined(__CUDA_ARCH__)
   const unsigned dst = detail::shared_address(smem_dst);
@@ -181,7 +195,8 @@ CA_DEVICE void cp_async(void* smem_dst, const void* gmem_src CA_LOC_PARAM) {
 #if defined(__CUDA_ARCH__)
   const unsigned dst = detail::shared_address(smem_dst);
   if constexpr (kBytes == 16)
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src)
+                 : "memory");
   else
     asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(gmem_src),
                  "n"(kBytes)
@@ -235,22 +250,34 @@ CA_DEVICE void ldmatrix(uint32_t (&r)[kNum], const void* smem_row CA_LOC_PARAM) 
   const unsigned addr = shared_address(smem_row);
   if constexpr (kNum == 1 && !kTrans)
     asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n"
-                 : "=r"(r[0]) : "r"(addr) : "memory");
+                 : "=r"(r[0])
+                 : "r"(addr)
+                 : "memory");
   else if constexpr (kNum == 1 && kTrans)
     asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
-                 : "=r"(r[0]) : "r"(addr) : "memory");
+                 : "=r"(r[0])
+                 : "r"(addr)
+                 : "memory");
   else if constexpr (kNum == 2 && !kTrans)
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1]) : "r"(addr) : "memory");
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(addr)
+                 : "memory");
   else if constexpr (kNum == 2 && kTrans)
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1]) : "r"(addr) : "memory");
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(addr)
+                 : "memory");
   else if constexpr (kNum == 4 && !kTrans)
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
   else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
 #elif defined(__CUDACC__)
   (void)r, (void)smem_row;
 #else

@@ -38,8 +38,10 @@ struct DecodeParams {
 
 // Four consecutive halves, loaded as one 8-byte word, to floats.
 __device__ __forceinline__ void unpack4(uint2 raw, float (&f)[4]) {
-  const float2 lo = __half22float2(__halves2half2(__ushort_as_half(raw.x & 0xffff), __ushort_as_half(raw.x >> 16)));
-  const float2 hi = __half22float2(__halves2half2(__ushort_as_half(raw.y & 0xffff), __ushort_as_half(raw.y >> 16)));
+  const float2 lo = __half22float2(
+      __halves2half2(__ushort_as_half(raw.x & 0xffff), __ushort_as_half(raw.x >> 16)));
+  const float2 hi = __half22float2(
+      __halves2half2(__ushort_as_half(raw.y & 0xffff), __ushort_as_half(raw.y >> 16)));
   f[0] = lo.x, f[1] = lo.y, f[2] = hi.x, f[3] = hi.y;
 }
 
@@ -49,7 +51,9 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-inline size_t decode_split_smem_bytes() { return sizeof(float) * (kDecodeWarps * kDecodeD + 2 * kDecodeWarps); }
+inline size_t decode_split_smem_bytes() {
+  return sizeof(float) * (kDecodeWarps * kDecodeD + 2 * kDecodeWarps);
+}
 
 __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(DecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -92,10 +96,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(DecodePara
   }
 
   float* s_acc = reinterpret_cast<float*>(smem);  // [warps][D]
-  float* s_m = s_acc + kDecodeWarps * kDecodeD;    // [warps]
-  float* s_l = s_m + kDecodeWarps;                 // [warps]
+  float* s_m = s_acc + kDecodeWarps * kDecodeD;   // [warps]
+  float* s_l = s_m + kDecodeWarps;                // [warps]
 #pragma unroll
-  for (int i = 0; i < kDecodePerLane; ++i) s_acc[warp * kDecodeD + lane * kDecodePerLane + i] = acc[i];
+  for (int i = 0; i < kDecodePerLane; ++i)
+    s_acc[warp * kDecodeD + lane * kDecodePerLane + i] = acc[i];
   if (lane == 0) {
     s_m[warp] = m;
     s_l[warp] = l;
@@ -127,7 +132,8 @@ __global__ void __launch_bounds__(kDecodeD) decode_combine_kernel(DecodeParams p
   __shared__ float s_max;
   if (threadIdx.x < 32) {
     float M = -INFINITY;
-    for (int s = threadIdx.x; s < p.S; s += 32) M = fmaxf(M, ca::ldg<CA_TRAFFIC_PARTIAL>(&p.part_m[bh * p.S + s]));
+    for (int s = threadIdx.x; s < p.S; s += 32)
+      M = fmaxf(M, ca::ldg<CA_TRAFFIC_PARTIAL>(&p.part_m[bh * p.S + s]));
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
     if (threadIdx.x == 0) s_max = M;

@@ -27,10 +27,16 @@ struct PrimArgs {
 };
 
 // Small integers, exact in f16 and bf16.
-__host__ __device__ inline float prim_a(int row, int col) { return float((row * 3 + col * 5) % 7 - 3); }
-__host__ __device__ inline float prim_b(int row, int col) { return float((row * 2 + col * 3) % 5 - 2); }
+__host__ __device__ inline float prim_a(int row, int col) {
+  return float((row * 3 + col * 5) % 7 - 3);
+}
+__host__ __device__ inline float prim_b(int row, int col) {
+  return float((row * 2 + col * 3) % 5 - 2);
+}
 // Element (row, col) of ldmatrix test matrix m, as b16 bits.
-__host__ __device__ inline uint16_t prim_matrix(int m, int row, int col) { return uint16_t(m << 8 | row << 4 | col); }
+__host__ __device__ inline uint16_t prim_matrix(int m, int row, int col) {
+  return uint16_t(m << 8 | row << 4 | col);
+}
 
 template <bool kBf16>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {

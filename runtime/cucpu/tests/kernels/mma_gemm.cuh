@@ -37,8 +37,8 @@ __device__ __forceinline__ void load_stage(T (*As)[kALd], T (*Bs)[kBLd], const T
 }
 
 template <class T>
-__global__ void __launch_bounds__(128)
-    gemm_tc(const T* __restrict__ A, const T* __restrict__ B, float* __restrict__ C, int M, int N, int K) {
+__global__ void __launch_bounds__(128) gemm_tc(const T* __restrict__ A, const T* __restrict__ B,
+                                               float* __restrict__ C, int M, int N, int K) {
   (void)M;  // the grid covers M
   extern __shared__ __align__(128) unsigned char smem[];
   auto As = reinterpret_cast<T(*)[kBM][kALd]>(smem);                               // [2][BM][ALd]
@@ -86,20 +86,23 @@ __global__ void __launch_bounds__(128)
     }
 }
 template __global__ void gemm_tc<__half>(const __half*, const __half*, float*, int, int, int);
-template __global__ void gemm_tc<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*, float*, int, int, int);
+template __global__ void gemm_tc<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*, float*,
+                                                int, int, int);
 
 // C (16x8) = A (16x16) * B (16x8), all row-major in global memory; one warp.
-__global__ void mma_tile_16x8x16(const __half* __restrict__ A, const __half* __restrict__ B, float* __restrict__ C) {
+__global__ void mma_tile_16x8x16(const __half* __restrict__ A, const __half* __restrict__ B,
+                                 float* __restrict__ C) {
   extern __shared__ __align__(128) unsigned char smem[];
-  auto As = reinterpret_cast<__half(*)[16]>(smem);         // [16][16]
-  auto Bs = reinterpret_cast<__half(*)[8]>(smem + 512);    // [16][8]
+  auto As = reinterpret_cast<__half(*)[16]>(smem);       // [16][16]
+  auto Bs = reinterpret_cast<__half(*)[8]>(smem + 512);  // [16][8]
   const int lane = threadIdx.x;
   for (int i = lane; i < 256; i += 32) As[i / 16][i % 16] = ca::ldg<CA_TRAFFIC_Q>(A + i);
   for (int i = lane; i < 128; i += 32) Bs[i / 8][i % 8] = ca::ldg<CA_TRAFFIC_KV>(B + i);
   __syncwarp();
   uint32_t a[4], b[2];
   ca::ldmatrix_x4(a, &As[lane & 15][(lane >> 4) * 8]);
-  ca::ldmatrix_x2_trans(b, &Bs[lane & 15][0]);  // lanes 16..31 repeat rows; their addresses are ignored
+  ca::ldmatrix_x2_trans(
+      b, &Bs[lane & 15][0]);  // lanes 16..31 repeat rows; their addresses are ignored
   float d[4] = {0.f, 0.f, 0.f, 0.f};
   ca::mma_m16n8k16_f16(d, a, b, d);
   const int g = lane >> 2, t = lane & 3;

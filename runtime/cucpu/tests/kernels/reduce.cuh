@@ -28,7 +28,8 @@ __global__ void __launch_bounds__(kBlock)
 }
 template __global__ void block_reduce_sum<256>(const float*, int, float*);
 
-// partial[b] = sum of x[2 * blockDim.x * b, 2 * blockDim.x * (b + 1)); dynamic smem: blockDim floats.
+// partial[b] = sum of x[2 * blockDim.x * b, 2 * blockDim.x * (b + 1)); dynamic smem: blockDim
+// floats.
 __global__ void smem_tree_reduce(const float* __restrict__ x, int n, float* __restrict__ partial) {
   extern __shared__ float sdata[];
   const unsigned tid = threadIdx.x;

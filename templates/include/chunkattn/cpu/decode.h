@@ -8,17 +8,20 @@
 //
 // Phase 1, one task per (run, KV head, tile of the run's rows): the G query heads of every row
 // are stacked as the M = rows * G rows of a tile. Per chunk of the run: K is converted once to
-// f32 and transposed (KT [D, C]), V converted once (Vf [C, D]); then per block of kTileRows
-// stacked rows S = Q·KT (register tile), masks + Variant, online softmax, O = alpha O + P·V.
-// Tokens at or past a row's length are masked (a chunk-first run may hold one row's partial
-// tail). Writes the partials.
-// Phase 2, one task per (row, KV head), after all of phase 1: merges the row's partials, then
-// streams the row's remaining chunks (from row_shared_chunks[r]) straight from the pool, each K
-// and V vector loaded once for all G heads; normalizes and stores out.
+// f32 and transposed (KT [D, C]), V converted once (Vf [C, D]) — for bf16 K/V on AVX512-BF16,
+// packed into bf16 pairs for vdpbf16ps instead; then per block of kTileRows stacked rows
+// S = Q·KT (register tile), masks + Variant, online softmax, O = alpha O + P·V. The next chunk
+// is prefetched while a chunk computes. Tokens at or past a row's length are masked (a
+// chunk-first run may hold one row's partial tail). Writes the partials.
+// Phase 2, one task per (row, KV head): streams the row's own chunks (from row_shared_chunks[r])
+// straight from the pool, each K and V vector loaded once for all G heads; then, once phase 1
+// has finished, merges the row's partials (merging commutes, so a thread that runs out of
+// phase-1 tasks starts phase 2 at once); normalizes and stores out.
 // With num_runs = 0 phase 2 alone is the sequence-first (paged) baseline: same code, same pool.
 //
-// Threads: ThreadPool; tasks handed out through atomic counters; a completion count separates
-// the phases. Scratch is thread-local and only grows (no allocation once warm).
+// Threads: ThreadPool; tasks handed out through atomic counters (phase 1 largest first, phase 2
+// in row order); a completion count guards the partials. Scratch is thread-local and only grows
+// (no allocation once warm).
 #ifndef CHUNKATTN_CPU_DECODE_H_
 #define CHUNKATTN_CPU_DECODE_H_
 
@@ -104,6 +107,20 @@ inline constexpr int kPhase1MaxTileRows = 64;
 #define CA_CPU_PHASE2_PREFETCH 1
 #endif
 inline constexpr bool kPhase2Prefetch = CA_CPU_PHASE2_PREFETCH;
+// Phase 1 prefetches the next chunk of its run while it computes the current one.
+#ifndef CA_CPU_PHASE1_PREFETCH
+#define CA_CPU_PHASE1_PREFETCH 1
+#endif
+inline constexpr bool kPhase1Prefetch = CA_CPU_PHASE1_PREFETCH;
+// Phase-1 tiles of fewer stacked rows read K/V straight from the pool (no conversion).
+#ifndef CA_CPU_P1_DIRECT_BELOW
+#define CA_CPU_P1_DIRECT_BELOW 4
+#endif
+inline constexpr int kPhase1DirectBelowRows = CA_CPU_P1_DIRECT_BELOW;
+#ifndef CA_CPU_DIRECT_ROWS
+#define CA_CPU_DIRECT_ROWS 8
+#endif
+inline constexpr int kDirectRows = CA_CPU_DIRECT_ROWS;
 // Smallest tile phase 1 splits down to when there are fewer tasks than threads.
 inline constexpr int kPhase1MinTileRows = 16;
 
@@ -125,10 +142,12 @@ struct Dims {
   static constexpr size_t kLOffset = kMOffset + round16(kTileCap);
   static constexpr size_t kAlphaOffset = kLOffset + round16(kTileCap);
   static constexpr size_t kSOffset = kAlphaOffset + round16(kTileCap);
-  static constexpr size_t kKtOffset = kSOffset + round16(size_t(kScoreRows) * kChunk);
+  static constexpr size_t kPbOffset = kSOffset + round16(size_t(kScoreRows) * kChunk);
+  static constexpr size_t kKtOffset = kPbOffset + round16(size_t(kScoreRows) * kChunk / 2);
   static constexpr size_t kVOffset = kKtOffset + round16(size_t(kHeadDim) * kChunk);
   static constexpr size_t kVisOffset = kVOffset + round16(size_t(kChunk) * kHeadDim);
-  static constexpr size_t kScratchFloats = kVisOffset + round16((size_t(kTileCap) * kChunk + 3) / 4);
+  static constexpr size_t kScratchFloats =
+      kVisOffset + round16((size_t(kTileCap) * kChunk + 3) / 4);
 };
 
 template <class Cfg>
@@ -140,6 +159,7 @@ struct ScratchView {
   float* l;
   float* alpha;
   float* s;
+  uint32_t* pb;  // bf16 pairs of P (dpbf16 path)
   float* kt;
   float* vf;
   uint8_t* vis;
@@ -150,6 +170,7 @@ struct ScratchView {
         l(base + Dm::kLOffset),
         alpha(base + Dm::kAlphaOffset),
         s(base + Dm::kSOffset),
+        pb(reinterpret_cast<uint32_t*>(base + Dm::kPbOffset)),
         kt(base + Dm::kKtOffset),
         vf(base + Dm::kVOffset),
         vis(reinterpret_cast<uint8_t*>(base + Dm::kVisOffset)) {}
@@ -179,49 +200,61 @@ template <class Cfg>
 inline int validate(const CaDecodeParams& p) {
   constexpr int C = Cfg::kChunk;
   if (p.abi_version != CA_ABI_VERSION)
-    return fail(CA_ERR_INVALID, "ca_decode: abi_version %u, module has %u", p.abi_version, CA_ABI_VERSION);
+    return fail(CA_ERR_INVALID, "ca_decode: abi_version %u, module has %u", p.abi_version,
+                CA_ABI_VERSION);
   if (p.struct_bytes < sizeof(CaDecodeParams))
-    return fail(CA_ERR_INVALID, "ca_decode: struct_bytes %u < %zu", p.struct_bytes, sizeof(CaDecodeParams));
-  if (p.num_rows < 0 || p.num_rows > p.num_io_rows || p.num_slots < 0 || p.num_runs < 0 || p.num_partials < 0)
-    return fail(CA_ERR_INVALID, "ca_decode: bad counts (rows %d, io rows %d, slots %d, runs %d, partials %d)",
+    return fail(CA_ERR_INVALID, "ca_decode: struct_bytes %u < %zu", p.struct_bytes,
+                sizeof(CaDecodeParams));
+  if (p.num_rows < 0 || p.num_rows > p.num_io_rows || p.num_slots < 0 || p.num_runs < 0 ||
+      p.num_partials < 0)
+    return fail(CA_ERR_INVALID,
+                "ca_decode: bad counts (rows %d, io rows %d, slots %d, runs %d, partials %d)",
                 p.num_rows, p.num_io_rows, p.num_slots, p.num_runs, p.num_partials);
   if (p.num_rows == 0) return CA_OK;
-  if (!p.q || !p.out || !p.row_io || !p.row_seq || !p.row_length || !p.row_chunk_offsets || !p.row_shared_chunks ||
-      !p.row_partial_offsets)
+  if (!p.q || !p.out || !p.row_io || !p.row_seq || !p.row_length || !p.row_chunk_offsets ||
+      !p.row_shared_chunks || !p.row_partial_offsets)
     return fail(CA_ERR_INVALID, "ca_decode: null tensor or row array");
   // Empty arrays may be null: slots are range-checked against num_slots below.
-  if (p.num_slots > 0 && (!p.k_pool || !p.v_pool)) return fail(CA_ERR_INVALID, "ca_decode: null K/V pool");
+  if (p.num_slots > 0 && (!p.k_pool || !p.v_pool))
+    return fail(CA_ERR_INVALID, "ca_decode: null K/V pool");
   if (p.row_chunk_offsets[p.num_rows] > 0 && !p.row_chunk_slots)
     return fail(CA_ERR_INVALID, "ca_decode: null row_chunk_slots");
   if (p.num_params > 0 && !p.params) return fail(CA_ERR_INVALID, "ca_decode: null params");
-  if (!(fabsf(p.softmax_scale) < INFINITY)) return fail(CA_ERR_INVALID, "ca_decode: softmax_scale not finite");
+  if (!(fabsf(p.softmax_scale) < INFINITY))
+    return fail(CA_ERR_INVALID, "ca_decode: softmax_scale not finite");
   if (p.row_chunk_offsets[0] != 0 || p.row_partial_offsets[0] != 0)
     return fail(CA_ERR_INVALID, "ca_decode: CSR offsets must start at 0");
   for (int r = 0; r < p.num_rows; ++r) {
     const int io = p.row_io[r], len = p.row_length[r];
     const int c0 = p.row_chunk_offsets[r], c1 = p.row_chunk_offsets[r + 1];
     const int p0 = p.row_partial_offsets[r], p1 = p.row_partial_offsets[r + 1];
-    if (io < 0 || io >= p.num_io_rows) return fail(CA_ERR_INVALID, "ca_decode: row %d: io row %d out of range", r, io);
+    if (io < 0 || io >= p.num_io_rows)
+      return fail(CA_ERR_INVALID, "ca_decode: row %d: io row %d out of range", r, io);
     if (len < 0) return fail(CA_ERR_INVALID, "ca_decode: row %d: negative length", r);
     if (c1 < c0 || int64_t(c1 - c0) * C < len)
-      return fail(CA_ERR_INVALID, "ca_decode: row %d: %d chunks cannot hold %d tokens", r, c1 - c0, len);
+      return fail(CA_ERR_INVALID, "ca_decode: row %d: %d chunks cannot hold %d tokens", r, c1 - c0,
+                  len);
     if (p.row_shared_chunks[r] < 0 || p.row_shared_chunks[r] > c1 - c0)
-      return fail(CA_ERR_INVALID, "ca_decode: row %d: shared chunks %d of %d", r, p.row_shared_chunks[r], c1 - c0);
+      return fail(CA_ERR_INVALID, "ca_decode: row %d: shared chunks %d of %d", r,
+                  p.row_shared_chunks[r], c1 - c0);
     if (p1 < p0) return fail(CA_ERR_INVALID, "ca_decode: row %d: partial offsets decrease", r);
     const int needed_chunks = (len + C - 1) / C;
     for (int c = c0 + p.row_shared_chunks[r]; c < c0 + needed_chunks; ++c)
       if (p.row_chunk_slots[c] < 0 || p.row_chunk_slots[c] >= p.num_slots)
-        return fail(CA_ERR_INVALID, "ca_decode: row %d: slot %d out of range", r, p.row_chunk_slots[c]);
+        return fail(CA_ERR_INVALID, "ca_decode: row %d: slot %d out of range", r,
+                    p.row_chunk_slots[c]);
     if (p1 > p0 && !p.row_partials) return fail(CA_ERR_INVALID, "ca_decode: null row_partials");
     for (int k = p0; k < p1; ++k)
       if (p.row_partials[k] < 0 || p.row_partials[k] >= p.num_partials)
-        return fail(CA_ERR_INVALID, "ca_decode: row %d: partial %d out of range", r, p.row_partials[k]);
+        return fail(CA_ERR_INVALID, "ca_decode: row %d: partial %d out of range", r,
+                    p.row_partials[k]);
   }
   if (p.num_runs > 0) {
     if (!p.runs || !p.run_slots) return fail(CA_ERR_INVALID, "ca_decode: null runs");
     if (!p.workspace || p.workspace_bytes < workspace_bytes<Cfg>(p))
       return fail(CA_ERR_INVALID, "ca_decode: workspace of %llu bytes, %llu needed",
-                  (unsigned long long)p.workspace_bytes, (unsigned long long)workspace_bytes<Cfg>(p));
+                  (unsigned long long)p.workspace_bytes,
+                  (unsigned long long)workspace_bytes<Cfg>(p));
     for (int i = 0; i < p.num_runs; ++i) {
       const CaSharedRun& run = p.runs[i];
       if (run.num_chunks < 1 || run.chunk_begin < 0 || run.kv_begin < 0 || run.row_begin < 0 ||
@@ -245,13 +278,20 @@ template <class Cfg, class Variant>
 struct Attend {
   using Dm = Dims<Cfg>;
   using KvT = typename Cfg::KvT;
-  static constexpr int G = Dm::kGroup, D = Dm::kHeadDim, C = Dm::kChunk, Hq = Dm::kQHeads, Hkv = Dm::kKvHeads;
+  static constexpr int G = Dm::kGroup, D = Dm::kHeadDim, C = Dm::kChunk, Hq = Dm::kQHeads,
+                       Hkv = Dm::kKvHeads;
   static constexpr bool kVariant = Variant::kHasMask || Variant::kHasScoreMod;
+  // bf16 K/V on AVX512-BF16: QK (both phases) and phase-1 PV on vdpbf16ps (see kernels.h).
+#if defined(CA_CPU_DPBF16)
+  static constexpr bool kDotBf16 = std::is_same<KvT, bf16>::value && D % 32 == 0;
+#else
+  static constexpr bool kDotBf16 = false;
+#endif
 
   // Mask and score_mod of one stacked row over the chunk's visible tokens [0, valid) after the
   // length mask has been applied. vis is the row's mask bytes (kHasMask only).
-  static CA_CPU_INLINE void apply_variant(float* s, const uint8_t* vis, int valid, Pos pos, int token0,
-                                          const float* params) {
+  static CA_CPU_INLINE void apply_variant(float* s, const uint8_t* vis, int valid, Pos pos,
+                                          int token0, const float* params) {
     if constexpr (kVariant) {
       for (int t = 0; t < valid; ++t) {
         if constexpr (Variant::kHasMask) {
@@ -271,7 +311,8 @@ struct Attend {
   }
 
   // Evaluates the mask for one stacked row; returns whether any token is visible.
-  static CA_CPU_INLINE bool eval_mask(uint8_t* vis, int valid, Pos pos, int token0, const float* params) {
+  static CA_CPU_INLINE bool eval_mask(uint8_t* vis, int valid, Pos pos, int token0,
+                                      const float* params) {
     bool any = false;
     for (int t = 0; t < valid; ++t) {
       pos.kv = token0 + t;
@@ -304,17 +345,37 @@ struct Phase1 {
     const CaDecodeParams* p;
     const ScratchView<Cfg>* sv;
     const float* vsrc;  // f32 V of the chunk [C, D]
+    const KvT* k_raw;   // the chunk in the pool (direct blocks)
+    const KvT* v_raw;
     int row_begin;
     int kv_head;
     int token0;
   };
 
-  template <int R>
+  // One block of R stacked rows over the chunk. kDirect: tiny tiles read K/V straight from the
+  // pool with the phase-2 kernels (converting K/V once costs more than it saves below
+  // kPhase1DirectBelowRows rows).
+  template <int R, bool kDirect>
   static void block(const Tile& t, int i0, int keys) {
     const ScratchView<Cfg>& sv = *t.sv;
     const CaDecodeParams& p = *t.p;
     float* S = sv.s;
-    kern::qk_rows_t<R, C, D>(S, C, sv.q + size_t(i0) * D, D, sv.kt);
+#if defined(CA_CPU_DPBF16)
+    if constexpr (A::kDotBf16) {
+      const uint32_t* qb = reinterpret_cast<const uint32_t*>(sv.q) + size_t(i0) * (D / 2);
+      if constexpr (kDirect)
+        kern::qk_direct_rows_dp<R, C, D>(S, qb, t.k_raw, keys);
+      else
+        kern::qk_rows_dp<R, C, D>(S, C, qb, reinterpret_cast<const uint32_t*>(sv.kt));
+      kern::scale_in_place(S, R * C, p.softmax_scale);
+    } else
+#endif
+    {
+      if constexpr (kDirect)
+        kern::qk_direct_rows<R, C, D>(S, sv.q + size_t(i0) * D, t.k_raw, keys);
+      else
+        kern::qk_rows_t<R, C, D>(S, C, sv.q + size_t(i0) * D, D, sv.kt);
+    }
     for (int i = 0; i < R; ++i) {
       const int stacked = i0 + i;
       const int r = t.row_begin + stacked / G;
@@ -325,31 +386,57 @@ struct Phase1 {
       kern::mask_tail<C>(s, valid);
       if constexpr (A::kVariant) {
         const int h = t.kv_head * G + stacked % G;
-        A::apply_variant(s, sv.vis + size_t(stacked) * C, valid, Pos{p.row_seq[r], h, t.kv_head, len - 1, 0}, t.token0,
-                         p.params);
+        A::apply_variant(s, sv.vis + size_t(stacked) * C, valid,
+                         Pos{p.row_seq[r], h, t.kv_head, len - 1, 0}, t.token0, p.params);
       }
     }
     kern::softmax_rows<R, C>(S, sv.m + i0, sv.l + i0, sv.alpha + i0);
+    if constexpr (kDirect) {
+      kern::pv_rows<R, D>(sv.o + size_t(i0) * D, D, sv.alpha + i0, S, C, t.v_raw, keys);
+      return;
+    }
+#if defined(CA_CPU_DPBF16)
+    if constexpr (A::kDotBf16) {
+      kern::pack_p_pairs<R, C>(sv.pb, S);
+      kern::pv_rows_dp<R, C, D>(sv.o + size_t(i0) * D, D, sv.alpha + i0, sv.pb,
+                                reinterpret_cast<const uint32_t*>(sv.vf), (keys + 1) / 2);
+      return;
+    }
+#endif
     kern::pv_rows<R, D>(sv.o + size_t(i0) * D, D, sv.alpha + i0, S, C, t.vsrc, keys);
   }
 
   static void block_dispatch(int R, const Tile& t, int i0, int keys) {
     static_assert(kern::kTileRows <= 8, "block_dispatch covers up to 8 rows");
     switch (R) {
-      case 1: return block<1>(t, i0, keys);
-      case 2: return block<2>(t, i0, keys);
-      case 3: return block<3>(t, i0, keys);
-      case 4: return block<4>(t, i0, keys);
-      case 5: if constexpr (kern::kTileRows >= 5) return block<5>(t, i0, keys); break;
-      case 6: if constexpr (kern::kTileRows >= 6) return block<6>(t, i0, keys); break;
-      case 7: if constexpr (kern::kTileRows >= 7) return block<7>(t, i0, keys); break;
-      case 8: if constexpr (kern::kTileRows >= 8) return block<8>(t, i0, keys); break;
+      case 1: return block<1, false>(t, i0, keys);
+      case 2: return block<2, false>(t, i0, keys);
+      case 3: return block<3, false>(t, i0, keys);
+      case 4: return block<4, false>(t, i0, keys);
+      case 5: if constexpr (kern::kTileRows >= 5) return block<5, false>(t, i0, keys); break;
+      case 6: if constexpr (kern::kTileRows >= 6) return block<6, false>(t, i0, keys); break;
+      case 7: if constexpr (kern::kTileRows >= 7) return block<7, false>(t, i0, keys); break;
+      case 8: if constexpr (kern::kTileRows >= 8) return block<8, false>(t, i0, keys); break;
       default: break;
     }
   }
 
-  static void run_task(const CaDecodeParams& p, const Phase1Task& task, float* part_o, float* part_lse,
-                       const ScratchView<Cfg>& sv) {
+  static void direct_dispatch(int R, const Tile& t, int i0, int keys) {
+    switch (R) {
+      case 1: return block<1, true>(t, i0, keys);
+      case 2: return block<2, true>(t, i0, keys);
+      case 3: return block<3, true>(t, i0, keys);
+      case 4: return block<4, true>(t, i0, keys);
+      case 5: return block<5, true>(t, i0, keys);
+      case 6: return block<6, true>(t, i0, keys);
+      case 7: return block<7, true>(t, i0, keys);
+      case 8: return block<8, true>(t, i0, keys);
+      default: break;
+    }
+  }
+
+  static void run_task(const CaDecodeParams& p, const Phase1Task& task, float* part_o,
+                       float* part_lse, const ScratchView<Cfg>& sv) {
     const CaSharedRun& run = p.runs[task.run];
     const int kvh = task.kv_head;
     const int rows = task.row_end - task.row_begin;
@@ -365,7 +452,13 @@ struct Phase1 {
       for (int g = 0; g < G; ++g) {
         const int h = kvh * G + g;
         const int i = ri * G + g;
-        kern::convert_scaled(sv.q + size_t(i) * D, q + (size_t(p.row_io[r]) * Hq + h) * D, D, p.softmax_scale);
+        const QT* src = q + (size_t(p.row_io[r]) * Hq + h) * D;
+#if defined(CA_CPU_DPBF16)
+        if constexpr (A::kDotBf16)
+          kern::convert_pairs<D>(reinterpret_cast<uint32_t*>(sv.q) + size_t(i) * (D / 2), src);
+        else
+#endif
+          kern::convert_scaled(sv.q + size_t(i) * D, src, D, p.softmax_scale);
         for (int d = 0; d < D; d += kern::W) simd::store(sv.o + size_t(i) * D + d, simd::zero());
         sv.m[i] = -INFINITY;
         sv.l[i] = 0.f;
@@ -385,34 +478,54 @@ struct Phase1 {
           const int len = p.row_length[r];
           int valid = len - token0;
           valid = valid < 0 ? 0 : valid > C ? C : valid;
-          any |= A::eval_mask(sv.vis + size_t(i) * C, valid, Pos{p.row_seq[r], kvh * G + i % G, kvh, len - 1, 0},
-                              token0, p.params);
+          any |=
+              A::eval_mask(sv.vis + size_t(i) * C, valid,
+                           Pos{p.row_seq[r], kvh * G + i % G, kvh, len - 1, 0}, token0, p.params);
         }
         if (!any) continue;  // K and V of this chunk are never read
       }
       const size_t base = (size_t(p.run_slots[run.chunk_begin + j]) * Hkv + kvh) * chunk_elems;
-      kern::convert_k_transposed<C, D>(sv.kt, k_pool + base);
-      const float* vsrc;
-      if constexpr (std::is_same<KvT, float>::value) {
-        vsrc = v_pool + base;
-      } else {
-        kern::convert_rows(sv.vf, v_pool + base, keys * D);
-        vsrc = sv.vf;
+      if (M < kPhase1DirectBelowRows) {
+        const Tile tile{&p, &sv, nullptr, k_pool + base, v_pool + base, task.row_begin, kvh, token0};
+        const int dblocks = (M + kDirectRows - 1) / kDirectRows;
+        const int dbase = M / dblocks, dextra = M % dblocks;
+        for (int b = 0, i0 = 0; b < dblocks; ++b) {
+          const int R = dbase + (b < dextra ? 1 : 0);
+          direct_dispatch(R, tile, i0, keys);
+          i0 += R;
+        }
+        continue;
+      }
+      const float* vsrc = sv.vf;
+#if defined(CA_CPU_DPBF16)
+      if constexpr (A::kDotBf16) {
+        kern::convert_k_pairs<C, D>(reinterpret_cast<uint32_t*>(sv.kt), k_pool + base);
+        kern::convert_v_pairs<C, D>(reinterpret_cast<uint32_t*>(sv.vf), v_pool + base, keys);
+      } else
+#endif
+      {
+        kern::convert_k_transposed<C, D>(sv.kt, k_pool + base);
+        if constexpr (std::is_same<KvT, float>::value) {
+          vsrc = v_pool + base;
+        } else {
+          kern::convert_rows(sv.vf, v_pool + base, keys * D);
+        }
       }
       // The next chunk's K and V stream into L2 while this one computes.
       kern::PrefetchRange next_k, next_v;
       if (j + 1 < run.num_chunks && token0 + C < max_len) {
-        const size_t next = (size_t(p.run_slots[run.chunk_begin + j + 1]) * Hkv + kvh) * chunk_elems;
+        const size_t next =
+            (size_t(p.run_slots[run.chunk_begin + j + 1]) * Hkv + kvh) * chunk_elems;
         next_k.reset(k_pool + next, int(chunk_elems * sizeof(KvT)));
         next_v.reset(v_pool + next, int(chunk_elems * sizeof(KvT)));
       }
-      const Tile tile{&p, &sv, vsrc, task.row_begin, kvh, token0};
+      const Tile tile{&p, &sv, vsrc, k_pool + base, v_pool + base, task.row_begin, kvh, token0};
       const int base_rows = M / blocks, extra = M % blocks;
       const int slice = (int(chunk_elems * sizeof(KvT)) / blocks + 63) / 64 * 64;
       for (int b = 0, i0 = 0; b < blocks; ++b) {
         const int R = base_rows + (b < extra ? 1 : 0);
-        next_k.issue(slice);
-        next_v.issue(slice);
+        if (kPhase1Prefetch) next_k.issue(slice);
+        if (kPhase1Prefetch) next_v.issue(slice);
         block_dispatch(R, tile, i0, keys);
         i0 += R;
       }
@@ -425,7 +538,8 @@ struct Phase1 {
       const float l = sv.l[i];
       const simd::V inv = simd::bcast(l == 0.f ? 0.f : 1.f / l);
       float* dst = part_o + (partial * Hq + h) * D;
-      for (int d = 0; d < D; d += kern::W) simd::store(dst + d, simd::mul(simd::load(sv.o + size_t(i) * D + d), inv));
+      for (int d = 0; d < D; d += kern::W)
+        simd::store(dst + d, simd::mul(simd::load(sv.o + size_t(i) * D + d), inv));
       part_lse[partial * Hq + h] = l == 0.f ? -INFINITY : sv.m[i] + logf(l);
     }
   }
@@ -452,9 +566,23 @@ struct Phase2 {
     }
   }
 
+  // Prefetches the first own chunk (K and V) of task (r, kvh) into L2: called for the task this
+  // thread will likely take next, so a task does not start with a full memory latency.
+  static void prefetch_task(const CaDecodeParams& p, int r, int kvh) {
+    const int first = p.row_shared_chunks[r];
+    const int c0 = p.row_chunk_offsets[r];
+    const int tokens = p.row_length[r] - first * C;
+    if (tokens <= 0 || first >= p.row_chunk_offsets[r + 1] - c0) return;
+    const size_t base = (size_t(p.row_chunk_slots[c0 + first]) * Hkv + kvh) * size_t(C) * D;
+    const int bytes = (tokens < C ? tokens : C) * D * int(sizeof(KvT));
+    kern::prefetch_l2(static_cast<const KvT*>(p.k_pool) + base, bytes);
+    kern::prefetch_l2(static_cast<const KvT*>(p.v_pool) + base, bytes);
+  }
+
   template <class WaitPhase1>
-  static void run_task(const CaDecodeParams& p, int r, int kvh, const float* part_o, const float* part_lse,
-                       const ScratchView<Cfg>& sv, const WaitPhase1& wait_phase1) {
+  static void run_task(const CaDecodeParams& p, int r, int kvh, const float* part_o,
+                       const float* part_lse, const ScratchView<Cfg>& sv,
+                       const WaitPhase1& wait_phase1) {
     const int len = p.row_length[r];
     const int io = p.row_io[r];
     const QT* q = static_cast<const QT*>(p.q);
@@ -464,7 +592,13 @@ struct Phase2 {
 
     for (int g = 0; g < G; ++g) {
       const int h = kvh * G + g;
-      kern::convert_scaled(sv.q + g * D, q + (size_t(io) * Hq + h) * D, D, p.softmax_scale);
+#if defined(CA_CPU_DPBF16)
+      if constexpr (A::kDotBf16)
+        kern::convert_pairs<D>(reinterpret_cast<uint32_t*>(sv.q) + g * (D / 2),
+                               q + (size_t(io) * Hq + h) * D);
+      else
+#endif
+        kern::convert_scaled(sv.q + g * D, q + (size_t(io) * Hq + h) * D, D, p.softmax_scale);
       for (int d = 0; d < D; d += kern::W) simd::store(sv.o + g * D + d, simd::zero());
       sv.m[g] = -INFINITY;
       sv.l[g] = 0.f;
@@ -481,7 +615,8 @@ struct Phase2 {
       if constexpr (Variant::kHasMask) {
         bool any = false;
         for (int g = 0; g < G; ++g)
-          any |= A::eval_mask(sv.vis + g * C, valid, Pos{p.row_seq[r], kvh * G + g, kvh, len - 1, 0}, token0, p.params);
+          any |= A::eval_mask(sv.vis + g * C, valid,
+                              Pos{p.row_seq[r], kvh * G + g, kvh, len - 1, 0}, token0, p.params);
         if (!any) continue;
       }
       const size_t base = (size_t(p.row_chunk_slots[c0 + ci]) * Hkv + kvh) * chunk_elems;
@@ -493,12 +628,21 @@ struct Phase2 {
         kern::prefetch_l2(k_pool + next, bytes);
         kern::prefetch_l2(v_pool + next, bytes);
       }
-      kern::qk_direct_rows<G, C, D>(sv.s, sv.q, kp, valid);
+#if defined(CA_CPU_DPBF16)
+      if constexpr (A::kDotBf16) {
+        kern::qk_direct_rows_dp<G, C, D>(sv.s, reinterpret_cast<const uint32_t*>(sv.q), kp, valid);
+        kern::scale_in_place(sv.s, G * C, p.softmax_scale);
+      } else
+#endif
+      {
+        kern::qk_direct_rows<G, C, D>(sv.s, sv.q, kp, valid);
+      }
       for (int g = 0; g < G; ++g) {
         float* s = sv.s + g * C;
         kern::mask_tail<C>(s, valid);
         if constexpr (A::kVariant)
-          A::apply_variant(s, sv.vis + g * C, valid, Pos{p.row_seq[r], kvh * G + g, kvh, len - 1, 0}, token0, p.params);
+          A::apply_variant(s, sv.vis + g * C, valid,
+                           Pos{p.row_seq[r], kvh * G + g, kvh, len - 1, 0}, token0, p.params);
         kern::softmax_row<C>(s, sv.m[g], sv.l[g], sv.alpha[g]);
       }
       pv_heads(sv, vp, valid);
@@ -529,7 +673,8 @@ struct Phase2 {
       const float l = sv.l[g];
       const simd::V inv = simd::bcast(l == 0.f ? 0.f : 1.f / l);
       OutT* dst = out + (size_t(io) * Hq + h) * D;
-      for (int d = 0; d < D; d += kern::W) simd::store(dst + d, simd::mul(simd::load(sv.o + g * D + d), inv));
+      for (int d = 0; d < D; d += kern::W)
+        simd::store(dst + d, simd::mul(simd::load(sv.o + g * D + d), inv));
     }
   }
 };
@@ -547,7 +692,8 @@ inline PhaseTimes& phase_times() {
   return t;
 }
 inline int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 #endif
@@ -564,6 +710,7 @@ struct DecodeJob {
   const Phase1Task* tasks1;
   int num_tasks1;
   int num_tasks2;
+  int num_threads;
   alignas(64) std::atomic<int> next1{0};
   alignas(64) std::atomic<int> done1{0};
   alignas(64) std::atomic<int> next2{0};
@@ -584,7 +731,8 @@ struct DecodeJob {
     for (int i; (i = next1.fetch_add(1, std::memory_order_relaxed)) < num_tasks1;) {
       Phase1<Cfg, Variant>::run_task(*p, tasks1[i], part_o, part_lse, sv);
 #if defined(CA_CPU_PROFILE)
-      if (done1.fetch_add(1, std::memory_order_release) + 1 == num_tasks1) phase_times().phase1_end_ns = now_ns();
+      if (done1.fetch_add(1, std::memory_order_release) + 1 == num_tasks1)
+        phase_times().phase1_end_ns = now_ns();
 #else
       done1.fetch_add(1, std::memory_order_release);
 #endif
@@ -603,8 +751,14 @@ struct DecodeJob {
       }
       phase1_done = true;
     };
-    for (int i; (i = next2.fetch_add(1, std::memory_order_relaxed)) < num_tasks2;)
-      Phase2<Cfg, Variant>::run_task(*p, i / Dm::kKvHeads, i % Dm::kKvHeads, part_o, part_lse, sv, wait_phase1);
+    for (int i; (i = next2.fetch_add(1, std::memory_order_relaxed)) < num_tasks2;) {
+      // Tasks go round-robin between the threads, so i + threads is likely this thread's next.
+      const int ahead = i + num_threads;
+      if (kPhase2Prefetch && ahead < num_tasks2)
+        Phase2<Cfg, Variant>::prefetch_task(*p, ahead / Dm::kKvHeads, ahead % Dm::kKvHeads);
+      Phase2<Cfg, Variant>::run_task(*p, i / Dm::kKvHeads, i % Dm::kKvHeads, part_o, part_lse, sv,
+                                     wait_phase1);
+    }
   }
 };
 
@@ -638,7 +792,9 @@ inline void plan_phase1(const CaDecodeParams& p, int num_threads, std::vector<Ph
     }
   }
   // Largest work first (rows x chunks), so the phase ends evenly.
-  auto work = [&](const Phase1Task& t) { return int64_t(t.row_end - t.row_begin) * p.runs[t.run].num_chunks; };
+  auto work = [&](const Phase1Task& t) {
+    return int64_t(t.row_end - t.row_begin) * p.runs[t.run].num_chunks;
+  };
   std::stable_sort(tasks.begin(), tasks.end(),
                    [&](const Phase1Task& a, const Phase1Task& b) { return work(a) > work(b); });
 }
@@ -654,8 +810,10 @@ inline int decode(const CaDecodeParams& p) noexcept {
     if (p.num_rows == 0) return CA_OK;
     thread_local std::vector<Phase1Task> tasks1;
     int threads = resolve_num_threads(p.num_threads);
-    if (p.num_runs > 0) plan_phase1<Cfg>(p, threads, tasks1);
-    else tasks1.clear();
+    if (p.num_runs > 0)
+      plan_phase1<Cfg>(p, threads, tasks1);
+    else
+      tasks1.clear();
 
     DecodeJob<Cfg, Variant> job;
     job.p = &p;
@@ -668,6 +826,7 @@ inline int decode(const CaDecodeParams& p) noexcept {
     job.num_tasks2 = p.num_rows * Cfg::kKvHeads;
     const int most_tasks = job.num_tasks1 > job.num_tasks2 ? job.num_tasks1 : job.num_tasks2;
     if (threads > most_tasks) threads = most_tasks;
+    job.num_threads = threads;
 #if defined(CA_CPU_PROFILE)
     phase_times().phase1_end_ns = 0;
     phase_times().start_ns = now_ns();
@@ -676,7 +835,8 @@ inline int decode(const CaDecodeParams& p) noexcept {
 #if defined(CA_CPU_PROFILE)
     phase_times().phase2_end_ns = now_ns();
 #endif
-    if (job.status.load() != CA_OK) return fail(job.status.load(), "ca_decode: out of memory for scratch");
+    if (job.status.load() != CA_OK)
+      return fail(job.status.load(), "ca_decode: out of memory for scratch");
     return CA_OK;
   } catch (const std::bad_alloc&) {
     return fail(CA_ERR_NO_MEMORY, "ca_decode: out of memory");

@@ -26,7 +26,8 @@ inline void* host_alloc(size_t bytes) {
   if (bytes >= kHugePageBytes) {
     const size_t len = (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
     // Over-map by one huge page, then trim so the block starts 2 MiB-aligned.
-    void* raw = mmap(nullptr, len + kHugePageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* raw = mmap(nullptr, len + kHugePageBytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) return nullptr;
     const uintptr_t begin = reinterpret_cast<uintptr_t>(raw);
     const uintptr_t aligned = (begin + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;

@@ -25,19 +25,23 @@ template <class Cfg>
 inline int write_kv(const CaWriteKvParams& p) noexcept {
   using KvT = typename Cfg::KvT;
   constexpr int Hkv = Cfg::kKvHeads, C = Cfg::kChunk, D = Cfg::kHeadDim;
-  if (p.num_tokens < 0 || p.num_slots < 0) return fail(CA_ERR_INVALID, "ca_write_kv: negative count");
+  if (p.num_tokens < 0 || p.num_slots < 0)
+    return fail(CA_ERR_INVALID, "ca_write_kv: negative count");
   if (p.num_tokens == 0) return CA_OK;
   if (!p.k_pool || !p.v_pool || !p.slots || !p.offsets || !p.k || !p.v)
     return fail(CA_ERR_INVALID, "ca_write_kv: null pointer");
   const bool from_f32 = p.src_dtype == CA_F32;
   if (!from_f32 && p.src_dtype != DTypeOf<KvT>::value)
-    return fail(CA_ERR_INVALID, "ca_write_kv: source dtype %d is neither f32 nor the pool's dtype %d", p.src_dtype,
+    return fail(CA_ERR_INVALID,
+                "ca_write_kv: source dtype %d is neither f32 nor the pool's dtype %d", p.src_dtype,
                 DTypeOf<KvT>::value);
   for (int i = 0; i < p.num_tokens; ++i) {
     if (p.slots[i] < 0 || p.slots[i] >= p.num_slots)
-      return fail(CA_ERR_INVALID, "ca_write_kv: token %d: slot %d out of range [0, %d)", i, p.slots[i], p.num_slots);
+      return fail(CA_ERR_INVALID, "ca_write_kv: token %d: slot %d out of range [0, %d)", i,
+                  p.slots[i], p.num_slots);
     if (p.offsets[i] < 0 || p.offsets[i] >= C)
-      return fail(CA_ERR_INVALID, "ca_write_kv: token %d: offset %d out of range [0, %d)", i, p.offsets[i], C);
+      return fail(CA_ERR_INVALID, "ca_write_kv: token %d: offset %d out of range [0, %d)", i,
+                  p.offsets[i], C);
   }
   KvT* pools[2] = {static_cast<KvT*>(p.k_pool), static_cast<KvT*>(p.v_pool)};
   const void* srcs[2] = {p.k, p.v};
@@ -59,19 +63,21 @@ inline int write_kv(const CaWriteKvParams& p) noexcept {
 }
 
 template <class Cfg>
-inline int copy_chunk(void* k_pool, void* v_pool, int num_slots, int src_slot, int dst_slot, int num_tokens) noexcept {
+inline int copy_chunk(void* k_pool, void* v_pool, int num_slots, int src_slot, int dst_slot,
+                      int num_tokens) noexcept {
   using KvT = typename Cfg::KvT;
   constexpr int Hkv = Cfg::kKvHeads, C = Cfg::kChunk, D = Cfg::kHeadDim;
   if (!k_pool || !v_pool) return fail(CA_ERR_INVALID, "ca_copy_chunk: null pool");
   if (src_slot < 0 || src_slot >= num_slots || dst_slot < 0 || dst_slot >= num_slots)
-    return fail(CA_ERR_INVALID, "ca_copy_chunk: slots %d -> %d out of range [0, %d)", src_slot, dst_slot, num_slots);
+    return fail(CA_ERR_INVALID, "ca_copy_chunk: slots %d -> %d out of range [0, %d)", src_slot,
+                dst_slot, num_slots);
   if (num_tokens < 0 || num_tokens > C)
     return fail(CA_ERR_INVALID, "ca_copy_chunk: %d tokens, chunk holds %d", num_tokens, C);
   if (src_slot == dst_slot || num_tokens == 0) return CA_OK;
   for (KvT* pool : {static_cast<KvT*>(k_pool), static_cast<KvT*>(v_pool)})
     for (int h = 0; h < Hkv; ++h)
-      memcpy(pool + (size_t(dst_slot) * Hkv + h) * C * D, pool + (size_t(src_slot) * Hkv + h) * C * D,
-             size_t(num_tokens) * D * sizeof(KvT));
+      memcpy(pool + (size_t(dst_slot) * Hkv + h) * C * D,
+             pool + (size_t(src_slot) * Hkv + h) * C * D, size_t(num_tokens) * D * sizeof(KvT));
   return CA_OK;
 }
 

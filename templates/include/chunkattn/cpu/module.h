@@ -1,8 +1,9 @@
 // chunkattn/cpu/module.h — everything a generated cpu module includes.
 //
 // The generated kernel.cpp defines CA_TARGET_CPU, includes this header, defines
-//   struct Cfg { kQHeads, kKvHeads, kHeadDim, kChunk; QT, KvT, OutT in {ca::cpu::f16, ca::cpu::bf16, float} };
-//   struct Variant { kHasScoreMod, kHasMask, score_mod(), mask() }   (see chunkattn/variant.h)
+//   struct Cfg { kQHeads, kKvHeads, kHeadDim, kChunk; QT, KvT, OutT in {ca::cpu::f16,
+//   ca::cpu::bf16, float} }; struct Variant { kHasScoreMod, kHasMask, score_mod(), mask() }   (see
+//   chunkattn/variant.h)
 // and exports the C ABI of chunkattn/abi.h through:
 //   int      ca::cpu::decode<Cfg, Variant>(const CaDecodeParams&)      CaStatus
 //   uint64_t ca::cpu::workspace_bytes<Cfg>(const CaDecodeParams&)

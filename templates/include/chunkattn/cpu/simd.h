@@ -35,10 +35,12 @@ using V = __m512;
 CA_CPU_INLINE V zero() { return _mm512_setzero_ps(); }
 CA_CPU_INLINE V bcast(float x) { return _mm512_set1_ps(x); }
 CA_CPU_INLINE V load(const float* p) { return _mm512_loadu_ps(p); }
-CA_CPU_INLINE V load(const f16* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+CA_CPU_INLINE V load(const f16* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
 CA_CPU_INLINE V load(const bf16* p) {
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
 }
 CA_CPU_INLINE void store(float* p, V v) { _mm512_storeu_ps(p, v); }
 CA_CPU_INLINE void store(f16* p, V v) {
@@ -46,13 +48,16 @@ CA_CPU_INLINE void store(f16* p, V v) {
 }
 CA_CPU_INLINE void store(bf16* p, V v) {
 #if defined(__AVX512BF16__)
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
 #else
   const __m512i u = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  __m512i r =
+      _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
   const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+  r = _mm512_mask_mov_epi32(r, nan,
+                            _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
 #endif
 }
@@ -66,7 +71,8 @@ CA_CPU_INLINE float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
 
 // Lanes [valid, kWidth) replaced by x.
 CA_CPU_INLINE V fill_from(V v, int valid, float x) {
-  const __mmask16 keep = valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << (valid < 0 ? 0 : valid)) - 1u);
+  const __mmask16 keep =
+      valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << (valid < 0 ? 0 : valid)) - 1u);
   return _mm512_mask_mov_ps(_mm512_set1_ps(x), keep, v);
 }
 
@@ -132,8 +138,8 @@ CA_CPU_INLINE void transpose(V r[16]) {
   __m512 w[16];
   for (int j = 0; j < 4; ++j) {
     // Rows 0-3 and 4-7: lanes (L0 of i=0, L0 of i=1, L1 of i=0, L1 of i=1) etc.
-    const __m512 a = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);       // L0,L2 of u[j] | L0,L2 of u[4+j]
-    const __m512 b = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);       // L1,L3 | L1,L3
+    const __m512 a = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);  // L0,L2 of u[j] | L0,L2 of u[4+j]
+    const __m512 b = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);  // L1,L3 | L1,L3
     const __m512 c = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);  // same for rows 8-15
     const __m512 d = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xdd);
     w[j] = _mm512_shuffle_f32x4(a, c, 0x88);       // column j      (L0 everywhere)
@@ -153,11 +159,14 @@ CA_CPU_INLINE V reduce_transpose(const V acc[16]) {
   __m512 u[4];
   for (int i = 0; i < 4; ++i) {
     const __m512d a = _mm512_castps_pd(s[2 * i]), b = _mm512_castps_pd(s[2 * i + 1]);
-    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
   }
   // u[i], 128-bit lane L: partial sums (over lane L) of acc[4i..4i+3].
-  const __m512 x = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
-  const __m512 y = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
+  const __m512 x =
+      _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
+  const __m512 y =
+      _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
   return _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xdd));
 }
 
@@ -170,7 +179,9 @@ CA_CPU_INLINE V zero() { return _mm256_setzero_ps(); }
 CA_CPU_INLINE V bcast(float x) { return _mm256_set1_ps(x); }
 CA_CPU_INLINE V load(const float* p) { return _mm256_loadu_ps(p); }
 #if defined(__F16C__)
-CA_CPU_INLINE V load(const f16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+CA_CPU_INLINE V load(const f16* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
 CA_CPU_INLINE void store(f16* p, V v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
@@ -187,8 +198,8 @@ CA_CPU_INLINE void store(f16* p, V v) {
 }
 #endif
 CA_CPU_INLINE V load(const bf16* p) {
-  return _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }
 CA_CPU_INLINE void store(float* p, V v) { _mm256_storeu_ps(p, v); }
 CA_CPU_INLINE void store(bf16* p, V v) {
@@ -215,7 +226,8 @@ CA_CPU_INLINE float reduce_max(V v) {
 }
 CA_CPU_INLINE __m256i lane_index() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
 CA_CPU_INLINE V fill_from(V v, int valid, float x) {
-  const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane_index()));
+  const __m256 keep =
+      _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane_index()));
   return _mm256_blendv_ps(_mm256_set1_ps(x), v, keep);
 }
 CA_CPU_INLINE void store_lanes(float* p, V v, int begin, int end) {
@@ -245,9 +257,10 @@ CA_CPU_INLINE V exp(V x) {
   // 2^n for n in [-126, 128]: n = 128 (x close to 88.7) is split into two factors.
   const __m256i ni = _mm256_cvtps_epi32(n);
   const __m256i half = _mm256_srai_epi32(ni, 1);
-  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23));
-  const __m256 s2 =
-      _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), _mm256_set1_epi32(127)), 23));
+  const __m256 s1 =
+      _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23));
+  const __m256 s2 = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), _mm256_set1_epi32(127)), 23));
   V y = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
   y = _mm256_andnot_ps(tiny, y);
   y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), big);
@@ -282,9 +295,11 @@ CA_CPU_INLINE V reduce_transpose(const V acc[8]) {
   __m256 u[2];
   for (int i = 0; i < 2; ++i) {
     const __m256d a = _mm256_castps_pd(s[2 * i]), b = _mm256_castps_pd(s[2 * i + 1]);
-    u[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
+    u[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
+                         _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
   }
-  return _mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20), _mm256_permute2f128_ps(u[0], u[1], 0x31));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20),
+                       _mm256_permute2f128_ps(u[0], u[1], 0x31));
 }
 
 #else

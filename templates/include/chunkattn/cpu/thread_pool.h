@@ -1,13 +1,16 @@
 // chunkattn/cpu/thread_pool.h — the module's persistent worker pool.
 //
 // One pool per loaded module (a function-local static), created on first use and grown when a
-// call asks for more threads. `run(n, fn, ctx)` calls fn(ctx, i) for i in [0, n) on n threads —
-// the caller is thread 0 — and returns when every call has returned. Jobs are serialized by a
-// mutex, so concurrent ca_decode calls from different threads are safe (they take turns).
+// call asks for more threads. `run(n, fn, ctx)` calls fn(ctx, i) on the caller (i = 0) and on up
+// to n - 1 workers, and returns when every call that started has returned. Work inside a job is
+// shared through the job's own atomic counters (see decode.h), so fn must be written to let any
+// subset of threads finish the job: a worker that wakes late, or not at all (busy machine), never
+// delays the caller — it joins only while the job is open, and the caller closes the job when
+// its own fn returns, then waits only for workers that joined. Jobs are serialized by a mutex, so
+// concurrent ca_decode calls from different threads take turns.
 //
 // Workers spin briefly after a job (back-to-back decode calls of consecutive layers find them
-// awake), then sleep on a condition variable. Work inside a job is distributed by the caller's
-// own atomic counters (see decode.h); the pool only starts and joins.
+// awake), then sleep on a condition variable.
 #ifndef CHUNKATTN_CPU_THREAD_POOL_H_
 #define CHUNKATTN_CPU_THREAD_POOL_H_
 
@@ -58,7 +61,7 @@ class ThreadPool {
   ~ThreadPool() {
     {
       std::lock_guard<std::mutex> lock(wake_mutex_);
-      stop_ = true;
+      stop_.store(true, std::memory_order_release);
       generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
@@ -76,17 +79,19 @@ class ThreadPool {
     ensure_workers(num_threads - 1);
     fn_ = fn;
     ctx_ = ctx;
-    job_threads_ = num_threads;
-    pending_.store(int(workers_.size()), std::memory_order_relaxed);
+    max_joiners_ = uint64_t(num_threads - 1);
+    uint32_t gen;
     {
       std::lock_guard<std::mutex> lock(wake_mutex_);
-      generation_.fetch_add(1, std::memory_order_release);
+      gen = uint32_t(generation_.load(std::memory_order_relaxed) + 1);
+      job_.store(uint64_t(gen) << 32, std::memory_order_release);  // open, nobody joined
+      generation_.store(gen, std::memory_order_release);
     }
     wake_.notify_all();
     fn(ctx, 0);
-    // Every worker acknowledges the generation before we return (ctx lives on our caller's
-    // stack), including those beyond num_threads, which do nothing.
-    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    // Close the job, then wait for the workers that joined it (ctx lives on our caller's stack).
+    job_.fetch_or(kClosed, std::memory_order_acq_rel);
+    for (int spins = 0; (job_.load(std::memory_order_acquire) & kJoinedMask) != 0; ++spins) {
       if (spins < 4096) {
         CA_CPU_PAUSE();
       } else {
@@ -99,23 +104,37 @@ class ThreadPool {
 
  private:
   static constexpr int kSpinMicros = 50;
+  // job_ = [generation:32][closed:1][joined workers:31]
+  static constexpr uint64_t kClosed = uint64_t(1) << 31;
+  static constexpr uint64_t kJoinedMask = kClosed - 1;
 
   ThreadPool() = default;
 
   void ensure_workers(int n) {
     while (int(workers_.size()) < n) {
-      const int index = int(workers_.size()) + 1;
-      const uint64_t seen = generation_.load(std::memory_order_acquire);
-      workers_.emplace_back([this, index, seen] { worker_loop(index, seen); });
+      const uint32_t seen = generation_.load(std::memory_order_acquire);
+      workers_.emplace_back([this, seen] { worker_loop(seen); });
     }
   }
 
-  void worker_loop(int index, uint64_t seen) {
+  // Joins job `gen` if it is still open and has room; returns the thread index, or 0.
+  int try_join(uint32_t gen) {
+    uint64_t s = job_.load(std::memory_order_acquire);
+    for (;;) {
+      if (uint32_t(s >> 32) != gen || (s & kClosed) || (s & kJoinedMask) >= max_joiners_) return 0;
+      if (job_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
+                                     std::memory_order_acquire))
+        return int(s & kJoinedMask) + 1;
+    }
+  }
+
+  void worker_loop(uint32_t seen) {
     for (;;) {
       // Spin a little (kSpinMicros), then sleep.
-      uint64_t gen = generation_.load(std::memory_order_acquire);
+      uint32_t gen = generation_.load(std::memory_order_acquire);
       if (gen == seen) {
-        const auto spin_end = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+        const auto spin_end =
+            std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
         for (int spins = 1; gen == seen; ++spins) {
           CA_CPU_PAUSE();
           gen = generation_.load(std::memory_order_acquire);
@@ -128,22 +147,24 @@ class ThreadPool {
         gen = generation_.load(std::memory_order_acquire);
       }
       seen = gen;
-      if (stop_) return;
-      if (index < job_threads_) fn_(ctx_, index);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      if (stop_.load(std::memory_order_acquire)) return;
+      const int index = try_join(gen);
+      if (index == 0) continue;
+      fn_(ctx_, index);
+      job_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 
   std::mutex job_mutex_;   // one job at a time
   std::mutex wake_mutex_;  // guards sleeping on wake_
   std::condition_variable wake_;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<uint32_t> generation_{0};
+  std::atomic<uint64_t> job_{0};
+  std::atomic<bool> stop_{false};
   std::vector<std::thread> workers_;
   Fn fn_ = nullptr;
   void* ctx_ = nullptr;
-  int job_threads_ = 0;
-  bool stop_ = false;
+  uint64_t max_joiners_ = 0;
 };
 
 }  // namespace cpu

@@ -1,0 +1,64 @@
+// The kernel specs the suites run, in one place, so the global setup can build every module
+// once per run before the tests start (builds are cached by content).
+
+import { attention } from '../dsl/index.ts';
+import type { DType, KernelSpec } from '../dsl/spec.ts';
+
+export type Variant = 'plain' | 'softcap-window';
+
+/** Small shapes for end-to-end workloads: GQA group 4, d = 64, c = 16. */
+export function tinySpec(dtype: DType, variant: Variant, targets: ('cpu' | 'emu')[]): KernelSpec {
+  const common = {
+    name: `e2e-${dtype}-${variant}`,
+    heads: { q: 8, kv: 2 },
+    headDim: 64 as const,
+    dtype,
+    chunkSize: 16 as const,
+    targets,
+  };
+  if (variant === 'plain') return attention(common);
+  return attention({
+    ...common,
+    params: { softcap: 5, window: 37 },
+    scoreMod: (s, _pos, p) => p.softcap * Math.tanh(s / p.softcap),
+    mask: (pos, p) => pos.q - pos.kv < p.window,
+  });
+}
+
+/** Compile-time configurations of the emu shape tests (GQA 1/4/6/8, every head-dim family). */
+export const EMU_CONFIGS = [
+  { heads: { q: 4, kv: 4 }, headDim: 64, chunkSize: 16, dtype: 'f16' },
+  { heads: { q: 8, kv: 2 }, headDim: 80, chunkSize: 32, dtype: 'bf16' },
+  { heads: { q: 12, kv: 2 }, headDim: 96, chunkSize: 16, dtype: 'f16' },
+  { heads: { q: 16, kv: 2 }, headDim: 128, chunkSize: 64, dtype: 'bf16' },
+  { heads: { q: 2, kv: 1 }, headDim: 256, chunkSize: 128, dtype: 'f16' },
+] as const;
+
+export function emuShapeSpec(index: number): KernelSpec {
+  const config = EMU_CONFIGS[index]!;
+  return attention({ name: `emu-shape-${index}`, ...config, dtype: config.dtype as DType, targets: ['emu'] });
+}
+
+export function emuTrafficSpec(): KernelSpec {
+  return attention({ name: 'emu-traffic', heads: { q: 8, kv: 2 }, headDim: 64, dtype: 'bf16', chunkSize: 16, targets: ['emu'] });
+}
+
+/** Every (spec, target) the suites build, for the global setup. */
+export interface ModuleRequest {
+  readonly spec: KernelSpec;
+  readonly target: 'cpu' | 'emu';
+  readonly sanitize?: 'address';
+}
+
+export function precompiledModules(): ModuleRequest[] {
+  const out: ModuleRequest[] = [];
+  for (const dtype of ['f32', 'f16', 'bf16'] as const) out.push({ spec: tinySpec(dtype, 'plain', ['cpu']), target: 'cpu' });
+  for (const dtype of ['bf16', 'f32'] as const)
+    out.push({ spec: tinySpec(dtype, 'softcap-window', ['cpu']), target: 'cpu' });
+  for (const dtype of ['f16', 'bf16'] as const) out.push({ spec: tinySpec(dtype, 'plain', ['emu']), target: 'emu' });
+  out.push({ spec: tinySpec('bf16', 'softcap-window', ['emu']), target: 'emu' });
+  EMU_CONFIGS.forEach((_, i) => out.push({ spec: emuShapeSpec(i), target: 'emu' }));
+  out.push({ spec: emuTrafficSpec(), target: 'emu' });
+  out.push({ spec: tinySpec('f16', 'plain', ['emu']), target: 'emu', sanitize: 'address' });
+  return out;
+}
