@@ -6,6 +6,6 @@ import { setDefaultModuleLoader } from './runtime/index.ts';
 
 setDefaultModuleLoader((spec, target) => buildModule(spec, { target }));
 
+export { buildModule } from './codegen/index.ts';
 export * from './dsl/index.ts';
 export * from './runtime/index.ts';
-export { buildModule } from './codegen/index.ts';

@@ -33,7 +33,12 @@ export async function runBuildBench(opts: BenchOptions): Promise<BenchReport> {
         const warm = await buildModule(spec, options);
         const warmMs = performance.now() - started;
         if (!warm.cached) throw new Error(`second build of ${spec.name} → ${target} missed the cache`);
-        rows.push({ spec: spec.name, target: archs ? `cuda (${archs.join(',')})` : target, coldSeconds, warmMs });
+        rows.push({
+          spec: spec.name,
+          target: archs ? `cuda (${archs.join(',')})` : target,
+          coldSeconds,
+          warmMs,
+        });
       }
     }
     opts.progress(total, total, 'done');
@@ -58,7 +63,12 @@ export async function runBuildBench(opts: BenchOptions): Promise<BenchReport> {
     chart: {
       title: 'Cold build time by spec and target',
       unit: 'seconds',
-      series: [{ label: 'cold', values: rows.map((r) => ({ category: `${r.spec} ${r.target}`, value: r.coldSeconds })) }],
+      series: [
+        {
+          label: 'cold',
+          values: rows.map((r) => ({ category: `${r.spec} ${r.target}`, value: r.coldSeconds })),
+        },
+      ],
     },
   };
 }

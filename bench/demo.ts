@@ -20,10 +20,21 @@ export interface DemoOptions {
   readonly progress: (done: number, total: number, label: string) => void;
 }
 
-export const DEMO_DEFAULTS = { batch: 32, sharedTokens: 2048, suffixTokens: 64, steps: 256, heads: 8 } as const;
+export const DEMO_DEFAULTS = {
+  batch: 32,
+  sharedTokens: 2048,
+  suffixTokens: 64,
+  steps: 256,
+  heads: 8,
+} as const;
 
 export interface DemoResult {
-  readonly shape: { readonly heads: number; readonly headDim: number; readonly chunkSize: number; readonly dtype: string };
+  readonly shape: {
+    readonly heads: number;
+    readonly headDim: number;
+    readonly chunkSize: number;
+    readonly dtype: string;
+  };
   readonly memory: {
     readonly storedBytes: number;
     readonly unsharedBytes: number;
@@ -55,13 +66,17 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const module = await buildModule(spec, { target: 'cpu' });
   const capacity = sharedTokens + batch * (suffixTokens + steps + 2 * CHUNK);
   const modes: Partition[] = ['two-phase', 'sequence-first'];
-  const runtimes = await Promise.all(modes.map((mode) => Attention.create(module, { layers: 1, capacityTokens: capacity, mode })));
+  const runtimes = await Promise.all(
+    modes.map((mode) => Attention.create(module, { layers: 1, capacityTokens: capacity, mode })),
+  );
   try {
     const rowElems = heads * HEAD_DIM;
     const promptLength = sharedTokens + suffixTokens;
     // KV of the prompts: every sequence's token t of the shared prefix gets the same rows.
     const promptKv = randomHost((promptLength + steps) * rowElems, 'bits', 3);
-    const seqs = runtimes.map((attn) => loadPrompts(attn, { batch, sharedTokens, privateTokens: suffixTokens }, promptKv));
+    const seqs = runtimes.map((attn) =>
+      loadPrompts(attn, { batch, sharedTokens, privateTokens: suffixTokens }, promptKv),
+    );
     const sampled = new Set([1, Math.round(steps / 2), steps]);
     const stepHistory: Float32Array[] = [];
     const seconds = runtimes.map(() => 0);
@@ -73,7 +88,10 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       stepHistory.push(fromHost(stepKv, 'f16'));
       const q = randomHost(batch * rowElems, 'bits', 10_000 + step);
       runtimes.forEach((attn, m) => {
-        attn.appendStep(seqs[m]!, seqs[m]!.map(() => 7));
+        attn.appendStep(
+          seqs[m]!,
+          seqs[m]!.map(() => 7),
+        );
         attn.writeDecodeKV(0, stepKv, stepKv);
         const started = performance.now();
         attn.decode(0, q, out[m]);
@@ -91,7 +109,10 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     options.progress(steps, steps, 'done');
     const { chunksInUse } = runtimes[0]!.stats();
     const unsharedChunks = batch * Math.ceil((promptLength + steps) / CHUNK);
-    const demoChunkBytes = bytesPerChunk({ layers: 1, kvHeads: heads, headDim: HEAD_DIM, dtypeBytes: 2 }, CHUNK);
+    const demoChunkBytes = bytesPerChunk(
+      { layers: 1, kvHeads: heads, headDim: HEAD_DIM, dtypeBytes: 2 },
+      CHUNK,
+    );
     const llamaChunkBytes = bytesPerChunk(LLAMA2_7B, CHUNK);
     return {
       shape: { heads, headDim: HEAD_DIM, chunkSize: CHUNK, dtype: 'f16' },
@@ -104,7 +125,11 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
           unsharedGiB: (unsharedChunks * llamaChunkBytes) / 2 ** 30,
         },
       },
-      tokensPerSecond: { 'two-phase': (steps * batch) / seconds[0]!, 'sequence-first': (steps * batch) / seconds[1]!, 'chunk-first': 0 },
+      tokensPerSecond: {
+        'two-phase': (steps * batch) / seconds[0]!,
+        'sequence-first': (steps * batch) / seconds[1]!,
+        'chunk-first': 0,
+      },
       speedup: seconds[1]! / seconds[0]!,
       maxRelativeError: { 'two-phase': maxError[0]!, 'sequence-first': maxError[1]!, 'chunk-first': 0 },
       tolerance: 2e-3,
@@ -132,13 +157,17 @@ function referenceForStep(
   const rows = seqs.map((seq, i) => {
     const k = new Float32Array(length * rowElems);
     k.set(prompt, 0); // loadPrompts gives token position p row p of promptKv in every sequence
-    stepHistory.forEach((stepKv, s) =>
-      k.set(stepKv.subarray(i * rowElems, (i + 1) * rowElems), (promptLength + s) * rowElems),
-    );
+    for (const [s, stepKv] of stepHistory.entries())
+      k.set(stepKv.subarray(i * rowElems, (i + 1) * rowElems), (promptLength + s) * rowElems);
     return { seq, q: qf.subarray(i * qElems, (i + 1) * qElems), k, v: k, length };
   });
-  const shape = { qHeads: attn.spec.heads.q, kvHeads: attn.spec.heads.kv, headDim: attn.spec.headDim, softmaxScale: attn.spec.softmaxScale };
+  const shape = {
+    qHeads: attn.spec.heads.q,
+    kvHeads: attn.spec.heads.kv,
+    headDim: attn.spec.headDim,
+    softmaxScale: attn.spec.softmaxScale,
+  };
   const out = new Float64Array(seqs.length * qElems);
-  referenceDecode(shape, rows).forEach((r, i) => out.set(r, i * qElems));
+  for (const [i, r] of referenceDecode(shape, rows).entries()) out.set(r, i * qElems);
   return out;
 }

@@ -6,13 +6,13 @@
 // steps; the time of nc steps is the trapezoid integral over those samples. Only ca_decode is
 // timed (median of reps, after a warm-up); tree and KV-write work is excluded.
 
-import { Attention } from '../runtime/attention.ts';
+import { buildModule } from '../codegen/index.ts';
 import { attention } from '../dsl/attention.ts';
 import type { Partition } from '../dsl/spec.ts';
+import { Attention } from '../runtime/attention.ts';
 import type { HostData } from '../runtime/native-module.ts';
 import type { BenchOptions, BenchReport } from './report.ts';
 import { loadPrompts, median, randomHost } from './workload.ts';
-import { buildModule } from '../codegen/index.ts';
 
 // Llama2-7B per-head shapes with heads scaled down from 32 to fit a 2-core CPU.
 const HEADS = 8;
@@ -100,7 +100,10 @@ export async function runTppBench(opts: BenchOptions): Promise<BenchReport> {
       const sampleAt = new Set(sampleSteps(maxNc));
       for (let step = 1; step <= maxNc; step++) {
         runtimes.forEach((attn, m) => {
-          attn.appendStep(seqs[m]!, seqs[m]!.map(() => 7));
+          attn.appendStep(
+            seqs[m]!,
+            seqs[m]!.map(() => 7),
+          );
           attn.writeDecodeKV(0, stepKv, stepKv);
         });
         if (!sampleAt.has(step)) continue;
@@ -112,7 +115,7 @@ export async function runTppBench(opts: BenchOptions): Promise<BenchReport> {
             attn.decode(0, q, out);
             if (rep > 0) times[m]!.push((performance.now() - started) / 1000);
           });
-        runtimes.forEach((_, m) => samples[m]!.push({ step, seconds: median(times[m]!) }));
+        for (const [m, series] of samples.entries()) series.push({ step, seconds: median(times[m]!) });
       }
       for (const nc of w.ncs) {
         const [twoPhase, sequenceFirst] = samples.map((s) => integrate([{ ...s[0]!, step: 0 }, ...s], nc));
@@ -124,7 +127,10 @@ export async function runTppBench(opts: BenchOptions): Promise<BenchReport> {
           twoPhaseSeconds: twoPhase!,
           sequenceFirstSeconds: sequenceFirst!,
           speedup: sequenceFirst! / twoPhase!,
-          tokensPerSecond: { twoPhase: (nc * w.batch) / twoPhase!, sequenceFirst: (nc * w.batch) / sequenceFirst! },
+          tokensPerSecond: {
+            twoPhase: (nc * w.batch) / twoPhase!,
+            sequenceFirst: (nc * w.batch) / sequenceFirst!,
+          },
         });
       }
     } finally {
@@ -136,7 +142,18 @@ export async function runTppBench(opts: BenchOptions): Promise<BenchReport> {
   return {
     name: 'tpp',
     title: `two-phase vs sequence-first decode, cpu target (d=${HEAD_DIM}, ${HEADS} heads scaled from 32, c=${CHUNK}, f16, 1 layer)`,
-    head: ['np', 'ns', 'nc', 'b', 'two-phase ms/step', 'seq-first ms/step', 'speedup', 'two-phase tok/s', 'seq-first tok/s', 'paper (GPU)'],
+    head: [
+      'np',
+      'ns',
+      'nc',
+      'b',
+      'two-phase ms/step',
+      'seq-first ms/step',
+      'speedup',
+      'two-phase tok/s',
+      'seq-first tok/s',
+      'paper (GPU)',
+    ],
     rows: results.map((r) => [
       r.np,
       r.ns,
@@ -160,7 +177,10 @@ export async function runTppBench(opts: BenchOptions): Promise<BenchReport> {
       series: [
         {
           label: 'speedup',
-          values: results.map((r) => ({ category: `np${r.np} ns${r.ns} nc${r.nc} b${r.batch}`, value: r.speedup })),
+          values: results.map((r) => ({
+            category: `np${r.np} ns${r.ns} nc${r.nc} b${r.batch}`,
+            value: r.speedup,
+          })),
         },
       ],
     },

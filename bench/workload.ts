@@ -30,7 +30,8 @@ export function randomHost(length: number, kind: 'f32' | 'bits', seed = 1): Host
   if (kind === 'f32') return Float32Array.from({ length }, () => next() * 2 - 1);
   // Random f16/bf16 values in about ±1: sign, small exponent range, random mantissa.
   const out = new Uint16Array(length);
-  for (let i = 0; i < length; i++) out[i] = ((next() < 0.5 ? 0x8000 : 0) | (0x3000 + Math.floor(next() * 0x0c00))) & 0xffff;
+  for (let i = 0; i < length; i++)
+    out[i] = ((next() < 0.5 ? 0x8000 : 0) | (0x3000 + Math.floor(next() * 0x0c00))) & 0xffff;
   return out;
 }
 
@@ -44,7 +45,8 @@ export function loadPrompts(attn: Attention, shape: PromptShape, kv: HostData): 
   for (let i = 0; i < shape.batch; i++) {
     const tokens = promptTokens(shape, i);
     const { seq, matchedTokens } = attn.insert(tokens);
-    if (tokens.length * rowElems > kv.length) throw new Error(`KV source too small for ${tokens.length} tokens`);
+    if (tokens.length * rowElems > kv.length)
+      throw new Error(`KV source too small for ${tokens.length} tokens`);
     const rows = kv.subarray(matchedTokens * rowElems, tokens.length * rowElems) as HostData;
     for (let layer = 0; layer < attn.layers; layer++) attn.writeKV(layer, seq, matchedTokens, rows, rows);
     seqs.push(seq);

@@ -11,13 +11,18 @@ import { makeOutput } from './output.ts';
 
 const program = new Command()
   .name('chunkattn')
-  .description('Prefix-shared chunk attention: compile attention specs to CUDA and CPU kernels, run and benchmark them')
+  .description(
+    'Prefix-shared chunk attention: compile attention specs to CUDA and CPU kernels, run and benchmark them',
+  )
   .showHelpAfterError()
   .exitOverride();
 
 const specFlags = (command: Command) =>
   command
-    .option('--arch <list>', 'GPU archs, comma-separated (sm_80, sm_86, sm_89, sm_90a); implies --target cuda')
+    .option(
+      '--arch <list>',
+      'GPU archs, comma-separated (sm_80, sm_86, sm_89, sm_90a); implies --target cuda',
+    )
     .option('--target <list>', 'build targets, comma-separated: cuda, emu, cpu (default: the spec targets)')
     .option('--head-dim <n>', 'override the spec head dim (retarget)')
     .option('--chunk-size <n>', 'override the spec chunk size')
@@ -29,7 +34,9 @@ specFlags(program.command('compile <spec>').description('build the kernels of a 
 );
 
 specFlags(
-  program.command('inspect <spec>').description('print the normalized spec, the plan, the cache key and resources'),
+  program
+    .command('inspect <spec>')
+    .description('print the normalized spec, the plan, the cache key and resources'),
 ).action(async (file: string, flags) => inspectCommand(file, flags, makeOutput(!!flags.json)));
 
 program
@@ -40,7 +47,9 @@ program
 
 program
   .command('demo')
-  .description('a shared-system-prompt workload on the cpu target: memory saved, two-phase vs sequence-first, error vs float64')
+  .description(
+    'a shared-system-prompt workload on the cpu target: memory saved, two-phase vs sequence-first, error vs float64',
+  )
   .option('--batch <n>', 'sequences (default 32)')
   .option('--shared <n>', 'shared prompt tokens (default 2048)')
   .option('--steps <n>', 'decode steps (default 256)')

@@ -18,7 +18,8 @@ export function parseList<T extends string>(flag: string, value: string, allowed
 }
 
 export const parseArchs = (value: string): Arch[] => parseList('--arch', value, ARCHS);
-export const parseBuildTargets = (value: string): BuildTarget[] => parseList('--target', value, BUILD_TARGETS);
+export const parseBuildTargets = (value: string): BuildTarget[] =>
+  parseList('--target', value, BUILD_TARGETS);
 
 export function parseInteger(flag: string, value: string): number {
   if (!/^\d+$/.test(value)) throw new UsageError(`${flag}: '${value}' is not a positive integer`);

@@ -7,10 +7,17 @@ import { mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { BuildError, ResourceError } from './errors.ts';
 import { CUCPU_DIR, INCLUDE_DIR } from './cache-key.ts';
+import { BuildError, ResourceError } from './errors.ts';
 import { acquireLock } from './lock.ts';
-import { ABI_SYMBOLS, type BuiltModule, LIBRARY_FILE, MANIFEST_FILE, type Manifest, readModule } from './manifest.ts';
+import {
+  ABI_SYMBOLS,
+  type BuiltModule,
+  LIBRARY_FILE,
+  MANIFEST_FILE,
+  type Manifest,
+  readModule,
+} from './manifest.ts';
 import { type KernelPlan, toolchainIdentity } from './plan.ts';
 import { type KernelResources, parsePtxasReport } from './ptxas.ts';
 import { render } from './render.ts';
@@ -22,7 +29,13 @@ export function cacheDir(): string {
 
 const SANITIZER_FLAGS = {
   none: ['-O2'],
-  address: ['-O1', '-g', '-fsanitize=address,undefined', '-fno-sanitize-recover=bounds', '-fno-omit-frame-pointer'],
+  address: [
+    '-O1',
+    '-g',
+    '-fsanitize=address,undefined',
+    '-fno-sanitize-recover=bounds',
+    '-fno-omit-frame-pointer',
+  ],
   thread: ['-O1', '-g', '-fsanitize=thread'],
 } as const;
 
@@ -30,7 +43,11 @@ const SANITIZER_FLAGS = {
 export function buildCommand(plan: KernelPlan, toolchain: Toolchain, sourceFile: string): string[] {
   const out = ['-o', LIBRARY_FILE, sourceFile];
   if (plan.target === 'cuda') {
-    const nvcc = requireTool(toolchain.nvcc, 'nvcc', 'the cuda target compiles with nvcc (set NVCC or CUDA_HOME)');
+    const nvcc = requireTool(
+      toolchain.nvcc,
+      'nvcc',
+      'the cuda target compiles with nvcc (set NVCC or CUDA_HOME)',
+    );
     const gencode = plan.archs.flatMap((arch) => [
       '-gencode',
       `arch=${arch.replace('sm_', 'compute_')},code=${arch}`,
@@ -51,10 +68,10 @@ export function buildCommand(plan: KernelPlan, toolchain: Toolchain, sourceFile:
   }
   const gxx = requireTool(toolchain.gxx, 'g++', 'the cpu and emu targets compile with g++ (set CXX)');
   const common = ['-std=c++20', '-fPIC', '-shared', '-pthread', `-I${INCLUDE_DIR}`];
-  if (plan.target === 'cpu')
-    return [gxx.path, ...common, '-O3', '-march=native', '-fno-math-errno', ...out];
+  if (plan.target === 'cpu') return [gxx.path, ...common, '-O3', '-march=native', '-fno-math-errno', ...out];
   const cudaInclude = toolchain.cudaInclude;
-  if (!cudaInclude) throw new BuildError(plan.name, sourceFile, 'g++', 'the emu target needs the CUDA headers');
+  if (!cudaInclude)
+    throw new BuildError(plan.name, sourceFile, 'g++', 'the emu target needs the CUDA headers');
   return [
     gxx.path,
     ...common,
@@ -77,11 +94,14 @@ export function resourceViolations(plan: KernelPlan, resources: readonly KernelR
   for (const kernel of plan.kernels) {
     const records = resources.filter((r) => r.symbol.includes(kernel.kernel));
     for (const arch of plan.archs)
-      if (!records.some((r) => r.arch === arch)) violations.push(`${kernel.kernel}: no ptxas report for ${arch}`);
+      if (!records.some((r) => r.arch === arch))
+        violations.push(`${kernel.kernel}: no ptxas report for ${arch}`);
     for (const r of records) {
       const where = `${kernel.kernel} ${r.arch}`;
       if (r.spillStoreBytes || r.spillLoadBytes)
-        violations.push(`${where}: spills ${r.spillStoreBytes} B stored, ${r.spillLoadBytes} B loaded (plan: 0)`);
+        violations.push(
+          `${where}: spills ${r.spillStoreBytes} B stored, ${r.spillLoadBytes} B loaded (plan: 0)`,
+        );
       if (r.registers > kernel.maxRegisters)
         violations.push(`${where}: ${r.registers} registers (plan: ≤ ${kernel.maxRegisters})`);
       if (r.smemBytes !== 0) violations.push(`${where}: ${r.smemBytes} B static shared memory (plan: 0)`);
@@ -128,14 +148,24 @@ async function compile(plan: KernelPlan, toolchain: Toolchain, dir: string): Pro
   const result = await execa(command[0]!, command.slice(1), { cwd: dir, all: true, reject: false });
   writeFileSync(join(dir, 'build.log'), `${command.join(' ')}\n${result.all ?? ''}`);
   if (result.exitCode !== 0)
-    throw new BuildError(plan.name, join(dir, fileName), command.join(' '), result.all ?? String(result.exitCode));
+    throw new BuildError(
+      plan.name,
+      join(dir, fileName),
+      command.join(' '),
+      result.all ?? String(result.exitCode),
+    );
   const resources = plan.target === 'cuda' ? parsePtxasReport(result.all ?? '') : [];
   const violations = resourceViolations(plan, resources);
   if (violations.length) throw new ResourceError(plan.spec, violations);
   const symbols = await exportedSymbols(join(dir, LIBRARY_FILE));
   const missing = ABI_SYMBOLS.filter((s) => !symbols.includes(s));
   if (missing.length)
-    throw new BuildError(plan.name, join(dir, fileName), command.join(' '), `missing ABI symbols: ${missing.join(', ')}`);
+    throw new BuildError(
+      plan.name,
+      join(dir, fileName),
+      command.join(' '),
+      `missing ABI symbols: ${missing.join(', ')}`,
+    );
   return {
     abi: 1,
     key: plan.key,

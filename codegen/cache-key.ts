@@ -43,8 +43,9 @@ let fingerprint: string | undefined;
 export function compilerFingerprint(): string {
   if (fingerprint) return fingerprint;
   const hash = createHash('sha256');
-  const version = (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string })
-    .version;
+  const version = (
+    JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }
+  ).version;
   hash.update(`chunkattn ${version}\n`);
   for (const dir of [TEMPLATES_DIR, CUCPU_DIR]) {
     for (const file of listFiles(dir)) {

@@ -26,7 +26,9 @@ const SOURCE_NAMES = { cuda: 'cuda.cu', emu: 'emu.cu', cpu: 'cpu.cpp' } as const
 export async function generatedFiles(): Promise<Map<string, string>> {
   const toolchain = await findToolchain();
   const specs: KernelSpec[] = [];
-  for (const file of readdirSync(EXAMPLES_DIR).filter((f) => f.endsWith('.ts')).sort())
+  for (const file of readdirSync(EXAMPLES_DIR)
+    .filter((f) => f.endsWith('.ts'))
+    .sort())
     specs.push(...(await loadSpecs(join(EXAMPLES_DIR, file))));
   const files = new Map<string, string>();
   const entries: string[] = [];
@@ -38,9 +40,18 @@ export async function generatedFiles(): Promise<Map<string, string>> {
       const fileName = SOURCE_NAMES[target];
       files.set(join(spec.name, fileName), render(p).source);
       sources[target] = `${spec.name}/${fileName}`;
-      plans[target] = { key: p.key, archs: p.archs, phase1: p.phase1, kernels: p.kernels, tunables: p.tunables };
+      plans[target] = {
+        key: p.key,
+        archs: p.archs,
+        phase1: p.phase1,
+        kernels: p.kernels,
+        tunables: p.tunables,
+      };
     }
-    files.set(join(spec.name, 'plan.json'), JSON.stringify({ spec: spec.name, targets: plans }, null, 2) + '\n');
+    files.set(
+      join(spec.name, 'plan.json'),
+      JSON.stringify({ spec: spec.name, targets: plans }, null, 2) + '\n',
+    );
     entries.push(
       `/** ${spec.name}: ${spec.heads.q}/${spec.heads.kv} heads, d=${spec.headDim}, ${spec.dtype.kv} KV, c=${spec.chunkSize}, ${spec.partition}. */\n` +
         `export const ${exportName(spec.name)}: GeneratedKernel = {\n` +

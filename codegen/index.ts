@@ -10,7 +10,14 @@ export { build, buildCommand, cacheDir, resourceViolations } from './build.ts';
 export { canonicalJson, compilerFingerprint } from './cache-key.ts';
 export { BuildError, ResourceError, ToolchainError } from './errors.ts';
 export { type BuiltModule, type Manifest, readModule } from './manifest.ts';
-export { buildTargetsOf, type KernelLaunchPlan, type KernelPlan, PlanError, plan, type Sanitizer } from './plan.ts';
+export {
+  buildTargetsOf,
+  type KernelLaunchPlan,
+  type KernelPlan,
+  PlanError,
+  plan,
+  type Sanitizer,
+} from './plan.ts';
 export { type KernelResources, parsePtxasReport } from './ptxas.ts';
 export { moduleInfo, render } from './render.ts';
 export { findToolchain, type Toolchain } from './toolchain.ts';

@@ -75,6 +75,15 @@ export function buildTargetsOf(targets: readonly Target[]): BuildTarget[] {
   return out;
 }
 
+/**
+ * The part of a spec that determines a module's bytes: variant functions count by their IR and
+ * C++ only, so moving a function or running from another directory keeps the key.
+ */
+function keyedSpec(spec: KernelSpec): unknown {
+  const variant = (fn: KernelSpec['scoreMod']) => fn && { ir: fn.ir, cpp: fn.cpp };
+  return { ...spec, scoreMod: variant(spec.scoreMod), mask: variant(spec.mask) };
+}
+
 /** The toolchain facts a target's bytes depend on (they enter the cache key). */
 export function toolchainIdentity(target: BuildTarget, toolchain: Toolchain): string {
   const gxx = toolchain.gxx?.version ?? 'no g++';
@@ -91,7 +100,9 @@ export function plan(spec: KernelSpec, options: PlanOptions, toolchain: Toolchai
   if (target === 'cuda' && archs.length === 0)
     throw new PlanError(`spec "${spec.name}": the cuda target needs at least one arch (e.g. --arch sm_80)`);
   if (target !== 'cpu' && (spec.dtype.q === 'f32' || spec.dtype.kv === 'f32' || spec.dtype.out === 'f32'))
-    throw new PlanError(`spec "${spec.name}": f32 tensors are supported by the cpu target only, not ${target}`);
+    throw new PlanError(
+      `spec "${spec.name}": f32 tensors are supported by the cpu target only, not ${target}`,
+    );
   if (sanitize !== 'none' && target !== 'emu')
     throw new PlanError(`sanitizer builds exist for the emu target only (asked: ${target})`);
 
@@ -108,7 +119,9 @@ export function plan(spec: KernelSpec, options: PlanOptions, toolchain: Toolchai
   const phase1 = target === 'cpu';
   const kernels = target === 'cpu' ? [] : [sequenceFirstLaunch(spec)];
   const compilerVersion = compilerFingerprint();
-  const hash = sha256(canonicalJson({ spec, target, archs, sanitize, tunables, compilerVersion })).slice(0, 16);
+  const hash = sha256(
+    canonicalJson({ spec: keyedSpec(spec), target, archs, sanitize, tunables, compilerVersion }),
+  ).slice(0, 16);
   const suffix = sanitize === 'none' ? target : `${target}-${sanitize}`;
   const key = `${spec.name}-${suffix}-${hash}`;
   return {

@@ -27,7 +27,11 @@ export function parsePtxasReport(text: string): KernelResources[] {
     }
     const stack = /(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads/.exec(line);
     if (stack && current) {
-      frame = { stackBytes: Number(stack[1]), spillStoreBytes: Number(stack[2]), spillLoadBytes: Number(stack[3]) };
+      frame = {
+        stackBytes: Number(stack[1]),
+        spillStoreBytes: Number(stack[2]),
+        spillLoadBytes: Number(stack[3]),
+      };
       continue;
     }
     const used = /Used (\d+) registers/.exec(line);

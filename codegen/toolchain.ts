@@ -56,7 +56,8 @@ export function findToolchain(): Promise<Toolchain> {
     ]);
     const candidates = [process.env.CUDA_HOME, '/usr/local/cuda'].filter((p): p is string => !!p);
     const cudaInclude =
-      candidates.map((root) => join(root, 'include')).find((inc) => existsSync(join(inc, 'cuda_fp16.h'))) ?? null;
+      candidates.map((root) => join(root, 'include')).find((inc) => existsSync(join(inc, 'cuda_fp16.h'))) ??
+      null;
     return { gxx, nvcc, cudaInclude, hostCpu: hostCpu() };
   })();
   return cached;

@@ -115,7 +115,8 @@ export class Attention {
       loadable = source;
     } else {
       const spec = isSpec(source) ? source : source.spec;
-      const target = options.target && options.target !== 'auto' ? options.target : gpuPresent() ? 'cuda' : 'cpu';
+      const target =
+        options.target && options.target !== 'auto' ? options.target : gpuPresent() ? 'cuda' : 'cpu';
       loadable = await resolveLoader(options.loader)(spec, target);
     }
     const spec = loadable.manifest.spec;
@@ -127,14 +128,21 @@ export class Attention {
     const module = NativeModule.load(loadable.libraryPath);
     const wanted = options.mode ?? spec.partition;
     if (wanted === 'chunk-first' && !module.info.phase1)
-      throw new ArgumentError(`mode chunk-first needs a phase-1 kernel, which the ${module.info.target} module lacks`);
+      throw new ArgumentError(
+        `mode chunk-first needs a phase-1 kernel, which the ${module.info.target} module lacks`,
+      );
     const mode = wanted === 'two-phase' && !module.info.phase1 ? 'sequence-first' : wanted;
     return new Attention(spec, module, options, mode);
   }
 
   get kvShape(): KvShape {
     const bytes = { f16: 2, bf16: 2, f32: 4 }[this.spec.dtype.kv];
-    return { layers: this.layers, kvHeads: this.spec.heads.kv, headDim: this.spec.headDim, dtypeBytes: bytes };
+    return {
+      layers: this.layers,
+      kvHeads: this.spec.heads.kv,
+      headDim: this.spec.headDim,
+      dtypeBytes: bytes,
+    };
   }
 
   /** Adds a sequence; the caller writes KV for prompt tokens [matchedTokens, length) with writeKV. */
@@ -158,11 +166,14 @@ export class Attention {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const n = this.#tokenRows('k', k);
-    if (this.#tokenRows('v', v) !== n) throw new ShapeError(`k holds ${n} tokens but v holds ${v.length / this.#rowElems()}`);
+    if (this.#tokenRows('v', v) !== n)
+      throw new ShapeError(`k holds ${n} tokens but v holds ${v.length / this.#rowElems()}`);
     if (!this.cache.has(seq)) throw new UnknownSequenceError(seq);
     const length = this.cache.length(seq);
     if (!Number.isInteger(fromPos) || fromPos < 0 || fromPos + n > length)
-      throw new ArgumentError(`tokens [${fromPos}, ${fromPos + n}) are outside sequence ${seq} (length ${length})`);
+      throw new ArgumentError(
+        `tokens [${fromPos}, ${fromPos + n}) are outside sequence ${seq} (length ${length})`,
+      );
     const chunks = this.cache.chunksOf(seq);
     const c = this.spec.chunkSize;
     const slots = new Int32Array(n);
@@ -194,13 +205,18 @@ export class Attention {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const step = this.#pending;
-    if (!step) throw new ArgumentError('writeDecodeKV needs an appendStep first (the tree changed since, or none ran)');
+    if (!step)
+      throw new ArgumentError(
+        'writeDecodeKV needs an appendStep first (the tree changed since, or none ran)',
+      );
     for (const [name, data] of [
       ['k', k],
       ['v', v],
     ] as const)
       if (this.#tokenRows(name, data) !== step.seqs.length)
-        throw new ShapeError(`${name} holds ${data.length / this.#rowElems()} tokens; the step has ${step.seqs.length}`);
+        throw new ShapeError(
+          `${name} holds ${data.length / this.#rowElems()} tokens; the step has ${step.seqs.length}`,
+        );
     this.module.writeKv(pool, step.slots, step.offsets, k, v);
   }
 
@@ -212,11 +228,18 @@ export class Attention {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const ioSeqs = seqs ? Int32Array.from(seqs) : this.#pending?.seqs;
-    if (!ioSeqs) throw new ArgumentError('decode needs the sequences of its q rows: call appendStep first, or pass seqs');
+    if (!ioSeqs)
+      throw new ArgumentError(
+        'decode needs the sequences of its q rows: call appendStep first, or pass seqs',
+      );
     const { q: qType, out: outType } = this.spec.dtype;
     const rowElems = this.spec.heads.q * this.spec.headDim;
     this.#checkData('q', q, qType, ioSeqs.length * rowElems);
-    const result = out ?? (outType === 'f32' ? new Float32Array(ioSeqs.length * rowElems) : new Uint16Array(ioSeqs.length * rowElems));
+    const result =
+      out ??
+      (outType === 'f32'
+        ? new Float32Array(ioSeqs.length * rowElems)
+        : new Uint16Array(ioSeqs.length * rowElems));
     this.#checkData('out', result, outType, ioSeqs.length * rowElems);
     for (const seq of ioSeqs) if (!this.cache.has(seq)) throw new UnknownSequenceError(seq);
 
@@ -231,7 +254,9 @@ export class Attention {
       allSeqs = Int32Array.from([...ioSeqs, ...missing]);
       qRows = new (q.constructor as typeof Float32Array | typeof Uint16Array)(allSeqs.length * rowElems);
       qRows.set(q);
-      outRows = new (result.constructor as typeof Float32Array | typeof Uint16Array)(allSeqs.length * rowElems);
+      outRows = new (result.constructor as typeof Float32Array | typeof Uint16Array)(
+        allSeqs.length * rowElems,
+      );
     }
     this.module.decode(pool, {
       q: qRows,
@@ -301,15 +326,20 @@ export class Attention {
     if (data instanceof Uint16Array && kv === 'f32')
       throw new ShapeError(`${name}: the KV dtype is f32, so pass a Float32Array`);
     if (data.length % this.#rowElems() !== 0)
-      throw new ShapeError(`${name} has ${data.length} elements, not a multiple of Hkv × D = ${this.#rowElems()}`);
+      throw new ShapeError(
+        `${name} has ${data.length} elements, not a multiple of Hkv × D = ${this.#rowElems()}`,
+      );
     return data.length / this.#rowElems();
   }
 
   #checkData(name: string, data: HostData, dtype: string, elements: number): void {
     const ok = dtype === 'f32' ? data instanceof Float32Array : data instanceof Uint16Array;
     if (!ok)
-      throw new ShapeError(`${name} must be ${dtype === 'f32' ? 'a Float32Array' : `a Uint16Array of ${dtype} bits`}`);
-    if (data.length !== elements) throw new ShapeError(`${name} has ${data.length} elements; expected ${elements}`);
+      throw new ShapeError(
+        `${name} must be ${dtype === 'f32' ? 'a Float32Array' : `a Uint16Array of ${dtype} bits`}`,
+      );
+    if (data.length !== elements)
+      throw new ShapeError(`${name} has ${data.length} elements; expected ${elements}`);
   }
 
   #applyCopies(copies: readonly { srcSlot: number; dstSlot: number; tokens: number }[]): void {

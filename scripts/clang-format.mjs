@@ -32,4 +32,6 @@ if (result.status !== 0) {
   if (!fix) console.error('clang-format: run `npm run format` to fix the files above');
   process.exit(result.status ?? 1);
 }
-console.log(`clang-format: ${files.length} files ${fix ? 'formatted' : 'clean'} (${roots.map((r) => relative(root, join(root, r))).join(', ')})`);
+console.log(
+  `clang-format: ${files.length} files ${fix ? 'formatted' : 'clean'} (${roots.map((r) => relative(root, join(root, r))).join(', ')})`,
+);

@@ -15,7 +15,12 @@ export interface CliResult {
 }
 
 export function spawnCli(args: readonly string[], env: Record<string, string> = {}): ResultPromise {
-  return execa('node', [CLI, ...args], { cwd: REPO, env: { ...process.env, ...env }, reject: false, all: false });
+  return execa('node', [CLI, ...args], {
+    cwd: REPO,
+    env: { ...process.env, ...env },
+    reject: false,
+    all: false,
+  });
 }
 
 export async function runCli(args: readonly string[], env: Record<string, string> = {}): Promise<CliResult> {

@@ -66,7 +66,15 @@ describe('chunkattn CLI', () => {
   });
 
   test('--head-dim retargets a spec, and an unsupported one is refused', async () => {
-    const ok = await runCli(['inspect', 'examples/llama2-7b.ts', '--target', 'cpu', '--head-dim', '64', '--json']);
+    const ok = await runCli([
+      'inspect',
+      'examples/llama2-7b.ts',
+      '--target',
+      'cpu',
+      '--head-dim',
+      '64',
+      '--json',
+    ]);
     expect(ok.exitCode, ok.stderr).toBe(0);
     expect((ok.json as { specs: { headDim: number }[] }).specs[0]!.headDim).toBe(64);
     const bad = await runCli(['inspect', 'examples/llama2-7b.ts', '--head-dim', '100']);

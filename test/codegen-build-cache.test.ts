@@ -26,24 +26,27 @@ function freshCache(): string {
 }
 
 describe('compile for GPUs through nvcc', () => {
-  test.each(EXAMPLES)('%s builds for sm_80 and sm_90a with 0 spill bytes; the second run is a cache hit', async (example) => {
-    const file = join('examples', `${example}.ts`);
-    const first = await runCli(['compile', file, '--arch', 'sm_80,sm_90a', '--json']);
-    expect(first.exitCode, first.stderr).toBe(0);
-    const [module] = (first.json as { modules: ModuleResult[] }).modules;
-    expect(module!.target).toBe('cuda');
-    expect(module!.resources.map((r) => r.arch).sort()).toEqual(['sm_80', 'sm_90a']);
-    for (const r of module!.resources) expect(r.spillStoreBytes + r.spillLoadBytes).toBe(0);
-    const libraryMtime = statSync(join(module!.dir, 'module.so')).mtimeMs;
+  test.each(EXAMPLES)(
+    '%s builds for sm_80 and sm_90a with 0 spill bytes; the second run is a cache hit',
+    async (example) => {
+      const file = join('examples', `${example}.ts`);
+      const first = await runCli(['compile', file, '--arch', 'sm_80,sm_90a', '--json']);
+      expect(first.exitCode, first.stderr).toBe(0);
+      const [module] = (first.json as { modules: ModuleResult[] }).modules;
+      expect(module!.target).toBe('cuda');
+      expect(module!.resources.map((r) => r.arch).sort()).toEqual(['sm_80', 'sm_90a']);
+      for (const r of module!.resources) expect(r.spillStoreBytes + r.spillLoadBytes).toBe(0);
+      const libraryMtime = statSync(join(module!.dir, 'module.so')).mtimeMs;
 
-    const second = await runCli(['compile', file, '--arch', 'sm_80,sm_90a', '--json']);
-    expect(second.exitCode, second.stderr).toBe(0);
-    const [again] = (second.json as { modules: ModuleResult[] }).modules;
-    expect(again!.cached).toBe(true);
-    expect(again!.key).toBe(module!.key);
-    expect(again!.seconds).toBeLessThan(1);
-    expect(statSync(join(again!.dir, 'module.so')).mtimeMs).toBe(libraryMtime);
-  });
+      const second = await runCli(['compile', file, '--arch', 'sm_80,sm_90a', '--json']);
+      expect(second.exitCode, second.stderr).toBe(0);
+      const [again] = (second.json as { modules: ModuleResult[] }).modules;
+      expect(again!.cached).toBe(true);
+      expect(again!.key).toBe(module!.key);
+      expect(again!.seconds).toBeLessThan(1);
+      expect(statSync(join(again!.dir, 'module.so')).mtimeMs).toBe(libraryMtime);
+    },
+  );
 });
 
 describe('the build cache under concurrency and interruption', () => {
@@ -70,7 +73,8 @@ describe('the build cache under concurrency and interruption', () => {
     const child = spawnCli(['compile', 'examples/llama2-7b.ts', '--arch', 'sm_80', '--json'], env);
     const tmpRoot = join(cache, '.tmp');
     const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline && !(existsSync(tmpRoot) && readdirSync(tmpRoot).length > 0)) await sleep(20);
+    while (Date.now() < deadline && !(existsSync(tmpRoot) && readdirSync(tmpRoot).length > 0))
+      await sleep(20);
     await sleep(300); // inside the compiler now
     child.kill('SIGKILL');
     await child.catch(() => undefined);
@@ -87,9 +91,23 @@ describe('the build cache under concurrency and interruption', () => {
   test('a compiler error shows the compiler message, the generated file and the spec name', async () => {
     const saved = process.env.CHUNKATTN_CACHE;
     process.env.CHUNKATTN_CACHE = freshCache();
-    const spec = attention({ name: 'broken-variant', heads: { q: 4, kv: 4 }, headDim: 64, dtype: 'f32', targets: ['cpu'] });
+    const spec = attention({
+      name: 'broken-variant',
+      heads: { q: 4, kv: 4 },
+      headDim: 64,
+      dtype: 'f32',
+      targets: ['cpu'],
+    });
     // A translated scoreMod can only hold valid C++; plant an invalid one to exercise the error path.
-    const broken = { ...spec, scoreMod: { source: 's', loc: { file: 'x.ts', line: 1, column: 1 }, ir: { kind: 'score' as const }, cpp: 'score +' } };
+    const broken = {
+      ...spec,
+      scoreMod: {
+        source: 's',
+        loc: { file: 'x.ts', line: 1, column: 1 },
+        ir: { kind: 'score' as const },
+        cpp: 'score +',
+      },
+    };
     const toolchain = await findToolchain();
     const error = await build(plan(broken, { target: 'cpu' }, toolchain), toolchain)
       .catch((e: unknown) => e)
@@ -108,11 +126,43 @@ describe('the build cache under concurrency and interruption', () => {
 describe('the cache key', () => {
   test('changes with the spec, target and tunables, and not between identical specs', async () => {
     const toolchain = await findToolchain();
-    const base = { name: 'k', heads: { q: 8, kv: 2 }, headDim: 64, dtype: 'f16', targets: ['cpu', 'emu'] } as const;
+    const base = {
+      name: 'k',
+      heads: { q: 8, kv: 2 },
+      headDim: 64,
+      dtype: 'f16',
+      targets: ['cpu', 'emu'],
+    } as const;
     const a = plan(attention(base), { target: 'cpu' }, toolchain).key;
     expect(plan(attention(base), { target: 'cpu' }, toolchain).key).toBe(a);
     expect(plan(attention({ ...base, headDim: 128 }), { target: 'cpu' }, toolchain).key).not.toBe(a);
     expect(plan(attention(base), { target: 'emu' }, toolchain).key).not.toBe(a);
-    expect(plan(attention(base), { target: 'emu', sanitize: 'address' }, toolchain).key).toMatch(/^k-emu-address-/);
+    expect(plan(attention(base), { target: 'emu', sanitize: 'address' }, toolchain).key).toMatch(
+      /^k-emu-address-/,
+    );
   });
+});
+
+test('the cache key ignores where a score function was written, not what it computes', async () => {
+  const toolchain = await findToolchain();
+  const spec = attention({
+    name: 'moved',
+    heads: { q: 4, kv: 4 },
+    headDim: 64,
+    dtype: 'f32',
+    targets: ['cpu'],
+    scoreMod: (s) => s * 2,
+  });
+  const moved = {
+    ...spec,
+    scoreMod: {
+      ...spec.scoreMod!,
+      loc: { file: 'elsewhere.ts', line: 99, column: 1 },
+      source: '(x) => x * 2',
+    },
+  };
+  const changed = { ...spec, scoreMod: { ...spec.scoreMod!, cpp: '(score * 3.0f)' } };
+  const key = plan(spec, { target: 'cpu' }, toolchain).key;
+  expect(plan(moved, { target: 'cpu' }, toolchain).key).toBe(key);
+  expect(plan(changed, { target: 'cpu' }, toolchain).key).not.toBe(key);
 });

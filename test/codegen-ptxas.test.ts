@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'vitest';
-import { parsePtxasReport, resourceViolations } from '../codegen/index.ts';
 import type { KernelPlan } from '../codegen/index.ts';
+import { parsePtxasReport, resourceViolations } from '../codegen/index.ts';
 
 // A real `nvcc -Xptxas -v` report (sm_80 and sm_90a), plus a kernel with spills and static smem.
 const REPORT = `ptxas info    : 0 bytes gmem
@@ -20,7 +20,13 @@ describe('ptxas resource report', () => {
   test('parses one record per kernel per arch', () => {
     const records = parsePtxasReport(REPORT);
     expect(records).toEqual([
-      expect.objectContaining({ arch: 'sm_80', registers: 40, smemBytes: 0, spillStoreBytes: 0, barriers: 1 }),
+      expect.objectContaining({
+        arch: 'sm_80',
+        registers: 40,
+        smemBytes: 0,
+        spillStoreBytes: 0,
+        barriers: 1,
+      }),
       expect.objectContaining({
         arch: 'sm_90a',
         registers: 168,
@@ -35,7 +41,9 @@ describe('ptxas resource report', () => {
   test('spills, registers over budget, static smem and missing archs are plan violations', () => {
     const plan = {
       archs: ['sm_80', 'sm_90a', 'sm_89'],
-      kernels: [{ kernel: 'decode_sequence_first', maxRegisters: 128, smemBytes: 0, threadsPerBlock: 128, grid: '' }],
+      kernels: [
+        { kernel: 'decode_sequence_first', maxRegisters: 128, smemBytes: 0, threadsPerBlock: 128, grid: '' },
+      ],
     } as unknown as KernelPlan;
     const violations = resourceViolations(plan, parsePtxasReport(REPORT));
     expect(violations).toEqual([
@@ -44,6 +52,8 @@ describe('ptxas resource report', () => {
       'decode_sequence_first sm_90a: 168 registers (plan: ≤ 128)',
       'decode_sequence_first sm_90a: 4096 B static shared memory (plan: 0)',
     ]);
-    expect(resourceViolations({ ...plan, archs: ['sm_80'] }, parsePtxasReport(REPORT).slice(0, 1))).toEqual([]);
+    expect(resourceViolations({ ...plan, archs: ['sm_80'] }, parsePtxasReport(REPORT).slice(0, 1))).toEqual(
+      [],
+    );
   });
 });

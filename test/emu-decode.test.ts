@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, test } from 'vitest';
-import { Attention } from '../index.ts';
 import type { KernelSpec } from '../dsl/spec.ts';
+import { Attention } from '../index.ts';
 import { EMU_CONFIGS, emuShapeSpec, emuTrafficSpec } from './specs.ts';
 import { Rng, WorkloadModel } from './workload-model.ts';
 
@@ -14,7 +14,10 @@ async function runtimeFor(index: number) {
   let entry = runtimes.get(index);
   if (!entry) {
     const spec = emuShapeSpec(index);
-    entry = { attn: await Attention.create(spec, { layers: 1, capacityTokens: 64 * 1024, target: 'emu' }), spec };
+    entry = {
+      attn: await Attention.create(spec, { layers: 1, capacityTokens: 64 * 1024, target: 'emu' }),
+      spec,
+    };
     runtimes.set(index, entry);
   }
   return entry;
@@ -39,8 +42,13 @@ function prompts(rng: Rng, pattern: Pattern, batch: number, c: number): number[]
       case 'all':
         return [...shared, ...tail()];
       case 'nested': // three levels: shared root, 2 branches of c+ tokens, leaves
-        return [...shared, ...Array.from({ length: c + 3 }, () => 500 + (i % 2)), ...(i % 4 < 2 ? [7, 7] : []), ...tail()];
-      case 'groups':
+        return [
+          ...shared,
+          ...Array.from({ length: c + 3 }, () => 500 + (i % 2)),
+          ...(i % 4 < 2 ? [7, 7] : []),
+          ...tail(),
+        ];
+      default: // groups
         return [...Array.from({ length: c + 1 }, () => 300 + (i % 5)), ...tail()];
     }
   });
@@ -55,24 +63,29 @@ describe(`the sequence-first CUDA kernel on the emu target matches float64 on 20
     pattern: rng.pick<Pattern>(['none', 'all', 'nested', 'groups']),
     order: i % 2 === 0 ? 'forward' : 'random',
   }));
-  test.each(shapes)('shape $id: config $config, batch $batch, sharing $pattern, CUCPU_ORDER=$order', async (shape) => {
-    const { attn, spec } = await runtimeFor(shape.config);
-    const shapeRng = new Rng(SEED + shape.id);
-    const model = new WorkloadModel(attn, spec, shapeRng);
-    const saved = process.env.CUCPU_ORDER;
-    process.env.CUCPU_ORDER = shape.order;
-    try {
-      const seqs = prompts(shapeRng, shape.pattern, shape.batch, spec.chunkSize).map((p) => model.insert(p));
-      model.step(seqs); // poisons the output, decodes, compares with float64 attention
-      model.step([...seqs].reverse());
-      expect(model.decodes).toBe(2);
-    } finally {
-      for (const seq of [...model.seqs.keys()]) model.release(seq);
-      attn.cache.evict();
-      process.env.CUCPU_ORDER = saved;
-      if (saved === undefined) delete process.env.CUCPU_ORDER;
-    }
-  });
+  test.each(shapes)(
+    'shape $id: config $config, batch $batch, sharing $pattern, CUCPU_ORDER=$order',
+    async (shape) => {
+      const { attn, spec } = await runtimeFor(shape.config);
+      const shapeRng = new Rng(SEED + shape.id);
+      const model = new WorkloadModel(attn, spec, shapeRng);
+      const saved = process.env.CUCPU_ORDER;
+      process.env.CUCPU_ORDER = shape.order;
+      try {
+        const seqs = prompts(shapeRng, shape.pattern, shape.batch, spec.chunkSize).map((p) =>
+          model.insert(p),
+        );
+        model.step(seqs); // poisons the output, decodes, compares with float64 attention
+        model.step([...seqs].reverse());
+        expect(model.decodes).toBe(2);
+      } finally {
+        for (const seq of [...model.seqs.keys()]) model.release(seq);
+        attn.cache.evict();
+        process.env.CUCPU_ORDER = saved;
+        if (saved === undefined) delete process.env.CUCPU_ORDER;
+      }
+    },
+  );
 });
 
 describe('bytes moved through global memory (counted by the prims wrappers on the emu target)', () => {
@@ -82,8 +95,13 @@ describe('bytes moved through global memory (counted by the prims wrappers on th
     try {
       const model = new WorkloadModel(attn, spec, new Rng(SEED));
       const lengths = [1, 15, 16, 17, 40, 100];
-      const seqs = lengths.map((n, i) => model.insert(Array.from({ length: n }, (_, t) => (i * 1000 + t) % 977)));
-      attn.appendStep(seqs, seqs.map(() => 1));
+      const seqs = lengths.map((n, i) =>
+        model.insert(Array.from({ length: n }, (_, t) => (i * 1000 + t) % 977)),
+      );
+      attn.appendStep(
+        seqs,
+        seqs.map(() => 1),
+      );
       const kv = new Uint16Array(seqs.length * 2 * 64);
       attn.writeDecodeKV(0, kv, kv);
       attn.module.resetStats();

@@ -20,17 +20,30 @@ test('the CUDA decode kernel runs clean under ASan + UBSan on the emu target (sm
   const seed = Math.floor(Math.random() * 2 ** 31);
   const result = await execa(
     'node',
-    ['--import', 'tsx', join(REPO, 'test', 'fixtures', 'sanitized-decode.ts'), module.libraryPath, String(seed)],
+    [
+      '--import',
+      'tsx',
+      join(REPO, 'test', 'fixtures', 'sanitized-decode.ts'),
+      module.libraryPath,
+      String(seed),
+    ],
     {
       cwd: REPO,
       reject: false,
-      env: { LD_PRELOAD: preload, ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=0', UBSAN_OPTIONS: 'halt_on_error=1' },
+      env: {
+        LD_PRELOAD: preload,
+        ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=0',
+        UBSAN_OPTIONS: 'halt_on_error=1',
+      },
     },
   );
   const output = `${result.stdout}\n${result.stderr}`;
   expect(output, `seed ${seed}`).not.toMatch(/AddressSanitizer|runtime error:/);
   expect(result.exitCode, output).toBe(0);
-  const summary = JSON.parse(String(result.stdout).trim().split('\n').at(-1)!) as { decodes: number; maxError: number };
+  const summary = JSON.parse(String(result.stdout).trim().split('\n').at(-1)!) as {
+    decodes: number;
+    maxError: number;
+  };
   expect(summary.decodes).toBeGreaterThan(2);
   expect(summary.maxError).toBeLessThanOrEqual(2e-3);
   expect(readFileSync(join(module.dir, 'build.log'), 'utf8')).toContain('-fsanitize=address');

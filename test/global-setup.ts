@@ -27,5 +27,7 @@ export default async function setup(): Promise<void> {
       for (let job = queue.shift(); job; job = queue.shift()) await job();
     }),
   );
-  console.log(`precompiled ${jobs.length} kernel modules in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  console.log(
+    `precompiled ${jobs.length} kernel modules in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+  );
 }

@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'vitest';
-import { Attention } from '../index.ts';
 import type { DType, Partition } from '../dsl/spec.ts';
+import { Attention } from '../index.ts';
 import { tinySpec } from './specs.ts';
 import { Rng, runRandomWorkload, WorkloadModel } from './workload-model.ts';
 

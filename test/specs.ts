@@ -40,7 +40,14 @@ export function emuShapeSpec(index: number): KernelSpec {
 }
 
 export function emuTrafficSpec(): KernelSpec {
-  return attention({ name: 'emu-traffic', heads: { q: 8, kv: 2 }, headDim: 64, dtype: 'bf16', chunkSize: 16, targets: ['emu'] });
+  return attention({
+    name: 'emu-traffic',
+    heads: { q: 8, kv: 2 },
+    headDim: 64,
+    dtype: 'bf16',
+    chunkSize: 16,
+    targets: ['emu'],
+  });
 }
 
 /** Every (spec, target) the suites build, for the global setup. */
@@ -52,12 +59,14 @@ export interface ModuleRequest {
 
 export function precompiledModules(): ModuleRequest[] {
   const out: ModuleRequest[] = [];
-  for (const dtype of ['f32', 'f16', 'bf16'] as const) out.push({ spec: tinySpec(dtype, 'plain', ['cpu']), target: 'cpu' });
+  for (const dtype of ['f32', 'f16', 'bf16'] as const)
+    out.push({ spec: tinySpec(dtype, 'plain', ['cpu']), target: 'cpu' });
   for (const dtype of ['bf16', 'f32'] as const)
     out.push({ spec: tinySpec(dtype, 'softcap-window', ['cpu']), target: 'cpu' });
-  for (const dtype of ['f16', 'bf16'] as const) out.push({ spec: tinySpec(dtype, 'plain', ['emu']), target: 'emu' });
+  for (const dtype of ['f16', 'bf16'] as const)
+    out.push({ spec: tinySpec(dtype, 'plain', ['emu']), target: 'emu' });
   out.push({ spec: tinySpec('bf16', 'softcap-window', ['emu']), target: 'emu' });
-  EMU_CONFIGS.forEach((_, i) => out.push({ spec: emuShapeSpec(i), target: 'emu' }));
+  for (let i = 0; i < EMU_CONFIGS.length; i++) out.push({ spec: emuShapeSpec(i), target: 'emu' });
   out.push({ spec: emuTrafficSpec(), target: 'emu' });
   out.push({ spec: tinySpec('f16', 'plain', ['emu']), target: 'emu', sanitize: 'address' });
   return out;

@@ -4,8 +4,8 @@
 // A token's K/V is a pseudo-random function of (layer, the token's whole prefix), as in a real
 // model, so sequences sharing a prefix agree on its KV by construction, whoever wrote it.
 
-import type { DType, KernelSpec } from '../dsl/spec.ts';
 import { variantFunctions } from '../dsl/index.ts';
+import type { DType, KernelSpec } from '../dsl/spec.ts';
 import type { Attention } from '../runtime/attention.ts';
 import { fromHost, toHost } from '../runtime/half.ts';
 import { referenceDecode, relativeError, TOLERANCE } from './reference.ts';
@@ -80,7 +80,7 @@ export class WorkloadModel {
 
   #rows(layer: number, hashes: readonly number[], which: 0 | 1): Float32Array {
     const out = new Float32Array(hashes.length * this.rowElems);
-    hashes.forEach((h, i) => out.set(this.kvRow(layer, h, which), i * this.rowElems));
+    for (const [i, h] of hashes.entries()) out.set(this.kvRow(layer, h, which), i * this.rowElems);
     return out;
   }
 
@@ -99,7 +99,13 @@ export class WorkloadModel {
     for (let layer = 0; layer < this.attn.layers; layer++) {
       const fresh = hashes.slice(matchedTokens);
       if (fresh.length === 0) continue;
-      this.attn.writeKV(layer, seq, matchedTokens, this.#host(this.#rows(layer, fresh, 0)), this.#host(this.#rows(layer, fresh, 1)));
+      this.attn.writeKV(
+        layer,
+        seq,
+        matchedTokens,
+        this.#host(this.#rows(layer, fresh, 0)),
+        this.#host(this.#rows(layer, fresh, 1)),
+      );
     }
     this.seqs.set(seq, { tokens: [...tokens], hashes });
     return seq;
@@ -108,7 +114,8 @@ export class WorkloadModel {
   fork(seq: number, n: number): number[] {
     const children = this.attn.fork(seq, n);
     const parent = this.seqs.get(seq)!;
-    for (const child of children) this.seqs.set(child, { tokens: [...parent.tokens], hashes: [...parent.hashes] });
+    for (const child of children)
+      this.seqs.set(child, { tokens: [...parent.tokens], hashes: [...parent.hashes] });
     return children;
   }
 
@@ -129,7 +136,11 @@ export class WorkloadModel {
     const newHashes = seqs.map((s) => this.seqs.get(s)!.hashes.at(-1)!);
     const variant = variantFunctions(this.spec);
     for (let layer = 0; layer < this.attn.layers; layer++) {
-      this.attn.writeDecodeKV(layer, this.#host(this.#rows(layer, newHashes, 0)), this.#host(this.#rows(layer, newHashes, 1)));
+      this.attn.writeDecodeKV(
+        layer,
+        this.#host(this.#rows(layer, newHashes, 0)),
+        this.#host(this.#rows(layer, newHashes, 1)),
+      );
       const q = new Float32Array(seqs.length * this.qElems);
       for (let i = 0; i < q.length; i++) q[i] = this.rng.next() * 2 - 1;
       const qRounded = rounded(q, this.spec.dtype.q);
@@ -154,7 +165,7 @@ export class WorkloadModel {
       const reference = referenceDecode(shape, rows, variant);
       const got = fromHost(out, this.spec.dtype.out);
       const expected = new Float64Array(got.length);
-      reference.forEach((r, i) => expected.set(r, i * this.qElems));
+      for (const [i, r] of reference.entries()) expected.set(r, i * this.qElems);
       const error = relativeError(got, expected);
       this.maxError = Math.max(this.maxError, error);
       this.decodes++;

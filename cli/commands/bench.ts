@@ -17,12 +17,18 @@ const REPORTS: Record<string, () => Promise<BenchRunner>> = {
 
 export const BENCH_NAMES = Object.keys(REPORTS);
 
-export async function benchCommand(name: string, flags: { quick?: boolean; json?: boolean }, out: Output): Promise<void> {
+export async function benchCommand(
+  name: string,
+  flags: { quick?: boolean; json?: boolean },
+  out: Output,
+): Promise<void> {
   const load = REPORTS[name];
   if (!load) throw new UsageError(`unknown report '${name}'; available: ${BENCH_NAMES.join(', ')}`);
   const run = await load();
   const progress = makeProgress(name);
-  const report = await run({ quick: !!flags.quick, progress: progress.update }).finally(() => progress.stop());
+  const report = await run({ quick: !!flags.quick, progress: progress.update }).finally(() =>
+    progress.stop(),
+  );
   const files = writeReportFiles(report);
   out.info(`wrote ${files.json} and ${files.svg}`);
   out.info(renderTable(report));

@@ -44,7 +44,11 @@ export function compileRequests(specs: readonly KernelSpec[], flags: CompileFlag
     ? parseList('--sanitize', flags.sanitize, ['address', 'thread'] as const)[0]!
     : ('none' as const);
   return specs.flatMap((spec) => {
-    const targets = flags.target ? parseBuildTargets(flags.target) : archs ? ['cuda' as const] : buildTargetsOf(spec.targets);
+    const targets = flags.target
+      ? parseBuildTargets(flags.target)
+      : archs
+        ? ['cuda' as const]
+        : buildTargetsOf(spec.targets);
     if (targets.length === 0) throw new UsageError(`spec "${spec.name}" names no build target`);
     return targets.map((target) => ({
       spec,

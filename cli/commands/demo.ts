@@ -34,9 +34,16 @@ export async function demoCommand(flags: DemoFlags, out: Output): Promise<void> 
   const progress = makeProgress('demo');
   const result = await runDemo({ ...options, progress: progress.update }).finally(() => progress.stop());
   const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
-  const table = new Table({ head: ['', 'two-phase (ChunkAttention)', 'sequence-first (paged)'], style: { head: [], border: [] } });
+  const table = new Table({
+    head: ['', 'two-phase (ChunkAttention)', 'sequence-first (paged)'],
+    style: { head: [], border: [] },
+  });
   table.push(
-    ['decode tokens/s', result.tokensPerSecond['two-phase'].toFixed(0), result.tokensPerSecond['sequence-first'].toFixed(0)],
+    [
+      'decode tokens/s',
+      result.tokensPerSecond['two-phase'].toFixed(0),
+      result.tokensPerSecond['sequence-first'].toFixed(0),
+    ],
     [
       `max rel. error vs float64 (steps ${result.sampledSteps.join(', ')})`,
       result.maxRelativeError['two-phase'].toExponential(2),

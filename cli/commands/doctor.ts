@@ -41,13 +41,21 @@ export async function doctorCommand(out: Output): Promise<void> {
     hostCpu: toolchain.hostCpu,
     gpu: await gpuPresent(),
     cache,
-    cachedModules: existsSync(cache) ? readdirSync(cache).filter((e) => !e.startsWith('.') && !e.endsWith('.lock')).length : 0,
+    cachedModules: existsSync(cache)
+      ? readdirSync(cache).filter((e) => !e.startsWith('.') && !e.endsWith('.lock')).length
+      : 0,
     addon: nativeAddonStatus(),
   };
   const line = (label: string, value: string) => out.info(`${label.padEnd(14)} ${value}`);
   line('node', report.node);
-  line('g++', report.gxx ? `${report.gxx.version} (${report.gxx.path})` : 'missing: the cpu and emu targets need it');
-  line('nvcc', report.nvcc ? `${report.nvcc.version} (${report.nvcc.path})` : 'missing: the cuda target needs it');
+  line(
+    'g++',
+    report.gxx ? `${report.gxx.version} (${report.gxx.path})` : 'missing: the cpu and emu targets need it',
+  );
+  line(
+    'nvcc',
+    report.nvcc ? `${report.nvcc.version} (${report.nvcc.path})` : 'missing: the cuda target needs it',
+  );
   line('nvcc archs', report.nvccArchs.join(', ') || '-');
   line('cuda headers', report.cudaInclude ?? 'missing: the emu target needs them');
   line('host cpu', report.hostCpu);

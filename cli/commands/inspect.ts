@@ -4,8 +4,8 @@
 import { join } from 'node:path';
 import Table from 'cli-table3';
 import { cacheDir, planModule, readModule } from '../../codegen/index.ts';
-import { type CompileFlags, compileRequests, loadSpecsWithFlags } from './compile.ts';
 import type { Output } from '../output.ts';
+import { type CompileFlags, compileRequests, loadSpecsWithFlags } from './compile.ts';
 
 export async function inspectCommand(file: string, flags: CompileFlags, out: Output): Promise<void> {
   const specs = await loadSpecsWithFlags(file, flags);
@@ -19,7 +19,9 @@ export async function inspectCommand(file: string, flags: CompileFlags, out: Out
     const built = readModule(join(cacheDir(), plan.buildId), true);
     out.info(`== ${plan.name} → ${plan.target}${plan.archs.length ? ` (${plan.archs.join(', ')})` : ''}`);
     out.info(`key: ${plan.key}  (cache folder ${plan.buildId})`);
-    out.info(`plan: ${JSON.stringify({ phase1: plan.phase1, tunables: plan.tunables, kernels: plan.kernels }, null, 2)}`);
+    out.info(
+      `plan: ${JSON.stringify({ phase1: plan.phase1, tunables: plan.tunables, kernels: plan.kernels }, null, 2)}`,
+    );
     if (built) {
       out.info(`built: ${built.dir} (${built.manifest.buildSeconds} s, ${built.manifest.builtAt})`);
       if (built.manifest.resources.length) {

@@ -7,11 +7,14 @@
 // alone over the same pool (same kernels, same threads). Reports the median of --reps timed
 // steps after warm-up, the speedup, and phase-1 GFLOP/s (4 * b * Hq * ns * D flops).
 //
-// Build: g++ -O3 -march=native -fno-math-errno -std=c++20 -DCA_CPU_PROFILE -pthread
+// Build: g++ -O3 -march=native -fno-math-errno -std=c++20 -pthread
 //          -I templates/include test/cpu-kernels/tpp_bench.cpp -o tpp_bench
 // Usage: tpp_bench [--b 32] [--ns 2048] [--np 2048] [--decoded 128] [--threads 0] [--reps 9]
 //                  [--dtype f16|bf16]
 //                  [--grid] (ns = np in {1024, 2048, 4096} and ns = 0, b in {16, 32, 64})
+// Env: CA_BENCH_HUGE=1 allocates the pools with ca::cpu::host_alloc (2 MiB pages);
+//      CA_BENCH_ONE_SLOT=1 maps every shared chunk to one slot (phase 1 without memory stalls).
+// The "min" columns (best step) are robust when other processes share the cores.
 // Last line: one JSON object with every measured shape.
 #define CA_TARGET_CPU 1
 #define CA_CPU_PROFILE 1

@@ -1,7 +1,7 @@
 // Builds and runs the shim's C++ test programs (runtime/cucpu/tests) for test/cucpu-*.test.ts.
 //
-// A program is built once per content: the cache key hashes the compiler's identity, the flags and
-// every source the programs can include (runtime/cucpu, its tests, chunkattn/prims.cuh and abi.h).
+// A program is built once per content: the cache key hashes the compiler's identity, the flags, its
+// main source and every header it may include (runtime/cucpu, its tests, prims.cuh and abi.h).
 // Binaries live in $CHUNKATTN_CACHE/cucpu-tests/<key>/ (default: <tmpdir>/chunkattn), so a
 // second run compiles nothing. Builds run from the repository root, so the file names in
 // diagnostics are repository-relative (runtime/cucpu/tests/test_bugs.cpp:23:18).
@@ -58,14 +58,22 @@ function compileArgs(program: Program, output: string): string[] {
   return [...base, ...program.flags, program.source, ...(program.libs ?? []), '-o', output];
 }
 
-function sourceFiles(): string[] {
+/** The headers any test program may include (its main source is hashed separately). */
+function headerFiles(): string[] {
   const dirs = ['runtime/cucpu', 'runtime/cucpu/tests', 'runtime/cucpu/tests/kernels'];
   const files = dirs.flatMap((dir) =>
     readdirSync(join(repoRoot, dir))
-      .filter((f) => /\.(h|cuh|cu|cpp)$/.test(f))
+      .filter((f) => /\.(h|cuh)$/.test(f))
       .map((f) => `${dir}/${f}`),
   );
   return [...files, 'templates/include/chunkattn/prims.cuh', 'templates/include/chunkattn/abi.h'].sort();
+}
+
+function hashSources(hash: ReturnType<typeof createHash>, mainSource: string): void {
+  for (const file of [mainSource, ...headerFiles()]) {
+    hash.update(file);
+    hash.update(readFileSync(join(repoRoot, file)));
+  }
 }
 
 let compilerIdentity: Promise<string> | undefined;
@@ -83,10 +91,7 @@ export async function programKey(program: Program): Promise<string> {
   const hash = createHash('sha256');
   hash.update(await identity());
   hash.update(JSON.stringify(compileArgs(program, '')));
-  for (const file of sourceFiles()) {
-    hash.update(file);
-    hash.update(readFileSync(join(repoRoot, file)));
-  }
+  hashSources(hash, program.source);
   return hash.digest('hex').slice(0, 24);
 }
 
@@ -170,7 +175,7 @@ export async function compileCubin(arch: string): Promise<string> {
   const hash = createHash('sha256');
   hash.update(nvccPath);
   hash.update(JSON.stringify(args));
-  for (const file of sourceFiles()) hash.update(readFileSync(join(repoRoot, file)));
+  hashSources(hash, source);
   const dir = join(cacheRoot(), `nvcc-${hash.digest('hex').slice(0, 24)}`);
   const log = join(dir, `all_${arch}.ptxas.log`);
   if (existsSync(log)) return readFileSync(log, 'utf8');

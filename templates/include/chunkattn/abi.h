@@ -38,7 +38,8 @@ typedef enum CaStatus {
   CA_ERR_INVALID = 1,      // an argument the module rejects (the addon should have caught it)
   CA_ERR_UNSUPPORTED = 2,  // e.g. a shared run given to a module without a phase-1 kernel
   CA_ERR_DEVICE = 3,       // CUDA runtime error (message from ca_last_error)
-  CA_ERR_KERNEL = 4,       // emu: a shim diagnostic (deadlock, divergent barrier, ...) with file:line:col
+  CA_ERR_KERNEL =
+      4,  // emu: a shim diagnostic (deadlock, divergent barrier, ...) with file:line:col
   CA_ERR_NO_MEMORY = 5
 } CaStatus;
 
@@ -46,18 +47,18 @@ typedef enum CaStatus {
 // Phase 1 computes, for each row r in [row_begin, row_end) and each query head, the softmax
 // state over the run's tokens and stores it as partial number partial_begin + (r - row_begin).
 typedef struct CaSharedRun {
-  int32_t chunk_begin;    // index into run_slots of the run's first chunk
-  int32_t num_chunks;     // >= 1
-  int32_t kv_begin;       // token position of the first chunk in every sharer (depth * C)
-  int32_t row_begin;      // half-open DFS row range of the sharers
+  int32_t chunk_begin;  // index into run_slots of the run's first chunk
+  int32_t num_chunks;   // >= 1
+  int32_t kv_begin;     // token position of the first chunk in every sharer (depth * C)
+  int32_t row_begin;    // half-open DFS row range of the sharers
   int32_t row_end;
   int32_t partial_begin;  // partial index of row_begin
 } CaSharedRun;
 
 // The kernel context (built by runtime/kernel-context.ts) plus one layer's tensors.
 typedef struct CaDecodeParams {
-  uint32_t abi_version;  // CA_ABI_VERSION
-  uint32_t struct_bytes; // sizeof(CaDecodeParams)
+  uint32_t abi_version;   // CA_ABI_VERSION
+  uint32_t struct_bytes;  // sizeof(CaDecodeParams)
 
   const void* q;
   void* out;
@@ -67,44 +68,44 @@ typedef struct CaDecodeParams {
   int32_t num_slots;
 
   // Per DFS row.
-  int32_t num_rows;                   // <= num_io_rows
-  const int32_t* row_io;              // [num_rows] io row of q/out
-  const int32_t* row_seq;             // [num_rows] sequence handle (pos.seq)
-  const int32_t* row_length;          // [num_rows] visible KV tokens, current token included
-  const int32_t* row_chunk_offsets;   // [num_rows + 1] CSR into row_chunk_slots
-  const int32_t* row_chunk_slots;     // every chunk of the row, in token order (shared first)
-  const int32_t* row_shared_chunks;   // [num_rows] leading chunks covered by shared runs
-  const int32_t* row_partial_offsets; // [num_rows + 1] CSR into row_partials
-  const int32_t* row_partials;        // partial indices phase 2 merges into the row
+  int32_t num_rows;                    // <= num_io_rows
+  const int32_t* row_io;               // [num_rows] io row of q/out
+  const int32_t* row_seq;              // [num_rows] sequence handle (pos.seq)
+  const int32_t* row_length;           // [num_rows] visible KV tokens, current token included
+  const int32_t* row_chunk_offsets;    // [num_rows + 1] CSR into row_chunk_slots
+  const int32_t* row_chunk_slots;      // every chunk of the row, in token order (shared first)
+  const int32_t* row_shared_chunks;    // [num_rows] leading chunks covered by shared runs
+  const int32_t* row_partial_offsets;  // [num_rows + 1] CSR into row_partials
+  const int32_t* row_partials;         // partial indices phase 2 merges into the row
 
   // Phase-1 work list.
   int32_t num_runs;
-  const CaSharedRun* runs;            // [num_runs]
-  const int32_t* run_slots;           // chunk slots of all runs
+  const CaSharedRun* runs;   // [num_runs]
+  const int32_t* run_slots;  // chunk slots of all runs
   int32_t num_partials;
 
   // Named scalar parameters of score_mod / mask, in spec order.
-  const float* params;                // [num_params]
+  const float* params;  // [num_params]
   int32_t num_params;
 
   float softmax_scale;
-  int32_t num_threads;                // cpu target: worker threads, 0 = all cores; ignored elsewhere
+  int32_t num_threads;  // cpu target: worker threads, 0 = all cores; ignored elsewhere
 
-  void* workspace;                    // scratch of ca_workspace_bytes(this) bytes (partials, splits)
+  void* workspace;  // scratch of ca_workspace_bytes(this) bytes (partials, splits)
   uint64_t workspace_bytes;
 } CaDecodeParams;
 
 // Scatter new tokens' K/V into one layer's pool: token i goes to (slots[i], offsets[i]).
 typedef struct CaWriteKvParams {
-  void* k_pool;                       // [num_slots, Hkv, C, D] dtype.kv
+  void* k_pool;  // [num_slots, Hkv, C, D] dtype.kv
   void* v_pool;
   int32_t num_slots;
   int32_t num_tokens;
-  const int32_t* slots;               // [num_tokens], host memory
-  const int32_t* offsets;             // [num_tokens] in [0, C), host memory
-  const void* k;                      // [num_tokens, Hkv, D] src_dtype, host memory
+  const int32_t* slots;    // [num_tokens], host memory
+  const int32_t* offsets;  // [num_tokens] in [0, C), host memory
+  const void* k;           // [num_tokens, Hkv, D] src_dtype, host memory
   const void* v;
-  int32_t src_dtype;                  // CaDType: CA_F32, or the pool's own dtype
+  int32_t src_dtype;  // CaDType: CA_F32, or the pool's own dtype
 } CaWriteKvParams;
 
 // Bytes moved through global memory by kernels (counted by the prims wrappers on the emu
@@ -128,8 +129,9 @@ typedef enum CaCopyKind { CA_COPY_H2D = 0, CA_COPY_D2H = 1, CA_COPY_D2D = 2 } Ca
 
 // Exported by every module.
 uint32_t ca_abi_version(void);
-const char* ca_info(void);           // JSON: {"abi":1,"name":..,"specHash":..,"target":..,"archs":[..],"phase1":bool,...}
-const char* ca_last_error(void);     // message for the calling thread's last non-OK status
+const char* ca_info(
+    void);  // JSON: {"abi":1,"name":..,"specHash":..,"target":..,"archs":[..],"phase1":bool,...}
+const char* ca_last_error(void);  // message for the calling thread's last non-OK status
 uint64_t ca_workspace_bytes(const CaDecodeParams* p);
 int ca_decode(const CaDecodeParams* p, void* stream);
 int ca_write_kv(const CaWriteKvParams* p, void* stream);

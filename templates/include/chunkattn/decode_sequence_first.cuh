@@ -38,13 +38,15 @@ struct SequenceFirstPlan {
   static constexpr int kVec = 16 / int(sizeof(typename Cfg::KvT));  // elements per 16-byte copy
 
   static constexpr size_t kKvTileBytes = size_t(kTile) * kD * sizeof(typename Cfg::KvT);
-  static constexpr size_t kOffK = 0;                                    // KvT [kTile][D]
-  static constexpr size_t kOffV = kOffK + kKvTileBytes;                 // KvT [kTile][D]
-  static constexpr size_t kOffQ = kOffV + kKvTileBytes;                 // f32 [G][D]
-  static constexpr size_t kOffO = kOffQ + size_t(kGroup) * kD * 4;      // f32 [G][D], un-normalized
-  static constexpr size_t kOffP = kOffO + size_t(kGroup) * kD * 4;      // f32 [G][kTile] scores, then exp
+  static constexpr size_t kOffK = 0;                                // KvT [kTile][D]
+  static constexpr size_t kOffV = kOffK + kKvTileBytes;             // KvT [kTile][D]
+  static constexpr size_t kOffQ = kOffV + kKvTileBytes;             // f32 [G][D]
+  static constexpr size_t kOffO = kOffQ + size_t(kGroup) * kD * 4;  // f32 [G][D], un-normalized
+  static constexpr size_t kOffP =
+      kOffO + size_t(kGroup) * kD * 4;  // f32 [G][kTile] scores, then exp
   static constexpr size_t kOffState = kOffP + size_t(kGroup) * kTile * 4;  // SoftmaxState [G]
-  static constexpr size_t kOffRescale = kOffState + size_t(kGroup) * 8;    // f32 [G][2] this tile's factors
+  static constexpr size_t kOffRescale =
+      kOffState + size_t(kGroup) * 8;  // f32 [G][2] this tile's factors
   static constexpr size_t kSmemBytes = kOffRescale + size_t(kGroup) * 8;
 
   static_assert(Cfg::kQHeads % Cfg::kKvHeads == 0, "GQA group must be integral");
@@ -54,7 +56,8 @@ struct SequenceFirstPlan {
 
 template <class T>
 CA_DEVICE T warp_max(T v) {
-  for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  for (int offset = 16; offset > 0; offset /= 2)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
@@ -132,7 +135,8 @@ __global__ void __launch_bounds__(SequenceFirstPlan<Cfg>::kThreads)
       for (int i = 0; i < D; ++i) dot += q_s[g * D + i] * to_float(k_tile[t * D + i]);
       float score = dot * p.softmax_scale;
       if (Variant::kHasScoreMod)
-        score = Variant::score_mod(score, Pos{seq, kv_head * G + g, kv_head, length - 1, t0 + t}, p.params);
+        score = Variant::score_mod(score, Pos{seq, kv_head * G + g, kv_head, length - 1, t0 + t},
+                                   p.params);
       p_s[e] = score;
     }
     __syncthreads();

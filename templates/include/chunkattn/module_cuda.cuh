@@ -39,8 +39,8 @@ int launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return ok();
 #if defined(CA_TARGET_CUDA)
   if (smem_bytes > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         int(smem_bytes));
+    cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
     if (e != cudaSuccess) return device_status(e, name);
   }
   kernel<<<grid, block, smem_bytes, static_cast<cudaStream_t>(stream)>>>(std::forward<A>(args)...);
@@ -128,7 +128,8 @@ int write_kv(const CaWriteKvParams& p) {
       for (int h = 0; h < Hkv; ++h) {
         const size_t src_index = (size_t(i) * Hkv + h) * D;
         if (p.src_dtype == CA_F32) {
-          for (int d = 0; d < D; ++d) row[d] = from_float<KvT>(static_cast<const float*>(src)[src_index + d]);
+          for (int d = 0; d < D; ++d)
+            row[d] = from_float<KvT>(static_cast<const float*>(src)[src_index + d]);
         } else {
           memcpy(row.data(), static_cast<const KvT*>(src) + src_index, D * sizeof(KvT));
         }
@@ -142,17 +143,19 @@ int write_kv(const CaWriteKvParams& p) {
 
 // Copy-on-write of a chunk's first num_tokens tokens, every KV head, K and V.
 template <class Cfg>
-int copy_chunk(void* k_pool, void* v_pool, int32_t num_slots, int32_t src, int32_t dst, int32_t num_tokens) {
+int copy_chunk(void* k_pool, void* v_pool, int32_t num_slots, int32_t src, int32_t dst,
+               int32_t num_tokens) {
   using KvT = typename Cfg::KvT;
   constexpr int Hkv = Cfg::kKvHeads, C = Cfg::kChunk, D = Cfg::kHeadDim;
-  if (src < 0 || src >= num_slots || dst < 0 || dst >= num_slots || num_tokens < 0 || num_tokens > C)
+  if (src < 0 || src >= num_slots || dst < 0 || dst >= num_slots || num_tokens < 0 ||
+      num_tokens > C)
     return fail(CA_ERR_INVALID, "ca_copy_chunk: slot or token count out of range");
   for (void* pool : {k_pool, v_pool})
     for (int h = 0; h < Hkv; ++h) {
       KvT* base = static_cast<KvT*>(pool);
       const size_t row_bytes = size_t(num_tokens) * D * sizeof(KvT);
-      if (int s = copy_bytes(base + (size_t(dst) * Hkv + h) * C * D, base + (size_t(src) * Hkv + h) * C * D,
-                             row_bytes, CA_COPY_D2D))
+      if (int s = copy_bytes(base + (size_t(dst) * Hkv + h) * C * D,
+                             base + (size_t(src) * Hkv + h) * C * D, row_bytes, CA_COPY_D2D))
         return s;
     }
   return ok();
@@ -168,12 +171,13 @@ int decode(const CaDecodeParams& p, void* stream) {
   if (p.abi_version != CA_ABI_VERSION || p.struct_bytes != sizeof(CaDecodeParams))
     return fail(CA_ERR_INVALID, "ca_decode: params from another ABI version");
   if (p.num_runs != 0)
-    return fail(CA_ERR_UNSUPPORTED,
-                "ca_decode: this module has no phase-1 kernel yet; build the context with no shared runs");
+    return fail(
+        CA_ERR_UNSUPPORTED,
+        "ca_decode: this module has no phase-1 kernel yet; build the context with no shared runs");
   using Plan = SequenceFirstPlan<Cfg>;
   return launch("decode_sequence_first", decode_sequence_first_kernel<Cfg, Variant>,
-                dim3(unsigned(p.num_rows), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads), Plan::kSmemBytes,
-                stream, p);
+                dim3(unsigned(p.num_rows), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
+                Plan::kSmemBytes, stream, p);
 }
 
 inline int get_stats(CaStats* out) {

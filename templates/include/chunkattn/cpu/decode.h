@@ -112,15 +112,13 @@ inline constexpr bool kPhase2Prefetch = CA_CPU_PHASE2_PREFETCH;
 #define CA_CPU_PHASE1_PREFETCH 1
 #endif
 inline constexpr bool kPhase1Prefetch = CA_CPU_PHASE1_PREFETCH;
-// Phase-1 tiles of fewer stacked rows read K/V straight from the pool (no conversion).
-#ifndef CA_CPU_P1_DIRECT_BELOW
-#define CA_CPU_P1_DIRECT_BELOW 4
-#endif
-inline constexpr int kPhase1DirectBelowRows = CA_CPU_P1_DIRECT_BELOW;
-#ifndef CA_CPU_DIRECT_ROWS
-#define CA_CPU_DIRECT_ROWS 8
-#endif
-inline constexpr int kDirectRows = CA_CPU_DIRECT_ROWS;
+// Phase-1 tiles of fewer stacked rows than this read K/V straight from the pool with the
+// phase-2 kernels, in blocks of kDirectRows: converting a chunk once (and transposing K) only
+// pays off for taller tiles. Measured on Zen 5: f16 direct wins up to ~16-24 rows and loses at
+// 32; the bf16 pair path's PV (vdpbf16ps) wins from 4 rows.
+inline constexpr int kPhase1DirectBelowRows = 20;
+inline constexpr int kPhase1DirectBelowRowsBf16 = 4;
+inline constexpr int kDirectRows = 8;
 // Smallest tile phase 1 splits down to when there are fewer tasks than threads.
 inline constexpr int kPhase1MinTileRows = 16;
 
@@ -352,9 +350,8 @@ struct Phase1 {
     int token0;
   };
 
-  // One block of R stacked rows over the chunk. kDirect: tiny tiles read K/V straight from the
-  // pool with the phase-2 kernels (converting K/V once costs more than it saves below
-  // kPhase1DirectBelowRows rows).
+  // One block of R stacked rows over the chunk. kDirect: short tiles read K/V straight from the
+  // pool with the phase-2 kernels (see kPhase1DirectBelowRows).
   template <int R, bool kDirect>
   static void block(const Tile& t, int i0, int keys) {
     const ScratchView<Cfg>& sv = *t.sv;
@@ -409,29 +406,51 @@ struct Phase1 {
   static void block_dispatch(int R, const Tile& t, int i0, int keys) {
     static_assert(kern::kTileRows <= 8, "block_dispatch covers up to 8 rows");
     switch (R) {
-      case 1: return block<1, false>(t, i0, keys);
-      case 2: return block<2, false>(t, i0, keys);
-      case 3: return block<3, false>(t, i0, keys);
-      case 4: return block<4, false>(t, i0, keys);
-      case 5: if constexpr (kern::kTileRows >= 5) return block<5, false>(t, i0, keys); break;
-      case 6: if constexpr (kern::kTileRows >= 6) return block<6, false>(t, i0, keys); break;
-      case 7: if constexpr (kern::kTileRows >= 7) return block<7, false>(t, i0, keys); break;
-      case 8: if constexpr (kern::kTileRows >= 8) return block<8, false>(t, i0, keys); break;
-      default: break;
+      case 1:
+        return block<1, false>(t, i0, keys);
+      case 2:
+        return block<2, false>(t, i0, keys);
+      case 3:
+        return block<3, false>(t, i0, keys);
+      case 4:
+        return block<4, false>(t, i0, keys);
+      case 5:
+        if constexpr (kern::kTileRows >= 5) return block<5, false>(t, i0, keys);
+        break;
+      case 6:
+        if constexpr (kern::kTileRows >= 6) return block<6, false>(t, i0, keys);
+        break;
+      case 7:
+        if constexpr (kern::kTileRows >= 7) return block<7, false>(t, i0, keys);
+        break;
+      case 8:
+        if constexpr (kern::kTileRows >= 8) return block<8, false>(t, i0, keys);
+        break;
+      default:
+        break;
     }
   }
 
   static void direct_dispatch(int R, const Tile& t, int i0, int keys) {
     switch (R) {
-      case 1: return block<1, true>(t, i0, keys);
-      case 2: return block<2, true>(t, i0, keys);
-      case 3: return block<3, true>(t, i0, keys);
-      case 4: return block<4, true>(t, i0, keys);
-      case 5: return block<5, true>(t, i0, keys);
-      case 6: return block<6, true>(t, i0, keys);
-      case 7: return block<7, true>(t, i0, keys);
-      case 8: return block<8, true>(t, i0, keys);
-      default: break;
+      case 1:
+        return block<1, true>(t, i0, keys);
+      case 2:
+        return block<2, true>(t, i0, keys);
+      case 3:
+        return block<3, true>(t, i0, keys);
+      case 4:
+        return block<4, true>(t, i0, keys);
+      case 5:
+        return block<5, true>(t, i0, keys);
+      case 6:
+        return block<6, true>(t, i0, keys);
+      case 7:
+        return block<7, true>(t, i0, keys);
+      case 8:
+        return block<8, true>(t, i0, keys);
+      default:
+        break;
     }
   }
 
@@ -466,7 +485,6 @@ struct Phase1 {
     }
 
     const size_t chunk_elems = size_t(C) * D;
-    const int blocks = (M + kern::kTileRows - 1) / kern::kTileRows;
     for (int j = 0; j < run.num_chunks; ++j) {
       const int token0 = run.kv_begin + j * C;
       if (token0 >= max_len) break;
@@ -485,48 +503,46 @@ struct Phase1 {
         if (!any) continue;  // K and V of this chunk are never read
       }
       const size_t base = (size_t(p.run_slots[run.chunk_begin + j]) * Hkv + kvh) * chunk_elems;
-      if (M < kPhase1DirectBelowRows) {
-        const Tile tile{&p, &sv, nullptr, k_pool + base, v_pool + base, task.row_begin, kvh, token0};
-        const int dblocks = (M + kDirectRows - 1) / kDirectRows;
-        const int dbase = M / dblocks, dextra = M % dblocks;
-        for (int b = 0, i0 = 0; b < dblocks; ++b) {
-          const int R = dbase + (b < dextra ? 1 : 0);
-          direct_dispatch(R, tile, i0, keys);
-          i0 += R;
-        }
-        continue;
-      }
-      const float* vsrc = sv.vf;
-#if defined(CA_CPU_DPBF16)
-      if constexpr (A::kDotBf16) {
-        kern::convert_k_pairs<C, D>(reinterpret_cast<uint32_t*>(sv.kt), k_pool + base);
-        kern::convert_v_pairs<C, D>(reinterpret_cast<uint32_t*>(sv.vf), v_pool + base, keys);
-      } else
-#endif
-      {
-        kern::convert_k_transposed<C, D>(sv.kt, k_pool + base);
-        if constexpr (std::is_same<KvT, float>::value) {
-          vsrc = v_pool + base;
-        } else {
-          kern::convert_rows(sv.vf, v_pool + base, keys * D);
-        }
-      }
-      // The next chunk's K and V stream into L2 while this one computes.
+      // The next chunk's K and V stream into L2 while this one computes, a slice per block.
       kern::PrefetchRange next_k, next_v;
-      if (j + 1 < run.num_chunks && token0 + C < max_len) {
+      if (kPhase1Prefetch && j + 1 < run.num_chunks && token0 + C < max_len) {
         const size_t next =
             (size_t(p.run_slots[run.chunk_begin + j + 1]) * Hkv + kvh) * chunk_elems;
         next_k.reset(k_pool + next, int(chunk_elems * sizeof(KvT)));
         next_v.reset(v_pool + next, int(chunk_elems * sizeof(KvT)));
       }
+      const bool direct = M < (A::kDotBf16 ? kPhase1DirectBelowRowsBf16 : kPhase1DirectBelowRows);
+      const float* vsrc = sv.vf;
+      if (!direct) {
+#if defined(CA_CPU_DPBF16)
+        if constexpr (A::kDotBf16) {
+          kern::convert_k_pairs<C, D>(reinterpret_cast<uint32_t*>(sv.kt), k_pool + base);
+          kern::convert_v_pairs<C, D>(reinterpret_cast<uint32_t*>(sv.vf), v_pool + base, keys);
+        } else
+#endif
+        {
+          kern::convert_k_transposed<C, D>(sv.kt, k_pool + base);
+          if constexpr (std::is_same<KvT, float>::value) {
+            vsrc = v_pool + base;
+          } else {
+            kern::convert_rows(sv.vf, v_pool + base, keys * D);
+          }
+        }
+      }
       const Tile tile{&p, &sv, vsrc, k_pool + base, v_pool + base, task.row_begin, kvh, token0};
+      const int rows_per_block = direct ? kDirectRows : kern::kTileRows;
+      const int blocks = (M + rows_per_block - 1) / rows_per_block;
       const int base_rows = M / blocks, extra = M % blocks;
       const int slice = (int(chunk_elems * sizeof(KvT)) / blocks + 63) / 64 * 64;
       for (int b = 0, i0 = 0; b < blocks; ++b) {
         const int R = base_rows + (b < extra ? 1 : 0);
-        if (kPhase1Prefetch) next_k.issue(slice);
-        if (kPhase1Prefetch) next_v.issue(slice);
-        block_dispatch(R, tile, i0, keys);
+        next_k.issue(slice);
+        next_v.issue(slice);
+        if (direct) {
+          direct_dispatch(R, tile, i0, keys);
+        } else {
+          block_dispatch(R, tile, i0, keys);
+        }
         i0 += R;
       }
     }

@@ -5,11 +5,13 @@
 // Phase 1 (many stacked query rows share one K/V chunk):
 //   convert_k_transposed   K [C, D] (any dtype)  ->  KT [D, C] f32   (once per chunk and task)
 //   convert_rows           V [C, D] (any dtype)  ->  Vf [C, D] f32
-//   qk_tile_t<R, NKV>      S[R, NKV*W] = Q[R, D] · KT[:, keys]      (broadcast q, vectors over
-//   keys) pv_tile<R, NV>         O[R, NV*W] = alpha ⊙ O + P[R, keys] · V[keys, NV*W]
-// Phase 2 (one row's G query heads stream that row's own chunks, K/V read once):
-//   qk_direct<NG, NK>      S[NG, NK] = Q[NG, D] · K[NK, D]ᵀ straight from the pool, NG*NK = W
-//                          accumulators reduced by one transpose-sum
+//   qk_tile_t<R, NKV>      S[R, NKV*W] = Q[R, D] KT[:, keys]   (broadcast q, vectors over keys)
+//   pv_tile<R, NV>         O[R, NV*W] = alpha O + P[R, keys] V[keys, NV*W]
+//   bf16 K/V on AVX512-BF16: the same tiles on vdpbf16ps over bf16 pairs (*_dp)
+// Phase 2 (one row's G query heads stream that row's own chunks, K/V read once), and phase-1
+// tiles too short to amortize a conversion:
+//   qk_direct<NG, NK>      S[NG, NK] = Q[NG, D] K[NK, D]^T straight from the pool, NG*NK = W
+//                          accumulators reduced by one transpose-sum (qk_direct_dp for bf16)
 //   pv_tile<R, NV>         with V straight from the pool (converted per load)
 // softmax_rows             online-softmax update of R rows of S in place (S becomes P)
 #ifndef CHUNKATTN_CPU_KERNELS_H_
@@ -111,14 +113,14 @@ CA_CPU_INLINE void qk_tile_t(float* __restrict S, int ldS, const float* __restri
 }
 
 // All C keys of a chunk, in key blocks of kQkKeyVecs vectors.
-template <int R, int C, int D, int KEY0 = 0>
+template <int R, int C, int D>
 CA_CPU_INLINE void qk_rows_t(float* S, int ldS, const float* Q, int ldQ, const float* KT) {
-  if constexpr (KEY0 < C) {
-    constexpr int remaining = (C - KEY0) / W;
-    constexpr int nkv = remaining < kQkKeyVecs ? remaining : kQkKeyVecs;
-    qk_tile_t<R, nkv, D>(S + KEY0, ldS, Q, ldQ, KT + KEY0, C);
-    qk_rows_t<R, C, D, KEY0 + nkv * W>(S, ldS, Q, ldQ, KT);
-  }
+  constexpr int vecs = C / W, nkv = vecs < kQkKeyVecs ? vecs : kQkKeyVecs;
+  constexpr int full = vecs / nkv, rest = vecs % nkv;
+  for (int b = 0; b < full; ++b)
+    qk_tile_t<R, nkv, D>(S + b * nkv * W, ldS, Q, ldQ, KT + b * nkv * W, C);
+  if constexpr (rest > 0)
+    qk_tile_t<R, rest, D>(S + full * nkv * W, ldS, Q, ldQ, KT + full * nkv * W, C);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -153,15 +155,15 @@ CA_CPU_INLINE void pv_tile(float* __restrict O, int ldO, const float* __restrict
 }
 
 // All D columns, in d blocks of pv_vecs_for(R) vectors.
-template <int R, int D, int D0 = 0, class VT>
+template <int R, int D, class VT>
 CA_CPU_INLINE void pv_rows(float* O, int ldO, const float* alpha, const float* P, int ldP,
                            const VT* Vp, int keys) {
-  if constexpr (D0 < D) {
-    constexpr int remaining = (D - D0) / W;
-    constexpr int nv = remaining < pv_vecs_for(R) ? remaining : pv_vecs_for(R);
-    pv_tile<R, nv>(O + D0, ldO, alpha, P, ldP, Vp + D0, D, keys);
-    pv_rows<R, D, D0 + nv * W>(O, ldO, alpha, P, ldP, Vp, keys);
-  }
+  constexpr int vecs = D / W, nv = vecs < pv_vecs_for(R) ? vecs : pv_vecs_for(R);
+  constexpr int full = vecs / nv, rest = vecs % nv;
+  for (int b = 0; b < full; ++b)
+    pv_tile<R, nv>(O + b * nv * W, ldO, alpha, P, ldP, Vp + b * nv * W, D, keys);
+  if constexpr (rest > 0)
+    pv_tile<R, rest>(O + full * nv * W, ldO, alpha, P, ldP, Vp + full * nv * W, D, keys);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,14 +298,14 @@ CA_CPU_INLINE void qk_tile_dp(float* __restrict S, int ldS, const uint32_t* __re
     for (int j = 0; j < NKV; ++j) _mm512_storeu_ps(S + i * ldS + j * 16, acc[i][j]);
 }
 
-template <int R, int C, int D, int KEY0 = 0>
+template <int R, int C, int D>
 CA_CPU_INLINE void qk_rows_dp(float* S, int ldS, const uint32_t* Qb, const uint32_t* KT2) {
-  if constexpr (KEY0 < C) {
-    constexpr int remaining = (C - KEY0) / 16;
-    constexpr int nkv = remaining < kQkKeyVecs ? remaining : kQkKeyVecs;
-    qk_tile_dp<R, nkv, D>(S + KEY0, ldS, Qb, D / 2, KT2 + KEY0, C);
-    qk_rows_dp<R, C, D, KEY0 + nkv * 16>(S, ldS, Qb, KT2);
-  }
+  constexpr int vecs = C / 16, nkv = vecs < kQkKeyVecs ? vecs : kQkKeyVecs;
+  constexpr int full = vecs / nkv, rest = vecs % nkv;
+  for (int b = 0; b < full; ++b)
+    qk_tile_dp<R, nkv, D>(S + b * nkv * 16, ldS, Qb, D / 2, KT2 + b * nkv * 16, C);
+  if constexpr (rest > 0)
+    qk_tile_dp<R, rest, D>(S + full * nkv * 16, ldS, Qb, D / 2, KT2 + full * nkv * 16, C);
 }
 
 // O[i, j*16 + l] = alpha[i] O[i, ..] + sum_{k < pairs} Pb[i, k] . V2[k, j*16 + l].
@@ -337,15 +339,15 @@ CA_CPU_INLINE void pv_tile_dp(float* __restrict O, int ldO, const float* __restr
     for (int j = 0; j < NV; ++j) _mm512_storeu_ps(O + i * ldO + j * 16, acc[i][j]);
 }
 
-template <int R, int C, int D, int D0 = 0>
+template <int R, int C, int D>
 CA_CPU_INLINE void pv_rows_dp(float* O, int ldO, const float* alpha, const uint32_t* Pb,
                               const uint32_t* V2, int pairs) {
-  if constexpr (D0 < D) {
-    constexpr int remaining = (D - D0) / 16;
-    constexpr int nv = remaining < pv_vecs_for(R) ? remaining : pv_vecs_for(R);
-    pv_tile_dp<R, nv>(O + D0, ldO, alpha, Pb, C / 2, V2 + D0, D, pairs);
-    pv_rows_dp<R, C, D, D0 + nv * 16>(O, ldO, alpha, Pb, V2, pairs);
-  }
+  constexpr int vecs = D / 16, nv = vecs < pv_vecs_for(R) ? vecs : pv_vecs_for(R);
+  constexpr int full = vecs / nv, rest = vecs % nv;
+  for (int b = 0; b < full; ++b)
+    pv_tile_dp<R, nv>(O + b * nv * 16, ldO, alpha, Pb, C / 2, V2 + b * nv * 16, D, pairs);
+  if constexpr (rest > 0)
+    pv_tile_dp<R, rest>(O + full * nv * 16, ldO, alpha, Pb, C / 2, V2 + full * nv * 16, D, pairs);
 }
 
 // Phase-2 QK straight from a bf16 pool: S[g, k] = sum_d Qb[g, d] K[k, d] (unscaled), NG*NK = 16.

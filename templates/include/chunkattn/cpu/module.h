@@ -11,6 +11,8 @@
 //   int      ca::cpu::copy_chunk<Cfg>(k_pool, v_pool, num_slots, src_slot, dst_slot, num_tokens)
 //   const char* ca::cpu::last_error()       message of the calling thread's last failure
 //   const char* ca::cpu::isa()              "avx512" | "avx2" | "scalar" (for ca_info)
+//   void* ca::cpu::host_alloc(bytes) / host_free(ptr, bytes)   for ca_malloc / ca_free (2 MiB
+//                                           aligned + MADV_HUGEPAGE for large pools)
 // Build: g++ -O3 -march=native -fno-math-errno -std=c++17 (or later) -fPIC -shared -pthread.
 // Do not use -ffast-math: the kernels rely on IEEE inf/NaN semantics.
 #ifndef CHUNKATTN_CPU_MODULE_H_
