@@ -3,8 +3,7 @@
 
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Arch, BuildTarget, KernelSpec } from '../dsl/spec.ts';
-import type { KernelLaunchPlan, Sanitizer } from './plan.ts';
+import type { KernelPlan } from './plan.ts';
 import type { KernelResources } from './ptxas.ts';
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -28,19 +27,9 @@ export const ABI_SYMBOLS = [
   'ca_reset_stats',
 ] as const;
 
-export interface Manifest {
+/** The plan it was built from, plus what the build produced and reported. */
+export interface Manifest extends KernelPlan {
   readonly abi: 1;
-  readonly key: string;
-  readonly buildId: string;
-  readonly name: string;
-  readonly target: BuildTarget;
-  readonly archs: readonly Arch[];
-  readonly sanitize: Sanitizer;
-  readonly spec: KernelSpec;
-  readonly tunables: Readonly<Record<string, number>>;
-  readonly phase1: boolean;
-  readonly kernels: readonly KernelLaunchPlan[];
-  readonly compilerVersion: string;
   readonly toolchain: string;
   /** File names inside the module folder. */
   readonly source: string;

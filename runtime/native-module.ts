@@ -25,6 +25,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import { ArgumentError, type ChunkattnError, KernelError, ModuleError, ShapeError } from './errors.ts';
+import type { KernelContext } from './kernel-context.ts';
 import { NATIVE_ADDON_PATH } from './native-status.ts';
 
 export type ModuleTarget = 'cpu' | 'emu' | 'cuda';
@@ -54,19 +55,19 @@ export interface ModuleInfo {
 export type HostData = Float32Array | Uint16Array;
 
 /** The kernel context arrays (runtime/kernel-context.ts builds them), as CaDecodeParams takes them. */
-export interface DecodeContextArrays {
-  readonly rowSeq: Int32Array;
-  readonly rowLength: Int32Array;
-  readonly rowChunkOffsets: Int32Array;
-  readonly rowChunkSlots: Int32Array;
-  readonly rowSharedChunks: Int32Array;
-  readonly rowPartialOffsets: Int32Array;
-  readonly rowPartials: Int32Array;
-  /** numRuns × 6: chunkBegin, numChunks, kvBegin, rowBegin, rowEnd, partialBegin. */
-  readonly runs: Int32Array;
-  readonly runSlots: Int32Array;
-  readonly numPartials: number;
-}
+export type DecodeContextArrays = Pick<
+  KernelContext,
+  | 'rowSeq'
+  | 'rowLength'
+  | 'rowChunkOffsets'
+  | 'rowChunkSlots'
+  | 'rowSharedChunks'
+  | 'rowPartialOffsets'
+  | 'rowPartials'
+  | 'runs'
+  | 'runSlots'
+  | 'numPartials'
+>;
 
 export interface DecodeArgs extends DecodeContextArrays {
   /** [numIoRows, qHeads, headDim] in dtype.q. */

@@ -8,6 +8,8 @@
 // FiberAbort, which unwinds its stack to fiber_main, so a failed launch leaves nothing behind.
 #pragma once
 
+#include "cucpu_json.h"
+
 namespace cucpu {
 
 // ---------------------------------------------------------------------------------------------
@@ -83,22 +85,7 @@ struct Error {
   // One JSON object:
   // {"kind","kernel","file","line","column","block":[x,y,z],"thread":[x,y,z],"message"}.
   std::string to_json() const {
-    auto str = [](const std::string& v) {
-      std::string o = "\"";
-      for (unsigned char c : v) {
-        if (c == '"' || c == '\\') {
-          o += '\\';
-          o += char(c);
-        } else if (c < 0x20) {
-          char buf[8];
-          snprintf(buf, sizeof buf, "\\u%04x", c);
-          o += buf;
-        } else {
-          o += char(c);
-        }
-      }
-      return o + "\"";
-    };
+    auto str = json_quote;
     auto vec = [](const uint3& v) {
       return "[" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) +
              "]";

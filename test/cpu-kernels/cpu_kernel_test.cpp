@@ -16,6 +16,7 @@
 // (-DCA_TEST_FEWER_CONFIGS builds five of the eight configurations, for the fallback ISAs.)
 #define CA_TARGET_CPU 1
 #include "chunkattn/cpu/module.h"
+#include "context.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -319,13 +320,6 @@ const char* mode_name(Mode m) {
                                  : "sequence-first";
 }
 
-struct Context {
-  std::vector<int32_t> row_io, row_seq, row_length, row_chunk_offsets, row_chunk_slots,
-      row_shared_chunks, row_partial_offsets, row_partials, run_slots;
-  std::vector<CaSharedRun> runs;
-  int num_partials = 0;
-};
-
 Context build_context(const Layout& lay, Mode mode, Rng& rng, const std::vector<int>& row_io,
                       const std::vector<int>& row_seq) {
   Context cx;
@@ -474,27 +468,13 @@ struct Case {
       for (CaSharedRun& run : cx.runs) run.kv_begin *= C;
       std::vector<OutT> out(size_t(num_io_rows) * Hq * D, nan_value<OutT>());
       CaDecodeParams p{};
-      p.abi_version = CA_ABI_VERSION;
-      p.struct_bytes = sizeof(CaDecodeParams);
+      bind_context(p, cx);
       p.q = q.data();
       p.out = out.data();
       p.k_pool = k_pool.data();
       p.v_pool = v_pool.data();
       p.num_io_rows = num_io_rows;
       p.num_slots = num_slots;
-      p.num_rows = rows;
-      p.row_io = cx.row_io.data();
-      p.row_seq = cx.row_seq.data();
-      p.row_length = cx.row_length.data();
-      p.row_chunk_offsets = cx.row_chunk_offsets.data();
-      p.row_chunk_slots = cx.row_chunk_slots.data();
-      p.row_shared_chunks = cx.row_shared_chunks.data();
-      p.row_partial_offsets = cx.row_partial_offsets.data();
-      p.row_partials = cx.row_partials.data();
-      p.num_runs = int(cx.runs.size());
-      p.runs = cx.runs.data();
-      p.run_slots = cx.run_slots.data();
-      p.num_partials = cx.num_partials;
       p.params = params.data();
       p.num_params = Variant::kNumParams;
       p.softmax_scale = scale;

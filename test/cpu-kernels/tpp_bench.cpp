@@ -19,6 +19,7 @@
 #define CA_TARGET_CPU 1
 #define CA_CPU_PROFILE 1
 #include "chunkattn/cpu/module.h"
+#include "context.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,13 +87,6 @@ struct Result {
   double tpp_min_us, seq_min_us, phase1_min_us;  // best step: robust against other load
 };
 
-struct Context {
-  std::vector<int32_t> row_io, row_seq, row_length, row_chunk_offsets, row_chunk_slots,
-      row_shared_chunks, row_partial_offsets, row_partials, run_slots;
-  std::vector<CaSharedRun> runs;
-  int num_partials = 0;
-};
-
 template <class T>
 Result run_shape(int b, int ns, int np, int decoded, int threads, int reps) {
   std::mt19937_64 rng(42);
@@ -147,27 +141,13 @@ Result run_shape(int b, int ns, int np, int decoded, int threads, int reps) {
   std::vector<char> workspace;
   auto params_of = [&](Context& cx) {
     CaDecodeParams p{};
-    p.abi_version = CA_ABI_VERSION;
-    p.struct_bytes = sizeof p;
+    bind_context(p, cx);
     p.q = q.data();
     p.out = out.data();
     p.k_pool = k_pool.data();
     p.v_pool = v_pool.data();
     p.num_io_rows = b;
     p.num_slots = num_slots;
-    p.num_rows = b;
-    p.row_io = cx.row_io.data();
-    p.row_seq = cx.row_seq.data();
-    p.row_length = cx.row_length.data();
-    p.row_chunk_offsets = cx.row_chunk_offsets.data();
-    p.row_chunk_slots = cx.row_chunk_slots.data();
-    p.row_shared_chunks = cx.row_shared_chunks.data();
-    p.row_partial_offsets = cx.row_partial_offsets.data();
-    p.row_partials = cx.row_partials.data();
-    p.num_runs = int(cx.runs.size());
-    p.runs = cx.runs.data();
-    p.run_slots = cx.run_slots.data();
-    p.num_partials = cx.num_partials;
     p.softmax_scale = 1.f / sqrtf(float(D));
     p.num_threads = threads;
     return p;

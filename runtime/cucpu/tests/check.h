@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <string>
 
+#include "../cucpu_json.h"
+
 inline int g_failed_checks = 0;
 
 class Result {
@@ -42,22 +44,7 @@ class Result {
     std::fflush(stdout);
   }
 
-  static std::string quote(const std::string& v) {
-    std::string o = "\"";
-    for (unsigned char c : v) {
-      if (c == '"' || c == '\\') {
-        o += '\\';
-        o += char(c);
-      } else if (c < 0x20) {
-        char buf[8];
-        snprintf(buf, sizeof buf, "\\u%04x", c);
-        o += buf;
-      } else {
-        o += char(c);
-      }
-    }
-    return o + "\"";
-  }
+  static std::string quote(const std::string& v) { return cucpu::json_quote(v); }
 
  private:
   std::string json_;
