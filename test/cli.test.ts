@@ -2,7 +2,9 @@ import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
+import type { DemoResult } from '../bench/demo.ts';
 import { runCli } from './cli-harness.ts';
+import { DEMO_TEST_HEADS } from './specs.ts';
 
 function specFile(source: string): string {
   const dir = mkdtempSync(join(tmpdir(), 'chunkattn-cli-'));
@@ -80,5 +82,22 @@ describe('chunkattn CLI', () => {
     const bad = await runCli(['inspect', 'examples/llama2-7b.ts', '--head-dim', '100']);
     expect(bad.exitCode).toBe(1);
     expect(bad.stderr).toContain('headDim');
+  });
+  test('demo runs the shared-prompt workload end to end and reports memory, rates and error', async () => {
+    const args = ['demo', '--batch', '4', '--shared', '128', '--steps', '8', '--heads', `${DEMO_TEST_HEADS}`];
+    const result = await runCli([...args, '--json']);
+    expect(result.exitCode, result.stderr).toBe(0);
+    const demo = result.json as DemoResult;
+    expect(demo.shape.heads).toBe(DEMO_TEST_HEADS);
+    expect(demo.memory.storedBytes).toBeLessThan(demo.memory.unsharedBytes);
+    expect(demo.memory.savedPercent).toBeGreaterThan(0);
+    for (const mode of ['two-phase', 'sequence-first'] as const) {
+      expect(demo.tokensPerSecond[mode]).toBeGreaterThan(0);
+      expect(demo.maxRelativeError[mode]).toBeLessThanOrEqual(demo.tolerance);
+    }
+    expect(demo.sampledSteps).toContain(8);
+    const bad = await runCli(['demo', '--steps', '0']);
+    expect(bad.exitCode).toBe(1);
+    expect(bad.stderr).toContain('--steps');
   });
 });

@@ -1,6 +1,7 @@
 // The kernel specs the suites run, in one place, so the global setup can build every module
 // once per run before the tests start (builds are cached by content).
 
+import { demoSpec } from '../bench/demo.ts';
 import { attention } from '../dsl/index.ts';
 import type { DType, KernelSpec } from '../dsl/spec.ts';
 
@@ -50,6 +51,9 @@ export function emuTrafficSpec(): KernelSpec {
   });
 }
 
+/** Heads of the small `chunkattn demo` run in test/cli.test.ts. */
+export const DEMO_TEST_HEADS = 2;
+
 /** Every (spec, target) the suites build, for the global setup. */
 export interface ModuleRequest {
   readonly spec: KernelSpec;
@@ -69,5 +73,6 @@ export function precompiledModules(): ModuleRequest[] {
   for (let i = 0; i < EMU_CONFIGS.length; i++) out.push({ spec: emuShapeSpec(i), target: 'emu' });
   out.push({ spec: emuTrafficSpec(), target: 'emu' });
   out.push({ spec: tinySpec('f16', 'plain', ['emu']), target: 'emu', sanitize: 'address' });
+  out.push({ spec: demoSpec(DEMO_TEST_HEADS), target: 'cpu' });
   return out;
 }

@@ -28,8 +28,8 @@ export async function demoCommand(flags: DemoFlags, out: Output): Promise<void> 
   out.info(
     `chunkattn demo: ${options.batch} sequences share a ${options.sharedTokens}-token system prompt, each adds ` +
       `${options.suffixTokens} unique tokens, then ${options.steps} decode steps.\n` +
-      `Llama2-7B attention shapes (d=128, f16, chunk 64) with ${options.heads} heads instead of 32 and one layer, ` +
-      'so it fits a small CPU; the cpu target runs it.\n',
+      `Llama2-7B attention shapes (d=128, f16, chunk 64, ${options.heads === 32 ? '32 heads' : `${options.heads} heads instead of 32`}), ` +
+      'one layer, on the cpu target (--heads 8 runs it 4× lighter).\n',
   );
   const progress = makeProgress('demo');
   const result = await runDemo({ ...options, progress: progress.update }).finally(() => progress.stop());

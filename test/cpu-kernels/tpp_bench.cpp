@@ -1,6 +1,6 @@
 // test/cpu-kernels/tpp_bench.cpp — two-phase vs sequence-first decode on the cpu target.
 //
-// The BENCHMARKS.md microkernel workload with heads scaled down for a small machine: b rows,
+// The BENCHMARKS.md microkernel workload at Llama2-7B shapes (32 heads, as `bench tpp`): b rows,
 // a prompt of np tokens of which the first ns are shared by all rows (one run of ns/C chunks),
 // plus `decoded` completion tokens per row (private). Per decode step, in one process and
 // interleaved: our two-phase partition and our sequence-first (paged) baseline, which is phase 2
@@ -37,7 +37,7 @@ using ca::cpu::f16;
 
 template <class T>
 struct BenchCfg {
-  static constexpr int kQHeads = 8, kKvHeads = 8, kHeadDim = 128, kChunk = 64;
+  static constexpr int kQHeads = 32, kKvHeads = 32, kHeadDim = 128, kChunk = 64;
   using QT = T;
   using KvT = T;
   using OutT = T;
