@@ -1,3 +1,7 @@
+// The CUDA decode kernel, built for the emu target with a sanitizer, runs a random workload in a
+// node process that has the sanitizer runtime preloaded (test/fixtures/sanitized-decode.ts).
+// Small shapes; several shim workers so TSan sees blocks run concurrently.
+
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -7,44 +11,57 @@ import { tinySpec } from './specs.ts';
 
 const REPO = join(import.meta.dirname, '..');
 
-test('the CUDA decode kernel runs clean under ASan + UBSan on the emu target (small shapes)', async () => {
-  const module = await buildModule(tinySpec('f16', 'plain', ['emu']), { target: 'emu', sanitize: 'address' });
-  expect(module.manifest.sanitize).toBe('address');
-  expect(module.manifest.buildCommand).toContain('-fsanitize=address,undefined');
-  // The library really is instrumented (it calls into the ASan runtime).
-  const { stdout: symbols } = await execa('nm', ['-D', module.libraryPath]);
-  expect(symbols).toMatch(/__asan_/);
+const runtimeLibrary = (name: string) =>
+  execa('g++', [`-print-file-name=${name}`]).then((r) => r.stdout.trim());
 
-  const runtime = (name: string) => execa('g++', [`-print-file-name=${name}`]).then((r) => r.stdout.trim());
-  const preload = `${await runtime('libasan.so')} ${await runtime('libubsan.so')}`;
-  const seed = Math.floor(Math.random() * 2 ** 31);
-  const result = await execa(
-    'node',
-    [
-      '--import',
-      'tsx',
-      join(REPO, 'test', 'fixtures', 'sanitized-decode.ts'),
-      module.libraryPath,
-      String(seed),
-    ],
-    {
+const SANITIZERS = {
+  address: {
+    flag: '-fsanitize=address,undefined',
+    symbol: /__asan_/,
+    libraries: ['libasan.so', 'libubsan.so'],
+    env: { ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=0', UBSAN_OPTIONS: 'halt_on_error=1' },
+    report: /AddressSanitizer|runtime error:/,
+  },
+  thread: {
+    flag: '-fsanitize=thread',
+    symbol: /__tsan_/,
+    libraries: ['libtsan.so'],
+    env: {
+      TSAN_OPTIONS: `halt_on_error=1 ignore_noninstrumented_modules=1 suppressions=${join(REPO, 'test', 'fixtures', 'tsan-node.supp')}`,
+    },
+    report: /ThreadSanitizer/,
+  },
+} as const;
+
+for (const [sanitize, s] of Object.entries(SANITIZERS) as [
+  keyof typeof SANITIZERS,
+  (typeof SANITIZERS)[keyof typeof SANITIZERS],
+][]) {
+  test(`the CUDA decode kernel runs clean under ${s.flag} on the emu target (small shapes)`, async () => {
+    const module = await buildModule(tinySpec('f16', 'plain', ['emu']), { target: 'emu', sanitize });
+    expect(module.manifest.sanitize).toBe(sanitize);
+    expect(module.manifest.buildCommand).toContain(s.flag);
+    expect(readFileSync(join(module.dir, 'build.log'), 'utf8')).toContain(s.flag);
+    // The library really is instrumented (it calls into the sanitizer runtime).
+    const { stdout: symbols } = await execa('nm', ['-D', module.libraryPath]);
+    expect(symbols).toMatch(s.symbol);
+
+    const preload = (await Promise.all(s.libraries.map(runtimeLibrary))).join(' ');
+    const seed = Math.floor(Math.random() * 2 ** 31);
+    const fixture = join(REPO, 'test', 'fixtures', 'sanitized-decode.ts');
+    const result = await execa('node', ['--import', 'tsx', fixture, module.libraryPath, String(seed)], {
       cwd: REPO,
       reject: false,
-      env: {
-        LD_PRELOAD: preload,
-        ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=0',
-        UBSAN_OPTIONS: 'halt_on_error=1',
-      },
-    },
-  );
-  const output = `${result.stdout}\n${result.stderr}`;
-  expect(output, `seed ${seed}`).not.toMatch(/AddressSanitizer|runtime error:/);
-  expect(result.exitCode, output).toBe(0);
-  const summary = JSON.parse(String(result.stdout).trim().split('\n').at(-1)!) as {
-    decodes: number;
-    maxError: number;
-  };
-  expect(summary.decodes).toBeGreaterThan(2);
-  expect(summary.maxError).toBeLessThanOrEqual(2e-3);
-  expect(readFileSync(join(module.dir, 'build.log'), 'utf8')).toContain('-fsanitize=address');
-});
+      env: { LD_PRELOAD: preload, CUCPU_WORKERS: '4', CUCPU_ORDER: 'random', ...s.env },
+    });
+    const output = `${result.stdout}\n${result.stderr}`;
+    expect(output, `seed ${seed}`).not.toMatch(s.report);
+    expect(result.exitCode, output).toBe(0);
+    const summary = JSON.parse(String(result.stdout).trim().split('\n').at(-1)!) as {
+      decodes: number;
+      maxError: number;
+    };
+    expect(summary.decodes).toBeGreaterThan(2);
+    expect(summary.maxError).toBeLessThanOrEqual(2e-3);
+  });
+}

@@ -58,7 +58,7 @@ export const DEMO_TEST_HEADS = 2;
 export interface ModuleRequest {
   readonly spec: KernelSpec;
   readonly target: 'cpu' | 'emu';
-  readonly sanitize?: 'address';
+  readonly sanitize?: 'address' | 'thread';
 }
 
 export function precompiledModules(): ModuleRequest[] {
@@ -72,7 +72,8 @@ export function precompiledModules(): ModuleRequest[] {
   out.push({ spec: tinySpec('bf16', 'softcap-window', ['emu']), target: 'emu' });
   for (let i = 0; i < EMU_CONFIGS.length; i++) out.push({ spec: emuShapeSpec(i), target: 'emu' });
   out.push({ spec: emuTrafficSpec(), target: 'emu' });
-  out.push({ spec: tinySpec('f16', 'plain', ['emu']), target: 'emu', sanitize: 'address' });
+  for (const sanitize of ['address', 'thread'] as const)
+    out.push({ spec: tinySpec('f16', 'plain', ['emu']), target: 'emu', sanitize });
   out.push({ spec: demoSpec(DEMO_TEST_HEADS), target: 'cpu' });
   return out;
 }

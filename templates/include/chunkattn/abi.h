@@ -38,8 +38,8 @@ typedef enum CaStatus {
   CA_ERR_INVALID = 1,      // an argument the module rejects (the addon should have caught it)
   CA_ERR_UNSUPPORTED = 2,  // e.g. a shared run given to a module without a phase-1 kernel
   CA_ERR_DEVICE = 3,       // CUDA runtime error (message from ca_last_error)
-  CA_ERR_KERNEL =
-      4,  // emu: a shim diagnostic (deadlock, divergent barrier, ...) with file:line:col
+  // emu: a shim diagnostic (deadlock, divergent barrier, ...) with file:line:col
+  CA_ERR_KERNEL = 4,
   CA_ERR_NO_MEMORY = 5
 } CaStatus;
 
@@ -129,8 +129,8 @@ typedef enum CaCopyKind { CA_COPY_H2D = 0, CA_COPY_D2H = 1, CA_COPY_D2D = 2 } Ca
 
 // Exported by every module.
 uint32_t ca_abi_version(void);
-const char* ca_info(
-    void);  // JSON: {"abi":1,"name":..,"specHash":..,"target":..,"archs":[..],"phase1":bool,...}
+// JSON: {"abi":1,"name":..,"key":..,"target":..,"archs":[..],"phase1":bool,...}
+const char* ca_info(void);
 const char* ca_last_error(void);  // message for the calling thread's last non-OK status
 uint64_t ca_workspace_bytes(const CaDecodeParams* p);
 int ca_decode(const CaDecodeParams* p, void* stream);
