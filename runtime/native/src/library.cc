@@ -210,34 +210,23 @@ std::string Library::LastError() const {
 
 void Library::Check(int status, const char* call) const {
   if (status == CA_OK) return;
-  const char* error_code;
-  const char* status_name;
-  switch (status) {
-    case CA_ERR_INVALID:
-      error_code = code::kInvalid;
-      status_name = "CA_ERR_INVALID";
-      break;
-    case CA_ERR_UNSUPPORTED:
-      error_code = code::kUnsupported;
-      status_name = "CA_ERR_UNSUPPORTED";
-      break;
-    case CA_ERR_DEVICE:
-      error_code = code::kDevice;
-      status_name = "CA_ERR_DEVICE";
-      break;
-    case CA_ERR_KERNEL:
-      error_code = code::kKernel;
-      status_name = "CA_ERR_KERNEL";
-      break;
-    case CA_ERR_NO_MEMORY:
-      error_code = code::kNoMemory;
-      status_name = "CA_ERR_NO_MEMORY";
-      break;
-    default:
-      error_code = code::kStatus;
-      status_name = "unknown status";
-      break;
-  }
+  // The module's status, as the error code JS sees and the enumerator's name.
+  struct Known {
+    int status;
+    const char* error_code;
+    const char* name;
+  };
+  static constexpr Known kKnown[] = {
+      {CA_ERR_INVALID, code::kInvalid, "CA_ERR_INVALID"},
+      {CA_ERR_UNSUPPORTED, code::kUnsupported, "CA_ERR_UNSUPPORTED"},
+      {CA_ERR_DEVICE, code::kDevice, "CA_ERR_DEVICE"},
+      {CA_ERR_KERNEL, code::kKernel, "CA_ERR_KERNEL"},
+      {CA_ERR_NO_MEMORY, code::kNoMemory, "CA_ERR_NO_MEMORY"},
+  };
+  const char* error_code = code::kStatus;
+  const char* status_name = "unknown status";
+  for (const Known& k : kKnown)
+    if (k.status == status) error_code = k.error_code, status_name = k.name;
   std::string detail = LastError();
   std::string message = std::string(call) + " failed with " + status_name + " (" +
                         std::to_string(status) + ")" + (detail.empty() ? "" : ": " + detail);

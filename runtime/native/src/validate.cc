@@ -98,27 +98,18 @@ void ValidateContext(const ContextView& ctx, const ContextLimits& limits) {
                              " is out of range [0, " + std::to_string(chunks) +
                              "] (the row's chunks)");
   }
-  for (size_t i = 0; i < ctx.row_chunk_slots.size; ++i) {
-    int32_t slot = ctx.row_chunk_slots[i];
-    if (slot < 0 || slot >= limits.num_slots)
-      Fail(code::kRange, At("rowChunkSlots", i) + " = " + std::to_string(slot) +
-                             " is out of range [0, numSlots = " + std::to_string(limits.num_slots) +
-                             ")");
-  }
-  for (size_t i = 0; i < ctx.run_slots.size; ++i) {
-    int32_t slot = ctx.run_slots[i];
-    if (slot < 0 || slot >= limits.num_slots)
-      Fail(code::kRange, At("runSlots", i) + " = " + std::to_string(slot) +
-                             " is out of range [0, numSlots = " + std::to_string(limits.num_slots) +
-                             ")");
-  }
-  for (size_t i = 0; i < ctx.row_partials.size; ++i) {
-    int32_t partial = ctx.row_partials[i];
-    if (partial < 0 || partial >= ctx.num_partials)
-      Fail(code::kRange,
-           At("rowPartials", i) + " = " + std::to_string(partial) +
-               " is out of range [0, numPartials = " + std::to_string(ctx.num_partials) + ")");
-  }
+  // Every index into the pool or the partials is within its array.
+  auto check_indices = [](const char* name, const auto& indices, int64_t limit,
+                          const char* limit_name) {
+    for (size_t i = 0; i < indices.size; ++i)
+      if (indices[i] < 0 || indices[i] >= limit)
+        Fail(code::kRange, At(name, i) + " = " + std::to_string(indices[i]) +
+                               " is out of range [0, " + limit_name + " = " +
+                               std::to_string(limit) + ")");
+  };
+  check_indices("rowChunkSlots", ctx.row_chunk_slots, limits.num_slots, "numSlots");
+  check_indices("runSlots", ctx.run_slots, limits.num_slots, "numSlots");
+  check_indices("rowPartials", ctx.row_partials, ctx.num_partials, "numPartials");
 
   // Runs.
   if (num_runs > 0 && !limits.phase1)
