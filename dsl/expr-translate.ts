@@ -8,7 +8,7 @@
 import type { Block, ObjectBindingPattern, ParameterDeclaration, Node as TsNode } from 'ts-morph';
 import { type DslDiagnostic, DslError } from './errors.ts';
 import { formatDiagnostics } from './format-error.ts';
-import type { FunctionSource, VariantKind } from './locate.ts';
+import { type FunctionSource, unwrap, type VariantKind } from './locate.ts';
 import { type Expr, MATH_FNS, type MathFn, type ParamSpec, POS_FIELDS, type PosField } from './spec.ts';
 import { type TsMorph, tsMorph } from './ts-morph.ts';
 
@@ -404,14 +404,9 @@ class Translator {
   // ── expressions ───────────────────────────────────────────────────────────
 
   private expr(n: TsNode): Value | null {
-    if (
-      Node.isParenthesizedExpression(n) ||
-      Node.isAsExpression(n) ||
-      Node.isSatisfiesExpression(n) ||
-      Node.isTypeAssertion(n) ||
-      Node.isNonNullExpression(n)
-    ) {
-      return this.expr(n.getExpression());
+    const inner = unwrap(n);
+    if (inner !== n) {
+      return this.expr(inner);
     }
     if (Node.isNumericLiteral(n)) return this.number(n);
     if (Node.isTrueLiteral(n) || Node.isFalseLiteral(n)) {

@@ -57,7 +57,7 @@ function hasGxx(): boolean {
 
 /** Every file the driver's build depends on, in a stable order. */
 function sourceFiles(): string[] {
-  const files = [driver, join(root, 'test', 'cpu-kernels', 'context.h')];
+  const files = [driver, join(root, 'test', 'cpu-kernels', 'fixtures.h')];
   const walk = (dir: string): void => {
     for (const entry of readdirSync(dir, { withFileTypes: true }).sort((a, b) =>
       a.name.localeCompare(b.name),

@@ -16,7 +16,7 @@
 // (-DCA_TEST_FEWER_CONFIGS builds five of the eight configurations, for the fallback ISAs.)
 #define CA_TARGET_CPU 1
 #include "chunkattn/cpu/module.h"
-#include "context.h"
+#include "fixtures.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -47,25 +47,7 @@ void report_check(const char* name, bool ok, const char* detail) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Configurations and variants.
-
-template <int Hq, int Hkv, int D, int C, class Q, class KV, class O>
-struct CfgT {
-  static constexpr int kQHeads = Hq, kKvHeads = Hkv, kHeadDim = D, kChunk = C;
-  using QT = Q;
-  using KvT = KV;
-  using OutT = O;
-};
-
-struct Plain {
-  static constexpr bool kHasScoreMod = false, kHasMask = false;
-  CA_HD static float score_mod(float score, const ca::Pos&, const float*) { return score; }
-  CA_HD static bool mask(const ca::Pos&, const float*) { return true; }
-  static constexpr int kNumParams = 0;
-  static double ref_score(double s, const ca::Pos&, const double*) { return s; }
-  static bool ref_mask(const ca::Pos&, const double*) { return true; }
-  static const char* name() { return "plain"; }
-};
+// Variants beyond Plain (CfgT and Plain are in fixtures.h).
 
 // Gemma-style logit soft-capping plus a sliding window: params = {cap, window}.
 struct SoftcapWindow {

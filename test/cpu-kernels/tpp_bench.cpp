@@ -19,7 +19,7 @@
 #define CA_TARGET_CPU 1
 #define CA_CPU_PROFILE 1
 #include "chunkattn/cpu/module.h"
-#include "context.h"
+#include "fixtures.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,17 +36,7 @@
 using ca::cpu::f16;
 
 template <class T>
-struct BenchCfg {
-  static constexpr int kQHeads = 32, kKvHeads = 32, kHeadDim = 128, kChunk = 64;
-  using QT = T;
-  using KvT = T;
-  using OutT = T;
-};
-struct Plain {
-  static constexpr bool kHasScoreMod = false, kHasMask = false;
-  CA_HD static float score_mod(float score, const ca::Pos&, const float*) { return score; }
-  CA_HD static bool mask(const ca::Pos&, const float*) { return true; }
-};
+using BenchCfg = CfgT<32, 32, 128, 64, T, T, T>;
 
 namespace {
 

@@ -1,11 +1,32 @@
-// test/cpu-kernels/context.h — a KernelContext held in std::vectors, as the C++ test and the
-// microbenchmark build it, and the one place that points CaDecodeParams at it.
+// test/cpu-kernels/fixtures.h — what the C++ test driver and the microbenchmark share: a
+// configuration template, the plain variant, and a KernelContext held in std::vectors with the
+// one place that points CaDecodeParams at it.
 #pragma once
 #include "chunkattn/abi.h"
+#include "chunkattn/variant.h"
 
 #include <stdint.h>
 
 #include <vector>
+
+template <int Hq, int Hkv, int D, int C, class Q, class KV, class O>
+struct CfgT {
+  static constexpr int kQHeads = Hq, kKvHeads = Hkv, kHeadDim = D, kChunk = C;
+  using QT = Q;
+  using KvT = KV;
+  using OutT = O;
+};
+
+// No score mod, no mask; ref_* are the float64 reference's versions.
+struct Plain {
+  static constexpr bool kHasScoreMod = false, kHasMask = false;
+  CA_HD static float score_mod(float score, const ca::Pos&, const float*) { return score; }
+  CA_HD static bool mask(const ca::Pos&, const float*) { return true; }
+  static constexpr int kNumParams = 0;
+  static double ref_score(double s, const ca::Pos&, const double*) { return s; }
+  static bool ref_mask(const ca::Pos&, const double*) { return true; }
+  static const char* name() { return "plain"; }
+};
 
 struct Context {
   std::vector<int32_t> row_io, row_seq, row_length, row_chunk_offsets, row_chunk_slots,
