@@ -163,8 +163,8 @@ function checkEntry(value: unknown, where: string): TuningEntry {
     fail('predictedUs/measuredUs must be numbers or null');
   if (source === 'measured' && measuredUs === null) fail('a measured entry needs measuredUs');
   if (!isObject(meta) || typeof meta.chunkattn !== 'string' || !Number.isInteger(meta.modelVersion))
-    fail('meta must have chunkattn (string) and modelVersion (integer)');
-  if (meta!.compiler !== null && typeof meta!.compiler !== 'string')
+    return fail('meta must have chunkattn (string) and modelVersion (integer)');
+  if (meta.compiler !== null && typeof meta.compiler !== 'string')
     fail('meta.compiler must be a string or null');
   if (typeof at !== 'string' || Number.isNaN(Date.parse(at))) fail('at must be an ISO date');
   return value as unknown as TuningEntry;
