@@ -12,6 +12,7 @@ type BenchRunner = (opts: BenchOptions) => Promise<BenchReport>;
 const REPORTS: Record<string, () => Promise<BenchRunner>> = {
   build: async () => (await import('../../bench/build.ts')).runBuildBench,
   memory: async () => (await import('../../bench/memory.ts')).runMemoryBench,
+  model: async () => (await import('../../bench/model.ts')).runModelBench,
   tpp: async () => (await import('../../bench/tpp.ts')).runTppBench,
 };
 
