@@ -136,3 +136,29 @@ export function pruneReason(
     return `${launch.kernel} (${resources.arch}): ${occ.ctasPerSm} CTAs/SM (limited by ${occ.limitedBy.join(', ')}), below ${minCtasPerSm}`;
   return null;
 }
+
+export interface KernelOccupancy {
+  readonly kernel: string;
+  readonly occupancy: Occupancy;
+  readonly resources: KernelResources;
+}
+
+/**
+ * Occupancy of every kernel of a built module on one architecture, from its plan and the ptxas
+ * records in its manifest (matched by kernel name, as the build's resource gate matches them).
+ */
+export function moduleOccupancy(
+  limits: ArchLimits,
+  module: { readonly kernels: readonly KernelLaunchPlan[]; readonly resources: readonly KernelResources[] },
+): KernelOccupancy[] {
+  return module.kernels.map((launch) => {
+    const resources = module.resources.find(
+      (r) => r.arch === limits.arch && r.symbol.includes(launch.kernel),
+    );
+    if (!resources)
+      throw new RangeError(
+        `${launch.kernel}: the module has no ptxas record for ${limits.arch} (build it for that arch)`,
+      );
+    return { kernel: launch.kernel, occupancy: kernelOccupancy(limits, launch, resources), resources };
+  });
+}

@@ -2,10 +2,13 @@
 // shows the arithmetic. Abbreviations: W = warps per CTA, R = registers per warp after rounding
 // to 256, S = shared memory per CTA after the 1 KB reserve and rounding to 128 B.
 
+import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { ARCH_LIMITS, findGpu, GPUS } from '../autotune/gpus.ts';
-import { occupancy, pruneReason } from '../autotune/occupancy.ts';
+import { moduleOccupancy, occupancy, pruneReason } from '../autotune/occupancy.ts';
+import { buildModule, parsePtxasReport } from '../codegen/index.ts';
 import type { KernelResources } from '../codegen/ptxas.ts';
+import { loadSpecs } from '../dsl/index.ts';
 
 const sm80 = ARCH_LIMITS.sm_80;
 const sm86 = ARCH_LIMITS.sm_86;
@@ -189,6 +192,53 @@ describe('GPU table', () => {
     for (const gpu of Object.values(GPUS)) {
       const computed = (gpu.sms * perClock[gpu.id]! * gpu.clockMhz * 1e6) / 1e12;
       expect(Math.abs(computed / gpu.fp16TensorTflops - 1), gpu.id).toBeLessThan(0.01);
+    }
+  });
+});
+
+describe('occupancy of built modules, from the ptxas report', () => {
+  // A ptxas -v report as nvcc prints it for one kernel on two archs.
+  const REPORT = `ptxas info    : Compiling entry function '_ZN2ca13phase2_kernelEv' for 'sm_80'
+ptxas info    : Function properties for _ZN2ca13phase2_kernelEv
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 544 bytes cmem[0]
+ptxas info    : Compiling entry function '_ZN2ca13phase2_kernelEv' for 'sm_90a'
+ptxas info    : Function properties for _ZN2ca13phase2_kernelEv
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 96 registers, used 1 barriers, 544 bytes cmem[0]
+`;
+  const kernels = [
+    { kernel: 'phase2', grid: 'rows × kvHeads', threadsPerBlock: 128, smemBytes: 17552, maxRegisters: 128 },
+  ];
+
+  test('per arch: the plan gives threads and dynamic smem, ptxas the registers', () => {
+    const resources = parsePtxasReport(REPORT);
+    // sm_80: 40 regs -> 1280 per warp; 16384/1280 = 12 per sub-partition -> 48 warps -> 12.
+    // S = 17552 + 1024 = 18576 -> 146 x 128 = 18688; 167936/18688 = 8.98 -> 8 (smem-limited).
+    const [a100] = moduleOccupancy(sm80, { kernels, resources });
+    expect(a100!.occupancy).toMatchObject({
+      ctasPerSm: 8,
+      byRegisters: 12,
+      smemPerCtaBytes: 18688,
+      limitedBy: ['smem'],
+    });
+    // sm_90a: 96 regs -> 3072 per warp; 16384/3072 = 5 -> 20 warps -> 5 CTAs (registers);
+    // smem 233472/18688 = 12.
+    const [h100] = moduleOccupancy(sm90, { kernels, resources });
+    expect(h100!.occupancy).toMatchObject({ ctasPerSm: 5, bySmem: 12, limitedBy: ['registers'] });
+    expect(() => moduleOccupancy(sm86, { kernels, resources })).toThrow(/no ptxas record for sm_86/);
+  });
+
+  test('the committed llama2-7b cuda module has an occupancy on A100 and H100', async () => {
+    const [spec] = await loadSpecs(join(import.meta.dirname, '..', 'examples', 'llama2-7b.ts'));
+    const { manifest } = await buildModule(spec!, { target: 'cuda', archs: ['sm_80', 'sm_90a'] });
+    for (const limits of [sm80, sm90]) {
+      const all = moduleOccupancy(limits, manifest);
+      expect(all.map((k) => k.kernel)).toEqual(manifest.kernels.map((k) => k.kernel));
+      for (const k of all) {
+        expect(k.resources.arch).toBe(limits.arch);
+        expect(k.occupancy.ctasPerSm, `${k.kernel} on ${limits.arch}`).toBeGreaterThanOrEqual(1);
+      }
     }
   });
 });
