@@ -1,8 +1,10 @@
 // The model against the paper's Table 3: per row, the model's time for PagedAttention and
 // ChunkAttention beside the published ones. On the A100 the unshared rows are the fit's points
 // and the shared rows are predictions; on any other GPU every row is a prediction only (the
-// paper publishes A100 numbers alone).
+// paper publishes A100 numbers alone). Beside them, the model's prediction for our own
+// two-phase design (design-kernels.ts), which has no published number.
 
+import { designLaunches } from './design-kernels.ts';
 import { FIT_GPU } from './fit.ts';
 import { findGpu, type GpuSpec } from './gpus.ts';
 import { type LaunchPrediction, predict } from './model.ts';
@@ -26,6 +28,8 @@ export interface Table3ModelRow {
   readonly role: RowRole;
   readonly uniqueKvBytes: number;
   readonly kernels: Readonly<Record<PaperKernel, KernelRow>>;
+  /** Our two-phase design (KERNELS.md figures): a prediction, never compared with a measurement. */
+  readonly oursDesign: { readonly modelUs: number; readonly launches: readonly LaunchPrediction[] };
 }
 
 export interface Table3Model {
@@ -61,7 +65,14 @@ export function table3Model(gpuName: string, params: ModelParams): Table3Model {
       };
     }
     const role: RowRole = predictionOnly ? 'prediction only' : row.sharedTokens === 0 ? 'fit' : 'prediction';
-    return { ...row, role, uniqueKvBytes: uniqueKvBytes(row), kernels };
+    const ours = predict(gpu, designLaunches(gpu, row), constants);
+    return {
+      ...row,
+      role,
+      uniqueKvBytes: uniqueKvBytes(row),
+      kernels,
+      oursDesign: { modelUs: ours.us, launches: ours.launches },
+    };
   });
   const maxError = (role: RowRole) => {
     const errors = rows

@@ -1,8 +1,11 @@
 // bench model: the static performance model against the ChunkAttention paper's Table 3. Every
 // "model" number here is a prediction of the model (autotune/model.ts), not a measurement; the
 // "paper" numbers are the paper authors' measurements on an A100-80GB. The A100 report is fitted
-// on the unshared rows and predicts the shared ones; the H100 report is prediction only.
+// on the unshared rows and predicts the shared ones; the H100 report is prediction only. The
+// "ours (design)" column is the model's prediction for our two-phase design with the review
+// prototype's resources (autotune/design-kernels.ts), until the product kernels are counted.
 
+import type { LaunchPrediction } from '../autotune/model.ts';
 import { loadModelParams } from '../autotune/model-params.ts';
 import type { PaperKernel } from '../autotune/paper-kernels.ts';
 import { type Table3Model, table3Model } from '../autotune/table3.ts';
@@ -15,6 +18,15 @@ const us = (value: number | null) => (value === null ? '-' : value.toFixed(1));
 const percent = (value: number | null) =>
   value === null ? '-' : `${value >= 0 ? '+' : ''}${(100 * value).toFixed(1)}%`;
 const rowName = (r: { promptTokens: number; sharedTokens: number }) => `${r.promptTokens}/${r.sharedTokens}`;
+
+const launchJson = (l: LaunchPrediction) => ({
+  kernel: l.kernel,
+  ctas: l.ctas,
+  ctasPerSm: l.ctasPerSm,
+  waves: l.waves,
+  modelUs: l.us,
+  bound: l.bound,
+});
 
 function gpuJson(model: Table3Model) {
   const shared = model.rows.filter((r) => r.sharedTokens > 0);
@@ -32,12 +44,14 @@ function gpuJson(model: Table3Model) {
       pagedAttn: r.kernels.pagedAttn.modelUs,
       chunkAttn: r.kernels.chunkAttn.modelUs,
       paperChunkAttn: r.kernels.chunkAttn.paperUs,
+      oursDesign: r.oursDesign.modelUs,
     })),
     rows: model.rows.map((r) => ({
       promptTokens: r.promptTokens,
       sharedTokens: r.sharedTokens,
       role: r.role,
       uniqueKvBytes: r.uniqueKvBytes,
+      oursDesign: { modelUs: r.oursDesign.modelUs, launches: r.oursDesign.launches.map(launchJson) },
       ...Object.fromEntries(
         KERNELS.map((k) => {
           const row = r.kernels[k];
@@ -47,14 +61,7 @@ function gpuJson(model: Table3Model) {
               modelUs: row.modelUs,
               paperUs: row.paperUs,
               relativeError: row.relativeError,
-              launches: row.launches.map((l) => ({
-                kernel: l.kernel,
-                ctas: l.ctas,
-                ctasPerSm: l.ctasPerSm,
-                waves: l.waves,
-                modelUs: l.us,
-                bound: l.bound,
-              })),
+              launches: row.launches.map(launchJson),
             },
           ];
         }),
@@ -83,6 +90,7 @@ export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
       us(r.kernels.chunkAttn.paperUs),
       us(r.kernels.chunkAttn.modelUs),
       percent(r.kernels.chunkAttn.relativeError),
+      us(r.oursDesign.modelUs),
       r.kernels.chunkAttn.launches.map((l) => `${l.kernel.replace('chunk_attn_', '')} ${l.bound}`).join(', '),
     ]),
   );
@@ -102,6 +110,7 @@ export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
       'ChunkAttn paper µs',
       'ChunkAttn model µs',
       'error',
+      'ours (design) model µs',
       'ChunkAttn bound by',
     ],
     rows,
@@ -110,6 +119,7 @@ export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
         `assumed DRAM round trip ${params.dramLatencyUs.sm_80} µs (sm_80), ${params.dramLatencyUs.sm_90a} µs (sm_90a); model version ${params.modelVersion}`,
       `A100 unshared max |error| ${percent(a100.unsharedMaxError)} (fit), shared rows max |error| ${percent(a100.sharedMaxError)} (predicted, not fitted)`,
       `${h100.gpu.name}: prediction only, labelled so: the paper publishes no H100 numbers.`,
+      'ours (design): our two-phase design with the review prototype\u2019s ptxas resources (KERNELS.md); a prediction with no measurement behind it.',
     ],
     json: {
       predictionNotMeasurement: true,
@@ -131,12 +141,16 @@ export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
           label: `${k} paper (A100)`,
           values: a100.rows.map((r) => ({ category: rowName(r), value: r.kernels[k].paperUs ?? 0 })),
         })),
-        ...models.flatMap((m) =>
-          KERNELS.map((k) => ({
+        ...models.flatMap((m) => [
+          ...KERNELS.map((k) => ({
             label: `${k} model (${m.gpu.id})`,
             values: m.rows.map((r) => ({ category: rowName(r), value: r.kernels[k].modelUs })),
           })),
-        ),
+          {
+            label: `ours (design) model (${m.gpu.id})`,
+            values: m.rows.map((r) => ({ category: rowName(r), value: r.oursDesign.modelUs })),
+          },
+        ]),
       ],
     },
   };

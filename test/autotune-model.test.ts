@@ -1,4 +1,5 @@
 import { describe, expect, test } from 'vitest';
+import { designLaunches, phase1Splits } from '../autotune/design-kernels.ts';
 import { fitModel } from '../autotune/fit.ts';
 import { GPUS, type GpuSpec } from '../autotune/gpus.ts';
 import { type BlockWork, type ModelConstants, predict, predictLaunch } from '../autotune/model.ts';
@@ -136,6 +137,31 @@ describe('the paper kernels, counted', () => {
   });
 });
 
+describe('our two-phase design, counted', () => {
+  test('phase 1 splits the run to fill one wave and still reads each shared chunk once per head', () => {
+    for (const [id, occupancies, splits] of [
+      // A100: phase 1 2 CTAs/SM -> 216 slots / 32 heads = 6 splits; phase 2 4 CTAs/SM.
+      ['a100-80', [2, 4], 6],
+      // H100: 3 CTAs/SM -> 396 / 32 = 12, capped at 8; phase 2 6 CTAs/SM.
+      ['h100-sxm', [3, 6], 8],
+    ] as const) {
+      const gpu = GPUS[id];
+      const row = TABLE3.find((r) => r.promptTokens === 4096 && r.sharedTokens === 4096)!;
+      const [phase1, phase2] = designLaunches(gpu, row);
+      expect([phase1!.ctasPerSm, phase2!.ctasPerSm]).toEqual(occupancies);
+      expect(phase1!.blocks).toHaveLength(splits);
+      expect(phase1Splits(gpu, phase1!.ctasPerSm, 32, 64)).toBe(splits);
+      // K/V bytes of all phase-1 CTAs = the unique shared bytes: subtract the per-CTA extras.
+      const extras = (chunks: number) => 24 + chunks * 4 + 32 * 4 + 32 * 128 * 2 + 32 * (128 * 4 + 4);
+      const kv = phase1!.blocks.reduce(
+        (sum, g) => sum + g.count * (g.work.bytes - extras(g.work.dependentSteps - 2)),
+        0,
+      );
+      expect(kv).toBe(uniqueKvBytes(row));
+    }
+  });
+});
+
 describe('the fit', () => {
   const params = loadModelParams();
 
@@ -160,7 +186,12 @@ describe('bench model', () => {
       predictionNotMeasurement: boolean;
       unsharedMaxError: number;
       fittedConstants: unknown;
-      sharedPredictedUs: { sharedTokens: number; chunkAttn: number; paperChunkAttn: number }[];
+      sharedPredictedUs: {
+        sharedTokens: number;
+        chunkAttn: number;
+        paperChunkAttn: number;
+        oursDesign: number;
+      }[];
       h100: { label: string; sharedPredictedUs: { paperChunkAttn: number | null }[] };
     };
     expect(json.predictionNotMeasurement).toBe(true);
@@ -168,6 +199,7 @@ describe('bench model', () => {
     expect(json.fittedConstants).toEqual(loadModelParams().fitted);
     expect(json.sharedPredictedUs.map((r) => r.sharedTokens)).toEqual([1024, 2048, 4096]);
     expect(json.sharedPredictedUs.map((r) => r.paperChunkAttn)).toEqual([56.0, 110.5, 206.2]);
+    expect(json.sharedPredictedUs.every((r) => r.oursDesign > 0)).toBe(true);
     expect(json.h100.label).toMatch(/^prediction only/);
     expect(json.h100.sharedPredictedUs.every((r) => r.paperChunkAttn === null)).toBe(true);
     // Every table row says whether it is a fit point or a prediction.
