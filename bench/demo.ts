@@ -8,7 +8,7 @@ import type { KernelSpec, Partition } from '../dsl/spec.ts';
 import { Attention } from '../runtime/attention.ts';
 import { fromHost } from '../runtime/half.ts';
 import { bytesPerChunk, type KvShape } from '../runtime/kv-stats.ts';
-import { referenceDecode, relativeError } from '../test/reference.ts';
+import { referenceDecode, relativeError } from '../runtime/reference.ts';
 import { loadPrompts, randomHost } from './workload.ts';
 
 export interface DemoOptions {

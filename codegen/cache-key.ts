@@ -4,9 +4,12 @@
 
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { createRequire } from 'node:module';
+import { dirname, join, relative } from 'node:path';
 
-export const PACKAGE_ROOT = join(import.meta.dirname, '..');
+/** The package's folder (templates/, runtime/cucpu/ live there), whether this file runs from the
+ * sources or from dist/: the package resolves its own name (a self-reference through `exports`). */
+export const PACKAGE_ROOT = dirname(createRequire(import.meta.url).resolve('chunkattn/package.json'));
 export const TEMPLATES_DIR = join(PACKAGE_ROOT, 'templates');
 export const INCLUDE_DIR = join(TEMPLATES_DIR, 'include');
 export const CUCPU_DIR = join(PACKAGE_ROOT, 'runtime', 'cucpu');

@@ -19,7 +19,7 @@ import {
   variantFunctions,
   withOverrides,
 } from '../dsl/index.ts';
-import { referenceDecode } from './reference.ts';
+import { referenceDecode } from '../runtime/reference.ts';
 
 const THIS_FILE = 'test/dsl-spec.test.ts';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));

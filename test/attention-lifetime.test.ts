@@ -1,0 +1,37 @@
+// Attention's pools are freed deterministically: by `using` at the end of a scope, and for objects
+// dropped without close() by the FinalizationRegistry once collected. The addon reports the pools
+// to V8 as external memory, so collection happens even when nothing calls gc().
+// Each case runs test/fixtures/drop-attention.ts in its own process to measure RSS.
+
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { describe, expect, test } from 'vitest';
+
+const SCRIPT = join(import.meta.dirname, 'fixtures', 'drop-attention.ts');
+const GIB_IN_MIB = 1024;
+
+async function measure(...args: string[]): Promise<Record<string, number>> {
+  const { stdout } = await execa('node', ['--expose-gc', '--import', 'tsx', SCRIPT, ...args], {
+    cwd: join(import.meta.dirname, '..'),
+  });
+  return JSON.parse(stdout.trim().split('\n').at(-1)!) as Record<string, number>;
+}
+
+describe('Attention lifetime', () => {
+  test('50 dropped 64 MiB Attention objects with gc() between keep RSS under 1 GiB', async () => {
+    const { peak } = await measure('drop', '--gc');
+    expect(peak).toBeLessThan(GIB_IN_MIB);
+  });
+
+  test('50 dropped 64 MiB Attention objects without any gc() call keep RSS under 1 GiB (external memory is reported)', async () => {
+    const { peak } = await measure('drop');
+    expect(peak).toBeLessThan(GIB_IN_MIB);
+  });
+
+  test('`using` frees the pools at the end of the block', async () => {
+    const { before, inside, after } = await measure('using');
+    expect(inside! - before!).toBeGreaterThan(48); // the 64 MiB pool is resident (zeroed at allocation)
+    expect(inside! - after!).toBeGreaterThan(48);
+    expect(after! - before!).toBeLessThan(16);
+  });
+});
