@@ -1,6 +1,7 @@
 // The chunkattn program: parses flags and calls the libraries; no logic lives here.
 
 import { Command } from 'commander';
+import { PACKAGE_VERSION } from '../codegen/index.ts';
 import { BENCH_NAMES, benchCommand } from './commands/bench.ts';
 import { compileCommand } from './commands/compile.ts';
 import { demoCommand } from './commands/demo.ts';
@@ -14,6 +15,7 @@ const program = new Command()
   .description(
     'Prefix-shared chunk attention: compile attention specs to CUDA and CPU kernels, run and benchmark them',
   )
+  .version(PACKAGE_VERSION, '-V, --version', 'print the package version')
   .showHelpAfterError()
   .exitOverride();
 
