@@ -63,6 +63,7 @@ program
   .command('bench <name>')
   .description(`run a benchmark report (${BENCH_NAMES.join(', ')}) and write bench/out/<name>.{json,svg}`)
   .option('--quick', 'a reduced grid (under a minute on 2 cores)')
+  .option('--out <dir>', 'where to write the report files (default: bench/out under the current directory)')
   .option('--json', 'print one JSON object as the last line of stdout (the table goes to stderr)')
   .action(async (name: string, flags) => benchCommand(name, flags, makeOutput(!!flags.json)));
 

@@ -45,13 +45,17 @@ let files: PackedFile[];
 function consumerProject(name: string): string {
   const dir = join(work, name);
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name, private: true }));
+  // An ESM project (its .ts is ESM too); decode.cjs is CommonJS by its extension.
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name, private: true, type: 'module' }));
   const decode = readFileSync(join(FIXTURES, 'decode.js.txt'), 'utf8');
   const names = 'Attention, attention, referenceDecode, relativeError, TOLERANCE';
-  writeFileSync(join(dir, 'decode.mjs'), decode.replace('IMPORT', `import { ${names} } from 'chunkattn';`));
+  writeFileSync(
+    join(dir, 'decode.mjs'),
+    decode.replace('// IMPORT', `import { ${names} } from 'chunkattn';`),
+  );
   writeFileSync(
     join(dir, 'decode.cjs'),
-    decode.replace('IMPORT', `const { ${names} } = require('chunkattn');`),
+    decode.replace('// IMPORT', `const { ${names} } = require('chunkattn');`),
   );
   writeFileSync(join(dir, 'check.ts'), readFileSync(join(FIXTURES, 'check.ts.txt'), 'utf8'));
   writeFileSync(join(dir, 'tsconfig.json'), readFileSync(join(FIXTURES, 'tsconfig.json'), 'utf8'));
@@ -129,7 +133,11 @@ describe('a clean project that installs the tarball', () => {
 
   test('an .mjs file imports Attention and decodes once on cpu within f32 tolerance of the reference', async () => {
     const result = await run(dir, 'node', ['decode.mjs']);
-    expect(result.stderr).toBe('');
+    expect(result.exitCode, result.stderr).toBe(0);
+    // The first use builds the module (announced on stderr); nothing else is said.
+    expect(result.stderr).toMatch(
+      /^chunkattn: building spec "consumer-f32" for cpu: first build, about \d+ s\n$/,
+    );
     expect(JSON.parse(result.stdout)).toMatchObject({ ok: true, target: 'cpu' });
   });
 
@@ -168,7 +176,10 @@ describe('installing under another Node prefix', () => {
   test("a source build takes nodedir from that Node's own prefix", async () => {
     const prefix = nodePrefix('node-with-headers', true);
     const dir = consumerProject('consumer-source-build');
-    await install(dir, prefix, { CHUNKATTN_BUILD_FROM_SOURCE: '1' });
+    // A user npmrc without a nodedir setting (one of the user's own would win over the derived one).
+    const npmrc = join(work, 'npmrc-without-nodedir');
+    writeFileSync(npmrc, '');
+    await install(dir, prefix, { CHUNKATTN_BUILD_FROM_SOURCE: '1', npm_config_userconfig: npmrc });
     const native = join(dir, 'node_modules', 'chunkattn', 'runtime', 'native');
     expect(readFileSync(join(native, 'build', 'config.gypi'), 'utf8')).toContain(`"nodedir": "${prefix}"`);
     const result = await run(dir, join(prefix, 'bin', 'node'), ['decode.mjs'], prefix);
