@@ -64,11 +64,47 @@ const KV_DTYPE_BYTES = { f16: 2, bf16: 2, f32: 4 } as const;
 
 // An Attention dropped without close() frees its pools when it is collected (the held value
 // references the module and pools, never the Attention itself).
+// A throw here would be an uncaught exception, so a pool that cannot be freed is left to its own
+// native finalizer.
 const dropped = new FinalizationRegistry<{ module: NativeModule; pools: KvPool[] }>(({ module, pools }) => {
-  for (const pool of pools) if (!pool.freed) module.free(pool);
+  for (const pool of pools) {
+    try {
+      if (!pool.freed) module.free(pool);
+    } catch {
+      // freed already, or the module rejected it: the buffer's finalizer releases it
+    }
+  }
 });
 
 const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+
+/** Bytes of the KV pools Attention.create allocates (K and V, every layer, whole chunks). */
+export function poolBytes(
+  spec: KernelSpec,
+  options: Pick<AttentionOptions, 'layers' | 'capacityTokens'>,
+): number {
+  const shape = {
+    layers: options.layers,
+    kvHeads: spec.heads.kv,
+    headDim: spec.headDim,
+    dtypeBytes: KV_DTYPE_BYTES[spec.dtype.kv],
+  };
+  return Math.ceil(options.capacityTokens / spec.chunkSize) * bytesPerChunk(shape, spec.chunkSize);
+}
+
+/** The warning create() gives when host pools would take more than half of the free memory. */
+export function poolMemoryWarning(
+  spec: KernelSpec,
+  options: Pick<AttentionOptions, 'layers' | 'capacityTokens'>,
+  freeBytes: number,
+): string | undefined {
+  const bytes = poolBytes(spec, options);
+  if (bytes <= freeBytes / 2) return undefined;
+  return (
+    `the KV pools of ${options.layers} layers × ${options.capacityTokens} tokens take ${gib(bytes)}, ` +
+    `more than half of the ${gib(freeBytes)} of free memory`
+  );
+}
 
 function isSpec(source: KernelSpec | SpecSource | LoadableModule): source is KernelSpec {
   return 'heads' in source && 'headDim' in source;
@@ -149,23 +185,8 @@ export class Attention {
         `spec "${spec.name}" is two-phase, but the ${module.info.target} module has no phase-1 kernel: it runs sequence-first`,
         { code: 'CHUNKATTN_SEQUENCE_FIRST' },
       );
-    const poolBytes =
-      Math.ceil(options.capacityTokens / spec.chunkSize) *
-      bytesPerChunk(
-        {
-          layers: options.layers,
-          kvHeads: spec.heads.kv,
-          headDim: spec.headDim,
-          dtypeBytes: KV_DTYPE_BYTES[spec.dtype.kv],
-        },
-        spec.chunkSize,
-      );
-    if (module.info.target !== 'cuda' && poolBytes > freemem() / 2)
-      process.emitWarning(
-        `the KV pools of ${options.layers} layers × ${options.capacityTokens} tokens take ${gib(poolBytes)}, ` +
-          `more than half of the ${gib(freemem())} of free memory`,
-        { code: 'CHUNKATTN_MEMORY' },
-      );
+    const warning = module.info.target === 'cuda' ? undefined : poolMemoryWarning(spec, options, freemem());
+    if (warning) process.emitWarning(warning, { code: 'CHUNKATTN_MEMORY' });
     return new Attention(spec, module, options, mode);
   }
 

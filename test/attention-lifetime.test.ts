@@ -6,6 +6,8 @@
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, test } from 'vitest';
+import { attention } from '../dsl/index.ts';
+import { poolBytes, poolMemoryWarning } from '../runtime/attention.ts';
 
 const SCRIPT = join(import.meta.dirname, 'fixtures', 'drop-attention.ts');
 const GIB_IN_MIB = 1024;
@@ -33,5 +35,28 @@ describe('Attention lifetime', () => {
     expect(inside! - before!).toBeGreaterThan(48); // the 64 MiB pool is resident (zeroed at allocation)
     expect(inside! - after!).toBeGreaterThan(48);
     expect(after! - before!).toBeLessThan(16);
+  });
+});
+
+describe('the memory warning of Attention.create', () => {
+  const spec = attention({
+    name: 'llama3-like',
+    heads: { q: 32, kv: 8 },
+    headDim: 128,
+    dtype: 'bf16',
+    chunkSize: 64,
+  });
+  const options = { layers: 32, capacityTokens: 65_536 };
+
+  test('pools are K and V of every layer in whole chunks: 32 layers × 65,536 tokens of Llama3-8B is 8 GiB', () => {
+    expect(poolBytes(spec, options)).toBe(8 * 2 ** 30);
+    expect(poolBytes(spec, { layers: 1, capacityTokens: 65 })).toBe(2 * 64 * 2 * 8 * 128 * 2);
+  });
+
+  test('it warns, stating the size, only above half of the free memory', () => {
+    expect(poolMemoryWarning(spec, options, 16 * 2 ** 30)).toBeUndefined();
+    expect(poolMemoryWarning(spec, options, 12 * 2 ** 30)).toBe(
+      'the KV pools of 32 layers × 65536 tokens take 8.0 GiB, more than half of the 12.0 GiB of free memory',
+    );
   });
 });
