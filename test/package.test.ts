@@ -166,6 +166,22 @@ describe('a clean project that installs the tarball', () => {
     const report = JSON.parse(doctor.stdout.trim().split('\n').at(-1)!) as { addon: string };
     expect(report.addon).toMatch(/^prebuilt /);
   });
+
+  test("a spec in the project's own folder, importing 'chunkattn', loads through the CLI", async () => {
+    writeFileSync(
+      join(dir, 'my-model.ts'),
+      "import { attention } from 'chunkattn';\n" +
+        "export default attention({ name: 'my-model', heads: { q: 8, kv: 2 }, headDim: 64, dtype: 'f16' });\n",
+    );
+    const result = await run(dir, join(dir, 'node_modules', '.bin', 'chunkattn'), [
+      'inspect',
+      'my-model.ts',
+      '--json',
+    ]);
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(result.stdout.trim().split('\n')).toHaveLength(1);
+    expect(result.stdout).toContain('"my-model"');
+  });
 });
 
 describe('installing under another Node prefix', () => {
