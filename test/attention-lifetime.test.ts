@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, test } from 'vitest';
 import { attention } from '../dsl/index.ts';
-import { poolBytes, poolMemoryWarning } from '../runtime/attention.ts';
+import { Attention, poolBytes, poolMemoryWarning } from '../runtime/attention.ts';
+import { mockModulePath } from '../runtime/native/fixtures/testing.ts';
 
 const SCRIPT = join(import.meta.dirname, 'fixtures', 'drop-attention.ts');
 const GIB_IN_MIB = 1024;
@@ -59,4 +60,33 @@ describe('the memory warning of Attention.create', () => {
       'the KV pools of 32 layers × 65536 tokens take 8.0 GiB, more than half of the 12.0 GiB of free memory',
     );
   });
+});
+
+test('a two-phase spec on a module without phase 1 runs sequence-first, and create says so', async () => {
+  const spec = attention({
+    name: 'no-phase1',
+    heads: { q: 4, kv: 2 },
+    headDim: 64,
+    dtype: 'f32',
+    chunkSize: 16,
+    targets: ['cpu'],
+  });
+  const warnings: Error[] = [];
+  const listen = (warning: Error) => warnings.push(warning);
+  process.on('warning', listen);
+  try {
+    const loadable = {
+      libraryPath: mockModulePath({ MOCK_PHASE1: 0 }),
+      manifest: { key: 'mock', target: 'cpu' as const, spec },
+    };
+    using attn = await Attention.create(loadable, { layers: 1, capacityTokens: 64 });
+    expect(attn.mode).toBe('sequence-first');
+    await new Promise((resolve) => setImmediate(resolve)); // warnings are emitted on the next tick
+  } finally {
+    process.off('warning', listen);
+  }
+  const ours = warnings.filter((w) => (w as { code?: string }).code === 'CHUNKATTN_SEQUENCE_FIRST');
+  expect(ours.map((w) => w.message)).toEqual([
+    'spec "no-phase1" is two-phase, but the cpu module has no phase-1 kernel: it runs sequence-first',
+  ]);
 });
