@@ -1,6 +1,7 @@
 // The chunkattn program: parses flags and calls the libraries; no logic lives here.
 
 import { Command } from 'commander';
+import { PACKAGE_VERSION } from '../codegen/index.ts';
 import { BENCH_NAMES, benchCommand } from './commands/bench.ts';
 import { compileCommand } from './commands/compile.ts';
 import { demoCommand } from './commands/demo.ts';
@@ -14,6 +15,7 @@ const program = new Command()
   .description(
     'Prefix-shared chunk attention: compile attention specs to CUDA and CPU kernels, run and benchmark them',
   )
+  .version(PACKAGE_VERSION, '-V, --version', 'print the package version')
   .showHelpAfterError()
   .exitOverride();
 
@@ -61,6 +63,7 @@ program
   .command('bench <name>')
   .description(`run a benchmark report (${BENCH_NAMES.join(', ')}) and write bench/out/<name>.{json,svg}`)
   .option('--quick', 'a reduced grid (under a minute on 2 cores)')
+  .option('--out <dir>', 'where to write the report files (default: bench/out under the current directory)')
   .option('--json', 'print one JSON object as the last line of stdout (the table goes to stderr)')
   .action(async (name: string, flags) => benchCommand(name, flags, makeOutput(!!flags.json)));
 

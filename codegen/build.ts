@@ -7,6 +7,7 @@ import { mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { buildProgress, buildStart } from './build-progress.ts';
 import { CUCPU_DIR, INCLUDE_DIR } from './cache-key.ts';
 import { BuildError, ResourceError } from './errors.ts';
 import { acquireLock } from './lock.ts';
@@ -207,11 +208,14 @@ export async function build(plan: KernelPlan, toolchain: Toolchain): Promise<Bui
     sweepTemporaries(tmpRoot);
     const tmp = join(tmpRoot, `${plan.buildId}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`);
     mkdirSync(tmp);
+    const shown = buildProgress().start(buildStart(plan, root));
     try {
       const manifest = await compile(plan, toolchain, tmp);
       writeFileSync(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
       renameSync(tmp, dir);
+      shown.done(manifest.buildSeconds);
     } catch (error) {
+      shown.failed();
       // Keep what failed for inspection (the error names the generated file inside it).
       const failed = join(root, '.failed', plan.buildId);
       rmSync(failed, { recursive: true, force: true });

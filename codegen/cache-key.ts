@@ -4,9 +4,15 @@
 
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { createRequire } from 'node:module';
+import { dirname, join, relative } from 'node:path';
 
-export const PACKAGE_ROOT = join(import.meta.dirname, '..');
+/** The package's folder (templates/, runtime/cucpu/ live there), whether this file runs from the
+ * sources or from dist/: the package resolves its own name (a self-reference through `exports`). */
+export const PACKAGE_ROOT = dirname(createRequire(import.meta.url).resolve('chunkattn/package.json'));
+export const PACKAGE_VERSION = (
+  JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }
+).version;
 export const TEMPLATES_DIR = join(PACKAGE_ROOT, 'templates');
 export const INCLUDE_DIR = join(TEMPLATES_DIR, 'include');
 export const CUCPU_DIR = join(PACKAGE_ROOT, 'runtime', 'cucpu');
@@ -43,9 +49,7 @@ let fingerprint: string | undefined;
 export function compilerFingerprint(): string {
   if (fingerprint) return fingerprint;
   const hash = createHash('sha256');
-  const version = (
-    JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }
-  ).version;
+  const version = PACKAGE_VERSION;
   hash.update(`chunkattn ${version}\n`);
   for (const dir of [TEMPLATES_DIR, CUCPU_DIR]) {
     for (const file of listFiles(dir)) {

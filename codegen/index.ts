@@ -7,7 +7,15 @@ import { type KernelPlan, type PlanOptions, plan } from './plan.ts';
 import { findToolchain } from './toolchain.ts';
 
 export { build, buildCommand, cacheDir, resourceViolations } from './build.ts';
-export { canonicalJson, compilerFingerprint } from './cache-key.ts';
+export {
+  type BuildProgress,
+  type BuildStart,
+  describeBuild,
+  type ProgressStream,
+  setBuildProgress,
+  streamBuildProgress,
+} from './build-progress.ts';
+export { canonicalJson, compilerFingerprint, PACKAGE_VERSION } from './cache-key.ts';
 export { BuildError, ResourceError, ToolchainError } from './errors.ts';
 export { type BuiltModule, type Manifest, readModule } from './manifest.ts';
 export {

@@ -15,6 +15,20 @@ function collect(value: unknown, out: KernelSpec[], depth: number): void {
 }
 
 /**
+ * A spec file outside a `"type": "module"` package loads as CommonJS, so its `export default`
+ * arrives as `default.default` (module.exports = { __esModule: true, default: spec }).
+ */
+function unwrapCommonJs(value: unknown): unknown {
+  const exports = value as { __esModule?: unknown; default?: unknown } | null;
+  return typeof exports === 'object' &&
+    exports !== null &&
+    exports.__esModule === true &&
+    'default' in exports
+    ? exports.default
+    : value;
+}
+
+/**
  * Every KernelSpec `file` exports (default first, then named exports in name order), each with
  * `overrides` applied. The same spec exported twice counts once; two different specs with one
  * name are an error.
@@ -31,7 +45,7 @@ export async function loadSpecs(file: string, overrides?: SpecOverrides): Promis
   const { tsImport } = await import('tsx/esm/api');
   const module = (await tsImport(pathToFileURL(path).href, import.meta.url)) as Record<string, unknown>;
   const found: KernelSpec[] = [];
-  if ('default' in module) collect(module['default'], found, 0);
+  if ('default' in module) collect(unwrapCommonJs(module['default']), found, 0);
   for (const key of Object.keys(module).sort()) if (key !== 'default') collect(module[key], found, 0);
 
   const specs: KernelSpec[] = [];

@@ -10,10 +10,11 @@
 // q/out rows follow the caller's order (the seqs of the last appendStep), never the tree's.
 // Every method validates its arguments first and throws a typed error with nothing changed.
 
+import { freemem } from 'node:os';
 import type { BuildTarget, KernelSpec, Partition } from '../dsl/spec.ts';
 import { ArgumentError, ShapeError, UnknownSequenceError } from './errors.ts';
 import { ioRowMap, type KernelContext } from './kernel-context.ts';
-import type { KvShape, KvStats } from './kv-stats.ts';
+import { bytesPerChunk, type KvShape, type KvStats } from './kv-stats.ts';
 import { gpuPresent, type LoadableModule, type ModuleLoader, resolveLoader } from './module-loader.ts';
 import { type HostData, type KernelStats, type KvPool, NativeModule } from './native-module.ts';
 import { type InsertResult, PrefixTree } from './prefix-tree.ts';
@@ -59,6 +60,52 @@ const MIN_SHARERS: Record<Partition, number> = {
   'chunk-first': 1,
 };
 
+const KV_DTYPE_BYTES = { f16: 2, bf16: 2, f32: 4 } as const;
+
+// An Attention dropped without close() frees its pools when it is collected (the held value
+// references the module and pools, never the Attention itself).
+// A throw here would be an uncaught exception, so a pool that cannot be freed is left to its own
+// native finalizer.
+const dropped = new FinalizationRegistry<{ module: NativeModule; pools: KvPool[] }>(({ module, pools }) => {
+  for (const pool of pools) {
+    try {
+      if (!pool.freed) module.free(pool);
+    } catch {
+      // freed already, or the module rejected it: the buffer's finalizer releases it
+    }
+  }
+});
+
+const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+
+/** Bytes of the KV pools Attention.create allocates (K and V, every layer, whole chunks). */
+export function poolBytes(
+  spec: KernelSpec,
+  options: Pick<AttentionOptions, 'layers' | 'capacityTokens'>,
+): number {
+  const shape = {
+    layers: options.layers,
+    kvHeads: spec.heads.kv,
+    headDim: spec.headDim,
+    dtypeBytes: KV_DTYPE_BYTES[spec.dtype.kv],
+  };
+  return Math.ceil(options.capacityTokens / spec.chunkSize) * bytesPerChunk(shape, spec.chunkSize);
+}
+
+/** The warning create() gives when host pools would take more than half of the free memory. */
+export function poolMemoryWarning(
+  spec: KernelSpec,
+  options: Pick<AttentionOptions, 'layers' | 'capacityTokens'>,
+  freeBytes: number,
+): string | undefined {
+  const bytes = poolBytes(spec, options);
+  if (bytes <= freeBytes / 2) return undefined;
+  return (
+    `the KV pools of ${options.layers} layers × ${options.capacityTokens} tokens take ${gib(bytes)}, ` +
+    `more than half of the ${gib(freeBytes)} of free memory`
+  );
+}
+
 function isSpec(source: KernelSpec | SpecSource | LoadableModule): source is KernelSpec {
   return 'heads' in source && 'headDim' in source;
 }
@@ -97,6 +144,7 @@ export class Attention {
       for (const pool of this.#pools) module.free(pool);
       throw error;
     }
+    dropped.register(this, { module, pools: this.#pools }, this);
   }
 
   /** Builds (or finds in the cache) the module for a spec and allocates the per-layer pools. */
@@ -132,16 +180,22 @@ export class Attention {
         `mode chunk-first needs a phase-1 kernel, which the ${module.info.target} module lacks`,
       );
     const mode = wanted === 'two-phase' && !module.info.phase1 ? 'sequence-first' : wanted;
+    if (mode !== wanted)
+      process.emitWarning(
+        `spec "${spec.name}" is two-phase, but the ${module.info.target} module has no phase-1 kernel: it runs sequence-first`,
+        { code: 'CHUNKATTN_SEQUENCE_FIRST' },
+      );
+    const warning = module.info.target === 'cuda' ? undefined : poolMemoryWarning(spec, options, freemem());
+    if (warning) process.emitWarning(warning, { code: 'CHUNKATTN_MEMORY' });
     return new Attention(spec, module, options, mode);
   }
 
   get kvShape(): KvShape {
-    const bytes = { f16: 2, bf16: 2, f32: 4 }[this.spec.dtype.kv];
     return {
       layers: this.layers,
       kvHeads: this.spec.heads.kv,
       headDim: this.spec.headDim,
-      dtypeBytes: bytes,
+      dtypeBytes: KV_DTYPE_BYTES[this.spec.dtype.kv],
     };
   }
 
@@ -297,11 +351,17 @@ export class Attention {
     return { ...this.cache.stats(this.kvShape), kernel: this.module.stats() };
   }
 
-  /** Frees the pools. The object is unusable afterwards. */
+  /** Frees the pools at once (a dropped object frees them when collected). Unusable afterwards. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    dropped.unregister(this);
     for (const pool of this.#pools) this.module.free(pool);
+  }
+
+  /** `using attn = await Attention.create(...)` closes it at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 
   #checkOpen(): void {

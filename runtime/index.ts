@@ -31,3 +31,11 @@ export {
   type InsertResult,
   PrefixTree,
 } from './prefix-tree.ts';
+export {
+  type ReferenceRow,
+  type ReferenceShape,
+  type ReferenceVariant,
+  referenceDecode,
+  relativeError,
+  TOLERANCE,
+} from './reference.ts';

@@ -21,12 +21,11 @@
 // modules q/out and the context are staged through device buffers kept per module (the context is
 // uploaded again only when contextVersion changes or its contents differ from the last upload).
 
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import { ArgumentError, type ChunkattnError, KernelError, ModuleError, ShapeError } from './errors.ts';
 import type { KernelContext } from './kernel-context.ts';
-import { NATIVE_ADDON_PATH } from './native-status.ts';
+import { findNativeAddon, NATIVE_DIR } from './native-status.ts';
 
 export type ModuleTarget = 'cpu' | 'emu' | 'cuda';
 export type ModuleDType = 'f16' | 'bf16' | 'f32';
@@ -184,22 +183,24 @@ function withCode<E extends ChunkattnError>(error: E, code: NativeErrorCode): E 
 /** The addon, loaded on first use. Throws ModuleError (ERR_CA_ADDON) when it is not built. */
 export function nativeAddon(): NativeAddon {
   if (addon) return addon;
-  if (!existsSync(NATIVE_ADDON_PATH)) {
+  const found = findNativeAddon();
+  if (!found) {
     throw withCode(
       new ModuleError(
-        `the chunkattn native addon is not built (${NATIVE_ADDON_PATH} is missing): run \`npm run install\` ` +
-          '(or `npm ci`, or `npm rebuild`) in the package root; it needs g++ and the Node headers in /usr/include/node',
+        `the chunkattn native addon has no binary for ${process.platform}-${process.arch} in ${NATIVE_DIR}: ` +
+          'run `npm rebuild chunkattn` (or `npm ci` in a checkout) to build it from source; that needs g++ ' +
+          'and the headers of the running Node (include/node beside its bin/)',
       ),
       'ERR_CA_ADDON',
     );
   }
   try {
-    addon = createRequire(import.meta.url)(NATIVE_ADDON_PATH) as NativeAddon;
+    addon = createRequire(import.meta.url)(found.path) as NativeAddon;
   } catch (error) {
     throw withCode(
       new ModuleError(
-        `cannot load the chunkattn native addon ${NATIVE_ADDON_PATH}: ${(error as Error).message}; ` +
-          'rebuild it with `npm run install`',
+        `cannot load the chunkattn native addon (${found.origin}) ${found.path}: ${(error as Error).message}; ` +
+          'rebuild it with `npm rebuild chunkattn`',
       ),
       'ERR_CA_ADDON',
     );

@@ -37,7 +37,7 @@ import {
   parseKernelDiagnostic,
   toTypedError,
 } from '../runtime/native-module.ts';
-import { relativeError, TOLERANCE } from './reference.ts';
+import { relativeError, TOLERANCE } from '../runtime/reference.ts';
 
 const CLASSES = { ShapeError, ArgumentError, ModuleError, KernelError } as const;
 type ErrorClass = (typeof CLASSES)[keyof typeof CLASSES];

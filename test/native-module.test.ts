@@ -33,7 +33,7 @@ import {
   NativeModule,
 } from '../runtime/native-module.ts';
 import { PrefixTree } from '../runtime/prefix-tree.ts';
-import { referenceDecode, relativeError, TOLERANCE } from './reference.ts';
+import { referenceDecode, relativeError, TOLERANCE } from '../runtime/reference.ts';
 
 const CLASSES = { ShapeError, ArgumentError, ModuleError, KernelError } as const;
 

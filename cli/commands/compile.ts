@@ -83,8 +83,7 @@ export async function compileCommand(file: string, flags: CompileFlags, out: Out
   const requests = compileRequests(specs, flags);
   const results = [];
   for (const request of requests) {
-    const label = `${request.spec.name} → ${request.target}${request.archs ? ` (${request.archs.join(',')})` : ''}`;
-    out.info(`building ${label} ...`);
+    // codegen announces each real build (and draws a spinner on a terminal) on stderr.
     const started = performance.now();
     const module = await buildModule(request.spec, {
       target: request.target,

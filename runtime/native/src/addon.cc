@@ -218,10 +218,26 @@ PoolArg ToPoolArg(napi_env env, const PoolValues& values) {
   return pool;
 }
 
-void FinalizeBuffer(napi_env, void* data, void*) {
+// Pools are external memory to V8: reporting it makes GC pressure reflect them, so dropped
+// Attention objects are collected (and their pools freed) before memory runs out.
+void AdjustExternal(napi_env env, int64_t change) {
+  int64_t total;
+  if (change != 0) napi_adjust_external_memory(env, change, &total);
+}
+
+int64_t LiveBytes(const PoolArg& pool) {
+  int64_t bytes = 0;
+  for (const DeviceBuffer* half : {pool.k, pool.v})
+    if (half && !half->freed) bytes += int64_t(half->bytes);
+  return bytes;
+}
+
+void FinalizeBuffer(napi_env env, void* data, void*) {
   auto* handle = static_cast<BufferHandle*>(data);
-  if (!handle->buffer.freed && handle->buffer.owner)
+  if (!handle->buffer.freed && handle->buffer.owner) {
     handle->buffer.owner->ReleaseQuietly(handle->buffer.ptr);
+    AdjustExternal(env, -int64_t(handle->buffer.bytes));
+  }
   delete handle;
 }
 
@@ -309,6 +325,7 @@ Napi::Value AllocPool(const Napi::CallbackInfo& info) {
       Wrap(env, new BufferHandle{{handle->core, k, bytes, false}}, kBufferTag, FinalizeBuffer);
   Napi::Object v_object =
       Wrap(env, new BufferHandle{{handle->core, v, bytes, false}}, kBufferTag, FinalizeBuffer);
+  AdjustExternal(env, 2 * int64_t(bytes));
   result.Set("k", k_object);
   result.Set("v", v_object);
   result.Set("bytes", Napi::Number::New(env, double(bytes)));
@@ -320,7 +337,15 @@ Napi::Value FreePool(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   PoolValues values = ReadPoolValues(env, info[1]);
   ModuleCore& core = Module(info);
-  core.FreePool(ToPoolArg(env, values));
+  PoolArg pool = ToPoolArg(env, values);
+  const int64_t live = LiveBytes(pool);
+  try {
+    core.FreePool(pool);
+  } catch (...) {
+    AdjustExternal(env, LiveBytes(pool) - live);
+    throw;
+  }
+  AdjustExternal(env, LiveBytes(pool) - live);
   return env.Undefined();
 }
 
