@@ -5,6 +5,7 @@
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../codegen/cache-key.ts';
 import type { Arch } from '../dsl/spec.ts';
 import type { GpuSpec } from './gpus.ts';
 import type { ModelConstants } from './model.ts';
@@ -36,7 +37,9 @@ export interface ModelParams {
   };
 }
 
-export const MODEL_PARAMS_PATH = join(import.meta.dirname, 'model-params.json');
+// From the package root, not import.meta.dirname: compiled code runs from dist/, the JSON ships
+// beside the sources.
+export const MODEL_PARAMS_PATH = join(PACKAGE_ROOT, 'autotune', 'model-params.json');
 
 export function loadModelParams(path = MODEL_PARAMS_PATH): ModelParams {
   return JSON.parse(readFileSync(path, 'utf8')) as ModelParams;
