@@ -9,6 +9,18 @@ import { displayPath } from './call-site.ts';
 import { DslError } from './errors.ts';
 import type { KernelSpec } from './spec.ts';
 
+const SPEC_EXTENSIONS = ['.ts', '.mts', '.cts', '.js', '.mjs', '.cjs'];
+
+/** The first `path:line:column` in an error's text that names the spec file. */
+function locationIn(text: string, path: string): { line: number; column: number } | undefined {
+  for (const match of text.matchAll(/([^\s()'"]+):(\d+):(\d+)/g)) {
+    const file = match[1]!.replace(/^file:\/\//, '');
+    if (file === path || path.endsWith(`/${file}`))
+      return { line: Number(match[2]), column: Number(match[3]) };
+  }
+  return undefined;
+}
+
 function collect(value: unknown, out: KernelSpec[], depth: number): void {
   if (isKernelSpec(value)) out.push(value);
   else if (Array.isArray(value) && depth < 4) for (const item of value) collect(item, out, depth + 1);
@@ -28,8 +40,28 @@ export async function loadSpecs(file: string, overrides?: SpecOverrides): Promis
       allowed: 'a .ts file that exports attention({...}) specs',
     });
   }
+  if (!SPEC_EXTENSIONS.some((ext) => path.endsWith(ext))) {
+    throw new DslError(`${shown}: not a spec module (${SPEC_EXTENSIONS.join(', ')})`, {
+      path: 'file',
+      allowed: 'a .ts file that exports attention({...}) specs',
+    });
+  }
   const { tsImport } = await import('tsx/esm/api');
-  const module = (await tsImport(pathToFileURL(path).href, import.meta.url)) as Record<string, unknown>;
+  let module: Record<string, unknown>;
+  try {
+    module = (await tsImport(pathToFileURL(path).href, import.meta.url)) as Record<string, unknown>;
+  } catch (error) {
+    // A DslError from attention() keeps its own location; anything else the file threw or
+    // failed to parse is the spec file's error, located where its message or stack says.
+    if (error instanceof DslError) throw error;
+    const text = error instanceof Error ? `${error.message}\n${error.stack ?? ''}` : String(error);
+    const loc = locationIn(text, path);
+    const first = (error instanceof Error ? error.message : String(error)).split('\n')[0]!.slice(0, 500);
+    throw new DslError(`${shown}: importing the spec failed: ${first}`, {
+      path: 'file',
+      ...(loc && { loc: { file: shown, ...loc } }),
+    });
+  }
   const found: KernelSpec[] = [];
   if ('default' in module) collect(module['default'], found, 0);
   for (const key of Object.keys(module).sort()) if (key !== 'default') collect(module[key], found, 0);
