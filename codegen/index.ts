@@ -14,7 +14,7 @@ export {
   type PruneResult,
   pruneCache,
 } from './cache-admin.ts';
-export { canonicalJson, compilerFingerprint } from './cache-key.ts';
+export { canonicalJson, compilerFingerprint, FINGERPRINTED_SOURCES } from './cache-key.ts';
 export { BuildError, ResourceError, ToolchainError } from './errors.ts';
 export {
   type BuiltModule,

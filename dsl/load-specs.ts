@@ -62,6 +62,9 @@ export async function loadSpecs(file: string, overrides?: SpecOverrides): Promis
       ...(loc && { loc: { file: shown, ...loc } }),
     });
   }
+  // A file outside an ESM package loads as CommonJS: its exports arrive as the default export.
+  const inner = module['default'] as Record<string, unknown> | undefined;
+  if (typeof inner === 'object' && inner !== null && inner['__esModule'] === true) module = inner;
   const found: KernelSpec[] = [];
   if ('default' in module) collect(module['default'], found, 0);
   for (const key of Object.keys(module).sort()) if (key !== 'default') collect(module[key], found, 0);
