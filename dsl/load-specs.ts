@@ -11,14 +11,20 @@ import type { KernelSpec } from './spec.ts';
 
 const SPEC_EXTENSIONS = ['.ts', '.mts', '.cts', '.js', '.mjs', '.cjs'];
 
-/** The first `path:line:column` in an error's text that names the spec file. */
+/**
+ * The first `line:column` in an error's text that follows the spec file's path (a file URL, or a
+ * data URL's encoded `filePath=` when tsx loaded the file as CommonJS).
+ */
 function locationIn(text: string, path: string): { line: number; column: number } | undefined {
-  for (const match of text.matchAll(/([^\s()'"]+):(\d+):(\d+)/g)) {
-    const file = match[1]!.replace(/^file:\/\//, '');
-    if (file === path || path.endsWith(`/${file}`))
-      return { line: Number(match[2]), column: Number(match[3]) };
+  let decoded = text;
+  try {
+    decoded = decodeURIComponent(text);
+  } catch {
+    // not URL-encoded: search the text as it is
   }
-  return undefined;
+  const escaped = path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const match = new RegExp(`${escaped}(?:\\?[^\\s:]*)?:(\\d+):(\\d+)`).exec(decoded);
+  return match ? { line: Number(match[1]), column: Number(match[2]) } : undefined;
 }
 
 function collect(value: unknown, out: KernelSpec[], depth: number): void {
