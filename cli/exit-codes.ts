@@ -61,7 +61,8 @@ export function describeError(error: unknown, verbose = false): DescribedError {
   if (error instanceof UsageError) return described('usage', EXIT_USER, `error: ${message}`, message);
   if (error instanceof PlanError) return described('plan', EXIT_USER, `error: ${message}`, message);
   if (error instanceof ChunkattnError) return described('runtime', EXIT_USER, `error: ${message}`, message);
-  if (error instanceof ToolchainError) return described('toolchain', EXIT_TOOLCHAIN, `error: ${message}`, message);
+  if (error instanceof ToolchainError)
+    return described('toolchain', EXIT_TOOLCHAIN, `error: ${message}`, message);
   if (error instanceof BuildError) return described('build', EXIT_TOOLCHAIN, `error: ${message}`, message);
   if (error instanceof ResourceError)
     return described('resources', EXIT_TOOLCHAIN, `error: ${message}`, message);

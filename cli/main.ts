@@ -73,7 +73,9 @@ program
 
 program
   .command('cache <action>')
-  .description(`the build cache: ${CACHE_ACTIONS.join(' | ')} (list entries, remove damaged and left-over ones, remove all)`)
+  .description(
+    `the build cache: ${CACHE_ACTIONS.join(' | ')} (list entries, remove damaged and left-over ones, remove all)`,
+  )
   .option('--older-than <days>', 'prune: also remove modules built more than this many days ago')
   .option('--json', 'print one JSON object as the last line of stdout')
   .action(async (action: string, flags) => cacheCommand(action, flags, makeOutput(!!flags.json)));

@@ -276,8 +276,7 @@ export async function build(requested: KernelPlan, toolchain: Toolchain): Promis
       throw error;
     }
     const module = checkModule(dir, false);
-    if (module.status !== 'ok')
-      throw new Error(`module folder ${dir} is incomplete right after its build`);
+    if (module.status !== 'ok') throw new Error(`module folder ${dir} is incomplete right after its build`);
     return module.module;
   } finally {
     release();

@@ -50,7 +50,8 @@ export function listCache(root: string = cacheDir()): CacheEntry[] {
     const check = checkModule(dir, true);
     if (check.status === 'absent') continue;
     const bytes = folderBytes(dir);
-    if (check.status === 'damaged') out.push({ buildId: name, status: 'damaged', reason: check.reason, bytes });
+    if (check.status === 'damaged')
+      out.push({ buildId: name, status: 'damaged', reason: check.reason, bytes });
     else {
       const { manifest } = check.module;
       out.push({

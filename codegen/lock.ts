@@ -15,6 +15,7 @@
 import {
   mkdirSync,
   readFileSync,
+  readlinkSync,
   renameSync,
   rmSync,
   statSync,
@@ -23,7 +24,6 @@ import {
 } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 const OWNER_FILE = 'owner.json';
@@ -170,7 +170,9 @@ export async function acquireLock(lockPath: string, options: LockOptions = {}): 
       options.onWait?.(state.owner);
     }
     if (Date.now() > deadline) {
-      const who = state.owner ? `pid ${state.owner.pid} on ${state.owner.host} since ${state.owner.since}` : 'an unknown owner';
+      const who = state.owner
+        ? `pid ${state.owner.pid} on ${state.owner.host} since ${state.owner.since}`
+        : 'an unknown owner';
       throw new Error(`timed out waiting for build lock ${lockPath} (held by ${who})`);
     }
     await sleep(50 + Math.random() * 100);

@@ -84,8 +84,10 @@ export function checkModule(dir: string, cached: boolean): ModuleCheck {
     return damaged(`${MANIFEST_FILE} is not an object`);
   if (manifest.abi !== 1) return damaged(`${MANIFEST_FILE} has abi ${String(manifest.abi)}, not 1`);
   // Only the names a build writes: a manifest cannot point outside its folder.
-  if (manifest.library !== LIBRARY_FILE) return damaged(`library ${JSON.stringify(manifest.library)} is not ${LIBRARY_FILE}`);
-  if (!SOURCE_FILES.includes(manifest.source)) return damaged(`source ${JSON.stringify(manifest.source)} is not a generated file name`);
+  if (manifest.library !== LIBRARY_FILE)
+    return damaged(`library ${JSON.stringify(manifest.library)} is not ${LIBRARY_FILE}`);
+  if (!SOURCE_FILES.includes(manifest.source))
+    return damaged(`source ${JSON.stringify(manifest.source)} is not a generated file name`);
   if (!Number.isSafeInteger(manifest.librarySize) || typeof manifest.librarySha256 !== 'string')
     return damaged(`${MANIFEST_FILE} records no library size and sha256`);
   if (typeof manifest.spec !== 'object' || manifest.spec === null || typeof manifest.key !== 'string')

@@ -188,7 +188,11 @@ function checkKnownFields(
     if (known.includes(key)) continue;
     const shown = key.length > 40 ? `${key.slice(0, 40)}…` : key;
     const close = key.length > 40 ? undefined : closestField(key, known);
-    ctx.fail(`${prefix}${shown}`, `unknown field${close ? ` (did you mean ${close}?)` : ''}`, known.join(', '));
+    ctx.fail(
+      `${prefix}${shown}`,
+      `unknown field${close ? ` (did you mean ${close}?)` : ''}`,
+      known.join(', '),
+    );
   }
 }
 
@@ -251,7 +255,11 @@ function buildSpec(input: unknown, ctx: Context, translated?: Translated): Kerne
 
   const name = requireField(ctx, input, 'name', 'name', 'a letter, then letters, digits, _ or -');
   if (typeof name === 'string' && name.length > MAX_NAME_LENGTH)
-    ctx.fail('name', `${show(name)} is longer than ${MAX_NAME_LENGTH} characters`, `at most ${MAX_NAME_LENGTH}`);
+    ctx.fail(
+      'name',
+      `${show(name)} is longer than ${MAX_NAME_LENGTH} characters`,
+      `at most ${MAX_NAME_LENGTH}`,
+    );
   if (typeof name !== 'string' || !NAME_RE.test(name)) {
     ctx.fail('name', `${show(name)} is not a valid name`, 'a letter, then letters, digits, _ or -');
   }
@@ -414,7 +422,11 @@ function validateTunables(ctx: Context, value: unknown): readonly TunableSpec[] 
   }
   const entries = Object.entries(value);
   if (entries.length > MAX_TUNABLES)
-    ctx.fail('tunables', `${entries.length} tunables are more than ${MAX_TUNABLES}`, `at most ${MAX_TUNABLES}`);
+    ctx.fail(
+      'tunables',
+      `${entries.length} tunables are more than ${MAX_TUNABLES}`,
+      `at most ${MAX_TUNABLES}`,
+    );
   return entries.map(([name, t]) => {
     const path = `tunables.${name.slice(0, MAX_NAME_LENGTH)}`;
     if (name.length > MAX_NAME_LENGTH || !IDENT_RE.test(name))
@@ -431,7 +443,11 @@ function validateTunables(ctx: Context, value: unknown): readonly TunableSpec[] 
       );
     }
     if (values.length > MAX_TUNABLE_VALUES)
-      ctx.fail(`${path}.values`, `${values.length} values are more than ${MAX_TUNABLE_VALUES}`, `at most ${MAX_TUNABLE_VALUES}`);
+      ctx.fail(
+        `${path}.values`,
+        `${values.length} values are more than ${MAX_TUNABLE_VALUES}`,
+        `at most ${MAX_TUNABLE_VALUES}`,
+      );
     const seen = new Set<number>();
     values.forEach((v, i) => {
       finiteNumber(ctx, v, `${path}.values[${i}]`);
@@ -494,7 +510,8 @@ function validateStoredVariant(
   params: readonly ParamSpec[],
 ): VariantFn | null {
   if (value === null || value === undefined) return null;
-  if (!isPlainObject(value)) ctx.fail(kind, `expected a translated function { source, loc, ir }, got ${show(value)}`);
+  if (!isPlainObject(value))
+    ctx.fail(kind, `expected a translated function { source, loc, ir }, got ${show(value)}`);
   checkKnownFields(ctx, value, VARIANT_FIELDS, `${kind}.`);
   const source = value['source'];
   if (typeof source !== 'string' || source.length > MAX_SOURCE_LENGTH)
@@ -520,7 +537,8 @@ function recordsToObject(
     ctx.fail(path, `expected an array of at most ${limit} { ${fields.join(', ')} }, got ${show(value)}`);
   const out: Record<string, unknown> = Object.create(null);
   value.forEach((record, i) => {
-    if (!isPlainObject(record)) ctx.fail(`${path}[${i}]`, `expected { ${fields.join(', ')} }, got ${show(record)}`);
+    if (!isPlainObject(record))
+      ctx.fail(`${path}[${i}]`, `expected { ${fields.join(', ')} }, got ${show(record)}`);
     checkKnownFields(ctx, record, fields, `${path}[${i}].`);
     const name = record['name'];
     if (typeof name !== 'string') ctx.fail(`${path}[${i}].name`, `${show(name)} is not a name`);
@@ -537,15 +555,31 @@ function recordsToObject(
  */
 export function validateSpec(value: unknown): KernelSpec {
   const ctx: Context = new Context(undefined);
-  if (!isPlainObject(value)) ctx.fail('spec', `expected a KernelSpec object, got ${show(value)}`, FIELDS.join(', '));
+  if (!isPlainObject(value))
+    ctx.fail('spec', `expected a KernelSpec object, got ${show(value)}`, FIELDS.join(', '));
   checkKnownFields(ctx, value, FIELDS, '');
-  const params = recordsToObject(ctx, value['params'], 'params', ['name', 'default'], MAX_PARAMS, (r) => r['default']);
-  const tunables = recordsToObject(ctx, value['tunables'], 'tunables', ['name', 'values', 'default'], MAX_TUNABLES, (r) => ({
-    values: r['values'],
-    default: r['default'],
-  }));
+  const params = recordsToObject(
+    ctx,
+    value['params'],
+    'params',
+    ['name', 'default'],
+    MAX_PARAMS,
+    (r) => r['default'],
+  );
+  const tunables = recordsToObject(
+    ctx,
+    value['tunables'],
+    'tunables',
+    ['name', 'values', 'default'],
+    MAX_TUNABLES,
+    (r) => ({
+      values: r['values'],
+      default: r['default'],
+    }),
+  );
   const input: Record<string, unknown> = {};
-  for (const key of FIELDS) if (value[key] !== undefined && key !== 'scoreMod' && key !== 'mask') input[key] = value[key];
+  for (const key of FIELDS)
+    if (value[key] !== undefined && key !== 'scoreMod' && key !== 'mask') input[key] = value[key];
   if (params) input['params'] = { ...params };
   if (tunables) input['tunables'] = { ...tunables };
   // The params the IR may reference: validated first, in the stored order.

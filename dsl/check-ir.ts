@@ -33,13 +33,15 @@ export function irProblem(ir: unknown, result: Type, params: readonly ParamSpec[
   const check = (node: unknown, path: string, depth: number): Type => {
     if (++nodes > MAX_NODES) throw new Error(`more than ${MAX_NODES} nodes`);
     if (depth > MAX_DEPTH) throw new Error(`${path}: nested deeper than ${MAX_DEPTH}`);
-    if (typeof node !== 'object' || node === null || Array.isArray(node)) throw new Error(`${path}: not a node`);
+    if (typeof node !== 'object' || node === null || Array.isArray(node))
+      throw new Error(`${path}: not a node`);
     const n = node as Record<string, unknown>;
     const kind = n['kind'];
     const fields = typeof kind === 'string' && Object.hasOwn(FIELDS, kind) ? FIELDS[kind]! : undefined;
     if (!fields) throw new Error(`${path}: unknown node kind ${JSON.stringify(kind)?.slice(0, 40)}`);
     for (const key of Object.keys(n))
-      if (!fields.includes(key)) throw new Error(`${path}: unexpected field ${JSON.stringify(key.slice(0, 40))}`);
+      if (!fields.includes(key))
+        throw new Error(`${path}: unexpected field ${JSON.stringify(key.slice(0, 40))}`);
     const sub = (key: string) => check(n[key], `${path}.${key}`, depth + 1);
     const want = (type: Type, got: Type, what: string) => {
       if (got !== type) throw new Error(`${path}: ${what} needs a ${type}, got a ${got}`);
@@ -66,7 +68,9 @@ export function irProblem(ir: unknown, result: Type, params: readonly ParamSpec[
         if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index >= params.length)
           throw new Error(`${path}: param index outside the spec's ${params.length} params`);
         if (params[index]!.name !== n['name'])
-          throw new Error(`${path}: param ${index} is named ${params[index]!.name}, not ${String(n['name']).slice(0, 40)}`);
+          throw new Error(
+            `${path}: param ${index} is named ${params[index]!.name}, not ${String(n['name']).slice(0, 40)}`,
+          );
         return 'number';
       }
       case 'unary': {
@@ -114,8 +118,12 @@ export function irProblem(ir: unknown, result: Type, params: readonly ParamSpec[
         if (!Array.isArray(args)) throw new Error(`${path}: args must be an array`);
         const arity = MATH_ARITY[fn as MathFn];
         if (arity === 'variadic' ? args.length < 2 : args.length !== arity)
-          throw new Error(`${path}: Math.${fn} takes ${arity === 'variadic' ? 'at least 2' : arity} arguments`);
-        args.forEach((arg, i) => want('number', check(arg, `${path}.args[${i}]`, depth + 1), `Math.${fn}`));
+          throw new Error(
+            `${path}: Math.${fn} takes ${arity === 'variadic' ? 'at least 2' : arity} arguments`,
+          );
+        args.forEach((arg, i) => {
+          want('number', check(arg, `${path}.args[${i}]`, depth + 1), `Math.${fn}`);
+        });
         return 'number';
       }
     }

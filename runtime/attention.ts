@@ -81,7 +81,12 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
 
 /** What a value looks like in a message, kept short whatever it is. */
 function shown(value: unknown): string {
-  const text = typeof value === 'string' ? `'${value}'` : typeof value === 'object' ? JSON.stringify(value) : String(value);
+  const text =
+    typeof value === 'string'
+      ? `'${value}'`
+      : typeof value === 'object'
+        ? JSON.stringify(value)
+        : String(value);
   return text === undefined ? String(value) : text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
@@ -91,11 +96,15 @@ function checkOptions(options: AttentionOptions): void {
   if (!Number.isInteger(options.layers) || options.layers < 1 || options.layers > MAX_LAYERS)
     throw new ArgumentError(`layers must be an integer in [1, ${MAX_LAYERS}], got ${shown(options.layers)}`);
   if (!Number.isSafeInteger(options.capacityTokens) || options.capacityTokens < 1)
-    throw new ArgumentError(`capacityTokens must be a positive integer, got ${shown(options.capacityTokens)}`);
+    throw new ArgumentError(
+      `capacityTokens must be a positive integer, got ${shown(options.capacityTokens)}`,
+    );
   if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 0))
     throw new ArgumentError(`threads must be an integer ≥ 0, got ${shown(options.threads)}`);
   if (options.target !== undefined && !RUNTIME_TARGETS.includes(options.target))
-    throw new ArgumentError(`target must be one of ${RUNTIME_TARGETS.join(', ')}, got ${shown(options.target)}`);
+    throw new ArgumentError(
+      `target must be one of ${RUNTIME_TARGETS.join(', ')}, got ${shown(options.target)}`,
+    );
   if (options.mode !== undefined && !(PARTITIONS as readonly unknown[]).includes(options.mode))
     throw new ArgumentError(`mode must be one of ${PARTITIONS.join(', ')}, got ${shown(options.mode)}`);
   const runs = options.maxRunChunks;
@@ -206,8 +215,14 @@ export class Attention {
     let loadable: LoadableModule;
     if ('libraryPath' in source) {
       loadable = source;
-      if (options.target !== undefined && options.target !== 'auto' && options.target !== source.manifest.target)
-        throw new ArgumentError(`target ${options.target}: the module was built for ${source.manifest.target}`);
+      if (
+        options.target !== undefined &&
+        options.target !== 'auto' &&
+        options.target !== source.manifest.target
+      )
+        throw new ArgumentError(
+          `target ${options.target}: the module was built for ${source.manifest.target}`,
+        );
     } else {
       // Whatever its origin (JSON, a plain object), the spec is validated again (DslError).
       const spec = validateSpec(isSpec(source) ? source : source.spec);

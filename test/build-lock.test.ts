@@ -13,7 +13,14 @@ import { acquireLock, type LockOwner, readLock, tryCreateLock, tryTakeOver } fro
 import { REPO } from './cli-harness.ts';
 
 function owner(id: string, fields: Partial<LockOwner> = {}): LockOwner {
-  return { id, pid: 999_999, host: 'another-container', pidns: 'pid:[1]', since: '2026-01-01T00:00:00.000Z', ...fields };
+  return {
+    id,
+    pid: 999_999,
+    host: 'another-container',
+    pidns: 'pid:[1]',
+    since: '2026-01-01T00:00:00.000Z',
+    ...fields,
+  };
 }
 
 function freshLockPath(): string {
@@ -80,8 +87,12 @@ describe('leases, not PIDs', () => {
     const path = freshLockPath();
     expect(tryCreateLock(path, owner('foreign'))).toBe(true); // pid 999999: not alive here
     const waits: (LockOwner | null)[] = [];
-    const error = await acquireLock(path, { timeoutMs: 1_000, onWait: (o) => waits.push(o) }).catch((e: unknown) => e);
-    expect(String(error)).toMatch(/timed out waiting for build lock .* \(held by pid 999999 on another-container since 2026-01-01/);
+    const error = await acquireLock(path, { timeoutMs: 1_000, onWait: (o) => waits.push(o) }).catch(
+      (e: unknown) => e,
+    );
+    expect(String(error)).toMatch(
+      /timed out waiting for build lock .* \(held by pid 999999 on another-container since 2026-01-01/,
+    );
     expect(waits.map((o) => o?.id)).toEqual(['foreign']);
     expect(readLock(path)!.owner!.id).toBe('foreign');
   });

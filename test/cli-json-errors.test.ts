@@ -19,18 +19,27 @@ function spec(name: string, body: string): string {
 
 const throwsAtImport = spec('throws', "throw new Error('spec file exploded');");
 const syntaxError = spec('syntax', 'export default attention({ name: "x", heads: { q: 8, kv: 8 ');
-const hugeHeads = spec('huge', "export default attention({ name: 'x', heads: { q: 1e300, kv: 1 }, headDim: 64, dtype: 'f16' });");
+const hugeHeads = spec(
+  'huge',
+  "export default attention({ name: 'x', heads: { q: 1e300, kv: 1 }, headDim: 64, dtype: 'f16' });",
+);
 const billionHeads = spec(
   'billion',
   "export default attention({ name: 'x', heads: { q: 1000000007, kv: 2 }, headDim: 64, dtype: 'f16' });",
 );
-const longName = spec('long', `export default attention({ name: '${'n'.repeat(5000)}', heads: { q: 4, kv: 4 }, headDim: 64, dtype: 'f16' });`);
+const longName = spec(
+  'long',
+  `export default attention({ name: '${'n'.repeat(5000)}', heads: { q: 4, kv: 4 }, headDim: 64, dtype: 'f16' });`,
+);
 const noSpecs = spec('empty', 'export const x = 1;');
 const badMask = spec(
   'mask',
   "export default attention({ name: 'x', heads: { q: 4, kv: 4 }, headDim: 64, dtype: 'f16',\n  mask: (pos) => { for (;;) {} } });",
 );
-const good = spec('good', "export default attention({ name: 'good', heads: { q: 4, kv: 4 }, headDim: 64, dtype: 'f16', targets: ['cpu'] });");
+const good = spec(
+  'good',
+  "export default attention({ name: 'good', heads: { q: 4, kv: 4 }, headDim: 64, dtype: 'f16', targets: ['cpu'] });",
+);
 
 const CASES: [string, string[], string, { file?: string; line?: number }?][] = [
   ['a missing spec file', ['compile', join(dir, 'nope.ts')], 'spec'],
@@ -62,23 +71,26 @@ const CASES: [string, string[], string, { file?: string; line?: number }?][] = [
   ['doctor with an unknown flag', ['doctor', '--frob'], 'usage'],
 ];
 
-test.each(CASES)('%s: exit 1, one JSON error object last, no stack trace', async (_name, args, kind, where) => {
-  const result = await runCli([...args, '--json'], { CHUNKATTN_CACHE: join(dir, 'cache') });
-  expect(result.exitCode, result.stderr).toBe(1);
-  const lines = result.stdout.trim().split('\n');
-  const json = JSON.parse(lines.at(-1)!) as { ok: boolean; error: Record<string, unknown> };
-  expect(lines.filter((line) => line.startsWith('{'))).toHaveLength(1);
-  expect(json.ok).toBe(false);
-  expect(json.error['kind']).toBe(kind);
-  expect(String(json.error['message']).length).toBeGreaterThan(0);
-  expect(String(json.error['message']).length).toBeLessThan(2000);
-  if (where?.line !== undefined) {
-    expect(json.error['line']).toBe(where.line);
-    expect(String(json.error['file'])).toMatch(/\.ts$/);
-  }
-  expect(result.stderr).not.toMatch(/\n\s+at .*:\d+:\d+/);
-  expect(result.stderr).not.toMatch(/^internal error/m);
-});
+test.each(CASES)(
+  '%s: exit 1, one JSON error object last, no stack trace',
+  async (_name, args, kind, where) => {
+    const result = await runCli([...args, '--json'], { CHUNKATTN_CACHE: join(dir, 'cache') });
+    expect(result.exitCode, result.stderr).toBe(1);
+    const lines = result.stdout.trim().split('\n');
+    const json = JSON.parse(lines.at(-1)!) as { ok: boolean; error: Record<string, unknown> };
+    expect(lines.filter((line) => line.startsWith('{'))).toHaveLength(1);
+    expect(json.ok).toBe(false);
+    expect(json.error['kind']).toBe(kind);
+    expect(String(json.error['message']).length).toBeGreaterThan(0);
+    expect(String(json.error['message']).length).toBeLessThan(2000);
+    if (where?.line !== undefined) {
+      expect(json.error['line']).toBe(where.line);
+      expect(String(json.error['file'])).toMatch(/\.ts$/);
+    }
+    expect(result.stderr).not.toMatch(/\n\s+at .*:\d+:\d+/);
+    expect(result.stderr).not.toMatch(/^internal error/m);
+  },
+);
 
 test('a success under --json ends with { ok: true, ... }', async () => {
   const result = await runCli(['inspect', good, '--json']);

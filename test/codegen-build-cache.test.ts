@@ -1,4 +1,12 @@
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -100,7 +108,10 @@ describe('the build cache under concurrency and interruption', () => {
     });
     // Generated C++ always compiles, so a stand-in compiler fails the way g++ would.
     const failing = join(freshCache(), 'failing-gxx');
-    writeFileSync(failing, '#!/bin/sh\necho "kernel.cpp:1:1: error: simulated compiler failure" >&2\nexit 1\n');
+    writeFileSync(
+      failing,
+      '#!/bin/sh\necho "kernel.cpp:1:1: error: simulated compiler failure" >&2\nexit 1\n',
+    );
     chmodSync(failing, 0o755);
     const toolchain = { ...(await findToolchain()), gxx: { path: failing, version: 'failing 1.0' } };
     const error = await build(plan(spec, { target: 'cpu' }, toolchain), toolchain)
@@ -159,7 +170,12 @@ test('the cache key ignores where a score function was written, not what it comp
     ...spec,
     scoreMod: {
       ...spec.scoreMod!,
-      ir: { kind: 'binary' as const, op: '*' as const, left: { kind: 'score' as const }, right: { kind: 'num' as const, value: 3 } },
+      ir: {
+        kind: 'binary' as const,
+        op: '*' as const,
+        left: { kind: 'score' as const },
+        right: { kind: 'num' as const, value: 3 },
+      },
     },
   };
   // A stored cpp is never used (the C++ is regenerated from the IR), so it cannot change the key.

@@ -4,7 +4,18 @@
 // die with SIGBUS). Rebuilds here use a stand-in compiler (CXX) that copies one real module built
 // once by g++, so every case is fast and the loaded library is real.
 
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -101,19 +112,22 @@ describe('a damaged cache entry is a miss: moved aside and rebuilt, with one war
     expect(warnings(again.stderr)).toEqual([]);
   });
 
-  test.each(damages.slice(0, 3))('%s: Attention.create rebuilds instead of dying with SIGBUS', async (_name, damage) => {
-    const { module } = await compile();
-    damage(module.dir);
-    const child = await execa('node', ['--import', 'tsx', createScript, specFile], {
-      cwd: REPO,
-      env: { ...process.env, ...env },
-      reject: false,
-    });
-    expect(child.signal, child.stderr).toBeUndefined();
-    expect(child.exitCode, child.stderr).toBe(0);
-    expect(child.stdout).toContain('created');
-    expect(warnings(child.stderr)).toHaveLength(1);
-  });
+  test.each(damages.slice(0, 3))(
+    '%s: Attention.create rebuilds instead of dying with SIGBUS',
+    async (_name, damage) => {
+      const { module } = await compile();
+      damage(module.dir);
+      const child = await execa('node', ['--import', 'tsx', createScript, specFile], {
+        cwd: REPO,
+        env: { ...process.env, ...env },
+        reject: false,
+      });
+      expect(child.signal, child.stderr).toBeUndefined();
+      expect(child.exitCode, child.stderr).toBe(0);
+      expect(child.stdout).toContain('created');
+      expect(warnings(child.stderr)).toHaveLength(1);
+    },
+  );
 });
 
 test('an empty CHUNKATTN_CACHE means the default cache, never the current directory', () => {
@@ -143,14 +157,18 @@ test('chunkattn cache list | prune | clean', async () => {
   const list = await runCli(['cache', 'list', '--json'], cacheEnv);
   expect(list.exitCode, list.stderr).toBe(0);
   const entries = (list.json as { entries: { buildId: string; status: string }[] }).entries;
-  expect(entries.map((e) => [e.buildId, e.status]).sort()).toEqual([
-    [damaged, 'damaged'],
-    [entry, 'ok'],
-  ].sort());
+  expect(entries.map((e) => [e.buildId, e.status]).sort()).toEqual(
+    [
+      [damaged, 'damaged'],
+      [entry, 'ok'],
+    ].sort(),
+  );
 
   const prune = await runCli(['cache', 'prune', '--json'], cacheEnv);
   expect(prune.exitCode, prune.stderr).toBe(0);
-  expect((prune.json as { removed: string[] }).removed.sort()).toEqual([damaged, join('.tmp', 'leftover-1-abc')].sort());
+  expect((prune.json as { removed: string[] }).removed.sort()).toEqual(
+    [damaged, join('.tmp', 'leftover-1-abc')].sort(),
+  );
   expect(existsSync(join(root, entry!, 'module.so'))).toBe(true);
 
   const clean = await runCli(['cache', 'clean', '--json'], cacheEnv);

@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
 import { findToolchain, moduleDir, PlanError, plan, render } from '../codegen/index.ts';
 import { attention, DslError, exprToCpp, type KernelSpec, validateSpec } from '../dsl/index.ts';
-import { Attention, ArgumentError, ChunkattnError } from '../index.ts';
+import { ArgumentError, Attention, ChunkattnError } from '../index.ts';
 import { REPO, runCli } from './cli-harness.ts';
 
 /** Stops Attention.create at the loader: everything before it (validation) has run. */
@@ -33,7 +33,8 @@ function baseSpec(): KernelSpec {
   });
 }
 
-const INJECTION = 'score; } }; static int pwned = system("touch PWNED"); struct Y { float f(float score) { return score';
+const INJECTION =
+  'score; } }; static int pwned = system("touch PWNED"); struct Y { float f(float score) { return score';
 
 function jsonCopy(spec: KernelSpec): Record<string, unknown> {
   return JSON.parse(JSON.stringify(spec)) as Record<string, unknown>;
@@ -47,9 +48,11 @@ describe('a spec of any origin is validated again', () => {
     process.env.CHUNKATTN_CACHE = cache;
     try {
       const spec = { ...jsonCopy(baseSpec()), name: '../../escaped' };
-      const error = await Attention.create(spec as never, { layers: 1, capacityTokens: 64, target: 'cpu' }).catch(
-        (e: unknown) => e,
-      );
+      const error = await Attention.create(spec as never, {
+        layers: 1,
+        capacityTokens: 64,
+        target: 'cpu',
+      }).catch((e: unknown) => e);
       expect(error).toBeInstanceOf(DslError);
       expect((error as DslError).path).toBe('name');
       expect(readdirSync(root)).toEqual([]);
@@ -86,7 +89,10 @@ describe('a spec of any origin is validated again', () => {
       const copy = { ...spec, scoreMod: { ...(spec['scoreMod'] as object), ir } };
       expect(() => validateSpec(copy), JSON.stringify(ir)).toThrow(DslError);
     }
-    const file = { ...spec, mask: { ...(spec['mask'] as object), loc: { file: 'x.ts\nsystem("x")', line: 1, column: 1 } } };
+    const file = {
+      ...spec,
+      mask: { ...(spec['mask'] as object), loc: { file: 'x.ts\nsystem("x")', line: 1, column: 1 } },
+    };
     expect(() => validateSpec(file)).toThrow(/^mask\.loc\.file/);
   });
 
@@ -94,7 +100,9 @@ describe('a spec of any origin is validated again', () => {
     const toolchain = await findToolchain();
     const forged = { ...jsonCopy(baseSpec()), heads: { q: 4, kv: 3 } };
     Object.defineProperty(forged, Symbol.for('chunkattn.KernelSpec'), { value: true });
-    expect(() => plan(forged as never, { target: 'cpu' }, toolchain)).toThrow(/^heads\.kv: 3 does not divide/);
+    expect(() => plan(forged as never, { target: 'cpu' }, toolchain)).toThrow(
+      /^heads\.kv: 3 does not divide/,
+    );
   });
 });
 
@@ -116,7 +124,9 @@ describe('DSL bounds', () => {
 
   test('heads above the addon limit (4096), 1e300 heads and a 5,000-character name are refused', () => {
     const base = { headDim: 64, dtype: 'f16' } as const;
-    expect(() => attention({ ...base, name: 'big', heads: { q: 4096, kv: 1 } })).toThrow(/^heads\.q: 4096 is more than 1024/);
+    expect(() => attention({ ...base, name: 'big', heads: { q: 4096, kv: 1 } })).toThrow(
+      /^heads\.q: 4096 is more than 1024/,
+    );
     expect(() => attention({ ...base, name: 'big', heads: { q: 1e300, kv: 1 } })).toThrow(/^heads\.q/);
     const long = 'n'.repeat(5000);
     let message = '';
@@ -133,15 +143,27 @@ describe('DSL bounds', () => {
 describe('runtime options are validated at create, with typed errors', () => {
   const spec = baseSpec();
   const create = (options: Record<string, unknown>) =>
-    Attention.create(spec, { layers: 1, capacityTokens: 64, target: 'cpu', loader: reachLoader, ...options } as never).catch(
-      (e: unknown) => e,
-    );
+    Attention.create(spec, {
+      layers: 1,
+      capacityTokens: 64,
+      target: 'cpu',
+      loader: reachLoader,
+      ...options,
+    } as never).catch((e: unknown) => e);
 
   test.each([
-    ['params.softcap = "abc"', { params: { softcap: 'abc' } }, /params\.softcap: 'abc' is not a finite number/],
+    [
+      'params.softcap = "abc"',
+      { params: { softcap: 'abc' } },
+      /params\.softcap: 'abc' is not a finite number/,
+    ],
     ['params.softcap = null', { params: { softcap: null } }, /params\.softcap: null is not a finite number/],
     ['params.softcap = NaN', { params: { softcap: Number.NaN } }, /is not a finite number/],
-    ['a param named toString', { params: { toString: 1 } }, /params\.toString: spec "hostile-base" declares softcap, window/],
+    [
+      'a param named toString',
+      { params: { toString: 1 } },
+      /params\.toString: spec "hostile-base" declares softcap, window/,
+    ],
     ['params = 5', { params: 5 }, /params must be an object/],
     ["mode: 'fast'", { mode: 'fast' }, /mode must be one of/],
     ['maxRunChunks: 0', { maxRunChunks: 0 }, /maxRunChunks must be an integer ≥ 1/],
@@ -180,7 +202,23 @@ const HOSTILE_STRINGS = [
   'two-phase',
   INJECTION,
 ];
-const HOSTILE_NUMBERS = [1e300, -1, 0, 1000000007, 4096, 1024, 3, 2, 64, 16, 1.5, -0, 2 ** 31, Number.MAX_SAFE_INTEGER, 3.5e38];
+const HOSTILE_NUMBERS = [
+  1e300,
+  -1,
+  0,
+  1000000007,
+  4096,
+  1024,
+  3,
+  2,
+  64,
+  16,
+  1.5,
+  -0,
+  2 ** 31,
+  Number.MAX_SAFE_INTEGER,
+  3.5e38,
+];
 
 const hostileValue: fc.Arbitrary<unknown> = fc.oneof(
   fc.constantFrom(...HOSTILE_STRINGS),
@@ -253,7 +291,8 @@ test('fuzz: 1,000 hostile spec objects through Attention.create and plan/render 
   const saved = process.env.CHUNKATTN_CACHE;
   process.env.CHUNKATTN_CACHE = cache;
   const outcomes = { typed: 0, planned: 0 };
-  const typed = (e: unknown) => e instanceof DslError || e instanceof ChunkattnError || e instanceof PlanError;
+  const typed = (e: unknown) =>
+    e instanceof DslError || e instanceof ChunkattnError || e instanceof PlanError;
   try {
     await fc.assert(
       fc.asyncProperty(hostileSpec, async (input) => {

@@ -136,12 +136,18 @@ describe('Attention refuses to read K/V that was never written', () => {
       for (const bad of [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]) {
         const k = kvRows(40, 0.25);
         k[17 * rowElems + 3] = bad;
-        expect(() => attn.writeKV(0, seq, 0, k, kvRows(40, 0.25))).toThrow(/k holds NaN or ±Inf at element .*token row 17/);
+        expect(() => attn.writeKV(0, seq, 0, k, kvRows(40, 0.25))).toThrow(
+          /k holds NaN or ±Inf at element .*token row 17/,
+        );
         expect(attn.cache.firstUnwritten(0, seq)).toBe(0);
       }
       const keys = Float32Array.from({ length: 41 * rowElems }, (_, i) => Math.sin(i * 0.37));
       const values = Float32Array.from({ length: 41 * rowElems }, (_, i) => Math.cos(i * 0.11));
-      const rows = (from: number, to: number) => [keys.subarray(from * rowElems, to * rowElems), values.subarray(from * rowElems, to * rowElems)] as const;
+      const rows = (from: number, to: number) =>
+        [
+          keys.subarray(from * rowElems, to * rowElems),
+          values.subarray(from * rowElems, to * rowElems),
+        ] as const;
       for (const layer of [0, 1]) attn.writeKV(layer, seq, 0, ...rows(0, 40));
       attn.release(seq);
       // A later prompt sharing the chunks reads finite K/V and matches the float64 reference.
@@ -150,9 +156,10 @@ describe('Attention refuses to read K/V that was never written', () => {
       for (const layer of [0, 1]) attn.writeKV(layer, other.seq, 32, ...rows(32, 41));
       const q = Float32Array.from({ length: HQ * D }, (_, i) => Math.sin(i));
       const out = attn.decode(1, q, undefined, [other.seq]);
-      const [ref] = referenceDecode({ qHeads: HQ, kvHeads: HKV, headDim: D, softmaxScale: spec.softmaxScale }, [
-        { seq: other.seq, q, k: keys, v: values, length: 41 },
-      ]);
+      const [ref] = referenceDecode(
+        { qHeads: HQ, kvHeads: HKV, headDim: D, softmaxScale: spec.softmaxScale },
+        [{ seq: other.seq, q, k: keys, v: values, length: 41 }],
+      );
       for (let i = 0; i < out.length; i++) expect(out[i]!).toBeCloseTo(ref![i]!, 4);
     } finally {
       attn.close();
@@ -160,7 +167,11 @@ describe('Attention refuses to read K/V that was never written', () => {
   });
 
   test('f16/bf16 bit patterns with an all-ones exponent are refused too', async () => {
-    const attn = await Attention.create(tinySpec('bf16', 'plain', ['cpu']), { layers: 1, capacityTokens: C * 4, target: 'cpu' });
+    const attn = await Attention.create(tinySpec('bf16', 'plain', ['cpu']), {
+      layers: 1,
+      capacityTokens: C * 4,
+      target: 'cpu',
+    });
     try {
       const { seq } = attn.insert(all(3));
       const k = new Uint16Array(3 * rowElems).fill(0x3f80); // 1.0 in bf16

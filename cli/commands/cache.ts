@@ -26,7 +26,13 @@ export async function cacheCommand(action: string, flags: CacheFlags, out: Outpu
       style: { head: [], border: [] },
     });
     for (const e of entries)
-      table.push([e.buildId, e.status === 'ok' ? 'ok' : `damaged: ${e.reason}`, e.target ?? '-', mib(e.bytes), e.builtAt ?? '-']);
+      table.push([
+        e.buildId,
+        e.status === 'ok' ? 'ok' : `damaged: ${e.reason}`,
+        e.target ?? '-',
+        mib(e.bytes),
+        e.builtAt ?? '-',
+      ]);
     out.info(`cache: ${root}`);
     out.info(entries.length ? table.toString() : '(empty)');
     out.result({ cache: root, entries });

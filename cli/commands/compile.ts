@@ -54,7 +54,9 @@ export function compileRequests(specs: readonly KernelSpec[], flags: CompileFlag
     if (archs && !targets.includes('cuda'))
       throw new UsageError(`--arch applies to the cuda target only; the targets are ${targets.join(', ')}`);
     if (sanitize !== 'none' && !targets.includes('emu'))
-      throw new UsageError(`--sanitize applies to the emu target only; the targets are ${targets.join(', ')}`);
+      throw new UsageError(
+        `--sanitize applies to the emu target only; the targets are ${targets.join(', ')}`,
+      );
     return targets.map((target) => ({
       spec,
       target,
