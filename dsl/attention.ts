@@ -143,7 +143,8 @@ export function show(value: unknown): string {
   return 'an object';
 }
 
-function isPlainObject(value: unknown): value is Record<string, unknown> {
+/** An object literal (or Object.create(null)): not an array, class instance or function. */
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
   const proto = Object.getPrototypeOf(value);
   return proto === Object.prototype || proto === null;

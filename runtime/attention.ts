@@ -16,7 +16,7 @@
 // (UnwrittenKvError) a sequence whose K/V is not all written in that layer, and an insert
 // matches only chunks whose K/V is complete in every layer.
 
-import { validateSpec } from '../dsl/attention.ts';
+import { isPlainObject, validateSpec } from '../dsl/attention.ts';
 import { ARCHS, type BuildTarget, type KernelSpec, PARTITIONS, type Partition } from '../dsl/spec.ts';
 import { ArgumentError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
 import { ioRowMap, type KernelContext } from './kernel-context.ts';
@@ -72,12 +72,6 @@ function isSpec(source: KernelSpec | SpecSource | LoadableModule): source is Ker
 
 const RUNTIME_TARGETS: readonly unknown[] = ['auto', 'cuda', 'emu', 'cpu'];
 const MAX_LAYERS = 4096;
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
-  const proto = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
-}
 
 /** What a value looks like in a message, kept short whatever it is. */
 function shown(value: unknown): string {
