@@ -89,8 +89,9 @@ export function pruneCache(options: { olderThanMs?: number; root?: string } = {}
     const buildId = name.replace(/\.(lock|lease)$/, '');
     if (state && state.ageMs < 60_000) building.add(buildId);
     else {
+      // Moved aside first: a builder may create a new lock at this path at any moment.
       bytesFreed += folderBytes(join(root, name));
-      rmSync(join(root, name), { recursive: true, force: true });
+      discardEntry(root, join(root, name));
       removed.push(name);
     }
   }
