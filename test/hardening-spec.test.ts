@@ -96,6 +96,14 @@ describe('a spec of any origin is validated again', () => {
     expect(() => validateSpec(file)).toThrow(/^mask\.loc\.file/);
   });
 
+  test('the JSON specs in generated/ validate to exactly themselves', async () => {
+    const generated = await import('../generated/index.ts');
+    for (const kernel of Object.values(generated)) {
+      const spec = (kernel as { spec: KernelSpec }).spec;
+      expect(JSON.stringify(validateSpec(spec))).toBe(JSON.stringify(spec));
+    }
+  });
+
   test('a forged brand does not skip validation', async () => {
     const toolchain = await findToolchain();
     const forged = { ...jsonCopy(baseSpec()), heads: { q: 4, kv: 3 } };
