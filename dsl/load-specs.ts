@@ -4,7 +4,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { isKernelSpec, type SpecOverrides, withOverrides } from './attention.ts';
+import { isKernelSpec, type SpecOverrides, validateSpec, withOverrides } from './attention.ts';
 import { displayPath } from './call-site.ts';
 import { DslError } from './errors.ts';
 import type { KernelSpec } from './spec.ts';
@@ -97,5 +97,7 @@ export async function loadSpecs(file: string, overrides?: SpecOverrides): Promis
       allowed: 'export default attention({...}), named exports of specs, or arrays of specs',
     });
   }
-  return overrides ? specs.map((s) => withOverrides(s, overrides)) : specs;
+  // A brand can be forged by any file: every spec is validated again before it is used.
+  const checked = specs.map((s) => validateSpec(s));
+  return overrides ? checked.map((s) => withOverrides(s, overrides)) : checked;
 }

@@ -257,7 +257,7 @@ const BASE_JSON = jsonCopy(baseSpec());
 const BASE_PATHS = paths(BASE_JSON).filter((p) => p.length > 0);
 
 const hostileSpec: fc.Arbitrary<unknown> = fc.oneof(
-  { weight: 1, arbitrary: hostileValue },
+  { weight: 1, arbitrary: hostileValue.map((value) => structuredClone(value)) },
   {
     weight: 9,
     arbitrary: fc
@@ -270,14 +270,14 @@ const hostileSpec: fc.Arbitrary<unknown> = fc.oneof(
         const spec = structuredClone(BASE_JSON);
         for (const [path, value] of mutations) {
           try {
-            setPath(spec, path, value);
+            setPath(spec, path, structuredClone(value)); // never share (or mutate) a generated value
           } catch {
             // the path's parent was replaced by an earlier mutation
           }
         }
         if (injectCpp && typeof spec['scoreMod'] === 'object' && spec['scoreMod'] !== null)
           (spec['scoreMod'] as Record<string, unknown>)['cpp'] = INJECTION;
-        if (extra) spec[extra[0]] = extra[1];
+        if (extra) spec[extra[0]] = structuredClone(extra[1]);
         return spec;
       }),
   },
