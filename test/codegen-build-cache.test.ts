@@ -86,7 +86,7 @@ describe('the build cache under concurrency and interruption', () => {
     await sleep(300); // inside the compiler now
     child.kill('SIGKILL');
     await child.catch(() => undefined);
-    const complete = readdirSync(cache).filter((e) => !e.startsWith('.') && !e.endsWith('.lock'));
+    const complete = readdirSync(cache).filter((e) => !e.startsWith('.') && !e.endsWith('.lease'));
     expect(complete).toEqual([]);
 
     const retry = await runCli(['compile', 'examples/llama2-7b.ts', '--arch', 'sm_80', '--json'], env);

@@ -256,8 +256,20 @@ function setPath(root: Record<string, unknown>, path: (string | number)[], value
 const BASE_JSON = jsonCopy(baseSpec());
 const BASE_PATHS = paths(BASE_JSON).filter((p) => p.length > 0);
 
+/** Valid specs carrying an injected `cpp` and a new name: they must plan, with C++ from the IR. */
+const validWithInjection: fc.Arbitrary<unknown> = fc
+  .stringMatching(/^[A-Za-z][A-Za-z0-9_-]{0,20}$/)
+  .map((name) => {
+    const spec = structuredClone(BASE_JSON);
+    spec['name'] = name;
+    (spec['scoreMod'] as Record<string, unknown>)['cpp'] = INJECTION;
+    (spec['mask'] as Record<string, unknown>)['cpp'] = INJECTION;
+    return spec;
+  });
+
 const hostileSpec: fc.Arbitrary<unknown> = fc.oneof(
   { weight: 1, arbitrary: hostileValue.map((value) => structuredClone(value)) },
+  { weight: 1, arbitrary: validWithInjection },
   {
     weight: 9,
     arbitrary: fc
