@@ -152,8 +152,15 @@ export function tryTakeOver(lockPath: string, staleId: string, owner: LockOwner)
   return true;
 }
 
-/** Waits until this process holds `lockPath`; returns the release function. */
-export async function acquireLock(lockPath: string, options: LockOptions = {}): Promise<() => void> {
+/**
+ * Waits until this process holds `lockPath`; returns the release function. A number as the
+ * second argument is the timeout in ms (the earlier signature).
+ */
+export async function acquireLock(
+  lockPath: string,
+  optionsOrTimeoutMs: LockOptions | number = {},
+): Promise<() => void> {
+  const options = typeof optionsOrTimeoutMs === 'number' ? { timeoutMs: optionsOrTimeoutMs } : optionsOrTimeoutMs;
   const timeoutMs = options.timeoutMs ?? 30 * 60_000;
   const staleMs = options.staleMs ?? DEFAULT_STALE_MS;
   const deadline = Date.now() + timeoutMs;
