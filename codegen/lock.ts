@@ -160,7 +160,8 @@ export async function acquireLock(
   lockPath: string,
   optionsOrTimeoutMs: LockOptions | number = {},
 ): Promise<() => void> {
-  const options = typeof optionsOrTimeoutMs === 'number' ? { timeoutMs: optionsOrTimeoutMs } : optionsOrTimeoutMs;
+  const options =
+    typeof optionsOrTimeoutMs === 'number' ? { timeoutMs: optionsOrTimeoutMs } : optionsOrTimeoutMs;
   const timeoutMs = options.timeoutMs ?? 30 * 60_000;
   const staleMs = options.staleMs ?? DEFAULT_STALE_MS;
   const deadline = Date.now() + timeoutMs;
