@@ -70,6 +70,10 @@ export function render(plan: KernelPlan): RenderedModule {
     targetMacro: plan.target.toUpperCase(),
     types: { q: types[plan.spec.dtype.q], kv: types[plan.spec.dtype.kv], out: types[plan.spec.dtype.out] },
     infoJsonOpen: infoJson.slice(0, -1),
+    tunables: Object.entries(plan.tunables).map(([name, value]) => {
+      const integer = Number.isInteger(value) && Math.abs(value) < 2 ** 31;
+      return { name, type: integer ? 'int' : 'double', value: String(value) };
+    }),
     infoComputed: isCpu ? [] : [{ name: 'smemBytes', expr: 'ca::SequenceFirstPlan<Cfg>::kSmemBytes' }],
   };
   return isCpu

@@ -9,10 +9,17 @@
 //
 // q/out rows follow the caller's order (the seqs of the last appendStep), never the tree's.
 // Every method validates its arguments first and throws a typed error with nothing changed.
+//
+// K/V validity: the tree tracks, per chunk and layer, which positions were written. writeKV and
+// writeDecodeKV extend that in token order, and refuse (ArgumentError) K/V holding NaN or ±Inf,
+// which would otherwise poison every later prompt that shares the chunk. decode refuses
+// (UnwrittenKvError) a sequence whose K/V is not all written in that layer, and an insert
+// matches only chunks whose K/V is complete in every layer.
 
 import { freemem } from 'node:os';
-import type { BuildTarget, KernelSpec, Partition } from '../dsl/spec.ts';
-import { ArgumentError, ShapeError, UnknownSequenceError } from './errors.ts';
+import { isPlainObject, validateSpec } from '../dsl/attention.ts';
+import { ARCHS, type BuildTarget, type KernelSpec, PARTITIONS, type Partition } from '../dsl/spec.ts';
+import { ArgumentError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
 import { ioRowMap, type KernelContext } from './kernel-context.ts';
 import { bytesPerChunk, type KvShape, type KvStats } from './kv-stats.ts';
 import { gpuPresent, type LoadableModule, type ModuleLoader, resolveLoader } from './module-loader.ts';
@@ -110,6 +117,93 @@ function isSpec(source: KernelSpec | SpecSource | LoadableModule): source is Ker
   return 'heads' in source && 'headDim' in source;
 }
 
+const RUNTIME_TARGETS: readonly unknown[] = ['auto', 'cuda', 'emu', 'cpu'];
+const MAX_LAYERS = 4096;
+
+/** What a value looks like in a message, kept short whatever it is. */
+function shown(value: unknown): string {
+  const text =
+    typeof value === 'string'
+      ? `'${value}'`
+      : typeof value === 'object'
+        ? JSON.stringify(value)
+        : String(value);
+  return text === undefined ? String(value) : text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+/** Validates every option that does not need the module (before anything is built). */
+function checkOptions(options: AttentionOptions): void {
+  if (!isPlainObject(options)) throw new ArgumentError(`options must be an object, got ${shown(options)}`);
+  if (!Number.isInteger(options.layers) || options.layers < 1 || options.layers > MAX_LAYERS)
+    throw new ArgumentError(`layers must be an integer in [1, ${MAX_LAYERS}], got ${shown(options.layers)}`);
+  if (!Number.isSafeInteger(options.capacityTokens) || options.capacityTokens < 1)
+    throw new ArgumentError(
+      `capacityTokens must be a positive integer, got ${shown(options.capacityTokens)}`,
+    );
+  if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 0))
+    throw new ArgumentError(`threads must be an integer ≥ 0, got ${shown(options.threads)}`);
+  if (options.target !== undefined && !RUNTIME_TARGETS.includes(options.target))
+    throw new ArgumentError(
+      `target must be one of ${RUNTIME_TARGETS.join(', ')}, got ${shown(options.target)}`,
+    );
+  if (options.mode !== undefined && !(PARTITIONS as readonly unknown[]).includes(options.mode))
+    throw new ArgumentError(`mode must be one of ${PARTITIONS.join(', ')}, got ${shown(options.mode)}`);
+  const runs = options.maxRunChunks;
+  if (runs !== undefined && runs !== Number.POSITIVE_INFINITY && (!Number.isInteger(runs) || runs < 1))
+    throw new ArgumentError(`maxRunChunks must be an integer ≥ 1 (or Infinity), got ${shown(runs)}`);
+  if (options.loader !== undefined && typeof options.loader !== 'function')
+    throw new ArgumentError(`loader must be a function, got ${shown(options.loader)}`);
+  if (options.params !== undefined && !isPlainObject(options.params))
+    throw new ArgumentError(`params must be an object of name: number, got ${shown(options.params)}`);
+}
+
+/** The kernel parameter values: the spec's defaults, with given values matched by own property. */
+function paramValues(spec: KernelSpec, given: Readonly<Record<string, number>> | undefined): Float32Array {
+  const values = given ?? {};
+  for (const name of Object.keys(values)) {
+    if (!spec.params.some((p) => p.name === name))
+      throw new ArgumentError(
+        `params.${name.slice(0, 64)}: spec "${spec.name}" declares ${spec.params.map((p) => p.name).join(', ') || 'no params'}`,
+      );
+    const value = values[name];
+    if (typeof value !== 'number' || !Number.isFinite(value))
+      throw new ArgumentError(`params.${name}: ${shown(value)} is not a finite number`);
+    if (Math.abs(value) > 3.4028234663852886e38)
+      throw new ArgumentError(`params.${name}: ${value} does not fit a float32`);
+  }
+  return Float32Array.from(spec.params, (p) => (Object.hasOwn(values, p.name) ? values[p.name]! : p.default));
+}
+
+/** The build target for a spec: the one asked for (which the spec must list), or the best it lists. */
+function chooseTarget(spec: KernelSpec, asked: RuntimeTarget | 'auto' | undefined): BuildTarget {
+  const hasArch = spec.targets.some((t) => (ARCHS as readonly string[]).includes(t));
+  const lists = (target: BuildTarget) => (target === 'cuda' ? hasArch : spec.targets.includes(target));
+  if (asked && asked !== 'auto') {
+    if (!lists(asked))
+      throw new ArgumentError(
+        `target ${asked}: spec "${spec.name}" targets ${spec.targets.join(', ')} (add ${asked === 'cuda' ? 'a GPU arch' : asked} to its targets)`,
+      );
+    return asked;
+  }
+  if (hasArch && gpuPresent()) return 'cuda';
+  if (lists('cpu')) return 'cpu';
+  throw new ArgumentError(
+    `spec "${spec.name}" targets ${spec.targets.join(', ')}, none of which runs on this machine (no GPU); add 'cpu' or pass target`,
+  );
+}
+
+/** Finds the first NaN or ±Inf in K/V data (f32 values, or f16/bf16 bit patterns). */
+function nonFiniteIndex(data: HostData, dtype: 'f16' | 'bf16' | 'f32'): number {
+  if (data instanceof Float32Array) {
+    for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i]!)) return i;
+    return -1;
+  }
+  // An all-ones exponent is Inf or NaN.
+  const exponent = dtype === 'bf16' ? 0x7f80 : 0x7c00;
+  for (let i = 0; i < data.length; i++) if ((data[i]! & exponent) === exponent) return i;
+  return -1;
+}
+
 export class Attention {
   readonly spec: KernelSpec;
   readonly target: RuntimeTarget;
@@ -133,8 +227,13 @@ export class Attention {
     this.mode = mode;
     this.layers = options.layers;
     const slots = Math.ceil(options.capacityTokens / spec.chunkSize);
-    this.cache = new PrefixTree({ chunkSize: spec.chunkSize, maxCapacity: slots, initialCapacity: slots });
-    this.#params = Float32Array.from(spec.params, (p) => options.params?.[p.name] ?? p.default);
+    this.cache = new PrefixTree({
+      chunkSize: spec.chunkSize,
+      maxCapacity: slots,
+      initialCapacity: slots,
+      kvLayers: options.layers,
+    });
+    this.#params = paramValues(spec, options.params);
     this.#threads = options.threads ?? 0;
     this.#maxRunChunks = options.maxRunChunks ?? Number.POSITIVE_INFINITY;
     this.#pools = [];
@@ -152,27 +251,29 @@ export class Attention {
     source: KernelSpec | SpecSource | LoadableModule,
     options: AttentionOptions,
   ): Promise<Attention> {
-    if (!Number.isInteger(options.layers) || options.layers < 1)
-      throw new ArgumentError(`layers must be a positive integer, got ${options.layers}`);
-    if (!Number.isInteger(options.capacityTokens) || options.capacityTokens < 1)
-      throw new ArgumentError(`capacityTokens must be a positive integer, got ${options.capacityTokens}`);
-    if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 0))
-      throw new ArgumentError(`threads must be an integer ≥ 0, got ${options.threads}`);
+    checkOptions(options);
+    if (typeof source !== 'object' || source === null)
+      throw new ArgumentError(`expected a spec, { spec } or a built module, got ${shown(source)}`);
     let loadable: LoadableModule;
     if ('libraryPath' in source) {
       loadable = source;
+      if (
+        options.target !== undefined &&
+        options.target !== 'auto' &&
+        options.target !== source.manifest.target
+      )
+        throw new ArgumentError(
+          `target ${options.target}: the module was built for ${source.manifest.target}`,
+        );
     } else {
-      const spec = isSpec(source) ? source : source.spec;
-      const target =
-        options.target && options.target !== 'auto' ? options.target : gpuPresent() ? 'cuda' : 'cpu';
+      // Whatever its origin (JSON, a plain object), the spec is validated again (DslError).
+      const spec = validateSpec(isSpec(source) ? source : source.spec);
+      const target = chooseTarget(spec, options.target);
+      paramValues(spec, options.params); // fail before building
       loadable = await resolveLoader(options.loader)(spec, target);
     }
     const spec = loadable.manifest.spec;
-    for (const name of Object.keys(options.params ?? {}))
-      if (!spec.params.some((p) => p.name === name))
-        throw new ArgumentError(
-          `params.${name}: spec "${spec.name}" declares ${spec.params.map((p) => p.name).join(', ') || 'no params'}`,
-        );
+    paramValues(spec, options.params);
     const module = NativeModule.load(loadable.libraryPath);
     const wanted = options.mode ?? spec.partition;
     if (wanted === 'chunk-first' && !module.info.phase1)
@@ -243,7 +344,10 @@ export class Attention {
       slots[i] = slot;
       offsets[i] = pos % c;
     }
+    this.#checkFinite(k, v);
+    this.cache.checkKvWrites(layer, slots, offsets);
     this.module.writeKv(pool, slots, offsets, k, v);
+    this.cache.markKvWritten(layer, slots, offsets);
   }
 
   /** One decode step: appends one token to each sequence; then writeDecodeKV and decode per layer. */
@@ -271,7 +375,10 @@ export class Attention {
         throw new ShapeError(
           `${name} holds ${data.length / this.#rowElems()} tokens; the step has ${step.seqs.length}`,
         );
+    this.#checkFinite(k, v);
+    this.cache.checkKvWrites(layer, step.slots, step.offsets);
     this.module.writeKv(pool, step.slots, step.offsets, k, v);
+    this.cache.markKvWritten(layer, step.slots, step.offsets);
   }
 
   /**
@@ -295,7 +402,11 @@ export class Attention {
         ? new Float32Array(ioSeqs.length * rowElems)
         : new Uint16Array(ioSeqs.length * rowElems));
     this.#checkData('out', result, outType, ioSeqs.length * rowElems);
-    for (const seq of ioSeqs) if (!this.cache.has(seq)) throw new UnknownSequenceError(seq);
+    for (const seq of ioSeqs) {
+      if (!this.cache.has(seq)) throw new UnknownSequenceError(seq);
+      const unwritten = this.cache.firstUnwritten(layer, seq);
+      if (unwritten >= 0) throw new UnwrittenKvError(seq, layer, unwritten, this.cache.length(seq));
+    }
 
     const context = this.context();
     // Kernels decode every live sequence: sequences missing from this call get padding rows.
@@ -390,6 +501,23 @@ export class Attention {
         `${name} has ${data.length} elements, not a multiple of Hkv × D = ${this.#rowElems()}`,
       );
     return data.length / this.#rowElems();
+  }
+
+  /** Refuses NaN/Inf K/V before anything is written (see the file comment). */
+  #checkFinite(k: HostData, v: HostData): void {
+    const dtype = this.spec.dtype.kv;
+    for (const [name, data] of [
+      ['k', k],
+      ['v', v],
+    ] as const) {
+      const at = nonFiniteIndex(data, dtype);
+      if (at >= 0) {
+        const rowElems = this.#rowElems();
+        throw new ArgumentError(
+          `${name} holds NaN or ±Inf at element ${at} (token row ${Math.floor(at / rowElems)}, kv head ${Math.floor((at % rowElems) / this.spec.headDim)}): K/V must be finite`,
+        );
+      }
+    }
   }
 
   #checkData(name: string, data: HostData, dtype: string, elements: number): void {

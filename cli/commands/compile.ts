@@ -50,6 +50,13 @@ export function compileRequests(specs: readonly KernelSpec[], flags: CompileFlag
         ? ['cuda' as const]
         : buildTargetsOf(spec.targets);
     if (targets.length === 0) throw new UsageError(`spec "${spec.name}" names no build target`);
+    // A flag that no chosen target uses is a mistake, not something to ignore.
+    if (archs && !targets.includes('cuda'))
+      throw new UsageError(`--arch applies to the cuda target only; the targets are ${targets.join(', ')}`);
+    if (sanitize !== 'none' && !targets.includes('emu'))
+      throw new UsageError(
+        `--sanitize applies to the emu target only; the targets are ${targets.join(', ')}`,
+      );
     return targets.map((target) => ({
       spec,
       target,

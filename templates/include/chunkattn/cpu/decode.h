@@ -45,6 +45,7 @@
 #include "chunkattn/cpu/simd.h"
 #include "chunkattn/cpu/thread_pool.h"
 #include "chunkattn/cpu/types.h"
+#include "chunkattn/module_status.h"
 #include "chunkattn/softmax_state.h"
 #include "chunkattn/variant.h"
 
@@ -52,20 +53,18 @@ namespace ca {
 namespace cpu {
 
 // ---------------------------------------------------------------------------------------------
-// Errors: a per-thread message for ca_last_error().
+// Errors: formatted into the one per-thread message that ca_last_error() returns
+// (chunkattn/module_status.h), so a cpu kernel's failure reaches the caller like any other.
 
-inline char* last_error_buffer() {
-  thread_local char buffer[512] = "";
-  return buffer;
-}
-inline const char* last_error() { return last_error_buffer(); }
+inline const char* last_error() { return ca::last_error().c_str(); }
 
 __attribute__((format(printf, 2, 3))) inline int fail(int status, const char* format, ...) {
+  char buffer[512];
   va_list args;
   va_start(args, format);
-  vsnprintf(last_error_buffer(), 512, format, args);
+  vsnprintf(buffer, sizeof buffer, format, args);
   va_end(args);
-  return status;
+  return ca::fail(status, buffer);
 }
 
 // ---------------------------------------------------------------------------------------------
