@@ -167,7 +167,7 @@ async function compile(plan: KernelPlan, toolchain: Toolchain, dir: string): Pro
       `missing ABI symbols: ${missing.join(', ')}`,
     );
   return {
-    abi: 1,
+    abi: 2,
     key: plan.key,
     buildId: plan.buildId,
     name: plan.name,

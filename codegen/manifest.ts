@@ -17,19 +17,22 @@ export const ABI_SYMBOLS = [
   'ca_workspace_bytes',
   'ca_decode',
   'ca_write_kv',
-  'ca_copy_chunk',
+  'ca_copy_chunks',
   'ca_malloc',
   'ca_free',
   'ca_memcpy',
   'ca_memset',
+  'ca_stream_create',
+  'ca_stream_destroy',
   'ca_synchronize',
   'ca_get_stats',
+  'ca_kernel_stats',
   'ca_reset_stats',
 ] as const;
 
 /** The plan it was built from, plus what the build produced and reported. */
 export interface Manifest extends KernelPlan {
-  readonly abi: 1;
+  readonly abi: 2;
   readonly toolchain: string;
   /** File names inside the module folder. */
   readonly source: string;

@@ -40,7 +40,7 @@ function template(name: string): Handlebars.TemplateDelegate {
 export function moduleInfo(plan: KernelPlan): Record<string, unknown> {
   const { spec } = plan;
   return {
-    abi: 1,
+    abi: 2,
     name: spec.name,
     key: plan.key,
     target: plan.target,
