@@ -197,21 +197,25 @@ describe(`a decode step with L = ${LAYERS} layers and b = ${BATCH} sequences (em
     });
   });
 
-  test('copy-on-write of a step is one copy_chunks launch per layer', () => {
-    // Fork twice from a sequence whose tail chunk is partly filled: the next step copies it.
+  test('copy-on-write is one copy_chunks launch per layer for all the copies of a call', () => {
+    // Three forks share seqs[5]'s partly filled tail chunk: fork or the next step copies it.
+    attn.module.resetStats();
     const forked = attn.fork(seqs[5]!, 3);
+    const byFork = attn.module.stats().kernels['copy_chunks'];
     attn.module.resetStats();
     const all = [...seqs, ...forked];
     attn.appendStep(
       all,
       all.map(() => 1),
     );
-    const stats = attn.module.stats();
-    const cow = stats.kernels['copy_chunks']!;
-    expect(cow.launches).toBe(LAYERS);
-    expect(cow.blocks).toBeGreaterThanOrEqual(LAYERS * 3); // ≥ 3 copies, all in one launch per layer
-    expect(cow.blocks % LAYERS).toBe(0);
-    expect(stats.memcpy.h2d.calls).toBe(LAYERS);
+    const byStep = attn.module.stats().kernels['copy_chunks'];
+    let copies = 0;
+    for (const cow of [byFork, byStep]) {
+      if (!cow) continue;
+      expect(cow.launches).toBe(LAYERS);
+      copies += cow.blocks / LAYERS;
+    }
+    expect(copies).toBeGreaterThanOrEqual(3);
     for (const seq of forked) attn.release(seq);
   });
 

@@ -215,8 +215,8 @@ inline bool check_layout(const int32_t* w, uint64_t words, Error* error) {
       {kRowSharedChunks, rows, "one per row"},
       {kRowChunkOffsets, int64_t(rows) + 1, "numRows + 1"},
       {kRowPartialOffsets, int64_t(rows) + 1, "numRows + 1"},
-      {kRuns, int64_t(runs) * kRunFields, "6 per run: chunkBegin, numChunks, kvBegin, rowBegin, "
-                                          "rowEnd, partialBegin"},
+      {kRuns, int64_t(runs) * kRunFields,
+       "a multiple of 6: chunkBegin, numChunks, kvBegin, rowBegin, rowEnd, partialBegin per run"},
       {kRowIo, rows, "one per row"},
       {kRequestRow, requests, "one per requested row"},
   };
