@@ -16,8 +16,8 @@ import { ContextPlanner, type KernelContext } from './kernel-context.ts';
 import type { KvShape, KvStats } from './kv-stats.ts';
 import { gpuPresent, type LoadableModule, type ModuleLoader, resolveLoader } from './module-loader.ts';
 import {
-  DeviceTensor,
   type DecodeArgs,
+  DeviceTensor,
   type HostData,
   type KernelStats,
   type KvPool,
@@ -249,8 +249,18 @@ export class Attention {
    * other call on this Attention throws BusyError, and q/out must not be touched.
    */
   decodeAsync(layer: number, q: TensorData, out?: HostData, seqs?: ArrayLike<number>): Promise<HostData>;
-  decodeAsync(layer: number, q: TensorData, out: DeviceTensor, seqs?: ArrayLike<number>): Promise<DeviceTensor>;
-  async decodeAsync(layer: number, q: TensorData, out?: TensorData, seqs?: ArrayLike<number>): Promise<TensorData> {
+  decodeAsync(
+    layer: number,
+    q: TensorData,
+    out: DeviceTensor,
+    seqs?: ArrayLike<number>,
+  ): Promise<DeviceTensor>;
+  async decodeAsync(
+    layer: number,
+    q: TensorData,
+    out?: TensorData,
+    seqs?: ArrayLike<number>,
+  ): Promise<TensorData> {
     const call = this.#decodeCall(layer, q, out, seqs);
     const done = this.module.decodeAsync(call.pool, call.args);
     this.#inFlight = done;

@@ -26,7 +26,14 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
-import { ArgumentError, BusyError, type ChunkattnError, KernelError, ModuleError, ShapeError } from './errors.ts';
+import {
+  ArgumentError,
+  BusyError,
+  type ChunkattnError,
+  KernelError,
+  ModuleError,
+  ShapeError,
+} from './errors.ts';
 import type { KernelContext } from './kernel-context.ts';
 import { NATIVE_ADDON_PATH } from './native-status.ts';
 

@@ -9,7 +9,14 @@ import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { beforeAll, describe, expect, test } from 'vitest';
-import { ArgumentError, BusyError, ChunkattnError, KernelError, ModuleError, ShapeError } from '../runtime/errors.ts';
+import {
+  ArgumentError,
+  BusyError,
+  ChunkattnError,
+  KernelError,
+  ModuleError,
+  ShapeError,
+} from '../runtime/errors.ts';
 import { packContext } from '../runtime/kernel-context.ts';
 import {
   badDecodeCases,
