@@ -393,7 +393,9 @@ export class Attention {
   #applyCopies(copies: readonly { srcSlot: number; dstSlot: number; tokens: number }[]): void {
     if (copies.length === 0) return;
     const list = new Int32Array(copies.length * 3);
-    copies.forEach((copy, i) => list.set([copy.srcSlot, copy.dstSlot, copy.tokens], i * 3));
+    copies.forEach((copy, i) => {
+      list.set([copy.srcSlot, copy.dstSlot, copy.tokens], i * 3);
+    });
     for (const pool of this.#pools) this.module.copyChunks(pool, list);
   }
 }

@@ -34,7 +34,6 @@ import {
   ModuleError,
   ShapeError,
 } from './errors.ts';
-import type { KernelContext } from './kernel-context.ts';
 import { NATIVE_ADDON_PATH } from './native-status.ts';
 
 export type ModuleTarget = 'cpu' | 'emu' | 'cuda';

@@ -497,9 +497,9 @@ struct Case {
           "\"untouchedClobbered\":%d,"
           "\"relErr\":%.3e,\"gate\":%.0e,\"ok\":%s%s%s%s}\n",
           label.c_str(), mode_name(mode), Hq, Hkv, D, C, dtype_name<QT>(), dtype_name<KvT>(),
-          dtype_name<OutT>(), Variant::name(), rows, int(cx.runs.size()), num_threads, status, non_finite,
-          untouched_bad, err, kGate[cls], ok ? "true" : "false", status ? ",\"error\":\"" : "",
-          status ? ca::cpu::last_error() : "", status ? "\"" : "");
+          dtype_name<OutT>(), Variant::name(), rows, int(cx.runs.size()), num_threads, status,
+          non_finite, untouched_bad, err, kGate[cls], ok ? "true" : "false",
+          status ? ",\"error\":\"" : "", status ? ca::cpu::last_error() : "", status ? "\"" : "");
       fflush(stdout);
     }
     return worst;

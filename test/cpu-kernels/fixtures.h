@@ -44,21 +44,30 @@ inline void bind_context(CaDecodeParams& p, Context& cx, int num_io_rows) {
   for (size_t r = 0; r < cx.row_io.size(); ++r)
     if (cx.row_io[r] >= 0) requests.push_back(int32_t(r));
   const int32_t* sections[ca::ctx::kNumSections] = {
-      cx.row_seq.data(),           cx.row_length.data(),
-      cx.row_chunk_offsets.data(), cx.row_chunk_slots.data(),
-      cx.row_shared_chunks.data(), cx.row_partial_offsets.data(),
-      cx.row_partials.data(),      reinterpret_cast<const int32_t*>(cx.runs.data()),
-      cx.run_slots.data(),         cx.row_io.data(),
+      cx.row_seq.data(),
+      cx.row_length.data(),
+      cx.row_chunk_offsets.data(),
+      cx.row_chunk_slots.data(),
+      cx.row_shared_chunks.data(),
+      cx.row_partial_offsets.data(),
+      cx.row_partials.data(),
+      reinterpret_cast<const int32_t*>(cx.runs.data()),
+      cx.run_slots.data(),
+      cx.row_io.data(),
       requests.data()};
-  const int32_t counts[ca::ctx::kNumSections] = {
-      int32_t(cx.row_seq.size()),           int32_t(cx.row_length.size()),
-      int32_t(cx.row_chunk_offsets.size()), int32_t(cx.row_chunk_slots.size()),
-      int32_t(cx.row_shared_chunks.size()), int32_t(cx.row_partial_offsets.size()),
-      int32_t(cx.row_partials.size()),      int32_t(cx.runs.size() * ca::ctx::kRunFields),
-      int32_t(cx.run_slots.size()),         int32_t(cx.row_io.size()),
-      int32_t(requests.size())};
-  ca::ctx::pack(cx.packed, int32_t(cx.row_length.size()), int32_t(cx.runs.size()),
-                cx.num_partials, int32_t(requests.size()), num_io_rows, sections, counts);
+  const int32_t counts[ca::ctx::kNumSections] = {int32_t(cx.row_seq.size()),
+                                                 int32_t(cx.row_length.size()),
+                                                 int32_t(cx.row_chunk_offsets.size()),
+                                                 int32_t(cx.row_chunk_slots.size()),
+                                                 int32_t(cx.row_shared_chunks.size()),
+                                                 int32_t(cx.row_partial_offsets.size()),
+                                                 int32_t(cx.row_partials.size()),
+                                                 int32_t(cx.runs.size() * ca::ctx::kRunFields),
+                                                 int32_t(cx.run_slots.size()),
+                                                 int32_t(cx.row_io.size()),
+                                                 int32_t(requests.size())};
+  ca::ctx::pack(cx.packed, int32_t(cx.row_length.size()), int32_t(cx.runs.size()), cx.num_partials,
+                int32_t(requests.size()), num_io_rows, sections, counts);
   p.abi_version = CA_ABI_VERSION;
   p.struct_bytes = sizeof(CaDecodeParams);
   p.context = cx.packed.data();

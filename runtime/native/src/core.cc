@@ -92,8 +92,6 @@ uint64_t PhysicalMemoryBytes() {
   return uint64_t(pages) * uint64_t(page);
 }
 
-
-
 // Aligns staging sections so every dtype's elements stay aligned.
 uint64_t Align(uint64_t bytes) { return (bytes + 255) / 256 * 256; }
 
@@ -227,8 +225,8 @@ void ModuleCore::CheckTensor(const DeviceBuffer* tensor, const std::string& what
     Fail(code::kType, what + " is not a DeviceTensor: tensors come from NativeModule.allocTensor");
   if (tensor->freed) Fail(code::kFreed, what + " has been freed");
   if (tensor->owner.get() != this)
-    Fail(code::kForeign, what + " belongs to another module (" +
-                             tensor->owner->library().path() + "), not to " + lib_->path());
+    Fail(code::kForeign, what + " belongs to another module (" + tensor->owner->library().path() +
+                             "), not to " + lib_->path());
 }
 
 void ModuleCore::FreeTensor(DeviceBuffer* tensor, const std::string& what) {
@@ -264,8 +262,8 @@ void* ModuleCore::TensorPointer(const TensorArg& tensor, const char* name, CaDTy
   CheckTensor(tensor.device, name);
   const CaDType has = CaDType(tensor.device->dtype);
   if (!(has == dtype || (allow_f32 && has == CA_F32)))
-    Fail(code::kDType, std::string(name) + " is a DeviceTensor of " + DTypeName(has) + ", expected " +
-                           DTypeName(dtype) + (allow_f32 ? " or f32" : ""));
+    Fail(code::kDType, std::string(name) + " is a DeviceTensor of " + DTypeName(has) +
+                           ", expected " + DTypeName(dtype) + (allow_f32 ? " or f32" : ""));
   const uint64_t length = tensor.device->bytes / DTypeBytes(has);
   if (length != elements)
     Fail(code::kShape, std::string(name) + " has " + Num(length) + " elements, expected " +
@@ -292,8 +290,8 @@ void ModuleCore::WriteKv(const PoolArg& pool_arg, const ArrayArg& slots_arg,
   void* v_device = TensorPointer(v, "v", mi.dtype_kv, num_tokens * token_elements, true,
                                  "[tokens, kvHeads, headDim]", &src_v);
   if (src != src_v)
-    Fail(code::kDType, std::string("k and v must have the same dtype, got k ") +
-                           DTypeName(src) + " and v " + DTypeName(src_v));
+    Fail(code::kDType, std::string("k and v must have the same dtype, got k ") + DTypeName(src) +
+                           " and v " + DTypeName(src_v));
   if (k.device && k.device == v.device) Fail(code::kRange, "k and v are the same DeviceTensor");
   std::vector<int64_t> targets(num_tokens);
   for (uint64_t i = 0; i < num_tokens; ++i) {
@@ -357,8 +355,10 @@ void ModuleCore::CopyChunks(const PoolArg& pool_arg, const ArrayArg& copies_arg)
     const std::string at = "copies[" + Num(i) + "]";
     if (src < 0 || src >= pool.num_slots || dst < 0 || dst >= pool.num_slots)
       Fail(code::kRange, at + ": slots " + std::to_string(src) + " -> " + std::to_string(dst) +
-                             " out of range [0, numSlots = " + std::to_string(pool.num_slots) + ")");
-    if (src == dst) Fail(code::kRange, at + ": srcSlot and dstSlot are both " + std::to_string(src));
+                             " out of range [0, numSlots = " + std::to_string(pool.num_slots) +
+                             ")");
+    if (src == dst)
+      Fail(code::kRange, at + ": srcSlot and dstSlot are both " + std::to_string(src));
     if (tokens < 0 || tokens > info().chunk_size)
       Fail(code::kRange, at + ": numTokens = " + std::to_string(tokens) + " is out of range [0, " +
                              std::to_string(info().chunk_size) + "]");
@@ -375,9 +375,10 @@ void ModuleCore::CopyChunks(const PoolArg& pool_arg, const ArrayArg& copies_arg)
   const Api& api = lib_->api();
   lib_->Check(api.memcpy_(copies_staging_.ptr, copies.data, copies.size * 4, CA_COPY_H2D, stream_),
               "ca_memcpy");
-  lib_->Check(api.copy_chunks(pool.k, pool.v, pool.num_slots,
-                              static_cast<const int32_t*>(copies_staging_.ptr), int32_t(n), stream_),
-              "ca_copy_chunks");
+  lib_->Check(
+      api.copy_chunks(pool.k, pool.v, pool.num_slots,
+                      static_cast<const int32_t*>(copies_staging_.ptr), int32_t(n), stream_),
+      "ca_copy_chunks");
 }
 
 void ModuleCore::CopyChunk(const PoolArg& pool_arg, const NumberArg& src_arg,

@@ -126,8 +126,8 @@ class ModuleCore {
   // stay alive in between.
   struct DecodeRun {
     CaDecodeParams params{};
-    bool launch = false;        // false: nothing to compute
-    void* out_host = nullptr;   // host out to copy back into, or null (a DeviceTensor)
+    bool launch = false;       // false: nothing to compute
+    void* out_host = nullptr;  // host out to copy back into, or null (a DeviceTensor)
     uint64_t out_bytes = 0;
   };
   DecodeRun StartDecode(const PoolArg& pool, const DecodeArgs& args);
@@ -176,8 +176,8 @@ class ModuleCore {
   void CheckTensor(const DeviceBuffer* tensor, const std::string& what) const;
   // A tensor argument's module-memory pointer, staging a host array through `staging` (H2D when
   // `upload`); `held` returns the CaDType its data holds.
-  void* TensorPointer(const TensorArg& tensor, const char* name, CaDType dtype,
-                      uint64_t elements, bool allow_f32, const char* layout, CaDType* held);
+  void* TensorPointer(const TensorArg& tensor, const char* name, CaDType dtype, uint64_t elements,
+                      bool allow_f32, const char* layout, CaDType* held);
   const UploadedContext& PlanContext(const Pool& pool, const ArrayArg& context);
   const float* PlanParams(const ArrayArg& params);
   void Ensure(Scratch& scratch, uint64_t bytes);

@@ -125,10 +125,10 @@ typedef enum CaCopyKind {
 typedef struct CaStats {
   uint64_t bytes_read[CA_TRAFFIC_COUNT];
   uint64_t bytes_written[CA_TRAFFIC_COUNT];
-  uint64_t launches;                               // kernel launches, all kernels
-  uint64_t memcpy_calls[CA_COPY_DIRECTIONS];       // by direction: H2D, D2H, D2D
+  uint64_t launches;                          // kernel launches, all kernels
+  uint64_t memcpy_calls[CA_COPY_DIRECTIONS];  // by direction: H2D, D2H, D2D
   uint64_t memcpy_bytes[CA_COPY_DIRECTIONS];
-  uint64_t context_uploads;                        // CA_COPY_CONTEXT copies
+  uint64_t context_uploads;  // CA_COPY_CONTEXT copies
 } CaStats;
 
 // Exported by every module.

@@ -86,9 +86,12 @@ static_assert(sizeof(CaSharedRun) == kRunFields * sizeof(int32_t), "CaSharedRun 
 
 // JS names of the sections, for messages (the fields of runtime/kernel-context.ts).
 inline const char* section_name(int32_t s) {
-  static const char* const kNames[kNumSections] = {
-      "rowSeq",      "rowLength", "rowChunkOffsets", "rowChunkSlots", "rowSharedChunks",
-      "rowPartialOffsets", "rowPartials", "runs", "runSlots", "rowIo", "requestRow"};
+  static const char* const kNames[kNumSections] = {"rowSeq",          "rowLength",
+                                                   "rowChunkOffsets", "rowChunkSlots",
+                                                   "rowSharedChunks", "rowPartialOffsets",
+                                                   "rowPartials",     "runs",
+                                                   "runSlots",        "rowIo",
+                                                   "requestRow"};
   return s >= 0 && s < kNumSections ? kNames[s] : "?";
 }
 }  // namespace ctx
@@ -247,8 +250,8 @@ inline bool validate(const int32_t* w, uint64_t words, const Limits& limits, Err
   if (!check_layout(w, words, error)) return false;
   const KernelContext c{w};
   const int64_t chunk = limits.chunk_size;
-  const int32_t num_rows = c.num_rows(), num_runs = c.num_runs(),
-                num_partials = c.num_partials(), num_io_rows = c.num_io_rows();
+  const int32_t num_rows = c.num_rows(), num_runs = c.num_runs(), num_partials = c.num_partials(),
+                num_io_rows = c.num_io_rows();
   const Problem kShape = Problem::kShape, kRange = Problem::kRange, kCtx = Problem::kContext;
 
   // CSR offsets.
@@ -261,9 +264,8 @@ inline bool validate(const int32_t* w, uint64_t words, const Limits& limits, Err
     if (o[0] != 0) return fail(error, kCtx, "%s[0] = %d, must be 0", name, o[0]);
     for (int32_t r = 1; r <= num_rows; ++r)
       if (o[r] < o[r - 1])
-        return fail(error, kCtx,
-                    "%s[%d] = %d is less than %s[%d] = %d: offsets must not decrease", name, r,
-                    o[r], name, r - 1, o[r - 1]);
+        return fail(error, kCtx, "%s[%d] = %d is less than %s[%d] = %d: offsets must not decrease",
+                    name, r, o[r], name, r - 1, o[r - 1]);
     if (o[num_rows] != c.section_count(pair.data))
       return fail(error, kShape, "%s has %d elements but %s[%d] = %d", section_name(pair.data),
                   c.section_count(pair.data), name, num_rows, o[num_rows]);
@@ -271,7 +273,8 @@ inline bool validate(const int32_t* w, uint64_t words, const Limits& limits, Err
 
   // Per-row values.
   for (int32_t r = 0; r < num_rows; ++r) {
-    if (c.row_seq(r) < 0) return fail(error, kRange, "rowSeq[%d] = %d is negative", r, c.row_seq(r));
+    if (c.row_seq(r) < 0)
+      return fail(error, kRange, "rowSeq[%d] = %d is negative", r, c.row_seq(r));
     const int64_t length = c.row_length(r), chunks = c.row_num_chunks(r);
     if (length < 0)
       return fail(error, kRange, "rowLength[%d] = %lld is negative", r, (long long)length);
@@ -301,8 +304,7 @@ inline bool validate(const int32_t* w, uint64_t words, const Limits& limits, Err
     for (int32_t i = 0; i < c.section_count(index.section); ++i)
       if (v[i] < 0 || v[i] >= index.limit)
         return fail(error, kRange, "%s[%d] = %d is out of range [0, %s = %lld)",
-                    section_name(index.section), i, v[i], index.limit_name,
-                    (long long)index.limit);
+                    section_name(index.section), i, v[i], index.limit_name, (long long)index.limit);
   }
   {
     std::vector<uint8_t> io_used(size_t(num_io_rows), 0), requested(size_t(num_rows), 0);
@@ -366,8 +368,8 @@ inline bool validate(const int32_t* w, uint64_t words, const Limits& limits, Err
     const int64_t rows = run.row_end - run.row_begin;
     if (run.partial_begin < 0 || run.partial_begin + rows > num_partials)
       return fail(error, kRange,
-                  "runs[%d].partialBegin = %d with %lld row(s) is outside [0, numPartials = %d)",
-                  j, run.partial_begin, (long long)rows, num_partials);
+                  "runs[%d].partialBegin = %d with %lld row(s) is outside [0, numPartials = %d)", j,
+                  run.partial_begin, (long long)rows, num_partials);
     ranges.push_back({run.partial_begin, run.partial_begin + rows, j});
   }
   std::sort(ranges.begin(), ranges.end(),
@@ -409,8 +411,9 @@ inline bool validate(const int32_t* w, uint64_t words, const Limits& limits, Err
         chunk_covered[index] = 1;
         const int32_t run_slot = c.run_slots()[run.chunk_begin + k];
         if (run_slot != c.chunk_slots()[index])
-          return fail(error, kCtx, "runs[%d] chunk %d is slot %d but row %d's chunk %lld is slot %d",
-                      j, k, run_slot, r, (long long)(first + k), c.chunk_slots()[index]);
+          return fail(error, kCtx,
+                      "runs[%d] chunk %d is slot %d but row %d's chunk %lld is slot %d", j, k,
+                      run_slot, r, (long long)(first + k), c.chunk_slots()[index]);
       }
       ++runs_per_row[size_t(r)];
     }

@@ -104,8 +104,8 @@ inline int stream_create(void** stream) {
   if (stream == nullptr) return fail(CA_ERR_INVALID, "ca_stream_create: null output");
 #if defined(CA_TARGET_CUDA)
   cudaStream_t s = nullptr;
-  if (int e = device_status(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
-                            "cudaStreamCreate"))
+  if (int e =
+          device_status(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"))
     return e;
   *stream = s;
 #else
@@ -160,9 +160,10 @@ __global__ void write_kv_kernel(const CaWriteKvParams p) {
     const size_t src = (size_t(token) * Hkv + h) * D + d;
     KvT* pool = static_cast<KvT*>(which == 0 ? p.k_pool : p.v_pool);
     const void* from = which == 0 ? p.k : p.v;
-    const KvT value = p.src_dtype == CA_F32
-                          ? from_float<KvT>(ldg<CA_TRAFFIC_KV>(static_cast<const float*>(from) + src))
-                          : ldg<CA_TRAFFIC_KV>(static_cast<const KvT*>(from) + src);
+    const KvT value =
+        p.src_dtype == CA_F32
+            ? from_float<KvT>(ldg<CA_TRAFFIC_KV>(static_cast<const float*>(from) + src))
+            : ldg<CA_TRAFFIC_KV>(static_cast<const KvT*>(from) + src);
     stg<CA_TRAFFIC_KV>(pool + ((size_t(slot) * Hkv + h) * C + offset) * D + d, value);
   }
 }

@@ -13,11 +13,11 @@
 // S = Q·KT (register tile), masks + Variant, online softmax, O = alpha O + P·V. The next chunk
 // is prefetched while a chunk computes. Tokens at or past a row's length are masked (a
 // chunk-first run may hold one row's partial tail). Writes the partials.
-// Phase 2, one task per (requested row, KV head): streams the row's own chunks (from row_shared_chunks[r])
-// straight from the pool, each K and V vector loaded once for all G heads; then, once phase 1
-// has finished, merges the row's partials (merging commutes, so a thread that runs out of
-// phase-1 tasks starts phase 2 at once); normalizes and stores out.
-// With num_runs = 0 phase 2 alone is the sequence-first (paged) baseline: same code, same pool.
+// Phase 2, one task per (requested row, KV head): streams the row's own chunks (from
+// row_shared_chunks[r]) straight from the pool, each K and V vector loaded once for all G heads;
+// then, once phase 1 has finished, merges the row's partials (merging commutes, so a thread that
+// runs out of phase-1 tasks starts phase 2 at once); normalizes and stores out. With num_runs = 0
+// phase 2 alone is the sequence-first (paged) baseline: same code, same pool.
 //
 // Threads: ThreadPool; tasks handed out through atomic counters (phase 1 largest first, phase 2
 // in row order); a completion count guards the partials. Scratch is thread-local and only grows
@@ -221,8 +221,7 @@ inline int validate(const CaDecodeParams& p) {
     return fail(CA_ERR_INVALID, "ca_decode: softmax_scale not finite");
   if (c.num_runs() > 0 && (!p.workspace || p.workspace_bytes < workspace_bytes<Cfg>(p)))
     return fail(CA_ERR_INVALID, "ca_decode: workspace of %llu bytes, %llu needed",
-                (unsigned long long)p.workspace_bytes,
-                (unsigned long long)workspace_bytes<Cfg>(p));
+                (unsigned long long)p.workspace_bytes, (unsigned long long)workspace_bytes<Cfg>(p));
   return CA_OK;
 }
 
@@ -746,8 +745,7 @@ struct DecodeJob {
         Phase2<Cfg, Variant>::prefetch_task(*p, ctx.request_row(ahead / Dm::kKvHeads),
                                             ahead % Dm::kKvHeads);
       Phase2<Cfg, Variant>::run_task(*p, ctx.request_row(i / Dm::kKvHeads), i % Dm::kKvHeads,
-                                     part_o, part_lse, sv,
-                                     wait_phase1);
+                                     part_o, part_lse, sv, wait_phase1);
     }
   }
 };
@@ -810,9 +808,10 @@ inline int decode(const CaDecodeParams& p) noexcept {
     DecodeJob<Cfg, Variant> job;
     job.p = &p;
     job.part_o = c.num_runs() > 0 ? static_cast<float*>(p.workspace) : nullptr;
-    job.part_lse = c.num_runs() > 0 ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
-                                                             workspace_o_bytes<Cfg>(c.num_partials()))
-                                  : nullptr;
+    job.part_lse = c.num_runs() > 0
+                       ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
+                                                  workspace_o_bytes<Cfg>(c.num_partials()))
+                       : nullptr;
     job.tasks1 = tasks1.data();
     job.num_tasks1 = int(tasks1.size());
     job.num_tasks2 = c.num_requests() * Cfg::kKvHeads;  // phase 2: the requested rows only

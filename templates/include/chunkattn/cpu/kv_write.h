@@ -72,7 +72,8 @@ inline int copy_chunks(void* k_pool, void* v_pool, int num_slots, const int32_t*
   if (num_copies > 0 && (!k_pool || !v_pool || !copies))
     return fail(CA_ERR_INVALID, "ca_copy_chunks: null pointer");
   for (int i = 0; i < num_copies; ++i) {
-    const int src_slot = copies[3 * i], dst_slot = copies[3 * i + 1], num_tokens = copies[3 * i + 2];
+    const int src_slot = copies[3 * i], dst_slot = copies[3 * i + 1],
+              num_tokens = copies[3 * i + 2];
     if (src_slot < 0 || src_slot >= num_slots || dst_slot < 0 || dst_slot >= num_slots)
       return fail(CA_ERR_INVALID, "ca_copy_chunks: slots %d -> %d out of range [0, %d)", src_slot,
                   dst_slot, num_slots);
@@ -80,7 +81,8 @@ inline int copy_chunks(void* k_pool, void* v_pool, int num_slots, const int32_t*
       return fail(CA_ERR_INVALID, "ca_copy_chunks: %d tokens, chunk holds %d", num_tokens, C);
   }
   for (int i = 0; i < num_copies; ++i) {
-    const int src_slot = copies[3 * i], dst_slot = copies[3 * i + 1], num_tokens = copies[3 * i + 2];
+    const int src_slot = copies[3 * i], dst_slot = copies[3 * i + 1],
+              num_tokens = copies[3 * i + 2];
     if (src_slot == dst_slot || num_tokens == 0) continue;
     for (KvT* pool : {static_cast<KvT*>(k_pool), static_cast<KvT*>(v_pool)})
       for (int h = 0; h < Hkv; ++h)
