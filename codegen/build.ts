@@ -17,6 +17,7 @@ import {
   checkModule,
   fileSha256,
   LIBRARY_FILE,
+  MANIFEST_ABI,
   MANIFEST_FILE,
   type Manifest,
 } from './manifest.ts';
@@ -196,7 +197,7 @@ async function compile(plan: KernelPlan, toolchain: Toolchain, dir: string): Pro
       `missing ABI symbols: ${missing.join(', ')}`,
     );
   return {
-    abi: 1,
+    abi: MANIFEST_ABI,
     key: plan.key,
     buildId: plan.buildId,
     name: plan.name,

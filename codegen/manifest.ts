@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import type { KernelPlan } from './plan.ts';
 import type { KernelResources } from './ptxas.ts';
 
+/** CA_ABI_VERSION of templates/include/chunkattn/abi.h: a manifest of another ABI is stale. */
+export const MANIFEST_ABI = 2;
 export const MANIFEST_FILE = 'manifest.json';
 export const LIBRARY_FILE = 'module.so';
 
@@ -20,19 +22,22 @@ export const ABI_SYMBOLS = [
   'ca_workspace_bytes',
   'ca_decode',
   'ca_write_kv',
-  'ca_copy_chunk',
+  'ca_copy_chunks',
   'ca_malloc',
   'ca_free',
   'ca_memcpy',
   'ca_memset',
+  'ca_stream_create',
+  'ca_stream_destroy',
   'ca_synchronize',
   'ca_get_stats',
+  'ca_kernel_stats',
   'ca_reset_stats',
 ] as const;
 
 /** The plan it was built from, plus what the build produced and reported. */
 export interface Manifest extends KernelPlan {
-  readonly abi: 1;
+  readonly abi: typeof MANIFEST_ABI;
   readonly toolchain: string;
   /** File names inside the module folder. */
   readonly source: string;
@@ -82,7 +87,8 @@ export function checkModule(dir: string, cached: boolean): ModuleCheck {
   }
   if (typeof manifest !== 'object' || manifest === null || Array.isArray(manifest))
     return damaged(`${MANIFEST_FILE} is not an object`);
-  if (manifest.abi !== 1) return damaged(`${MANIFEST_FILE} has abi ${String(manifest.abi)}, not 1`);
+  if (manifest.abi !== MANIFEST_ABI)
+    return damaged(`${MANIFEST_FILE} has abi ${String(manifest.abi)}, not ${MANIFEST_ABI}`);
   // Only the names a build writes: a manifest cannot point outside its folder.
   if (manifest.library !== LIBRARY_FILE)
     return damaged(`library ${JSON.stringify(manifest.library)} is not ${LIBRARY_FILE}`);

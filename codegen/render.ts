@@ -6,6 +6,7 @@ import { basename, join } from 'node:path';
 import Handlebars from 'handlebars';
 import type { DType } from '../dsl/spec.ts';
 import { TEMPLATES_DIR } from './cache-key.ts';
+import { MANIFEST_ABI } from './manifest.ts';
 import type { KernelPlan } from './plan.ts';
 
 export interface RenderedModule {
@@ -40,7 +41,7 @@ function template(name: string): Handlebars.TemplateDelegate {
 export function moduleInfo(plan: KernelPlan): Record<string, unknown> {
   const { spec } = plan;
   return {
-    abi: 1,
+    abi: MANIFEST_ABI,
     name: spec.name,
     key: plan.key,
     target: plan.target,

@@ -19,11 +19,19 @@
 import { freemem } from 'node:os';
 import { isPlainObject, validateSpec } from '../dsl/attention.ts';
 import { ARCHS, type BuildTarget, type KernelSpec, PARTITIONS, type Partition } from '../dsl/spec.ts';
-import { ArgumentError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
-import { ioRowMap, type KernelContext } from './kernel-context.ts';
+import { ArgumentError, BusyError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
+import { ContextPlanner, type KernelContext } from './kernel-context.ts';
 import { bytesPerChunk, type KvShape, type KvStats } from './kv-stats.ts';
 import { gpuPresent, type LoadableModule, type ModuleLoader, resolveLoader } from './module-loader.ts';
-import { type HostData, type KernelStats, type KvPool, NativeModule } from './native-module.ts';
+import {
+  type DecodeArgs,
+  DeviceTensor,
+  type HostData,
+  type KernelStats,
+  type KvPool,
+  NativeModule,
+  type TensorData,
+} from './native-module.ts';
 import { type InsertResult, PrefixTree } from './prefix-tree.ts';
 
 export type RuntimeTarget = BuildTarget;
@@ -218,6 +226,8 @@ export class Attention {
   readonly #threads: number;
   readonly #maxRunChunks: number;
   #pending: PendingStep | null = null;
+  readonly #planner = new ContextPlanner();
+  #inFlight: Promise<void> | null = null;
   #closed = false;
 
   private constructor(spec: KernelSpec, module: NativeModule, options: AttentionOptions, mode: Partition) {
@@ -317,7 +327,7 @@ export class Attention {
   }
 
   /** Writes K/V ([n, Hkv, D] each) of tokens [fromPos, fromPos + n) of a sequence into one layer. */
-  writeKV(layer: number, seq: number, fromPos: number, k: HostData, v: HostData): void {
+  writeKV(layer: number, seq: number, fromPos: number, k: TensorData, v: TensorData): void {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const n = this.#tokenRows('k', k);
@@ -359,7 +369,7 @@ export class Attention {
   }
 
   /** K/V ([seqs.length, Hkv, D], rows in appendStep order) of the step's new tokens, for one layer. */
-  writeDecodeKV(layer: number, k: HostData, v: HostData): void {
+  writeDecodeKV(layer: number, k: TensorData, v: TensorData): void {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const step = this.#pending;
@@ -383,9 +393,52 @@ export class Attention {
 
   /**
    * Attention of one query token per sequence over its whole KV. q and out are [n, Hq, D] with
-   * row i for seqs[i] (default: the seqs of the last appendStep).
+   * row i for seqs[i] (default: the seqs of the last appendStep); only those rows are computed.
+   * q/out may be DeviceTensors (allocTensor): then nothing crosses to the host.
    */
-  decode(layer: number, q: HostData, out?: HostData, seqs?: ArrayLike<number>): HostData {
+  decode(layer: number, q: TensorData, out?: HostData, seqs?: ArrayLike<number>): HostData;
+  decode(layer: number, q: TensorData, out: DeviceTensor, seqs?: ArrayLike<number>): DeviceTensor;
+  decode(layer: number, q: TensorData, out?: TensorData, seqs?: ArrayLike<number>): TensorData {
+    const call = this.#decodeCall(layer, q, out, seqs);
+    this.module.decode(call.pool, call.args);
+    return call.args.out;
+  }
+
+  /**
+   * decode on a worker thread, so the event loop stays free: arguments are checked and the step
+   * planned now (errors throw at once); the promise resolves with out. Until it settles every
+   * other call on this Attention throws BusyError, and q/out must not be touched.
+   */
+  decodeAsync(layer: number, q: TensorData, out?: HostData, seqs?: ArrayLike<number>): Promise<HostData>;
+  decodeAsync(
+    layer: number,
+    q: TensorData,
+    out: DeviceTensor,
+    seqs?: ArrayLike<number>,
+  ): Promise<DeviceTensor>;
+  async decodeAsync(
+    layer: number,
+    q: TensorData,
+    out?: TensorData,
+    seqs?: ArrayLike<number>,
+  ): Promise<TensorData> {
+    const call = this.#decodeCall(layer, q, out, seqs);
+    const done = this.module.decodeAsync(call.pool, call.args);
+    this.#inFlight = done;
+    try {
+      await done;
+    } finally {
+      this.#inFlight = null;
+    }
+    return call.args.out;
+  }
+
+  #decodeCall(
+    layer: number,
+    q: TensorData,
+    out: TensorData | undefined,
+    seqs: ArrayLike<number> | undefined,
+  ): { pool: KvPool; args: DecodeArgs } {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const ioSeqs = seqs ? Int32Array.from(seqs) : this.#pending?.seqs;
@@ -408,43 +461,20 @@ export class Attention {
       if (unwritten >= 0) throw new UnwrittenKvError(seq, layer, unwritten, this.cache.length(seq));
     }
 
-    const context = this.context();
-    // Kernels decode every live sequence: sequences missing from this call get padding rows.
-    let qRows: HostData = q;
-    let outRows: HostData = result;
-    let allSeqs: Int32Array = ioSeqs;
-    if (ioSeqs.length < context.numRows) {
-      const present = new Set(ioSeqs);
-      const missing = Array.from(context.rowSeq).filter((s) => !present.has(s));
-      allSeqs = Int32Array.from([...ioSeqs, ...missing]);
-      qRows = new (q.constructor as typeof Float32Array | typeof Uint16Array)(allSeqs.length * rowElems);
-      qRows.set(q);
-      outRows = new (result.constructor as typeof Float32Array | typeof Uint16Array)(
-        allSeqs.length * rowElems,
-      );
-    }
-    this.module.decode(pool, {
-      q: qRows,
-      out: outRows,
-      numIoRows: allSeqs.length,
-      rowIo: ioRowMap(context, allSeqs),
-      rowSeq: context.rowSeq,
-      rowLength: context.rowLength,
-      rowChunkOffsets: context.rowChunkOffsets,
-      rowChunkSlots: context.rowChunkSlots,
-      rowSharedChunks: context.rowSharedChunks,
-      rowPartialOffsets: context.rowPartialOffsets,
-      rowPartials: context.rowPartials,
-      runs: context.runs,
-      runSlots: context.runSlots,
-      numPartials: context.numPartials,
-      params: this.#params,
-      softmaxScale: this.spec.softmaxScale,
-      numThreads: this.#threads,
-      contextVersion: context.version,
-    });
-    if (outRows !== result) result.set(outRows.subarray(0, result.length) as never);
-    return result;
+    // Plan once per step: every layer passes the same packed context (uploaded once); only the
+    // requested rows are computed.
+    const packed = this.#planner.plan(this.context(), ioSeqs);
+    return {
+      pool,
+      args: {
+        q,
+        out: result,
+        context: packed,
+        params: this.#params,
+        softmaxScale: this.spec.softmaxScale,
+        numThreads: this.#threads,
+      },
+    };
   }
 
   /** The kernel context of the current tree for this runtime's mode (cached while the shape holds). */
@@ -465,6 +495,7 @@ export class Attention {
   /** Frees the pools at once (a dropped object frees them when collected). Unusable afterwards. */
   close(): void {
     if (this.#closed) return;
+    if (this.#inFlight) throw new BusyError('close: a decodeAsync is in flight; await it first');
     this.#closed = true;
     dropped.unregister(this);
     for (const pool of this.#pools) this.module.free(pool);
@@ -477,6 +508,8 @@ export class Attention {
 
   #checkOpen(): void {
     if (this.#closed) throw new ArgumentError('this Attention is closed');
+    if (this.#inFlight)
+      throw new BusyError('a decodeAsync of this Attention is in flight: await it before the next call');
   }
 
   #pool(layer: number): KvPool {
@@ -489,10 +522,19 @@ export class Attention {
     return this.spec.heads.kv * this.spec.headDim;
   }
 
+  /** A zeroed tensor of `length` elements in the module's memory (device memory on cuda). */
+  allocTensor(dtype: 'f16' | 'bf16' | 'f32', length: number): DeviceTensor {
+    this.#checkOpen();
+    return this.module.allocTensor(dtype, length);
+  }
+
   /** Tokens in a K or V array ([n, Hkv, D]); checks its type against the pool's dtype. */
-  #tokenRows(name: string, data: HostData): number {
+  #tokenRows(name: string, data: TensorData): number {
     const kv = this.spec.dtype.kv;
-    if (!(data instanceof Float32Array) && !(data instanceof Uint16Array))
+    if (data instanceof DeviceTensor) {
+      if (data.dtype !== 'f32' && data.dtype !== kv)
+        throw new ShapeError(`${name} is a DeviceTensor of ${data.dtype}; expected f32 or ${kv}`);
+    } else if (!(data instanceof Float32Array) && !(data instanceof Uint16Array))
       throw new ShapeError(`${name} must be a Float32Array, or a Uint16Array of ${kv} bits`);
     if (data instanceof Uint16Array && kv === 'f32')
       throw new ShapeError(`${name}: the KV dtype is f32, so pass a Float32Array`);
@@ -503,13 +545,18 @@ export class Attention {
     return data.length / this.#rowElems();
   }
 
-  /** Refuses NaN/Inf K/V before anything is written (see the file comment). */
-  #checkFinite(k: HostData, v: HostData): void {
+  /**
+   * Refuses NaN/Inf K/V before anything is written (see the file comment). Host arrays only: a
+   * DeviceTensor's bytes are not on the host, and reading them back would cost the copy that
+   * device tensors exist to avoid, so device-resident K/V is the caller's to keep finite.
+   */
+  #checkFinite(k: TensorData, v: TensorData): void {
     const dtype = this.spec.dtype.kv;
     for (const [name, data] of [
       ['k', k],
       ['v', v],
     ] as const) {
+      if (data instanceof DeviceTensor) continue;
       const at = nonFiniteIndex(data, dtype);
       if (at >= 0) {
         const rowElems = this.#rowElems();
@@ -520,8 +567,13 @@ export class Attention {
     }
   }
 
-  #checkData(name: string, data: HostData, dtype: string, elements: number): void {
-    const ok = dtype === 'f32' ? data instanceof Float32Array : data instanceof Uint16Array;
+  #checkData(name: string, data: TensorData, dtype: string, elements: number): void {
+    const ok =
+      data instanceof DeviceTensor
+        ? data.dtype === dtype
+        : dtype === 'f32'
+          ? data instanceof Float32Array
+          : data instanceof Uint16Array;
     if (!ok)
       throw new ShapeError(
         `${name} must be ${dtype === 'f32' ? 'a Float32Array' : `a Uint16Array of ${dtype} bits`}`,
@@ -530,8 +582,13 @@ export class Attention {
       throw new ShapeError(`${name} has ${data.length} elements; expected ${elements}`);
   }
 
+  /** Copy-on-write of a step's chunks: one launch per layer for all of them. */
   #applyCopies(copies: readonly { srcSlot: number; dstSlot: number; tokens: number }[]): void {
-    for (const copy of copies)
-      for (const pool of this.#pools) this.module.copyChunk(pool, copy.srcSlot, copy.dstSlot, copy.tokens);
+    if (copies.length === 0) return;
+    const list = new Int32Array(copies.length * 3);
+    copies.forEach((copy, i) => {
+      list.set([copy.srcSlot, copy.dstSlot, copy.tokens], i * 3);
+    });
+    for (const pool of this.#pools) this.module.copyChunks(pool, list);
   }
 }

@@ -55,6 +55,11 @@ export class ModuleError extends ChunkattnError {
   override name = 'ModuleError';
 }
 
+/** A call on an Attention (or module handle) while its decodeAsync is still in flight: await it first. */
+export class BusyError extends ChunkattnError {
+  override name = 'BusyError';
+}
+
 /** A kernel failed: a CUDA error, or a CUDA-on-CPU shim diagnostic (deadlock, divergent barrier, ...). */
 export class KernelError extends ChunkattnError {
   override name = 'KernelError';

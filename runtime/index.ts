@@ -12,9 +12,12 @@ export * from './errors.ts';
 export { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, fromHost, toHost } from './half.ts';
 export {
   buildKernelContext,
+  type ContextFields,
+  ContextPlanner,
   ioRowMap,
   type KernelContext,
   type KernelContextOptions,
+  packContext,
 } from './kernel-context.ts';
 export { bytesPerChunk, bytesPerToken, type KvShape, type KvStats, kvStats } from './kv-stats.ts';
 export {
@@ -23,7 +26,13 @@ export {
   type ModuleLoader,
   setDefaultModuleLoader,
 } from './module-loader.ts';
-export { type HostData, type KernelStats, NativeModule } from './native-module.ts';
+export {
+  DeviceTensor,
+  type HostData,
+  type KernelStats,
+  NativeModule,
+  type TensorData,
+} from './native-module.ts';
 export {
   type AppendResult,
   type ChunkCopy,

@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "chunkattn/abi.h"
+#include "chunkattn/context.h"
+#include "chunkattn/counters.h"
 #include "chunkattn/decode_sequence_first.cuh"
 #include "chunkattn/dtype.cuh"
 #include "chunkattn/module_status.h"
@@ -37,6 +39,7 @@ template <class... P, class... A>
 int launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes,
            void* stream, A&&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return ok();
+  counters::launch(name, uint64_t(grid.x) * grid.y * grid.z);
 #if defined(CA_TARGET_CUDA)
   if (smem_bytes > 48 * 1024) {
     cudaError_t e =
@@ -77,15 +80,48 @@ inline int free_bytes(void* ptr) {
 #endif
 }
 
-inline int copy_bytes(void* dst, const void* src, uint64_t bytes, int32_t kind) {
-  if (kind < CA_COPY_H2D || kind > CA_COPY_D2D) return fail(CA_ERR_INVALID, "ca_memcpy: bad kind");
+inline int copy_bytes(void* dst, const void* src, uint64_t bytes, int32_t kind, void* stream) {
+  if (kind < CA_COPY_H2D || kind > CA_COPY_CONTEXT)
+    return fail(CA_ERR_INVALID, "ca_memcpy: bad kind");
   if (bytes == 0) return ok();
+  counters::copy(kind, bytes);
 #if defined(CA_TARGET_CUDA)
   const cudaMemcpyKind kinds[] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost,
-                                  cudaMemcpyDeviceToDevice};
-  return device_status(cudaMemcpy(dst, src, bytes, kinds[kind]), "cudaMemcpy");
+                                  cudaMemcpyDeviceToDevice, cudaMemcpyHostToDevice};
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (int e = device_status(cudaMemcpyAsync(dst, src, bytes, kinds[kind], s), "cudaMemcpyAsync"))
+    return e;
+  // The host side of an H2D copy may be reused by the caller at once, and a D2H copy is read.
+  return device_status(cudaStreamSynchronize(s), "cudaStreamSynchronize");
 #else
+  (void)stream;
   memmove(dst, src, bytes);
+  return ok();
+#endif
+}
+
+inline int stream_create(void** stream) {
+  if (stream == nullptr) return fail(CA_ERR_INVALID, "ca_stream_create: null output");
+#if defined(CA_TARGET_CUDA)
+  cudaStream_t s = nullptr;
+  if (int e =
+          device_status(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"))
+    return e;
+  *stream = s;
+#else
+  static int host_stream;  // emu runs launches in order on the calling thread
+  *stream = &host_stream;
+#endif
+  return ok();
+}
+
+inline int stream_destroy(void* stream) {
+#if defined(CA_TARGET_CUDA)
+  return stream ? device_status(cudaStreamDestroy(static_cast<cudaStream_t>(stream)),
+                                "cudaStreamDestroy")
+                : ok();
+#else
+  (void)stream;
   return ok();
 #endif
 }
@@ -109,56 +145,66 @@ inline int synchronize(void* stream) {
 #endif
 }
 
-// Scatters tokens' K/V rows into the pool. Rows are converted to the pool's dtype on the host
-// and copied one (token, head) row at a time; a device-side scatter kernel can replace this
-// without changing the ABI.
+// One block per token scatters its K and V rows (every KV head) into the pool, converting from
+// f32 when the source is f32. Indices were validated by the addon; a bad one is skipped.
 template <class Cfg>
-int write_kv(const CaWriteKvParams& p) {
+__global__ void write_kv_kernel(const CaWriteKvParams p) {
   using KvT = typename Cfg::KvT;
   constexpr int Hkv = Cfg::kKvHeads, C = Cfg::kChunk, D = Cfg::kHeadDim;
-  std::vector<KvT> row(D);
-  for (int i = 0; i < p.num_tokens; ++i) {
-    const int slot = p.slots[i], offset = p.offsets[i];
-    if (slot < 0 || slot >= p.num_slots || offset < 0 || offset >= C)
-      return fail(CA_ERR_INVALID, "ca_write_kv: token " + std::to_string(i) + " targets slot " +
-                                      std::to_string(slot) + " offset " + std::to_string(offset));
-    for (int which = 0; which < 2; ++which) {
-      const void* src = which == 0 ? p.k : p.v;
-      KvT* pool = static_cast<KvT*>(which == 0 ? p.k_pool : p.v_pool);
-      for (int h = 0; h < Hkv; ++h) {
-        const size_t src_index = (size_t(i) * Hkv + h) * D;
-        if (p.src_dtype == CA_F32) {
-          for (int d = 0; d < D; ++d)
-            row[d] = from_float<KvT>(static_cast<const float*>(src)[src_index + d]);
-        } else {
-          memcpy(row.data(), static_cast<const KvT*>(src) + src_index, D * sizeof(KvT));
-        }
-        KvT* dst = pool + ((size_t(slot) * Hkv + h) * C + offset) * D;
-        if (int s = copy_bytes(dst, row.data(), D * sizeof(KvT), CA_COPY_H2D)) return s;
-      }
-    }
+  const int token = blockIdx.x;
+  const int slot = ldg<CA_TRAFFIC_CONTEXT>(p.slots + token);
+  const int offset = ldg<CA_TRAFFIC_CONTEXT>(p.offsets + token);
+  if (slot < 0 || slot >= p.num_slots || offset < 0 || offset >= C) return;
+  for (int e = threadIdx.x; e < 2 * Hkv * D; e += blockDim.x) {
+    const int which = e / (Hkv * D), h = e / D % Hkv, d = e % D;
+    const size_t src = (size_t(token) * Hkv + h) * D + d;
+    KvT* pool = static_cast<KvT*>(which == 0 ? p.k_pool : p.v_pool);
+    const void* from = which == 0 ? p.k : p.v;
+    const KvT value =
+        p.src_dtype == CA_F32
+            ? from_float<KvT>(ldg<CA_TRAFFIC_KV>(static_cast<const float*>(from) + src))
+            : ldg<CA_TRAFFIC_KV>(static_cast<const KvT*>(from) + src);
+    stg<CA_TRAFFIC_KV>(pool + ((size_t(slot) * Hkv + h) * C + offset) * D + d, value);
   }
-  return ok();
 }
 
-// Copy-on-write of a chunk's first num_tokens tokens, every KV head, K and V.
 template <class Cfg>
-int copy_chunk(void* k_pool, void* v_pool, int32_t num_slots, int32_t src, int32_t dst,
-               int32_t num_tokens) {
+int write_kv(const CaWriteKvParams& p, void* stream) {
+  if (p.num_tokens < 0) return fail(CA_ERR_INVALID, "ca_write_kv: negative token count");
+  if (p.src_dtype != CA_F32 && p.src_dtype != DTypeOf<typename Cfg::KvT>::value)
+    return fail(CA_ERR_INVALID, "ca_write_kv: source dtype is neither f32 nor the pool's");
+  return launch("write_kv", write_kv_kernel<Cfg>, dim3(unsigned(p.num_tokens)), dim3(128), 0,
+                stream, p);
+}
+
+// One block per copy: the first num_tokens tokens of every KV head of src_slot, K and V, go to
+// dst_slot (copy-on-write of a partly filled chunk).
+template <class Cfg>
+__global__ void copy_chunks_kernel(void* k_pool, void* v_pool, int32_t num_slots,
+                                   const int32_t* copies) {
   using KvT = typename Cfg::KvT;
   constexpr int Hkv = Cfg::kKvHeads, C = Cfg::kChunk, D = Cfg::kHeadDim;
-  if (src < 0 || src >= num_slots || dst < 0 || dst >= num_slots || num_tokens < 0 ||
-      num_tokens > C)
-    return fail(CA_ERR_INVALID, "ca_copy_chunk: slot or token count out of range");
-  for (void* pool : {k_pool, v_pool})
-    for (int h = 0; h < Hkv; ++h) {
-      KvT* base = static_cast<KvT*>(pool);
-      const size_t row_bytes = size_t(num_tokens) * D * sizeof(KvT);
-      if (int s = copy_bytes(base + (size_t(dst) * Hkv + h) * C * D,
-                             base + (size_t(src) * Hkv + h) * C * D, row_bytes, CA_COPY_D2D))
-        return s;
-    }
-  return ok();
+  const int32_t* copy = copies + 3 * blockIdx.x;
+  const int src = ldg<CA_TRAFFIC_CONTEXT>(copy), dst = ldg<CA_TRAFFIC_CONTEXT>(copy + 1),
+            tokens = ldg<CA_TRAFFIC_CONTEXT>(copy + 2);
+  if (src < 0 || src >= num_slots || dst < 0 || dst >= num_slots || tokens < 0 || tokens > C)
+    return;
+  const int per_pool = Hkv * tokens * D;
+  for (int e = threadIdx.x; e < 2 * per_pool; e += blockDim.x) {
+    KvT* pool = static_cast<KvT*>(e < per_pool ? k_pool : v_pool);
+    const int i = e % per_pool, h = i / (tokens * D), within = i % (tokens * D);
+    stg<CA_TRAFFIC_KV>(pool + (size_t(dst) * Hkv + h) * C * D + within,
+                       ldg<CA_TRAFFIC_KV>(pool + (size_t(src) * Hkv + h) * C * D + within));
+  }
+}
+
+template <class Cfg>
+int copy_chunks(void* k_pool, void* v_pool, int32_t num_slots, const int32_t* copies,
+                int32_t num_copies, void* stream) {
+  if (num_copies < 0 || (num_copies > 0 && (!copies || !k_pool || !v_pool)))
+    return fail(CA_ERR_INVALID, "ca_copy_chunks: bad arguments");
+  return launch("copy_chunks", copy_chunks_kernel<Cfg>, dim3(unsigned(num_copies)), dim3(128), 0,
+                stream, k_pool, v_pool, num_slots, copies);
 }
 
 template <class Cfg>
@@ -170,19 +216,25 @@ template <class Cfg, class Variant>
 int decode(const CaDecodeParams& p, void* stream) {
   if (p.abi_version != CA_ABI_VERSION || p.struct_bytes != sizeof(CaDecodeParams))
     return fail(CA_ERR_INVALID, "ca_decode: params from another ABI version");
-  if (p.num_runs != 0)
+  ctx::Error error;
+  if (!ctx::check_layout(p.context_host, p.context_words, &error))
+    return fail(CA_ERR_INVALID, std::string("ca_decode: ") + error.message);
+  const KernelContext host{p.context_host};
+  if (host.num_runs() != 0)
     return fail(
         CA_ERR_UNSUPPORTED,
         "ca_decode: this module has no phase-1 kernel yet; build the context with no shared runs");
   using Plan = SequenceFirstPlan<Cfg>;
+  // Phase 2 walks the requested rows only.
   return launch("decode_sequence_first", decode_sequence_first_kernel<Cfg, Variant>,
-                dim3(unsigned(p.num_rows), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
+                dim3(unsigned(host.num_requests()), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
                 Plan::kSmemBytes, stream, p);
 }
 
 inline int get_stats(CaStats* out) {
   if (out == nullptr) return fail(CA_ERR_INVALID, "ca_get_stats: null output");
   traffic_snapshot(out);
+  counters::snapshot(out);
   return ok();
 }
 
