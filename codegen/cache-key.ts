@@ -4,7 +4,7 @@
 // the toolchain versions.
 
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, relative } from 'node:path';
 
@@ -55,6 +55,15 @@ export const FINGERPRINTED_SOURCES = [
   'dsl/emit-cpp.ts',
 ] as const;
 
+/**
+ * A FINGERPRINTED_SOURCES file as this copy of the package has it: the .ts in a checkout, its
+ * compiled dist/*.js in an installed package (which ships no .ts sources).
+ */
+function shippedSource(root: string, file: string): string {
+  const source = join(root, file);
+  return existsSync(source) ? source : join(root, 'dist', file.replace(/\.ts$/, '.js'));
+}
+
 let fingerprint: string | undefined;
 
 /**
@@ -70,7 +79,7 @@ export function compilerFingerprint(root: string = PACKAGE_ROOT): string {
   const files = [
     ...listFiles(join(root, relative(PACKAGE_ROOT, TEMPLATES_DIR))),
     ...listFiles(join(root, relative(PACKAGE_ROOT, CUCPU_DIR))),
-    ...FINGERPRINTED_SOURCES.map((file) => join(root, file)),
+    ...FINGERPRINTED_SOURCES.map((file) => shippedSource(root, file)),
   ];
   for (const file of files) {
     hash.update(relative(root, file));

@@ -216,6 +216,13 @@ describe(`a decode step with L = ${LAYERS} layers and b = ${BATCH} sequences (em
       copies += cow.blocks / LAYERS;
     }
     expect(copies).toBeGreaterThanOrEqual(3);
+    // The step's K/V, so the sequences stay decodable (K/V is written in token order).
+    for (let layer = 0; layer < LAYERS; layer++)
+      attn.writeDecodeKV(
+        layer,
+        randomBits(all.length * KV_ELEMS, layer + 30),
+        randomBits(all.length * KV_ELEMS, layer + 40),
+      );
     for (const seq of forked) attn.release(seq);
   });
 

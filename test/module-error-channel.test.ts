@@ -13,26 +13,27 @@ import { tinySpec } from './specs.ts';
 const DRIVER = `#include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
-typedef int (*CopyChunk)(void*, void*, int32_t, int32_t, int32_t, int32_t, void*);
+typedef int (*CopyChunks)(void*, void*, int32_t, const int32_t*, int32_t, void*);
 typedef const char* (*LastError)(void);
 int main(int argc, char** argv) {
   void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
   if (!lib) { fprintf(stderr, "%s\\n", dlerror()); return 2; }
-  CopyChunk copy_chunk = (CopyChunk)dlsym(lib, "ca_copy_chunk");
+  CopyChunks copy_chunks = (CopyChunks)dlsym(lib, "ca_copy_chunks");
   LastError last_error = (LastError)dlsym(lib, "ca_last_error");
   static float pool[1 << 16];
-  int status = copy_chunk(pool, pool, 4, 0, 99, 1, 0);  // slot 99 of 4: a cpu kernel error
+  static const int32_t copies[3] = {0, 99, 1};  // slot 99 of 4: a cpu kernel error
+  int status = copy_chunks(pool, pool, 4, copies, 1, 0);
   printf("status=%d\\nmessage=%s\\n", status, last_error());
   return 0;
 }
 `;
 
-test('ca_last_error reports a cpu kernel error (ca_copy_chunk with a slot out of range)', async () => {
+test('ca_last_error reports a cpu kernel error (ca_copy_chunks with a slot out of range)', async () => {
   const module = await buildModule(tinySpec('f32', 'plain', ['cpu']), { target: 'cpu' });
   const dir = mkdtempSync(join(tmpdir(), 'chunkattn-error-channel-'));
   writeFileSync(join(dir, 'driver.c'), DRIVER);
   execFileSync('g++', ['-x', 'c++', '-o', join(dir, 'driver'), join(dir, 'driver.c'), '-ldl']);
   const output = execFileSync(join(dir, 'driver'), [module.libraryPath]).toString();
   expect(output).toMatch(/^status=[1-9]\d*$/m);
-  expect(output).toContain('message=ca_copy_chunk: slots 0 -> 99 out of range [0, 4)');
+  expect(output).toContain('message=ca_copy_chunks: slots 0 -> 99 out of range [0, 4)');
 });
