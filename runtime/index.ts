@@ -23,7 +23,13 @@ export {
   type ModuleLoader,
   setDefaultModuleLoader,
 } from './module-loader.ts';
-export { type HostData, type KernelStats, NativeModule } from './native-module.ts';
+export {
+  type HostData,
+  type KernelFigures,
+  type KernelStats,
+  NativeModule,
+  sectorEfficiency,
+} from './native-module.ts';
 export {
   type AppendResult,
   type ChunkCopy,

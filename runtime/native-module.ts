@@ -88,11 +88,39 @@ export interface DecodeArgs extends DecodeContextArrays {
 
 export type TrafficCategory = 'q' | 'kv' | 'partial' | 'out' | 'context';
 
+/**
+ * One kernel's launches and how a GPU would serve its memory instructions, counted in the emu
+ * target (zeros elsewhere, launches on cuda too): shared-memory wavefronts of its warp-wide
+ * shared accesses, and the 32-byte sectors its warp-wide global accesses touch against the bytes
+ * they request, per traffic category.
+ */
+export interface KernelFigures {
+  readonly launches: number;
+  readonly smemInstructions: number;
+  readonly smemWavefronts: number;
+  readonly smemBytes: number;
+  readonly globalInstructions: number;
+  readonly sectors: Readonly<Record<TrafficCategory, number>>;
+  readonly requestedBytes: Readonly<Record<TrafficCategory, number>>;
+}
+
 /** Bytes moved through global memory by kernels (counted on the emu target; zero elsewhere). */
 export interface KernelStats {
   readonly bytesRead: Readonly<Record<TrafficCategory, number>>;
   readonly bytesWritten: Readonly<Record<TrafficCategory, number>>;
   readonly launches: number;
+  /** Per kernel name, since the last reset (ca_kernel_stats). */
+  readonly kernels: Readonly<Record<string, KernelFigures>>;
+}
+
+/** Sector efficiency of a kernel's global traffic in `category`: requested / (32 × sectors); 1 when none. */
+export function sectorEfficiency(figures: KernelFigures, category: TrafficCategory): number {
+  const sectors = figures.sectors[category];
+  return sectors === 0 ? 1 : figures.requestedBytes[category] / (32 * sectors);
+}
+
+interface NativeKernelStats extends Omit<KernelStats, 'kernels'> {
+  readonly kernelsJson: string;
 }
 
 export type NativeErrorCode =
@@ -170,7 +198,7 @@ interface NativeAddon {
   readPool(module: NativeHandle, pool: KvPool, slot: unknown): { k: HostData; v: HostData };
   decode(module: NativeHandle, pool: KvPool, args: unknown): void;
   workspaceBytes(module: NativeHandle, pool: KvPool, args: unknown): number;
-  stats(module: NativeHandle): KernelStats;
+  stats(module: NativeHandle): NativeKernelStats;
   resetStats(module: NativeHandle): void;
 }
 
@@ -399,7 +427,9 @@ export class NativeModule {
   }
 
   stats(): KernelStats {
-    return call(() => nativeAddon().stats(this.#handle));
+    const { kernelsJson, ...stats } = call(() => nativeAddon().stats(this.#handle));
+    const parsed = JSON.parse(kernelsJson) as { kernels: Record<string, KernelFigures> };
+    return { ...stats, kernels: parsed.kernels };
   }
 
   resetStats(): void {

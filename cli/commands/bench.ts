@@ -13,6 +13,7 @@ const REPORTS: Record<string, () => Promise<BenchRunner>> = {
   build: async () => (await import('../../bench/build.ts')).runBuildBench,
   memory: async () => (await import('../../bench/memory.ts')).runMemoryBench,
   tpp: async () => (await import('../../bench/tpp.ts')).runTppBench,
+  traffic: async () => (await import('../../bench/traffic.ts')).runTrafficBench,
 };
 
 export const BENCH_NAMES = Object.keys(REPORTS);

@@ -28,10 +28,10 @@ constexpr int kMemCategories = 8;  // global traffic categories (the project's C
 struct MemFigures {
   uint64_t smem_instructions = 0;  // warp-wide shared-memory instructions
   uint64_t smem_wavefronts = 0;
-  uint64_t smem_bytes = 0;                      // bytes the lanes asked for
-  uint64_t global_instructions = 0;             // warp-wide global-memory instructions
-  uint64_t sectors[kMemCategories] = {};        // 32-byte sectors moved, by category
-  uint64_t requested[kMemCategories] = {};      // bytes the lanes asked for, by category
+  uint64_t smem_bytes = 0;                  // bytes the lanes asked for
+  uint64_t global_instructions = 0;         // warp-wide global-memory instructions
+  uint64_t sectors[kMemCategories] = {};    // 32-byte sectors moved, by category
+  uint64_t requested[kMemCategories] = {};  // bytes the lanes asked for, by category
 
   void add(const MemFigures& o) {
     smem_instructions += o.smem_instructions;

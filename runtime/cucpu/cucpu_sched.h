@@ -922,7 +922,8 @@ inline Error run(Launch& L) {
                                  std::to_string(CUCPU_DYN_SMEM_BYTES) + ")");
   unsigned workers = 1;
   std::string problem;
-  if (!parse_env(&L.order, &L.seed, &workers, &L.count_mem, &problem)) return invalid_launch(L, problem);
+  if (!parse_env(&L.order, &L.seed, &workers, &L.count_mem, &problem))
+    return invalid_launch(L, problem);
   L.num_blocks = uint64_t(L.grid.x) * L.grid.y * L.grid.z;
   const std::vector<DynamicShared> dyn_arrays = dynamic_shared_snapshot();
 #if defined(CUCPU_TSAN)

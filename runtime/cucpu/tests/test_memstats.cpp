@@ -14,17 +14,17 @@
 // Access patterns. Each kernel repeats its instruction `reps` times per thread with a barrier in
 // between some of them, so grouping across barriers and loops is exercised too.
 enum Pattern : int {
-  kF32Stride1,     // lane reads float [lane]                    1 wavefront
-  kF32Stride2,     // float [2 lane]: 2-way conflict              2
-  kF32Stride32,    // float [32 lane]: 32-way conflict            32
-  kF32Broadcast,   // float [0] for every lane                     1
-  kF32Half,        // float [lane], lanes 0..15 only               1
-  kU16RowStride,   // half [lane * 128] (256 B stride, lane=token) 32
-  kU16Stride1,     // half [lane]                                  1
-  kU64Stride1,     // 8-byte [lane]: 2 phases of 16 lanes          2
-  kU128Stride1,    // 16-byte [lane]: 4 phases of 8 lanes          4
-  kU128TwoRows,    // 16-byte, lanes 0-15 row 0, 16-31 row 1 (256 B rows)  4
-  kU128SameBank,   // 16-byte [lane * 8]: (128 B stride) 8-way per phase  32
+  kF32Stride1,        // lane reads float [lane]                    1 wavefront
+  kF32Stride2,        // float [2 lane]: 2-way conflict              2
+  kF32Stride32,       // float [32 lane]: 32-way conflict            32
+  kF32Broadcast,      // float [0] for every lane                     1
+  kF32Half,           // float [lane], lanes 0..15 only               1
+  kU16RowStride,      // half [lane * 128] (256 B stride, lane=token) 32
+  kU16Stride1,        // half [lane]                                  1
+  kU64Stride1,        // 8-byte [lane]: 2 phases of 16 lanes          2
+  kU128Stride1,       // 16-byte [lane]: 4 phases of 8 lanes          4
+  kU128TwoRows,       // 16-byte, lanes 0-15 row 0, 16-31 row 1 (256 B rows)  4
+  kU128SameBank,      // 16-byte [lane * 8]: (128 B stride) 8-way per phase  32
   kStoreF32Stride33,  // float store [33 lane]: conflict-free (padding)  1
 };
 
@@ -38,22 +38,42 @@ __global__ void shared_pattern_kernel(int pattern, int reps, float* sink) {
   __syncthreads();
   for (int r = 0; r < reps; ++r) {
     switch (pattern) {
-      case kF32Stride1: acc += ca::lds(&f[lane]); break;
-      case kF32Stride2: acc += ca::lds(&f[2 * lane]); break;
-      case kF32Stride32: acc += ca::lds(&f[32 * lane]); break;
-      case kF32Broadcast: acc += ca::lds(&f[0]); break;
+      case kF32Stride1:
+        acc += ca::lds(&f[lane]);
+        break;
+      case kF32Stride2:
+        acc += ca::lds(&f[2 * lane]);
+        break;
+      case kF32Stride32:
+        acc += ca::lds(&f[32 * lane]);
+        break;
+      case kF32Broadcast:
+        acc += ca::lds(&f[0]);
+        break;
       case kF32Half:
         if (lane < 16) acc += ca::lds(&f[lane]);
         break;
-      case kU16RowStride: acc += __half2float(ca::lds(&h[lane * 128])); break;
-      case kU16Stride1: acc += __half2float(ca::lds(&h[lane])); break;
-      case kU64Stride1: acc += ca::lds(reinterpret_cast<const float2*>(f) + lane).x; break;
-      case kU128Stride1: acc += ca::lds(reinterpret_cast<const float4*>(f) + lane).x; break;
+      case kU16RowStride:
+        acc += __half2float(ca::lds(&h[lane * 128]));
+        break;
+      case kU16Stride1:
+        acc += __half2float(ca::lds(&h[lane]));
+        break;
+      case kU64Stride1:
+        acc += ca::lds(reinterpret_cast<const float2*>(f) + lane).x;
+        break;
+      case kU128Stride1:
+        acc += ca::lds(reinterpret_cast<const float4*>(f) + lane).x;
+        break;
       case kU128TwoRows:
         acc += ca::lds(reinterpret_cast<const float4*>(smem + (lane / 16) * 256) + lane % 16).x;
         break;
-      case kU128SameBank: acc += ca::lds(reinterpret_cast<const float4*>(f) + 8 * lane).x; break;
-      case kStoreF32Stride33: ca::sts(&f[33 * lane], acc); break;
+      case kU128SameBank:
+        acc += ca::lds(reinterpret_cast<const float4*>(f) + 8 * lane).x;
+        break;
+      case kStoreF32Stride33:
+        ca::sts(&f[33 * lane], acc);
+        break;
     }
     if (r % 2 == 1) __syncthreads();
   }
@@ -63,7 +83,8 @@ __global__ void shared_pattern_kernel(int pattern, int reps, float* sink) {
 // ldmatrix.x4 from rows of `stride` bytes: lane l gives row (l & 15), column half (l >> 4).
 __global__ void ldmatrix_kernel(int stride, float* sink) {
   extern __shared__ __align__(128) unsigned char smem[];
-  for (int i = threadIdx.x; i < 4096; i += blockDim.x) ca::sts(reinterpret_cast<float*>(smem) + i, 0.f);
+  for (int i = threadIdx.x; i < 4096; i += blockDim.x)
+    ca::sts(reinterpret_cast<float*>(smem) + i, 0.f);
   __syncthreads();
   const int lane = threadIdx.x % 32;
   uint32_t r[4];
@@ -141,8 +162,8 @@ static void test_global(int stride, uint64_t kv_sectors_per_warp) {
   ca::traffic_reset();
   AlignedFloats src(32 * 33 + 64), out(64);
   const std::string name = "global_stride_" + std::to_string(stride);
-  const cucpu::Error e = cucpu::launch_named(name.c_str(), global_pattern_kernel, dim3(1),
-                                             dim3(64), 1024, src.p, stride, out.p);
+  const cucpu::Error e = cucpu::launch_named(name.c_str(), global_pattern_kernel, dim3(1), dim3(64),
+                                             1024, src.p, stride, out.p);
   const auto m = stats_of(name).mem;
   // Two warps, each: 32 floats (KV), 32 x 16 contiguous bytes (Q: 16 sectors), 32 x 16-byte
   // cp.async (partial: 16 sectors; its shared side 4 wavefronts), 32 contiguous floats (out: 4).
@@ -204,9 +225,7 @@ static void test_disabled() {
                                              32768, int(kF32Stride32), 2, &sink);
   unsetenv("CUCPU_MEMSTATS");
   const auto s = stats_of("disabled");
-  Result("smem/disabled")
-      .error(e)
-      .print(e.ok() && s.launches == 1 && s.mem.smem_wavefronts == 0);
+  Result("smem/disabled").error(e).print(e.ok() && s.launches == 1 && s.mem.smem_wavefronts == 0);
 }
 
 int main() {
@@ -222,7 +241,7 @@ int main() {
   test_shared("u128_two_rows", kU128TwoRows, 4);
   test_shared("u128_same_bank", kU128SameBank, 32);
   test_shared("store_f32_stride33", kStoreF32Stride33, 1);
-  test_ldmatrix(272, 4);  // rows padded to D + 8 halves (D = 128): conflict-free
+  test_ldmatrix(272, 4);   // rows padded to D + 8 halves (D = 128): conflict-free
   test_ldmatrix(256, 32);  // unpadded: the 8 rows of a phase share their banks
   test_global(1, 4);
   test_global(32, 32);

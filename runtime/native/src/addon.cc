@@ -454,10 +454,12 @@ Napi::Value WorkspaceBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, double(bytes));
 }
 
-// stats(mod): { bytesRead: {q, kv, partial, out, context}, bytesWritten: {...}, launches }
+// stats(mod): { bytesRead: {q, kv, partial, out, context}, bytesWritten: {...}, launches,
+//               kernelsJson: ca_kernel_stats()'s JSON }
 Napi::Value Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   CaStats stats = Module(info).Stats();
+  const std::string kernels = Module(info).KernelStatsJson();
   static const char* kNames[CA_TRAFFIC_COUNT] = {"q", "kv", "partial", "out", "context"};
   Napi::Object read = Napi::Object::New(env), written = Napi::Object::New(env);
   for (int i = 0; i < CA_TRAFFIC_COUNT; ++i) {
@@ -468,6 +470,7 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   result.Set("bytesRead", read);
   result.Set("bytesWritten", written);
   result.Set("launches", Napi::Number::New(env, double(stats.launches)));
+  result.Set("kernelsJson", Napi::String::New(env, kernels));
   return result;
 }
 

@@ -475,6 +475,11 @@ CaStats ModuleCore::Stats() const {
   return stats;
 }
 
+std::string ModuleCore::KernelStatsJson() const {
+  const char* json = lib_->api().kernel_stats();
+  return json ? json : "{\"kernels\":{}}";
+}
+
 void ModuleCore::ResetStats() { lib_->Check(lib_->api().reset_stats(), "ca_reset_stats"); }
 
 }  // namespace chunkattn

@@ -108,6 +108,8 @@ class ModuleCore {
   uint64_t WorkspaceBytes(const PoolArg& pool, const DecodeArgs& args);
 
   CaStats Stats() const;
+  // ca_kernel_stats(): per-kernel launches, wavefronts and sectors, as the module's JSON.
+  std::string KernelStatsJson() const;
   void ResetStats();
 
  private:

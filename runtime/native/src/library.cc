@@ -185,6 +185,7 @@ std::shared_ptr<Library> Library::Open(const std::string& path_in) {
     Resolve(handle, "ca_synchronize", api.synchronize, missing);
     Resolve(handle, "ca_get_stats", api.get_stats, missing);
     Resolve(handle, "ca_reset_stats", api.reset_stats, missing);
+    Resolve(handle, "ca_kernel_stats", api.kernel_stats, missing);
     if (!missing.empty()) {
       std::string names;
       for (const auto& name : missing) names += (names.empty() ? "" : ", ") + name;

@@ -74,6 +74,7 @@ struct Api {
   int (*synchronize)(void*) = nullptr;
   int (*get_stats)(CaStats*) = nullptr;
   int (*reset_stats)(void) = nullptr;
+  const char* (*kernel_stats)(void) = nullptr;
 };
 
 class Library {

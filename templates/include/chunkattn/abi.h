@@ -144,6 +144,15 @@ int ca_memset(void* dst, int32_t value, uint64_t bytes);
 int ca_synchronize(void* stream);
 int ca_get_stats(CaStats* out);
 int ca_reset_stats(void);
+// JSON, per kernel launched since the last ca_reset_stats:
+//   {"kernels":{"<name>":{"launches":N,"smemInstructions":..,"smemWavefronts":..,"smemBytes":..,
+//    "globalInstructions":..,"sectors":{"q":..,"kv":..,"partial":..,"out":..,"context":..},
+//    "requestedBytes":{...same keys}}}}
+// Wavefronts and sectors are counted on the emu target only (zeros elsewhere): shared-memory
+// wavefronts of every warp-wide shared access, 32-byte sectors touched by every warp-wide global
+// access against the bytes requested (sector efficiency = requested / (32 sectors)). The string
+// stays valid until the calling thread's next call.
+const char* ca_kernel_stats(void);
 
 #ifdef __cplusplus
 }

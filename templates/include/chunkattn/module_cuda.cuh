@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <map>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +33,16 @@ inline int device_status(cudaError_t e, const char* what) {
 }
 #endif
 
+#if defined(CA_TARGET_CUDA)
+// Launches per kernel name (the emu target's come from the shim, with its memory figures).
+inline std::mutex launch_table_mutex;
+inline std::map<std::string, uint64_t> launch_table;
+inline void count_kernel_launch(const char* name) {
+  std::lock_guard<std::mutex> lock(launch_table_mutex);
+  ++launch_table[name];
+}
+#endif
+
 // Runs `kernel` on the GPU, or on the CPU through the shim; a shim diagnostic (deadlock,
 // divergent barrier, bad collective mask) becomes CA_ERR_KERNEL naming the kernel and location.
 template <class... P, class... A>
@@ -43,6 +55,7 @@ int launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
     if (e != cudaSuccess) return device_status(e, name);
   }
+  count_kernel_launch(name);
   kernel<<<grid, block, smem_bytes, static_cast<cudaStream_t>(stream)>>>(std::forward<A>(args)...);
   return device_status(cudaGetLastError(), name);
 #else
@@ -184,6 +197,74 @@ inline int get_stats(CaStats* out) {
   if (out == nullptr) return fail(CA_ERR_INVALID, "ca_get_stats: null output");
   traffic_snapshot(out);
   return ok();
+}
+
+inline void reset_stats() {
+  traffic_reset();  // emu: also the shim's per-kernel table
+#if defined(CA_TARGET_CUDA)
+  std::lock_guard<std::mutex> lock(launch_table_mutex);
+  launch_table.clear();
+#endif
+}
+
+// ca_kernel_stats (abi.h).
+inline const char* kernel_stats_json() {
+  static const char* const kNames[CA_TRAFFIC_COUNT] = {"q", "kv", "partial", "out", "context"};
+  struct Row {
+    uint64_t launches = 0, smem_instructions = 0, smem_wavefronts = 0, smem_bytes = 0,
+             global_instructions = 0, sectors[CA_TRAFFIC_COUNT] = {},
+             requested[CA_TRAFFIC_COUNT] = {};
+  };
+  std::map<std::string, Row> rows;
+#if defined(CA_TARGET_CUDA)
+  {
+    std::lock_guard<std::mutex> lock(launch_table_mutex);
+    for (const auto& [name, n] : launch_table) rows[name].launches = n;
+  }
+#else
+  for (const auto& [name, k] : cucpu::kernel_stats_snapshot()) {
+    Row& r = rows[name];
+    r.launches = k.launches;
+    r.smem_instructions = k.mem.smem_instructions;
+    r.smem_wavefronts = k.mem.smem_wavefronts;
+    r.smem_bytes = k.mem.smem_bytes;
+    r.global_instructions = k.mem.global_instructions;
+    for (int c = 0; c < CA_TRAFFIC_COUNT; ++c) {
+      r.sectors[c] = k.mem.sectors[c];
+      r.requested[c] = k.mem.requested[c];
+    }
+  }
+#endif
+  auto field = [](const char* key, uint64_t v) {
+    return std::string("\"") + key + "\":" + std::to_string(v);
+  };
+  auto by_category = [&](const uint64_t(&v)[CA_TRAFFIC_COUNT]) {
+    std::string s = "{";
+    for (int c = 0; c < CA_TRAFFIC_COUNT; ++c) s += (c ? "," : "") + field(kNames[c], v[c]);
+    return s + "}";
+  };
+  std::string json = "{\"kernels\":{";
+  bool first = true;
+  for (const auto& [name, r] : rows) {
+    // Kernel names are C identifiers or demangled C++ names: no characters JSON must escape
+    // other than these two.
+    std::string quoted;
+    for (char ch : name) {
+      if (ch == '"' || ch == '\\') quoted += '\\';
+      quoted += ch;
+    }
+    json += (first ? "\"" : ",\"") + quoted + "\":{" + field("launches", r.launches) + "," +
+            field("smemInstructions", r.smem_instructions) + "," +
+            field("smemWavefronts", r.smem_wavefronts) + "," + field("smemBytes", r.smem_bytes) +
+            "," + field("globalInstructions", r.global_instructions) +
+            ",\"sectors\":" + by_category(r.sectors) +
+            ",\"requestedBytes\":" + by_category(r.requested) + "}";
+    first = false;
+  }
+  json += "}}";
+  static thread_local std::string result;
+  result = std::move(json);
+  return result.c_str();
 }
 
 }  // namespace ca::cuda_module
