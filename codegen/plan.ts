@@ -51,19 +51,40 @@ export class PlanError extends Error {
 
 const DTYPE_BYTES: Record<DType, number> = { f16: 2, bf16: 2, f32: 4 };
 
-/** Mirrors SequenceFirstPlan<Cfg> in templates/include/chunkattn/decode_sequence_first.cuh. */
-function sequenceFirstLaunch(spec: KernelSpec): KernelLaunchPlan {
+const pow2AtLeast = (n: number): number => (n <= 1 ? 1 : 2 * pow2AtLeast(Math.ceil(n / 2)));
+
+/** Mirrors Phase2Plan<Cfg> in templates/include/chunkattn/decode_phase2.cuh (a test checks each instance). */
+export function phase2Geometry(spec: KernelSpec) {
   const group = spec.heads.q / spec.heads.kv;
-  const tile = Math.min(spec.chunkSize, 32);
-  const kvTile = tile * spec.headDim * DTYPE_BYTES[spec.dtype.kv];
-  const smemBytes = 2 * kvTile + 2 * group * spec.headDim * 4 + group * tile * 4 + group * 8 + group * 8;
-  return {
-    kernel: 'decode_sequence_first',
-    grid: 'rows × kvHeads',
-    threadsPerBlock: 128,
-    smemBytes,
-    maxRegisters: 128,
-  };
+  const kvBytes = DTYPE_BYTES[spec.dtype.kv];
+  const laneBytes = group <= 4 ? 16 : 8;
+  const vec = laneBytes / kvBytes;
+  const lanesPerRow = pow2AtLeast(spec.headDim / vec);
+  const groups = 128 / lanesPerRow;
+  const tileTokens = groups * 4;
+  const ringBytes = 2 * 2 * tileTokens * spec.headDim * kvBytes;
+  const mergeBytes = groups * group * (spec.headDim + 4) * 4;
+  return { laneBytes, lanesPerRow, groups, tileTokens, smemBytes: Math.max(ringBytes, mergeBytes) };
+}
+
+/** The sequence-first / phase-2 kernel and the split-KV merge. */
+function phase2Launches(spec: KernelSpec): KernelLaunchPlan[] {
+  return [
+    {
+      kernel: 'decode_phase2',
+      grid: 'rows × kvHeads × splits',
+      threadsPerBlock: 128,
+      smemBytes: phase2Geometry(spec).smemBytes,
+      maxRegisters: 128,
+    },
+    {
+      kernel: 'decode_merge_splits',
+      grid: 'rows × kvHeads (when splits > 1)',
+      threadsPerBlock: 128,
+      smemBytes: 0,
+      maxRegisters: 128,
+    },
+  ];
 }
 
 /** Which build targets a spec's `targets` list asks for, in a stable order. */
@@ -117,7 +138,7 @@ export function plan(spec: KernelSpec, options: PlanOptions, toolchain: Toolchai
     if (!spec.tunables.some((t) => t.name === name)) throw new PlanError(`unknown tunable ${name}`);
 
   const phase1 = target === 'cpu';
-  const kernels = target === 'cpu' ? [] : [sequenceFirstLaunch(spec)];
+  const kernels = target === 'cpu' ? [] : phase2Launches(spec);
   const compilerVersion = compilerFingerprint();
   const hash = sha256(
     canonicalJson({ spec: keyedSpec(spec), target, archs, sanitize, tunables, compilerVersion }),

@@ -70,7 +70,7 @@ export function render(plan: KernelPlan): RenderedModule {
     targetMacro: plan.target.toUpperCase(),
     types: { q: types[plan.spec.dtype.q], kv: types[plan.spec.dtype.kv], out: types[plan.spec.dtype.out] },
     infoJsonOpen: infoJson.slice(0, -1),
-    infoComputed: isCpu ? [] : [{ name: 'smemBytes', expr: 'ca::SequenceFirstPlan<Cfg>::kSmemBytes' }],
+    infoComputed: isCpu ? [] : [{ name: 'smemBytes', expr: 'ca::Phase2Plan<Cfg>::kSmemBytes' }],
   };
   return isCpu
     ? { fileName: 'kernel.cpp', source: template('module_cpu.cpp.hbs')(context) }

@@ -14,7 +14,8 @@
 #include <vector>
 
 #include "chunkattn/abi.h"
-#include "chunkattn/decode_sequence_first.cuh"
+#include "chunkattn/decode_phase2.cuh"
+#include "chunkattn/decode_view.cuh"
 #include "chunkattn/dtype.cuh"
 #include "chunkattn/module_status.h"
 #include "chunkattn/prims.cuh"
@@ -174,9 +175,26 @@ int copy_chunk(void* k_pool, void* v_pool, int32_t num_slots, int32_t src, int32
   return ok();
 }
 
+// SMs the split factor plans for: the device's on cuda; an A100's (108) on emu, so that small
+// batches take the split-KV path there too.
+inline int sm_count() {
+#if defined(CA_TARGET_CUDA)
+  static const int n = [] {
+    int device = 0, count = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+      return 108;
+    return count;
+  }();
+  return n;
+#else
+  return 108;
+#endif
+}
+
 template <class Cfg>
-uint64_t workspace_bytes(const CaDecodeParams&) {
-  return 0;  // sequence-first needs no scratch; phase 1 partials come with the two-phase kernels
+uint64_t workspace_bytes(const CaDecodeParams& p) {
+  return phase2_workspace_bytes<Cfg>(p.num_rows, phase2_splits<Cfg>(p.num_rows, sm_count()));
 }
 
 template <class Cfg, class Variant>
@@ -187,10 +205,28 @@ int decode(const CaDecodeParams& p, void* stream) {
     return fail(
         CA_ERR_UNSUPPORTED,
         "ca_decode: this module has no phase-1 kernel yet; build the context with no shared runs");
-  using Plan = SequenceFirstPlan<Cfg>;
-  return launch("decode_sequence_first", decode_sequence_first_kernel<Cfg, Variant>,
-                dim3(unsigned(p.num_rows), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
-                Plan::kSmemBytes, stream, p);
+  using Plan = Phase2Plan<Cfg>;
+  const int splits = phase2_splits<Cfg>(p.num_rows, sm_count());
+  const uint64_t need = phase2_workspace_bytes<Cfg>(p.num_rows, splits);
+  if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
+    return fail(CA_ERR_INVALID, "ca_decode: the workspace holds " +
+                                    std::to_string(p.workspace_bytes) + " bytes, " +
+                                    std::to_string(need) + " needed (ca_workspace_bytes)");
+  const DecodeView ctx = DecodeView::from(p);
+  const DecodeTensors tensors = DecodeTensors::from(p);
+  Phase2Io io{splits, nullptr, nullptr, nullptr, nullptr, 1};
+  if (splits > 1) {
+    io.split_o = static_cast<float*>(p.workspace);
+    io.split_lse = io.split_o + uint64_t(p.num_rows) * splits * Cfg::kQHeads * Cfg::kHeadDim;
+  }
+  const dim3 grid(unsigned(p.num_rows), unsigned(Cfg::kKvHeads), unsigned(splits));
+  if (int s = launch("decode_phase2", decode_phase2_kernel<Cfg, Variant>, grid,
+                     dim3(Plan::kThreads), Plan::kSmemBytes, stream, ctx, tensors, io))
+    return s;
+  if (splits == 1) return ok();
+  return launch("decode_merge_splits", decode_merge_splits_kernel<Cfg>,
+                dim3(unsigned(p.num_rows), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads), 0,
+                stream, ctx, tensors, io);
 }
 
 inline int get_stats(CaStats* out) {
