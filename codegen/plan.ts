@@ -57,32 +57,44 @@ const pow2AtLeast = (n: number): number => (n <= 1 ? 1 : 2 * pow2AtLeast(Math.ce
 export function phase2Geometry(spec: KernelSpec) {
   const group = spec.heads.q / spec.heads.kv;
   const kvBytes = DTYPE_BYTES[spec.dtype.kv];
-  const laneBytes = group <= 4 ? 16 : 8;
+  const d = spec.headDim;
+  const laneBytes = group <= 4 || (d * kvBytes) / 8 > 32 ? 16 : 8;
   const vec = laneBytes / kvBytes;
-  const lanesPerRow = pow2AtLeast(spec.headDim / vec);
+  const minBlocks = 2 * group * vec > 64 ? 2 : 4;
+  const maxRegisters = Math.min(255, Math.floor(65536 / (128 * minBlocks)));
+  const lanesPerRow = pow2AtLeast(d / vec);
   const groups = 128 / lanesPerRow;
-  const tileTokens = groups * 4;
-  const ringBytes = 2 * 2 * tileTokens * spec.headDim * kvBytes;
-  const mergeBytes = groups * group * (spec.headDim + 4) * 4;
-  return { laneBytes, lanesPerRow, groups, tileTokens, smemBytes: Math.max(ringBytes, mergeBytes) };
+  const tileTokens = groups * (group > 4 ? 2 : 4);
+  const ringBytes = 2 * 2 * tileTokens * d * kvBytes;
+  const mergeBytes = groups * group * (d + 4) * 4;
+  return {
+    laneBytes,
+    lanesPerRow,
+    groups,
+    tileTokens,
+    maxRegisters,
+    smemBytes: Math.max(ringBytes, mergeBytes),
+    mergeSplitsSmemBytes: group * 16 * 4,
+  };
 }
 
 /** The sequence-first / phase-2 kernel and the split-KV merge. */
 function phase2Launches(spec: KernelSpec): KernelLaunchPlan[] {
+  const geometry = phase2Geometry(spec);
   return [
     {
       kernel: 'decode_phase2',
       grid: 'rows × kvHeads × splits',
       threadsPerBlock: 128,
-      smemBytes: phase2Geometry(spec).smemBytes,
-      maxRegisters: 128,
+      smemBytes: geometry.smemBytes,
+      maxRegisters: geometry.maxRegisters,
     },
     {
       kernel: 'decode_merge_splits',
       grid: 'rows × kvHeads (when splits > 1)',
       threadsPerBlock: 128,
-      smemBytes: 0,
-      maxRegisters: 128,
+      smemBytes: geometry.mergeSplitsSmemBytes,
+      maxRegisters: geometry.maxRegisters,
     },
   ];
 }

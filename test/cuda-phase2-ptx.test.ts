@@ -11,12 +11,27 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parsePtxasReport } from '../codegen/index.ts';
+import { phase2Geometry } from '../codegen/plan.ts';
+import { attention } from '../dsl/index.ts';
 import { haveNvcc, nvccPath, repoRoot } from '../runtime/cucpu/tools/test-harness.ts';
 
 const MATRIX = [64, 128, 256].flatMap((d) =>
   [1, 8].map((g) => ({ d, g, dtype: d === 128 ? 'bf16' : 'f16' })),
 );
 const ARCHS = ['sm_80', 'sm_90a'] as const;
+/** The plan's register budget of matrix instance i. */
+function registerBudget(i: number): number {
+  const { d, g, dtype } = MATRIX[i]!;
+  const spec = attention({
+    name: `matrix-${i}`,
+    heads: { q: 8 * g, kv: 8 },
+    headDim: d as 64 | 128 | 256,
+    dtype: dtype as 'f16' | 'bf16',
+    chunkSize: 64,
+    targets: ['sm_80'],
+  });
+  return phase2Geometry(spec).maxRegisters;
+}
 
 function source(): string {
   const cfgs = MATRIX.map(
@@ -84,16 +99,17 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  test.each(ARCHS)('%s: every instance has 0 spill bytes, no local memory, ≤ 128 registers, no static smem', (arch) => {
+  test.each(ARCHS)('%s: every instance has 0 spill bytes, no local memory, registers within the plan, no static smem', (arch) => {
     const records = parsePtxasReport(report).filter(
       (r) => r.arch === arch && /decode_phase2|decode_merge_splits/.test(r.symbol),
     );
     expect(records.length).toBe(2 * MATRIX.length);
     for (const r of records) {
-      const what = `${r.symbol} ${arch}`;
+      const what = `${r.symbol} ${arch}: ${r.registers} registers`;
       expect(r.spillStoreBytes + r.spillLoadBytes, what).toBe(0);
       expect(r.stackBytes, what).toBe(0);
-      expect(r.registers, what).toBeLessThanOrEqual(128);
+      const instance = Number(/4Cfg(\d)/.exec(r.symbol)?.[1]); // one digit: "4" is the name's length
+      expect(r.registers, what).toBeLessThanOrEqual(registerBudget(instance));
       expect(r.smemBytes, what).toBe(0);
     }
   });
@@ -102,7 +118,7 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
     const text = ptx.get(arch) ?? '';
     expect(text.length).toBeGreaterThan(0);
     for (let i = 0; i < MATRIX.length; i++) {
-      const body = entry(text, `decode_phase2_kernelI4Cfg${i}`);
+      const body = entry(text, `decode_phase2_kernelI4Cfg${i}5Plain`);
       expect(body.length, `decode_phase2 Cfg${i}`).toBeGreaterThan(0);
       const waits = [...body.matchAll(/cp\.async\.wait_group\s+(\d+)/g)].map((m) => Number(m[1]));
       expect(waits.some((n) => n >= 1), `Cfg${i} waits ${waits}`).toBe(true);

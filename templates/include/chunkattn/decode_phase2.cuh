@@ -41,14 +41,19 @@ template <class Cfg>
 struct Phase2Plan {
   using KvT = typename Cfg::KvT;
   static constexpr int kThreads = 128;
-  static constexpr int kMinBlocks = 4;  // __launch_bounds__: at most 128 registers a thread
   static constexpr int G = Cfg::kQHeads / Cfg::kKvHeads, D = Cfg::kHeadDim, C = Cfg::kChunk;
-  static constexpr int kLaneBytes = G <= 4 ? 16 : 8;
+  // 16 bytes a lane; 8 when G > 4 keeps q and o in registers, unless a row would need more than
+  // a warp of 8-byte lanes.
+  static constexpr int kLaneBytes = G <= 4 || D * int(sizeof(KvT)) / 8 > 32 ? 16 : 8;
   static constexpr int kVec = kLaneBytes / int(sizeof(KvT));  // elements per lane
+  // CTAs per SM the registers are budgeted for (__launch_bounds__): 4 (128 registers a thread),
+  // 2 when q and o alone need more than 64 registers.
+  static constexpr int kMinBlocks = 2 * G * kVec > 64 ? 2 : 4;
+  static constexpr int kMaxRegisters = 65536 / (kThreads * kMinBlocks) > 255 ? 255 : 65536 / (kThreads * kMinBlocks);
   static constexpr int kTxUsed = D / kVec;                    // lanes holding a row's elements
   static constexpr int kTx = pow2_at_least(kTxUsed);          // lanes per token row
   static constexpr int kGroups = kThreads / kTx;              // token rows in flight
-  static constexpr int kRowsPerGroup = 4;
+  static constexpr int kRowsPerGroup = G > 4 ? 2 : 4;  // rows a group scores per stage
   static constexpr int kKT = kGroups * kRowsPerGroup;  // tokens per stage
   static constexpr int kStages = 2;
   // Splits keep at least this many tokens each (fewer is not worth a merge).
@@ -64,10 +69,16 @@ struct Phase2Plan {
   static constexpr int kMergePitch = D + 4;
   static constexpr size_t kMergeBytes = size_t(kGroups) * G * kMergePitch * 4;
   static constexpr size_t kSmemBytes = kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes;
+  // q is staged once in V stage 1 (free until iteration 0 refills it).
+  static constexpr size_t kOffQ = kOffV + kTileBytes;
+  // The split merge's arena: f32 lse [G][kMaxSplits].
+  static constexpr size_t kMergeSplitsSmemBytes = size_t(G) * kMaxSplits * 4;
 
   static_assert(Cfg::kQHeads % Cfg::kKvHeads == 0, "GQA group must be integral");
   static_assert(D % kVec == 0 && kTx <= 32, "a token row fits one warp");
   static_assert(kVec % 4 == 0, "o moves through shared memory as float4");
+  static_assert(sizeof(typename Cfg::QT) == sizeof(KvT), "q is staged in a K/V tile");
+  static_assert(size_t(G) * D * sizeof(KvT) <= kTileBytes, "q fits one tile");
 };
 
 // Where phase 2 puts its result and finds phase 1's.
@@ -166,15 +177,26 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
   const int tile0 = split * sp.per;
   const int ntiles = sp.all - tile0 < sp.per ? sp.all - tile0 : sp.per;
 
-  // q of the G heads, this lane's elements, pre-scaled (base-2 exponent unless score_mod).
+  // q of the G heads: copied once into shared memory (every group needs all of it), then each
+  // lane keeps its elements in registers, pre-scaled (base-2 exponent unless score_mod).
   const float qscale = Variant::kHasScoreMod ? t.softmax_scale : t.softmax_scale * kLog2e;
   const int io_row = ctx.row_io(row);
+  {
+    constexpr int kPieces = int(G * D * sizeof(QT) / 16);
+    const unsigned char* src = reinterpret_cast<const unsigned char*>(
+        static_cast<const QT*>(t.q) + (size_t(io_row) * Hq + kvh * G) * D);
+    for (int e = tid; e < kPieces; e += Pl::kThreads)
+      cp_async<CA_TRAFFIC_Q, 16>(smem + Pl::kOffQ + 16 * e, src + 16 * e);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+  }
+  const QT* qs = reinterpret_cast<const QT*>(smem + Pl::kOffQ);
   float q[G][kVec];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     if (lane_used) {
-      const QT* src = static_cast<const QT*>(t.q) + (size_t(io_row) * Hq + kvh * G + g) * D;
-      widen<QT, kVec>(ldg<CA_TRAFFIC_Q>(reinterpret_cast<const Vec*>(src) + tx), q[g]);
+      widen<QT, kVec>(lds(reinterpret_cast<const Vec*>(qs + g * D) + tx), q[g]);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) q[g][i] *= qscale;
     } else {
@@ -217,6 +239,8 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
 #pragma unroll
     for (int i = 0; i < kVec; ++i) o[g][i] = 0.f;
   }
+
+  __syncthreads();  // q is in registers: its stage may be refilled
 
   int slot[kRows];
   slots_of(0, slot);
@@ -356,6 +380,15 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
   const SplitTiles tiles = split_tiles<Pl>(length > tok_begin ? length - tok_begin : 0, io.splits);
   if (tiles.used <= 1) return;  // phase 2 wrote this row's output itself
   const int io_row = ctx.row_io(row);
+  // Each split's lse is read once, into shared memory, for all of its head's elements.
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* lse_s = reinterpret_cast<float*>(smem);  // [G][kMaxSplits]
+  for (int e = threadIdx.x; e < G * tiles.used; e += Pl::kThreads) {
+    const int g = e / tiles.used, sp = e % tiles.used;
+    sts(lse_s + g * Pl::kMaxSplits + sp,
+        ldg<CA_TRAFFIC_PARTIAL>(io.split_lse + (size_t(row) * io.splits + sp) * Hq + kvh * G + g));
+  }
+  __syncthreads();
   OutT* out = static_cast<OutT*>(t.out) + (size_t(io_row) * Hq + kvh * G) * D;
   for (int e = threadIdx.x; e < G * D; e += Pl::kThreads) {
     const int g = e / D, d = e % D, h = kvh * G + g;
@@ -363,7 +396,7 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
     float acc = 0.f;
     for (int sp = 0; sp < tiles.used; ++sp) {
       const size_t slot = (size_t(row) * io.splits + sp) * Hq + h;
-      const SoftmaxState::Rescale f = state.merge_lse(ldg<CA_TRAFFIC_PARTIAL>(io.split_lse + slot));
+      const SoftmaxState::Rescale f = state.merge_lse(lds(lse_s + g * Pl::kMaxSplits + sp));
       if (f.other == 0.f) {
         acc *= f.self;
         continue;

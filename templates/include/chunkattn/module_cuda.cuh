@@ -225,8 +225,8 @@ int decode(const CaDecodeParams& p, void* stream) {
     return s;
   if (splits == 1) return ok();
   return launch("decode_merge_splits", decode_merge_splits_kernel<Cfg>,
-                dim3(unsigned(p.num_rows), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads), 0,
-                stream, ctx, tensors, io);
+                dim3(unsigned(p.num_rows), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
+                Plan::kMergeSplitsSmemBytes, stream, ctx, tensors, io);
 }
 
 inline int get_stats(CaStats* out) {
