@@ -5,10 +5,10 @@
 // cp.async.wait_group ≥ 1 and has no 2-byte shared loads, which the lane = token reference kernel
 // (decode_sequence_first.cuh) does have — the lint catches that.
 
-import { execa } from 'execa';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parsePtxasReport } from '../codegen/index.ts';
 import { phase2Geometry } from '../codegen/plan.ts';
@@ -99,33 +99,42 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  test.each(ARCHS)('%s: every instance has 0 spill bytes, no local memory, registers within the plan, no static smem', (arch) => {
-    const records = parsePtxasReport(report).filter(
-      (r) => r.arch === arch && /decode_phase2|decode_merge_splits/.test(r.symbol),
-    );
-    expect(records.length).toBe(2 * MATRIX.length);
-    for (const r of records) {
-      const what = `${r.symbol} ${arch}: ${r.registers} registers`;
-      expect(r.spillStoreBytes + r.spillLoadBytes, what).toBe(0);
-      expect(r.stackBytes, what).toBe(0);
-      const instance = Number(/4Cfg(\d)/.exec(r.symbol)?.[1]); // one digit: "4" is the name's length
-      expect(r.registers, what).toBeLessThanOrEqual(registerBudget(instance));
-      expect(r.smemBytes, what).toBe(0);
-    }
-  });
+  test.each(ARCHS)(
+    '%s: every instance has 0 spill bytes, no local memory, registers within the plan, no static smem',
+    (arch) => {
+      const records = parsePtxasReport(report).filter(
+        (r) => r.arch === arch && /decode_phase2|decode_merge_splits/.test(r.symbol),
+      );
+      expect(records.length).toBe(2 * MATRIX.length);
+      for (const r of records) {
+        const what = `${r.symbol} ${arch}: ${r.registers} registers`;
+        expect(r.spillStoreBytes + r.spillLoadBytes, what).toBe(0);
+        expect(r.stackBytes, what).toBe(0);
+        const instance = Number(/4Cfg(\d)/.exec(r.symbol)?.[1]); // one digit: "4" is the name's length
+        expect(r.registers, what).toBeLessThanOrEqual(registerBudget(instance));
+        expect(r.smemBytes, what).toBe(0);
+      }
+    },
+  );
 
-  test.each(ARCHS)('%s PTX lint: phase 2 waits with cp.async.wait_group ≥ 1 and loads no 2-byte shared values', (arch) => {
-    const text = ptx.get(arch) ?? '';
-    expect(text.length).toBeGreaterThan(0);
-    for (let i = 0; i < MATRIX.length; i++) {
-      const body = entry(text, `decode_phase2_kernelI4Cfg${i}5Plain`);
-      expect(body.length, `decode_phase2 Cfg${i}`).toBeGreaterThan(0);
-      const waits = [...body.matchAll(/cp\.async\.wait_group\s+(\d+)/g)].map((m) => Number(m[1]));
-      expect(waits.some((n) => n >= 1), `Cfg${i} waits ${waits}`).toBe(true);
-      expect(body).toMatch(/cp\.async\.cg\.shared\.global|cp\.async\.ca\.shared\.global/);
-      expect(body).not.toMatch(/ld\.shared\.(u16|b16|s16)/);
-    }
-    // The lane = token reference kernel trips the lint.
-    expect(entry(text, 'decode_sequence_first_kernel')).toMatch(/ld\.shared\.(u16|b16)/);
-  });
+  test.each(ARCHS)(
+    '%s PTX lint: phase 2 waits with cp.async.wait_group ≥ 1 and loads no 2-byte shared values',
+    (arch) => {
+      const text = ptx.get(arch) ?? '';
+      expect(text.length).toBeGreaterThan(0);
+      for (let i = 0; i < MATRIX.length; i++) {
+        const body = entry(text, `decode_phase2_kernelI4Cfg${i}5Plain`);
+        expect(body.length, `decode_phase2 Cfg${i}`).toBeGreaterThan(0);
+        const waits = [...body.matchAll(/cp\.async\.wait_group\s+(\d+)/g)].map((m) => Number(m[1]));
+        expect(
+          waits.some((n) => n >= 1),
+          `Cfg${i} waits ${waits}`,
+        ).toBe(true);
+        expect(body).toMatch(/cp\.async\.cg\.shared\.global|cp\.async\.ca\.shared\.global/);
+        expect(body).not.toMatch(/ld\.shared\.(u16|b16|s16)/);
+      }
+      // The lane = token reference kernel trips the lint.
+      expect(entry(text, 'decode_sequence_first_kernel')).toMatch(/ld\.shared\.(u16|b16)/);
+    },
+  );
 });

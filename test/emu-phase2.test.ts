@@ -3,37 +3,25 @@
 // float64 in every block order, and the plan's geometry equal to the C++ plan's for every
 // instance.
 
-import { execa } from 'execa';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { afterAll, describe, expect, test } from 'vitest';
 import { phase2Geometry } from '../codegen/plan.ts';
 import { attention } from '../dsl/index.ts';
-import type { DType, KernelSpec } from '../dsl/spec.ts';
-import { Attention, sectorEfficiency } from '../index.ts';
+import type { DType } from '../dsl/spec.ts';
+import { sectorEfficiency } from '../index.ts';
 import { cudaHome, haveCudaHeaders, repoRoot } from '../runtime/cucpu/tools/test-harness.ts';
-import { EMU_CONFIGS, emuShapeSpec } from './specs.ts';
+import { EmuShapeRuntimes } from './emu-runtimes.ts';
+import { EMU_CONFIGS } from './specs.ts';
 import { Rng, WorkloadModel } from './workload-model.ts';
 
 const SEED = Number(process.env.CHUNKATTN_SEED ?? Math.floor(Math.random() * 2 ** 31));
 
-const runtimes = new Map<number, { attn: Attention; spec: KernelSpec }>();
-async function runtimeFor(index: number) {
-  let entry = runtimes.get(index);
-  if (!entry) {
-    const spec = emuShapeSpec(index);
-    entry = {
-      attn: await Attention.create(spec, { layers: 1, capacityTokens: 16 * 1024, target: 'emu' }),
-      spec,
-    };
-    runtimes.set(index, entry);
-  }
-  return entry;
-}
-afterAll(() => {
-  for (const { attn } of runtimes.values()) attn.close();
-});
+const runtimes = new EmuShapeRuntimes(16 * 1024);
+const runtimeFor = (index: number) => runtimes.get(index);
+afterAll(() => runtimes.closeAll());
 
 function withOrder<T>(order: string, fn: () => T): T {
   const saved = process.env.CUCPU_ORDER;
@@ -98,7 +86,11 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase2Plan<Cfg>',
   const cases: { heads: { q: number; kv: number }; headDim: 64 | 80 | 96 | 128 | 256; dtype: DType }[] = [
     ...EMU_CONFIGS.map((c) => ({ heads: c.heads, headDim: c.headDim, dtype: c.dtype as DType })),
     ...[64, 128, 256].flatMap((headDim) =>
-      [1, 4, 6, 8].map((g) => ({ heads: { q: 2 * g, kv: 2 }, headDim: headDim as 64 | 128 | 256, dtype: 'f16' as DType })),
+      [1, 4, 6, 8].map((g) => ({
+        heads: { q: 2 * g, kv: 2 },
+        headDim: headDim as 64 | 128 | 256,
+        dtype: 'f16' as DType,
+      })),
     ),
   ];
   test('shared memory, lanes per row, groups and tokens per stage of every instance', async () => {

@@ -14,7 +14,11 @@ export class EmuShapeRuntimes {
     let entry = this.#entries.get(index);
     if (!entry) {
       const spec = emuShapeSpec(index);
-      const attn = await Attention.create(spec, { layers: 1, capacityTokens: this.capacityTokens, target: 'emu' });
+      const attn = await Attention.create(spec, {
+        layers: 1,
+        capacityTokens: this.capacityTokens,
+        target: 'emu',
+      });
       entry = { attn, spec };
       this.#entries.set(index, entry);
     }

@@ -49,10 +49,12 @@ struct Phase2Plan {
   // CTAs per SM the registers are budgeted for (__launch_bounds__): 4 (128 registers a thread),
   // 2 when q and o alone need more than 64 registers.
   static constexpr int kMinBlocks = 2 * G * kVec > 64 ? 2 : 4;
-  static constexpr int kMaxRegisters = 65536 / (kThreads * kMinBlocks) > 255 ? 255 : 65536 / (kThreads * kMinBlocks);
-  static constexpr int kTxUsed = D / kVec;                    // lanes holding a row's elements
-  static constexpr int kTx = pow2_at_least(kTxUsed);          // lanes per token row
-  static constexpr int kGroups = kThreads / kTx;              // token rows in flight
+  static constexpr int kMaxRegisters = 65536 / (kThreads * kMinBlocks) > 255
+                                           ? 255
+                                           : 65536 / (kThreads * kMinBlocks);
+  static constexpr int kTxUsed = D / kVec;             // lanes holding a row's elements
+  static constexpr int kTx = pow2_at_least(kTxUsed);   // lanes per token row
+  static constexpr int kGroups = kThreads / kTx;       // token rows in flight
   static constexpr int kRowsPerGroup = G > 4 ? 2 : 4;  // rows a group scores per stage
   static constexpr int kKT = kGroups * kRowsPerGroup;  // tokens per stage
   static constexpr int kStages = 2;
@@ -61,7 +63,7 @@ struct Phase2Plan {
   static constexpr int kMaxSplits = 16;
 
   static constexpr size_t kTileBytes = size_t(kKT) * D * sizeof(KvT);
-  static constexpr size_t kOffK = 0;                         // KvT [kStages][kKT][D]
+  static constexpr size_t kOffK = 0;                             // KvT [kStages][kKT][D]
   static constexpr size_t kOffV = kOffK + kStages * kTileBytes;  // KvT [kStages][kKT][D]
   static constexpr size_t kRingBytes = 2 * kStages * kTileBytes;
   // After the loop the ring holds the groups' states: f32 [kGroups][G][kMergePitch] with o in
@@ -83,9 +85,9 @@ struct Phase2Plan {
 
 // Where phase 2 puts its result and finds phase 1's.
 struct Phase2Io {
-  int splits;         // CTAs per (row, KV head); > 1: results go to split_o / split_lse
-  float* split_o;     // [rows * splits][Hq][D] o / l
-  float* split_lse;   // [rows * splits][Hq] natural log; -inf = empty
+  int splits;             // CTAs per (row, KV head); > 1: results go to split_o / split_lse
+  float* split_o;         // [rows * splits][Hq][D] o / l
+  float* split_lse;       // [rows * splits][Hq] natural log; -inf = empty
   const float* part_o;    // phase-1 partials [num_partials * part_splits][Hq][D], or null
   const float* part_lse;  // [num_partials * part_splits][Hq]
   int part_splits;
@@ -208,7 +210,7 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
   // Token (within the row's private part) of row j of this group in local tile i.
   auto token_of = [&](int i, int j) { return (tile0 + i) * kKT + grp * kRows + j; };
   // Slots of this group's rows in local tile i, loaded one iteration before the copies need them.
-  auto slots_of = [&](int i, int (&out)[kRows]) {
+  auto slots_of = [&](int i, int(&out)[kRows]) {
 #pragma unroll
     for (int j = 0; j < kRows; ++j) {
       const int u = token_of(i, j);
@@ -216,7 +218,7 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
     }
   };
   // Copies this thread's pieces of local tile i (K or V) into `stage`.
-  auto issue = [&](int i, int stage, bool v, const int (&slot)[kRows]) {
+  auto issue = [&](int i, int stage, bool v, const int(&slot)[kRows]) {
     if (i >= ntiles || !lane_used) return;
     KvT* base = (v ? vs : ks) + size_t(stage) * kKT * D;
     const KvT* pool = static_cast<const KvT*>(v ? t.v_pool : t.k_pool);
@@ -269,7 +271,8 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
       float kf[kVec];
       if (valid && lane_used) {
         widen<KvT, kVec>(
-            lds(reinterpret_cast<const Vec*>(ks + (size_t(stage) * kKT + grp * kRows + j) * D) + tx),
+            lds(reinterpret_cast<const Vec*>(ks + (size_t(stage) * kKT + grp * kRows + j) * D) +
+                tx),
             kf);
       } else {
 #pragma unroll

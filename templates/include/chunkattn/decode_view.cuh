@@ -28,18 +28,12 @@ struct DecodeView {
   const int32_t* run_slots_;
 
   static DecodeView from(const CaDecodeParams& p) {
-    return DecodeView{p.num_rows,
-                      p.num_runs,
-                      p.num_partials,
-                      p.row_io,
-                      p.row_seq,
-                      p.row_length,
-                      p.row_chunk_offsets,
-                      p.row_chunk_slots,
-                      p.row_shared_chunks,
-                      p.row_partial_offsets,
-                      p.row_partials,
-                      p.runs,
+    return DecodeView{p.num_rows,          p.num_runs,
+                      p.num_partials,      p.row_io,
+                      p.row_seq,           p.row_length,
+                      p.row_chunk_offsets, p.row_chunk_slots,
+                      p.row_shared_chunks, p.row_partial_offsets,
+                      p.row_partials,      p.runs,
                       p.run_slots};
   }
 
