@@ -16,7 +16,7 @@ interface ModuleResult {
   dir: string;
   spillBytes: number;
   maxRegisters: number;
-  resources: { arch: string; spillStoreBytes: number; spillLoadBytes: number }[];
+  resources: { symbol: string; arch: string; spillStoreBytes: number; spillLoadBytes: number }[];
 }
 
 const EXAMPLES = ['llama2-7b', 'llama3-8b', 'softcap-window'];
@@ -34,7 +34,14 @@ describe('compile for GPUs through nvcc', () => {
       expect(first.exitCode, first.stderr).toBe(0);
       const [module] = (first.json as { modules: ModuleResult[] }).modules;
       expect(module!.target).toBe('cuda');
-      expect(module!.resources.map((r) => r.arch).sort()).toEqual(['sm_80', 'sm_90a']);
+      // One ptxas record per kernel (phase 2 and the split-KV merge) per arch.
+      const records = module!.resources.map((r) => `${/decode_\w+?_kernel/.exec(r.symbol)?.[0]} ${r.arch}`);
+      expect(records.sort()).toEqual([
+        'decode_merge_splits_kernel sm_80',
+        'decode_merge_splits_kernel sm_90a',
+        'decode_phase2_kernel sm_80',
+        'decode_phase2_kernel sm_90a',
+      ]);
       for (const r of module!.resources) expect(r.spillStoreBytes + r.spillLoadBytes).toBe(0);
       const libraryMtime = statSync(join(module!.dir, 'module.so')).mtimeMs;
 
