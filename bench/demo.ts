@@ -8,7 +8,7 @@ import type { KernelSpec, Partition } from '../dsl/spec.ts';
 import { Attention } from '../runtime/attention.ts';
 import { fromHost } from '../runtime/half.ts';
 import { bytesPerChunk, type KvShape } from '../runtime/kv-stats.ts';
-import { referenceDecode, relativeError } from '../test/reference.ts';
+import { referenceDecode, relativeError } from '../runtime/reference.ts';
 import { loadPrompts, randomHost } from './workload.ts';
 
 export interface DemoOptions {
@@ -69,7 +69,7 @@ export function demoSpec(heads: number): KernelSpec {
 export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const { batch, sharedTokens, suffixTokens, steps, heads } = options;
   const spec = demoSpec(heads);
-  options.progress(0, steps, 'building the cpu kernel (cached after the first run)');
+  // A first run builds the kernel: codegen announces it and draws its own spinner.
   const module = await buildModule(spec, { target: 'cpu' });
   const capacity = sharedTokens + batch * (suffixTokens + steps + 2 * CHUNK);
   const modes: Partition[] = ['two-phase', 'sequence-first'];

@@ -1,9 +1,10 @@
 // What every `chunkattn bench NAME` report shares: options, the result shape, and writing
-// bench/out/NAME.json + NAME.svg. A report prints its table last; with --json the one JSON
-// object is the last line of stdout and the table goes to stderr.
+// NAME.json + NAME.svg to bench/out under the current directory (or --out DIR). A report prints
+// its table last; with --json the one JSON object is the last line of stdout and the table goes
+// to stderr.
 
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import Table from 'cli-table3';
 import { barChartSvg, type ChartSeries } from './svg-chart.ts';
 
@@ -24,7 +25,10 @@ export interface BenchReport {
   readonly chart: { readonly title: string; readonly unit: string; readonly series: readonly ChartSeries[] };
 }
 
-export const BENCH_OUT = join(import.meta.dirname, 'out');
+/** Default report folder: bench/out under the current directory (never inside the package). */
+export function defaultBenchOut(): string {
+  return resolve('bench', 'out');
+}
 
 export function renderTable(report: BenchReport): string {
   const table = new Table({ head: [...report.head], style: { head: [], border: [] } });
@@ -32,8 +36,11 @@ export function renderTable(report: BenchReport): string {
   return [report.title, table.toString(), ...report.notes].join('\n');
 }
 
-/** Writes bench/out/<name>.json and .svg; returns their paths. */
-export function writeReportFiles(report: BenchReport, outDir = BENCH_OUT): { json: string; svg: string } {
+/** Writes <outDir>/<name>.json and .svg (default ./bench/out); returns their paths. */
+export function writeReportFiles(
+  report: BenchReport,
+  outDir = defaultBenchOut(),
+): { json: string; svg: string } {
   mkdirSync(outDir, { recursive: true });
   const json = join(outDir, `${report.name}.json`);
   const svg = join(outDir, `${report.name}.svg`);

@@ -1,12 +1,14 @@
 // The chunkattn program: parses flags and calls the libraries; no logic lives here.
 
 import { Command } from 'commander';
+import { PACKAGE_VERSION } from '../codegen/index.ts';
 import { BENCH_NAMES, benchCommand } from './commands/bench.ts';
+import { CACHE_ACTIONS, cacheCommand } from './commands/cache.ts';
 import { compileCommand } from './commands/compile.ts';
 import { demoCommand } from './commands/demo.ts';
 import { doctorCommand } from './commands/doctor.ts';
 import { inspectCommand } from './commands/inspect.ts';
-import { describeError, EXIT_USER } from './exit-codes.ts';
+import { describeError, EXIT_OK, EXIT_USER } from './exit-codes.ts';
 import { makeOutput } from './output.ts';
 
 const program = new Command()
@@ -14,8 +16,15 @@ const program = new Command()
   .description(
     'Prefix-shared chunk attention: compile attention specs to CUDA and CPU kernels, run and benchmark them',
   )
+  .version(PACKAGE_VERSION, '-V, --version', 'print the package version')
+  .option('--verbose', 'show stack traces of internal errors')
   .showHelpAfterError()
   .exitOverride();
+
+// Read before parsing: a flag error must honour --json too.
+const argv = process.argv.slice(2);
+const jsonMode = argv.includes('--json');
+const verbose = argv.includes('--verbose');
 
 const specFlags = (command: Command) =>
   command
@@ -61,16 +70,38 @@ program
   .command('bench <name>')
   .description(`run a benchmark report (${BENCH_NAMES.join(', ')}) and write bench/out/<name>.{json,svg}`)
   .option('--quick', 'a reduced grid (under a minute on 2 cores)')
+  .option('--out <dir>', 'where to write the report files (default: bench/out under the current directory)')
   .option('--json', 'print one JSON object as the last line of stdout (the table goes to stderr)')
   .action(async (name: string, flags) => benchCommand(name, flags, makeOutput(!!flags.json)));
+
+program
+  .command('cache <action>')
+  .description(
+    `the build cache: ${CACHE_ACTIONS.join(' | ')} (list entries, remove damaged and left-over ones, remove all)`,
+  )
+  .option('--older-than <days>', 'prune: also remove modules built more than this many days ago')
+  .option('--json', 'print one JSON object as the last line of stdout')
+  .action(async (action: string, flags) => cacheCommand(action, flags, makeOutput(!!flags.json)));
+
+/** Under --json, the last stdout line of every exit is one JSON object. */
+function exitWith(code: number, json: object): never {
+  if (jsonMode) process.stdout.write(JSON.stringify(json) + '\n');
+  process.exit(code);
+}
 
 try {
   await program.parseAsync(process.argv);
 } catch (error) {
   const code = (error as { code?: string }).code;
-  if (code === 'commander.helpDisplayed' || code === 'commander.version') process.exit(0);
-  if (code?.startsWith('commander.')) process.exit(EXIT_USER);
-  const { message, exitCode } = describeError(error);
+  if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help')
+    exitWith(EXIT_OK, { ok: true, help: true });
+  if (code?.startsWith('commander.'))
+    // commander printed its message (and the usage) to stderr already.
+    exitWith(EXIT_USER, {
+      ok: false,
+      error: { kind: 'usage', message: (error as Error).message.replace(/^error: /, '') },
+    });
+  const { message, exitCode, json } = describeError(error, verbose);
   process.stderr.write(message.endsWith('\n') ? message : message + '\n');
-  process.exit(exitCode);
+  exitWith(exitCode, { ok: false, error: json });
 }

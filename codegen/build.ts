@@ -3,28 +3,63 @@
 // with one atomic rename. Concurrent builders of one key wait on a lock and build once; a
 // build killed midway leaves only a temporary folder, which never looks complete.
 
-import { mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { execa } from 'execa';
+import { buildProgress, buildStart } from './build-progress.ts';
 import { CUCPU_DIR, INCLUDE_DIR } from './cache-key.ts';
 import { BuildError, ResourceError } from './errors.ts';
-import { acquireLock } from './lock.ts';
+import { acquireLock, type LockOwner } from './lock.ts';
 import {
   ABI_SYMBOLS,
   type BuiltModule,
+  checkModule,
+  fileSha256,
   LIBRARY_FILE,
+  MANIFEST_ABI,
   MANIFEST_FILE,
   type Manifest,
-  readModule,
 } from './manifest.ts';
-import { type KernelPlan, toolchainIdentity } from './plan.ts';
+import { type KernelPlan, plan as makePlan, toolchainIdentity } from './plan.ts';
 import { type KernelResources, parsePtxasReport } from './ptxas.ts';
 import { render } from './render.ts';
 import { requireTool, type Toolchain } from './toolchain.ts';
 
+/** The cache root, absolute. An empty CHUNKATTN_CACHE means unset (never the current directory). */
 export function cacheDir(): string {
-  return process.env.CHUNKATTN_CACHE ?? join(homedir(), '.cache', 'chunkattn');
+  const chosen = process.env.CHUNKATTN_CACHE?.trim();
+  return resolve(chosen ? chosen : join(homedir(), '.cache', 'chunkattn'));
+}
+
+/** The folder of a build id, refusing any id that would leave the cache root. */
+export function moduleDir(root: string, buildId: string): string {
+  const dir = resolve(root, buildId);
+  if (dirname(dir) !== resolve(root) || buildId.startsWith('.'))
+    throw new BuildError(buildId, dir, '-', `build id ${JSON.stringify(buildId)} leaves the cache folder`);
+  return dir;
+}
+
+/** Where damaged entries are moved before they are deleted (a rename: atomic, and frees the name). */
+export function discardEntry(root: string, dir: string): void {
+  const trash = join(root, '.trash');
+  mkdirSync(trash, { recursive: true });
+  const aside = join(trash, `${dir.split('/').at(-1)}-${process.pid}-${Date.now().toString(36)}`);
+  try {
+    renameSync(dir, aside);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw error;
+  }
+  rmSync(aside, { recursive: true, force: true });
+}
+
+function warn(text: string): void {
+  process.stderr.write(`chunkattn: warning: ${text}\n`);
+}
+
+function describeOwner(owner: LockOwner | null): string {
+  return owner ? `pid ${owner.pid} on ${owner.host}, building since ${owner.since}` : 'an unknown builder';
 }
 
 const SANITIZER_FLAGS = {
@@ -119,25 +154,19 @@ async function exportedSymbols(libraryPath: string): Promise<string[]> {
     .sort();
 }
 
-/** Removes temporary folders whose builder is gone (killed builds). */
-function sweepTemporaries(tmpRoot: string): void {
+/**
+ * Removes the temporary folders of killed builds of `buildId`. Called under its lock, so no live
+ * builder of this id exists; other ids' folders are left to `chunkattn cache prune`.
+ */
+function sweepTemporaries(tmpRoot: string, buildId: string): void {
   let entries: string[];
   try {
     entries = readdirSync(tmpRoot);
   } catch {
     return;
   }
-  for (const entry of entries) {
-    const pid = Number(/-(\d+)-[a-z0-9]+$/.exec(entry)?.[1]);
-    let alive = false;
-    try {
-      process.kill(pid, 0);
-      alive = true;
-    } catch (error) {
-      alive = (error as NodeJS.ErrnoException).code === 'EPERM';
-    }
-    if (!alive) rmSync(join(tmpRoot, entry), { recursive: true, force: true });
-  }
+  for (const entry of entries)
+    if (entry.startsWith(`${buildId}-`)) rmSync(join(tmpRoot, entry), { recursive: true, force: true });
 }
 
 async function compile(plan: KernelPlan, toolchain: Toolchain, dir: string): Promise<Manifest> {
@@ -157,7 +186,8 @@ async function compile(plan: KernelPlan, toolchain: Toolchain, dir: string): Pro
   const resources = plan.target === 'cuda' ? parsePtxasReport(result.all ?? '') : [];
   const violations = resourceViolations(plan, resources);
   if (violations.length) throw new ResourceError(plan.spec, violations);
-  const symbols = await exportedSymbols(join(dir, LIBRARY_FILE));
+  const libraryPath = join(dir, LIBRARY_FILE);
+  const symbols = await exportedSymbols(libraryPath);
   const missing = ABI_SYMBOLS.filter((s) => !symbols.includes(s));
   if (missing.length)
     throw new BuildError(
@@ -167,7 +197,7 @@ async function compile(plan: KernelPlan, toolchain: Toolchain, dir: string): Pro
       `missing ABI symbols: ${missing.join(', ')}`,
     );
   return {
-    abi: 1,
+    abi: MANIFEST_ABI,
     key: plan.key,
     buildId: plan.buildId,
     name: plan.name,
@@ -182,6 +212,8 @@ async function compile(plan: KernelPlan, toolchain: Toolchain, dir: string): Pro
     toolchain: toolchainIdentity(plan.target, toolchain),
     source: fileName,
     library: LIBRARY_FILE,
+    librarySize: statSync(libraryPath).size,
+    librarySha256: fileSha256(libraryPath),
     resources,
     symbols,
     buildCommand: command,
@@ -191,27 +223,49 @@ async function compile(plan: KernelPlan, toolchain: Toolchain, dir: string): Pro
 }
 
 /** Returns the module for `plan`, building it unless the cache already has it. */
-export async function build(plan: KernelPlan, toolchain: Toolchain): Promise<BuiltModule> {
+export async function build(requested: KernelPlan, toolchain: Toolchain): Promise<BuiltModule> {
+  // A plan is plain data that may come from anywhere: plan again from its inputs, so every name,
+  // key and line of C++ comes from a validated spec.
+  const plan = makePlan(
+    requested.spec,
+    {
+      target: requested.target,
+      archs: requested.archs,
+      sanitize: requested.sanitize,
+      tunables: requested.tunables,
+    },
+    toolchain,
+  );
   const root = cacheDir();
-  const dir = join(root, plan.buildId);
-  const hit = readModule(dir, true);
-  if (hit) return hit;
+  const dir = moduleDir(root, plan.buildId);
+  const hit = checkModule(dir, true);
+  if (hit.status === 'ok') return hit.module;
 
   mkdirSync(root, { recursive: true });
-  const release = await acquireLock(join(root, `${plan.buildId}.lock`));
+  const release = await acquireLock(join(root, `${plan.buildId}.lease`), {
+    onWait: (owner) => warn(`waiting for ${describeOwner(owner)} (cache entry ${plan.buildId})`),
+  });
   try {
-    const built = readModule(dir, true); // another process finished while we waited
-    if (built) return built;
+    const now = checkModule(dir, true); // another process finished while we waited
+    if (now.status === 'ok') return now.module;
+    if (now.status === 'damaged') {
+      // A damaged entry is a miss: move it aside and rebuild.
+      warn(`cache entry ${plan.buildId} is damaged (${now.reason}); rebuilding it`);
+      discardEntry(root, dir);
+    }
     const tmpRoot = join(root, '.tmp');
     mkdirSync(tmpRoot, { recursive: true });
-    sweepTemporaries(tmpRoot);
+    sweepTemporaries(tmpRoot, plan.buildId);
     const tmp = join(tmpRoot, `${plan.buildId}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`);
     mkdirSync(tmp);
+    const shown = buildProgress().start(buildStart(plan, root));
     try {
       const manifest = await compile(plan, toolchain, tmp);
       writeFileSync(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
       renameSync(tmp, dir);
+      shown.done(manifest.buildSeconds);
     } catch (error) {
+      shown.failed();
       // Keep what failed for inspection (the error names the generated file inside it).
       const failed = join(root, '.failed', plan.buildId);
       rmSync(failed, { recursive: true, force: true });
@@ -226,9 +280,9 @@ export async function build(plan: KernelPlan, toolchain: Toolchain): Promise<Bui
         );
       throw error;
     }
-    const module = readModule(dir, false);
-    if (!module) throw new Error(`module folder ${dir} is incomplete right after its build`);
-    return module;
+    const module = checkModule(dir, false);
+    if (module.status !== 'ok') throw new Error(`module folder ${dir} is incomplete right after its build`);
+    return module.module;
   } finally {
     release();
   }

@@ -1,12 +1,19 @@
 // Content addressing: a module's key is a readable name plus a hash of everything that can
 // change its bytes — the normalized spec, target, archs, tunables, sanitizer, the compiler's
-// own sources (templates and headers) and the toolchain versions.
+// own sources (templates, headers, and the TS that renders C++ and picks compiler flags) and
+// the toolchain versions.
 
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { createRequire } from 'node:module';
+import { dirname, join, relative } from 'node:path';
 
-export const PACKAGE_ROOT = join(import.meta.dirname, '..');
+/** The package's folder (templates/, runtime/cucpu/ live there), whether this file runs from the
+ * sources or from dist/: the package resolves its own name (a self-reference through `exports`). */
+export const PACKAGE_ROOT = dirname(createRequire(import.meta.url).resolve('chunkattn/package.json'));
+export const PACKAGE_VERSION = (
+  JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }
+).version;
 export const TEMPLATES_DIR = join(PACKAGE_ROOT, 'templates');
 export const INCLUDE_DIR = join(TEMPLATES_DIR, 'include');
 export const CUCPU_DIR = join(PACKAGE_ROOT, 'runtime', 'cucpu');
@@ -37,22 +44,39 @@ function listFiles(dir: string): string[] {
   return out;
 }
 
+/**
+ * The TypeScript whose edits change a module's bytes: the renderer, the compiler command lines
+ * (build.ts), the plan's launch geometry and the IR → C++ emitter.
+ */
+export const FINGERPRINTED_SOURCES = [
+  'codegen/render.ts',
+  'codegen/build.ts',
+  'codegen/plan.ts',
+  'dsl/emit-cpp.ts',
+] as const;
+
 let fingerprint: string | undefined;
 
-/** Hash of the compiler's own sources: any edit to a template or kernel header makes new keys. */
-export function compilerFingerprint(): string {
-  if (fingerprint) return fingerprint;
+/**
+ * Hash of the compiler's own sources: any edit to a template, a kernel header, the shim or a
+ * FINGERPRINTED_SOURCES file makes new keys. `root` is the package root (tests pass a copy).
+ */
+export function compilerFingerprint(root: string = PACKAGE_ROOT): string {
+  if (fingerprint && root === PACKAGE_ROOT) return fingerprint;
   const hash = createHash('sha256');
-  const version = (
-    JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }
-  ).version;
+  const version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string })
+    .version;
   hash.update(`chunkattn ${version}\n`);
-  for (const dir of [TEMPLATES_DIR, CUCPU_DIR]) {
-    for (const file of listFiles(dir)) {
-      hash.update(relative(PACKAGE_ROOT, file));
-      hash.update(readFileSync(file));
-    }
+  const files = [
+    ...listFiles(join(root, relative(PACKAGE_ROOT, TEMPLATES_DIR))),
+    ...listFiles(join(root, relative(PACKAGE_ROOT, CUCPU_DIR))),
+    ...FINGERPRINTED_SOURCES.map((file) => join(root, file)),
+  ];
+  for (const file of files) {
+    hash.update(relative(root, file));
+    hash.update(readFileSync(file));
   }
-  fingerprint = `${version}+${hash.digest('hex').slice(0, 12)}`;
-  return fingerprint;
+  const result = `${version}+${hash.digest('hex').slice(0, 12)}`;
+  if (root === PACKAGE_ROOT) fingerprint = result;
+  return result;
 }

@@ -6,10 +6,31 @@ import type { BuiltModule } from './manifest.ts';
 import { type KernelPlan, type PlanOptions, plan } from './plan.ts';
 import { findToolchain } from './toolchain.ts';
 
-export { build, buildCommand, cacheDir, resourceViolations } from './build.ts';
-export { canonicalJson, compilerFingerprint } from './cache-key.ts';
+export { build, buildCommand, cacheDir, moduleDir, resourceViolations } from './build.ts';
+export {
+  type BuildProgress,
+  type BuildStart,
+  describeBuild,
+  type ProgressStream,
+  setBuildProgress,
+  streamBuildProgress,
+} from './build-progress.ts';
+export {
+  type CacheEntry,
+  cleanCache,
+  listCache,
+  type PruneResult,
+  pruneCache,
+} from './cache-admin.ts';
+export { canonicalJson, compilerFingerprint, FINGERPRINTED_SOURCES, PACKAGE_VERSION } from './cache-key.ts';
 export { BuildError, ResourceError, ToolchainError } from './errors.ts';
-export { type BuiltModule, type Manifest, readModule } from './manifest.ts';
+export {
+  type BuiltModule,
+  checkModule,
+  type Manifest,
+  type ModuleCheck,
+  readModule,
+} from './manifest.ts';
 export {
   buildTargetsOf,
   type KernelLaunchPlan,

@@ -2,6 +2,7 @@
 // need, as plain data. The plan predicts each kernel's launch geometry and shared memory; the
 // build checks the compiled result against it.
 
+import { validateSpec } from '../dsl/attention.ts';
 import { ARCHS, type Arch, type BuildTarget, type DType, type KernelSpec, type Target } from '../dsl/spec.ts';
 import { canonicalJson, compilerFingerprint, sha256 } from './cache-key.ts';
 import type { Toolchain } from './toolchain.ts';
@@ -125,9 +126,24 @@ export function toolchainIdentity(target: BuildTarget, toolchain: Toolchain): st
   return gxx;
 }
 
-export function plan(spec: KernelSpec, options: PlanOptions, toolchain: Toolchain): KernelPlan {
+const BUILD_TARGETS: readonly unknown[] = ['cuda', 'emu', 'cpu'];
+const SANITIZERS: readonly unknown[] = ['none', 'address', 'thread'];
+
+/**
+ * Plans a build. The spec is validated again whatever its origin (a JSON copy, a plain object):
+ * the plan holds the validated copy, whose variant C++ is regenerated from the IR.
+ */
+export function plan(input: KernelSpec, options: PlanOptions, toolchain: Toolchain): KernelPlan {
+  const spec = validateSpec(input);
   const { target } = options;
+  if (!BUILD_TARGETS.includes(target))
+    throw new PlanError(`target ${JSON.stringify(target)?.slice(0, 40)} is not one of cuda, emu, cpu`);
   const sanitize = options.sanitize ?? 'none';
+  if (!SANITIZERS.includes(sanitize))
+    throw new PlanError(`sanitizer ${JSON.stringify(sanitize)?.slice(0, 40)} is not one of address, thread`);
+  for (const arch of options.archs ?? [])
+    if (!(ARCHS as readonly unknown[]).includes(arch))
+      throw new PlanError(`arch ${JSON.stringify(arch)?.slice(0, 40)} is not one of ${ARCHS.join(', ')}`);
   const specArchs = spec.targets.filter((t): t is Arch => (ARCHS as readonly string[]).includes(t));
   const archs = target === 'cuda' ? [...(options.archs ?? specArchs)] : [];
   if (target === 'cuda' && archs.length === 0)
@@ -141,13 +157,15 @@ export function plan(spec: KernelSpec, options: PlanOptions, toolchain: Toolchai
 
   const tunables: Record<string, number> = {};
   for (const t of spec.tunables) {
-    const value = options.tunables?.[t.name] ?? t.default;
+    const given = options.tunables;
+    const value = given && Object.hasOwn(given, t.name) ? given[t.name]! : t.default;
     if (!t.values.includes(value))
       throw new PlanError(`tunable ${t.name}: ${value} is not one of ${t.values.join(', ')}`);
     tunables[t.name] = value;
   }
   for (const name of Object.keys(options.tunables ?? {}))
-    if (!spec.tunables.some((t) => t.name === name)) throw new PlanError(`unknown tunable ${name}`);
+    if (!spec.tunables.some((t) => t.name === name))
+      throw new PlanError(`unknown tunable ${name.slice(0, 64)}`);
 
   const phase1 = target === 'cpu';
   const kernels = target === 'cpu' ? [] : phase2Launches(spec);

@@ -6,6 +6,7 @@ import { basename, join } from 'node:path';
 import Handlebars from 'handlebars';
 import type { DType } from '../dsl/spec.ts';
 import { TEMPLATES_DIR } from './cache-key.ts';
+import { MANIFEST_ABI } from './manifest.ts';
 import type { KernelPlan } from './plan.ts';
 
 export interface RenderedModule {
@@ -40,7 +41,7 @@ function template(name: string): Handlebars.TemplateDelegate {
 export function moduleInfo(plan: KernelPlan): Record<string, unknown> {
   const { spec } = plan;
   return {
-    abi: 1,
+    abi: MANIFEST_ABI,
     name: spec.name,
     key: plan.key,
     target: plan.target,
@@ -70,6 +71,10 @@ export function render(plan: KernelPlan): RenderedModule {
     targetMacro: plan.target.toUpperCase(),
     types: { q: types[plan.spec.dtype.q], kv: types[plan.spec.dtype.kv], out: types[plan.spec.dtype.out] },
     infoJsonOpen: infoJson.slice(0, -1),
+    tunables: Object.entries(plan.tunables).map(([name, value]) => {
+      const integer = Number.isInteger(value) && Math.abs(value) < 2 ** 31;
+      return { name, type: integer ? 'int' : 'double', value: String(value) };
+    }),
     infoComputed: isCpu ? [] : [{ name: 'smemBytes', expr: 'ca::Phase2Plan<Cfg>::kSmemBytes' }],
   };
   return isCpu

@@ -3,6 +3,8 @@
 // the field path and says what is allowed: `heads.kv: 5 does not divide heads.q: 32; allowed: ...`.
 
 import { callSiteFromStack, captureStack, displayPath } from './call-site.ts';
+import { irProblem } from './check-ir.ts';
+import { exprToCpp } from './emit-cpp.ts';
 import { DslError } from './errors.ts';
 import {
   CHUNK_SIZES,
@@ -12,6 +14,11 @@ import {
   HEAD_DIMS,
   type HeadDim,
   type KernelSpec,
+  MAX_HEADS,
+  MAX_NAME_LENGTH,
+  MAX_PARAMS,
+  MAX_TUNABLE_VALUES,
+  MAX_TUNABLES,
   PARTITIONS,
   type ParamSpec,
   type Partition,
@@ -117,19 +124,27 @@ class Context {
   }
 }
 
-/** A value as written in messages: strings quoted, arrays bracketed, functions and objects named. */
+/**
+ * A value as written in messages: strings quoted, arrays bracketed, functions and objects named.
+ * Long strings and arrays are cut, so a message never grows with a hostile input.
+ */
 export function show(value: unknown): string {
-  if (typeof value === 'string') return `'${value}'`;
+  if (typeof value === 'string')
+    return value.length > 60 ? `'${value.slice(0, 40)}…' (${value.length} characters)` : `'${value}'`;
   if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint')
     return String(value);
   if (value === undefined) return 'undefined';
   if (value === null) return 'null';
   if (typeof value === 'function') return 'a function';
-  if (Array.isArray(value)) return `[${value.map(show).join(', ')}]`;
+  if (Array.isArray(value))
+    return value.length > 8
+      ? `[${value.slice(0, 8).map(show).join(', ')}, … ${value.length - 8} more]`
+      : `[${value.map(show).join(', ')}]`;
   return 'an object';
 }
 
-function isPlainObject(value: unknown): value is Record<string, unknown> {
+/** An object literal (or Object.create(null)): not an array, class instance or function. */
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
   const proto = Object.getPrototypeOf(value);
   return proto === Object.prototype || proto === null;
@@ -172,8 +187,13 @@ function checkKnownFields(
 ) {
   for (const key of Object.keys(object)) {
     if (known.includes(key)) continue;
-    const close = closestField(key, known);
-    ctx.fail(`${prefix}${key}`, `unknown field${close ? ` (did you mean ${close}?)` : ''}`, known.join(', '));
+    const shown = key.length > 40 ? `${key.slice(0, 40)}…` : key;
+    const close = key.length > 40 ? undefined : closestField(key, known);
+    ctx.fail(
+      `${prefix}${shown}`,
+      `unknown field${close ? ` (did you mean ${close}?)` : ''}`,
+      known.join(', '),
+    );
   }
 }
 
@@ -235,6 +255,12 @@ function buildSpec(input: unknown, ctx: Context, translated?: Translated): Kerne
   checkKnownFields(ctx, input, FIELDS, '');
 
   const name = requireField(ctx, input, 'name', 'name', 'a letter, then letters, digits, _ or -');
+  if (typeof name === 'string' && name.length > MAX_NAME_LENGTH)
+    ctx.fail(
+      'name',
+      `${show(name)} is longer than ${MAX_NAME_LENGTH} characters`,
+      `at most ${MAX_NAME_LENGTH}`,
+    );
   if (typeof name !== 'string' || !NAME_RE.test(name)) {
     ctx.fail('name', `${show(name)} is not a valid name`, 'a letter, then letters, digits, _ or -');
   }
@@ -253,6 +279,8 @@ function buildSpec(input: unknown, ctx: Context, translated?: Translated): Kerne
     requireField(ctx, headsInput, 'kv', 'heads.kv', 'a divisor of heads.q'),
     'heads.kv',
   );
+  if (q > MAX_HEADS) ctx.fail('heads.q', `${q} is more than ${MAX_HEADS}`, `1 to ${MAX_HEADS}`);
+  if (kv > q) ctx.fail('heads.kv', `${kv} is more than heads.q: ${q}`, 'a divisor of heads.q');
   if (q % kv !== 0) {
     const divisors = Array.from({ length: q }, (_, i) => i + 1).filter((d) => q % d === 0);
     ctx.fail('heads.kv', `${kv} does not divide heads.q: ${q}`, divisors.join(', '));
@@ -369,8 +397,11 @@ function validateParams(ctx: Context, value: unknown): readonly ParamSpec[] {
       '{ softcap: 50, window: 4096 }',
     );
   }
-  return Object.entries(value).map(([name, v]) => {
-    if (!IDENT_RE.test(name)) {
+  const entries = Object.entries(value);
+  if (entries.length > MAX_PARAMS)
+    ctx.fail('params', `${entries.length} params are more than ${MAX_PARAMS}`, `at most ${MAX_PARAMS}`);
+  return entries.map(([name, v]) => {
+    if (name.length > MAX_NAME_LENGTH || !IDENT_RE.test(name)) {
       ctx.fail(
         `params.${name}`,
         `${show(name)} is not an identifier`,
@@ -390,9 +421,16 @@ function validateTunables(ctx: Context, value: unknown): readonly TunableSpec[] 
       '{ blockN: { values: [32, 64], default: 64 } }',
     );
   }
-  return Object.entries(value).map(([name, t]) => {
-    const path = `tunables.${name}`;
-    if (!IDENT_RE.test(name))
+  const entries = Object.entries(value);
+  if (entries.length > MAX_TUNABLES)
+    ctx.fail(
+      'tunables',
+      `${entries.length} tunables are more than ${MAX_TUNABLES}`,
+      `at most ${MAX_TUNABLES}`,
+    );
+  return entries.map(([name, t]) => {
+    const path = `tunables.${name.slice(0, MAX_NAME_LENGTH)}`;
+    if (name.length > MAX_NAME_LENGTH || !IDENT_RE.test(name))
       ctx.fail(path, `${show(name)} is not an identifier`, 'a letter or _, then letters, digits or _');
     if (!isPlainObject(t))
       ctx.fail(path, `expected { values, default }, got ${show(t)}`, '{ values: [32, 64], default: 64 }');
@@ -405,6 +443,12 @@ function validateTunables(ctx: Context, value: unknown): readonly TunableSpec[] 
         'e.g. [32, 64, 128]',
       );
     }
+    if (values.length > MAX_TUNABLE_VALUES)
+      ctx.fail(
+        `${path}.values`,
+        `${values.length} values are more than ${MAX_TUNABLE_VALUES}`,
+        `at most ${MAX_TUNABLE_VALUES}`,
+      );
     const seen = new Set<number>();
     values.forEach((v, i) => {
       finiteNumber(ctx, v, `${path}.values[${i}]`);
@@ -437,6 +481,114 @@ function deepFreeze<T>(value: T): T {
     Object.freeze(value);
   }
   return value;
+}
+
+// ── stored specs ─────────────────────────────────────────────────────────────
+
+const VARIANT_FIELDS = ['source', 'loc', 'ir', 'cpp'] as const;
+const MAX_SOURCE_LENGTH = 100_000;
+
+/** A stored loc: a file name without control characters (it is printed into C++ comments). */
+function validateLoc(ctx: Context, value: unknown, path: string): SourceLoc {
+  if (!isPlainObject(value)) ctx.fail(path, `expected { file, line, column }, got ${show(value)}`);
+  checkKnownFields(ctx, value, ['file', 'line', 'column'], `${path}.`);
+  const file = value['file'];
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it rejects
+  if (typeof file !== 'string' || file.length > 4096 || /[\u0000-\u001f\u007f\u2028\u2029]/.test(file))
+    ctx.fail(`${path}.file`, `${show(file)} is not a file name`, 'a path without control characters');
+  return {
+    file,
+    line: positiveInteger(ctx, value['line'], `${path}.line`),
+    column: positiveInteger(ctx, value['column'], `${path}.column`),
+  };
+}
+
+/** A stored score/mask function: its IR is checked and its C++ regenerated; a stored `cpp` is never used. */
+function validateStoredVariant(
+  ctx: Context,
+  value: unknown,
+  kind: 'scoreMod' | 'mask',
+  params: readonly ParamSpec[],
+): VariantFn | null {
+  if (value === null || value === undefined) return null;
+  if (!isPlainObject(value))
+    ctx.fail(kind, `expected a translated function { source, loc, ir }, got ${show(value)}`);
+  checkKnownFields(ctx, value, VARIANT_FIELDS, `${kind}.`);
+  const source = value['source'];
+  if (typeof source !== 'string' || source.length > MAX_SOURCE_LENGTH)
+    ctx.fail(`${kind}.source`, `${show(source)} is not the function's source text`);
+  const loc = validateLoc(ctx, value['loc'], `${kind}.loc`);
+  const problem = irProblem(value['ir'], kind === 'mask' ? 'boolean' : 'number', params);
+  if (problem) ctx.fail(`${kind}.ir`, problem, 'the IR the DSL translator produces');
+  const ir = value['ir'] as VariantFn['ir'];
+  return { source, loc, ir: structuredClone(ir), cpp: exprToCpp(ir) };
+}
+
+/** A stored list of { name, ... } records → the object form attention() takes (names must be distinct). */
+function recordsToObject(
+  ctx: Context,
+  value: unknown,
+  path: string,
+  fields: readonly string[],
+  limit: number,
+  pick: (record: Record<string, unknown>) => unknown,
+): Record<string, unknown> | undefined {
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value) || value.length > limit)
+    ctx.fail(path, `expected an array of at most ${limit} { ${fields.join(', ')} }, got ${show(value)}`);
+  const out: Record<string, unknown> = Object.create(null);
+  value.forEach((record, i) => {
+    if (!isPlainObject(record))
+      ctx.fail(`${path}[${i}]`, `expected { ${fields.join(', ')} }, got ${show(record)}`);
+    checkKnownFields(ctx, record, fields, `${path}[${i}].`);
+    const name = record['name'];
+    if (typeof name !== 'string') ctx.fail(`${path}[${i}].name`, `${show(name)} is not a name`);
+    if (Object.hasOwn(out, name)) ctx.fail(`${path}[${i}].name`, `duplicate ${show(name)}`, 'distinct names');
+    out[name] = pick(record);
+  });
+  return out;
+}
+
+/**
+ * Validates a spec of any origin (JSON, a plain object, a forged brand) exactly as attention()
+ * validates its input, and returns a fresh, branded, frozen KernelSpec. Variant functions are
+ * checked as IR and their C++ is regenerated from it.
+ */
+export function validateSpec(value: unknown): KernelSpec {
+  const ctx: Context = new Context(undefined);
+  if (!isPlainObject(value))
+    ctx.fail('spec', `expected a KernelSpec object, got ${show(value)}`, FIELDS.join(', '));
+  checkKnownFields(ctx, value, FIELDS, '');
+  const params = recordsToObject(
+    ctx,
+    value['params'],
+    'params',
+    ['name', 'default'],
+    MAX_PARAMS,
+    (r) => r['default'],
+  );
+  const tunables = recordsToObject(
+    ctx,
+    value['tunables'],
+    'tunables',
+    ['name', 'values', 'default'],
+    MAX_TUNABLES,
+    (r) => ({
+      values: r['values'],
+      default: r['default'],
+    }),
+  );
+  const input: Record<string, unknown> = {};
+  for (const key of FIELDS)
+    if (value[key] !== undefined && key !== 'scoreMod' && key !== 'mask') input[key] = value[key];
+  if (params) input['params'] = { ...params };
+  if (tunables) input['tunables'] = { ...tunables };
+  // The params the IR may reference: validated first, in the stored order.
+  const paramSpecs = validateParams(ctx, input['params']);
+  return buildSpec(input, ctx, {
+    scoreMod: validateStoredVariant(ctx, value['scoreMod'], 'scoreMod', paramSpecs),
+    mask: validateStoredVariant(ctx, value['mask'], 'mask', paramSpecs),
+  });
 }
 
 // ── overrides ────────────────────────────────────────────────────────────────

@@ -1,5 +1,5 @@
 // Float64 evaluation of the Expr IR with JavaScript semantics: the reference the kernels are
-// compared with (test/reference.ts's ReferenceVariant).
+// compared with (runtime/reference.ts's ReferenceVariant).
 
 import type { Expr, KernelSpec, Pos } from './spec.ts';
 
@@ -135,7 +135,7 @@ export function compileExpr(expr: Expr): Compiled {
   }
 }
 
-/** What test/reference.ts's `ReferenceVariant` takes: float64 score/mask functions and the param defaults. */
+/** What runtime/reference.ts's `ReferenceVariant` takes: float64 score/mask functions and the param defaults. */
 export interface VariantFunctions {
   readonly scoreMod?: (score: number, pos: Pos, params: readonly number[]) => number;
   readonly mask?: (pos: Pos, params: readonly number[]) => boolean;

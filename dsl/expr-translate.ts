@@ -9,7 +9,16 @@ import type { Block, ObjectBindingPattern, ParameterDeclaration, Node as TsNode 
 import { type DslDiagnostic, DslError } from './errors.ts';
 import { formatDiagnostics } from './format-error.ts';
 import { type FunctionSource, unwrap, type VariantKind } from './locate.ts';
-import { type Expr, MATH_FNS, type MathFn, type ParamSpec, POS_FIELDS, type PosField } from './spec.ts';
+import {
+  type Expr,
+  FLOAT_MAX,
+  MATH_ARITY,
+  MATH_FNS,
+  type MathFn,
+  type ParamSpec,
+  POS_FIELDS,
+  type PosField,
+} from './spec.ts';
 import { type TsMorph, tsMorph } from './ts-morph.ts';
 
 export const ALLOWED =
@@ -28,20 +37,6 @@ export const MATH_CONSTANTS: Readonly<Record<string, number>> = {
   SQRT1_2: Math.SQRT1_2,
 };
 
-/** Number of arguments each Math function takes: exactly n, or at least 2 for min/max. */
-const MATH_ARITY: Readonly<Record<MathFn, number | 'variadic'>> = {
-  exp: 1,
-  log: 1,
-  tanh: 1,
-  abs: 1,
-  sqrt: 1,
-  floor: 1,
-  pow: 2,
-  min: 'variadic',
-  max: 'variadic',
-};
-
-const FLOAT_MAX = 3.4028234663852886e38;
 const FLOAT_MIN_SUBNORMAL = 1.401298464324817e-45;
 
 type Type = 'number' | 'boolean';

@@ -12,6 +12,7 @@ export {
   isKernelSpec,
   type ParamValues,
   type SpecOverrides,
+  validateSpec,
   withOverrides,
 } from './attention.ts';
 export { exprToCpp, floatLiteral } from './emit-cpp.ts';

@@ -49,6 +49,29 @@ export type Expr =
 export const MATH_FNS = ['exp', 'log', 'tanh', 'abs', 'min', 'max', 'sqrt', 'pow', 'floor'] as const;
 export type MathFn = (typeof MATH_FNS)[number];
 
+/** Number of arguments each Math function takes: exactly n, or at least 2 for min/max. */
+export const MATH_ARITY: Readonly<Record<MathFn, number | 'variadic'>> = {
+  exp: 1,
+  log: 1,
+  tanh: 1,
+  abs: 1,
+  sqrt: 1,
+  floor: 1,
+  pow: 2,
+  min: 'variadic',
+  max: 'variadic',
+};
+
+/** The largest finite float32: literals beyond it are rejected (they would become inf in C++). */
+export const FLOAT_MAX = 3.4028234663852886e38;
+
+/** Bounds every target can hold (the native addon checks modules against the same limits). */
+export const MAX_HEADS = 1024;
+export const MAX_NAME_LENGTH = 64;
+export const MAX_PARAMS = 64;
+export const MAX_TUNABLES = 32;
+export const MAX_TUNABLE_VALUES = 64;
+
 export interface SourceLoc {
   readonly file: string;
   readonly line: number;

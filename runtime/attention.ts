@@ -9,13 +9,29 @@
 //
 // q/out rows follow the caller's order (the seqs of the last appendStep), never the tree's.
 // Every method validates its arguments first and throws a typed error with nothing changed.
+//
+// K/V validity: the tree tracks, per chunk and layer, which positions were written. writeKV and
+// writeDecodeKV extend that in token order, and refuse (ArgumentError) K/V holding NaN or ±Inf,
+// which would otherwise poison every later prompt that shares the chunk. decode refuses
+// (UnwrittenKvError) a sequence whose K/V is not all written in that layer, and an insert
+// matches only chunks whose K/V is complete in every layer.
 
-import type { BuildTarget, KernelSpec, Partition } from '../dsl/spec.ts';
-import { ArgumentError, ShapeError, UnknownSequenceError } from './errors.ts';
-import { ioRowMap, type KernelContext } from './kernel-context.ts';
-import type { KvShape, KvStats } from './kv-stats.ts';
+import { freemem } from 'node:os';
+import { isPlainObject, validateSpec } from '../dsl/attention.ts';
+import { ARCHS, type BuildTarget, type KernelSpec, PARTITIONS, type Partition } from '../dsl/spec.ts';
+import { ArgumentError, BusyError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
+import { ContextPlanner, type KernelContext } from './kernel-context.ts';
+import { bytesPerChunk, type KvShape, type KvStats } from './kv-stats.ts';
 import { gpuPresent, type LoadableModule, type ModuleLoader, resolveLoader } from './module-loader.ts';
-import { type HostData, type KernelStats, type KvPool, NativeModule } from './native-module.ts';
+import {
+  type DecodeArgs,
+  DeviceTensor,
+  type HostData,
+  type KernelStats,
+  type KvPool,
+  NativeModule,
+  type TensorData,
+} from './native-module.ts';
 import { type InsertResult, PrefixTree } from './prefix-tree.ts';
 
 export type RuntimeTarget = BuildTarget;
@@ -59,8 +75,141 @@ const MIN_SHARERS: Record<Partition, number> = {
   'chunk-first': 1,
 };
 
+const KV_DTYPE_BYTES = { f16: 2, bf16: 2, f32: 4 } as const;
+
+// An Attention dropped without close() frees its pools when it is collected (the held value
+// references the module and pools, never the Attention itself).
+// A throw here would be an uncaught exception, so a pool that cannot be freed is left to its own
+// native finalizer.
+const dropped = new FinalizationRegistry<{ module: NativeModule; pools: KvPool[] }>(({ module, pools }) => {
+  for (const pool of pools) {
+    try {
+      if (!pool.freed) module.free(pool);
+    } catch {
+      // freed already, or the module rejected it: the buffer's finalizer releases it
+    }
+  }
+});
+
+const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+
+/** Bytes of the KV pools Attention.create allocates (K and V, every layer, whole chunks). */
+export function poolBytes(
+  spec: KernelSpec,
+  options: Pick<AttentionOptions, 'layers' | 'capacityTokens'>,
+): number {
+  const shape = {
+    layers: options.layers,
+    kvHeads: spec.heads.kv,
+    headDim: spec.headDim,
+    dtypeBytes: KV_DTYPE_BYTES[spec.dtype.kv],
+  };
+  return Math.ceil(options.capacityTokens / spec.chunkSize) * bytesPerChunk(shape, spec.chunkSize);
+}
+
+/** The warning create() gives when host pools would take more than half of the free memory. */
+export function poolMemoryWarning(
+  spec: KernelSpec,
+  options: Pick<AttentionOptions, 'layers' | 'capacityTokens'>,
+  freeBytes: number,
+): string | undefined {
+  const bytes = poolBytes(spec, options);
+  if (bytes <= freeBytes / 2) return undefined;
+  return (
+    `the KV pools of ${options.layers} layers × ${options.capacityTokens} tokens take ${gib(bytes)}, ` +
+    `more than half of the ${gib(freeBytes)} of free memory`
+  );
+}
+
 function isSpec(source: KernelSpec | SpecSource | LoadableModule): source is KernelSpec {
   return 'heads' in source && 'headDim' in source;
+}
+
+const RUNTIME_TARGETS: readonly unknown[] = ['auto', 'cuda', 'emu', 'cpu'];
+const MAX_LAYERS = 4096;
+
+/** What a value looks like in a message, kept short whatever it is. */
+function shown(value: unknown): string {
+  const text =
+    typeof value === 'string'
+      ? `'${value}'`
+      : typeof value === 'object'
+        ? JSON.stringify(value)
+        : String(value);
+  return text === undefined ? String(value) : text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+/** Validates every option that does not need the module (before anything is built). */
+function checkOptions(options: AttentionOptions): void {
+  if (!isPlainObject(options)) throw new ArgumentError(`options must be an object, got ${shown(options)}`);
+  if (!Number.isInteger(options.layers) || options.layers < 1 || options.layers > MAX_LAYERS)
+    throw new ArgumentError(`layers must be an integer in [1, ${MAX_LAYERS}], got ${shown(options.layers)}`);
+  if (!Number.isSafeInteger(options.capacityTokens) || options.capacityTokens < 1)
+    throw new ArgumentError(
+      `capacityTokens must be a positive integer, got ${shown(options.capacityTokens)}`,
+    );
+  if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 0))
+    throw new ArgumentError(`threads must be an integer ≥ 0, got ${shown(options.threads)}`);
+  if (options.target !== undefined && !RUNTIME_TARGETS.includes(options.target))
+    throw new ArgumentError(
+      `target must be one of ${RUNTIME_TARGETS.join(', ')}, got ${shown(options.target)}`,
+    );
+  if (options.mode !== undefined && !(PARTITIONS as readonly unknown[]).includes(options.mode))
+    throw new ArgumentError(`mode must be one of ${PARTITIONS.join(', ')}, got ${shown(options.mode)}`);
+  const runs = options.maxRunChunks;
+  if (runs !== undefined && runs !== Number.POSITIVE_INFINITY && (!Number.isInteger(runs) || runs < 1))
+    throw new ArgumentError(`maxRunChunks must be an integer ≥ 1 (or Infinity), got ${shown(runs)}`);
+  if (options.loader !== undefined && typeof options.loader !== 'function')
+    throw new ArgumentError(`loader must be a function, got ${shown(options.loader)}`);
+  if (options.params !== undefined && !isPlainObject(options.params))
+    throw new ArgumentError(`params must be an object of name: number, got ${shown(options.params)}`);
+}
+
+/** The kernel parameter values: the spec's defaults, with given values matched by own property. */
+function paramValues(spec: KernelSpec, given: Readonly<Record<string, number>> | undefined): Float32Array {
+  const values = given ?? {};
+  for (const name of Object.keys(values)) {
+    if (!spec.params.some((p) => p.name === name))
+      throw new ArgumentError(
+        `params.${name.slice(0, 64)}: spec "${spec.name}" declares ${spec.params.map((p) => p.name).join(', ') || 'no params'}`,
+      );
+    const value = values[name];
+    if (typeof value !== 'number' || !Number.isFinite(value))
+      throw new ArgumentError(`params.${name}: ${shown(value)} is not a finite number`);
+    if (Math.abs(value) > 3.4028234663852886e38)
+      throw new ArgumentError(`params.${name}: ${value} does not fit a float32`);
+  }
+  return Float32Array.from(spec.params, (p) => (Object.hasOwn(values, p.name) ? values[p.name]! : p.default));
+}
+
+/** The build target for a spec: the one asked for (which the spec must list), or the best it lists. */
+function chooseTarget(spec: KernelSpec, asked: RuntimeTarget | 'auto' | undefined): BuildTarget {
+  const hasArch = spec.targets.some((t) => (ARCHS as readonly string[]).includes(t));
+  const lists = (target: BuildTarget) => (target === 'cuda' ? hasArch : spec.targets.includes(target));
+  if (asked && asked !== 'auto') {
+    if (!lists(asked))
+      throw new ArgumentError(
+        `target ${asked}: spec "${spec.name}" targets ${spec.targets.join(', ')} (add ${asked === 'cuda' ? 'a GPU arch' : asked} to its targets)`,
+      );
+    return asked;
+  }
+  if (hasArch && gpuPresent()) return 'cuda';
+  if (lists('cpu')) return 'cpu';
+  throw new ArgumentError(
+    `spec "${spec.name}" targets ${spec.targets.join(', ')}, none of which runs on this machine (no GPU); add 'cpu' or pass target`,
+  );
+}
+
+/** Finds the first NaN or ±Inf in K/V data (f32 values, or f16/bf16 bit patterns). */
+function nonFiniteIndex(data: HostData, dtype: 'f16' | 'bf16' | 'f32'): number {
+  if (data instanceof Float32Array) {
+    for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i]!)) return i;
+    return -1;
+  }
+  // An all-ones exponent is Inf or NaN.
+  const exponent = dtype === 'bf16' ? 0x7f80 : 0x7c00;
+  for (let i = 0; i < data.length; i++) if ((data[i]! & exponent) === exponent) return i;
+  return -1;
 }
 
 export class Attention {
@@ -77,6 +226,8 @@ export class Attention {
   readonly #threads: number;
   readonly #maxRunChunks: number;
   #pending: PendingStep | null = null;
+  readonly #planner = new ContextPlanner();
+  #inFlight: Promise<void> | null = null;
   #closed = false;
 
   private constructor(spec: KernelSpec, module: NativeModule, options: AttentionOptions, mode: Partition) {
@@ -86,8 +237,13 @@ export class Attention {
     this.mode = mode;
     this.layers = options.layers;
     const slots = Math.ceil(options.capacityTokens / spec.chunkSize);
-    this.cache = new PrefixTree({ chunkSize: spec.chunkSize, maxCapacity: slots, initialCapacity: slots });
-    this.#params = Float32Array.from(spec.params, (p) => options.params?.[p.name] ?? p.default);
+    this.cache = new PrefixTree({
+      chunkSize: spec.chunkSize,
+      maxCapacity: slots,
+      initialCapacity: slots,
+      kvLayers: options.layers,
+    });
+    this.#params = paramValues(spec, options.params);
     this.#threads = options.threads ?? 0;
     this.#maxRunChunks = options.maxRunChunks ?? Number.POSITIVE_INFINITY;
     this.#pools = [];
@@ -97,6 +253,7 @@ export class Attention {
       for (const pool of this.#pools) module.free(pool);
       throw error;
     }
+    dropped.register(this, { module, pools: this.#pools }, this);
   }
 
   /** Builds (or finds in the cache) the module for a spec and allocates the per-layer pools. */
@@ -104,27 +261,29 @@ export class Attention {
     source: KernelSpec | SpecSource | LoadableModule,
     options: AttentionOptions,
   ): Promise<Attention> {
-    if (!Number.isInteger(options.layers) || options.layers < 1)
-      throw new ArgumentError(`layers must be a positive integer, got ${options.layers}`);
-    if (!Number.isInteger(options.capacityTokens) || options.capacityTokens < 1)
-      throw new ArgumentError(`capacityTokens must be a positive integer, got ${options.capacityTokens}`);
-    if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 0))
-      throw new ArgumentError(`threads must be an integer ≥ 0, got ${options.threads}`);
+    checkOptions(options);
+    if (typeof source !== 'object' || source === null)
+      throw new ArgumentError(`expected a spec, { spec } or a built module, got ${shown(source)}`);
     let loadable: LoadableModule;
     if ('libraryPath' in source) {
       loadable = source;
+      if (
+        options.target !== undefined &&
+        options.target !== 'auto' &&
+        options.target !== source.manifest.target
+      )
+        throw new ArgumentError(
+          `target ${options.target}: the module was built for ${source.manifest.target}`,
+        );
     } else {
-      const spec = isSpec(source) ? source : source.spec;
-      const target =
-        options.target && options.target !== 'auto' ? options.target : gpuPresent() ? 'cuda' : 'cpu';
+      // Whatever its origin (JSON, a plain object), the spec is validated again (DslError).
+      const spec = validateSpec(isSpec(source) ? source : source.spec);
+      const target = chooseTarget(spec, options.target);
+      paramValues(spec, options.params); // fail before building
       loadable = await resolveLoader(options.loader)(spec, target);
     }
     const spec = loadable.manifest.spec;
-    for (const name of Object.keys(options.params ?? {}))
-      if (!spec.params.some((p) => p.name === name))
-        throw new ArgumentError(
-          `params.${name}: spec "${spec.name}" declares ${spec.params.map((p) => p.name).join(', ') || 'no params'}`,
-        );
+    paramValues(spec, options.params);
     const module = NativeModule.load(loadable.libraryPath);
     const wanted = options.mode ?? spec.partition;
     if (wanted === 'chunk-first' && !module.info.phase1)
@@ -132,16 +291,22 @@ export class Attention {
         `mode chunk-first needs a phase-1 kernel, which the ${module.info.target} module lacks`,
       );
     const mode = wanted === 'two-phase' && !module.info.phase1 ? 'sequence-first' : wanted;
+    if (mode !== wanted)
+      process.emitWarning(
+        `spec "${spec.name}" is two-phase, but the ${module.info.target} module has no phase-1 kernel: it runs sequence-first`,
+        { code: 'CHUNKATTN_SEQUENCE_FIRST' },
+      );
+    const warning = module.info.target === 'cuda' ? undefined : poolMemoryWarning(spec, options, freemem());
+    if (warning) process.emitWarning(warning, { code: 'CHUNKATTN_MEMORY' });
     return new Attention(spec, module, options, mode);
   }
 
   get kvShape(): KvShape {
-    const bytes = { f16: 2, bf16: 2, f32: 4 }[this.spec.dtype.kv];
     return {
       layers: this.layers,
       kvHeads: this.spec.heads.kv,
       headDim: this.spec.headDim,
-      dtypeBytes: bytes,
+      dtypeBytes: KV_DTYPE_BYTES[this.spec.dtype.kv],
     };
   }
 
@@ -162,7 +327,7 @@ export class Attention {
   }
 
   /** Writes K/V ([n, Hkv, D] each) of tokens [fromPos, fromPos + n) of a sequence into one layer. */
-  writeKV(layer: number, seq: number, fromPos: number, k: HostData, v: HostData): void {
+  writeKV(layer: number, seq: number, fromPos: number, k: TensorData, v: TensorData): void {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const n = this.#tokenRows('k', k);
@@ -189,7 +354,10 @@ export class Attention {
       slots[i] = slot;
       offsets[i] = pos % c;
     }
+    this.#checkFinite(k, v);
+    this.cache.checkKvWrites(layer, slots, offsets);
     this.module.writeKv(pool, slots, offsets, k, v);
+    this.cache.markKvWritten(layer, slots, offsets);
   }
 
   /** One decode step: appends one token to each sequence; then writeDecodeKV and decode per layer. */
@@ -201,7 +369,7 @@ export class Attention {
   }
 
   /** K/V ([seqs.length, Hkv, D], rows in appendStep order) of the step's new tokens, for one layer. */
-  writeDecodeKV(layer: number, k: HostData, v: HostData): void {
+  writeDecodeKV(layer: number, k: TensorData, v: TensorData): void {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const step = this.#pending;
@@ -217,14 +385,60 @@ export class Attention {
         throw new ShapeError(
           `${name} holds ${data.length / this.#rowElems()} tokens; the step has ${step.seqs.length}`,
         );
+    this.#checkFinite(k, v);
+    this.cache.checkKvWrites(layer, step.slots, step.offsets);
     this.module.writeKv(pool, step.slots, step.offsets, k, v);
+    this.cache.markKvWritten(layer, step.slots, step.offsets);
   }
 
   /**
    * Attention of one query token per sequence over its whole KV. q and out are [n, Hq, D] with
-   * row i for seqs[i] (default: the seqs of the last appendStep).
+   * row i for seqs[i] (default: the seqs of the last appendStep); only those rows are computed.
+   * q/out may be DeviceTensors (allocTensor): then nothing crosses to the host.
    */
-  decode(layer: number, q: HostData, out?: HostData, seqs?: ArrayLike<number>): HostData {
+  decode(layer: number, q: TensorData, out?: HostData, seqs?: ArrayLike<number>): HostData;
+  decode(layer: number, q: TensorData, out: DeviceTensor, seqs?: ArrayLike<number>): DeviceTensor;
+  decode(layer: number, q: TensorData, out?: TensorData, seqs?: ArrayLike<number>): TensorData {
+    const call = this.#decodeCall(layer, q, out, seqs);
+    this.module.decode(call.pool, call.args);
+    return call.args.out;
+  }
+
+  /**
+   * decode on a worker thread, so the event loop stays free: arguments are checked and the step
+   * planned now (errors throw at once); the promise resolves with out. Until it settles every
+   * other call on this Attention throws BusyError, and q/out must not be touched.
+   */
+  decodeAsync(layer: number, q: TensorData, out?: HostData, seqs?: ArrayLike<number>): Promise<HostData>;
+  decodeAsync(
+    layer: number,
+    q: TensorData,
+    out: DeviceTensor,
+    seqs?: ArrayLike<number>,
+  ): Promise<DeviceTensor>;
+  async decodeAsync(
+    layer: number,
+    q: TensorData,
+    out?: TensorData,
+    seqs?: ArrayLike<number>,
+  ): Promise<TensorData> {
+    const call = this.#decodeCall(layer, q, out, seqs);
+    const done = this.module.decodeAsync(call.pool, call.args);
+    this.#inFlight = done;
+    try {
+      await done;
+    } finally {
+      this.#inFlight = null;
+    }
+    return call.args.out;
+  }
+
+  #decodeCall(
+    layer: number,
+    q: TensorData,
+    out: TensorData | undefined,
+    seqs: ArrayLike<number> | undefined,
+  ): { pool: KvPool; args: DecodeArgs } {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const ioSeqs = seqs ? Int32Array.from(seqs) : this.#pending?.seqs;
@@ -241,45 +455,26 @@ export class Attention {
         ? new Float32Array(ioSeqs.length * rowElems)
         : new Uint16Array(ioSeqs.length * rowElems));
     this.#checkData('out', result, outType, ioSeqs.length * rowElems);
-    for (const seq of ioSeqs) if (!this.cache.has(seq)) throw new UnknownSequenceError(seq);
-
-    const context = this.context();
-    // Kernels decode every live sequence: sequences missing from this call get padding rows.
-    let qRows: HostData = q;
-    let outRows: HostData = result;
-    let allSeqs: Int32Array = ioSeqs;
-    if (ioSeqs.length < context.numRows) {
-      const present = new Set(ioSeqs);
-      const missing = Array.from(context.rowSeq).filter((s) => !present.has(s));
-      allSeqs = Int32Array.from([...ioSeqs, ...missing]);
-      qRows = new (q.constructor as typeof Float32Array | typeof Uint16Array)(allSeqs.length * rowElems);
-      qRows.set(q);
-      outRows = new (result.constructor as typeof Float32Array | typeof Uint16Array)(
-        allSeqs.length * rowElems,
-      );
+    for (const seq of ioSeqs) {
+      if (!this.cache.has(seq)) throw new UnknownSequenceError(seq);
+      const unwritten = this.cache.firstUnwritten(layer, seq);
+      if (unwritten >= 0) throw new UnwrittenKvError(seq, layer, unwritten, this.cache.length(seq));
     }
-    this.module.decode(pool, {
-      q: qRows,
-      out: outRows,
-      numIoRows: allSeqs.length,
-      rowIo: ioRowMap(context, allSeqs),
-      rowSeq: context.rowSeq,
-      rowLength: context.rowLength,
-      rowChunkOffsets: context.rowChunkOffsets,
-      rowChunkSlots: context.rowChunkSlots,
-      rowSharedChunks: context.rowSharedChunks,
-      rowPartialOffsets: context.rowPartialOffsets,
-      rowPartials: context.rowPartials,
-      runs: context.runs,
-      runSlots: context.runSlots,
-      numPartials: context.numPartials,
-      params: this.#params,
-      softmaxScale: this.spec.softmaxScale,
-      numThreads: this.#threads,
-      contextVersion: context.version,
-    });
-    if (outRows !== result) result.set(outRows.subarray(0, result.length) as never);
-    return result;
+
+    // Plan once per step: every layer passes the same packed context (uploaded once); only the
+    // requested rows are computed.
+    const packed = this.#planner.plan(this.context(), ioSeqs);
+    return {
+      pool,
+      args: {
+        q,
+        out: result,
+        context: packed,
+        params: this.#params,
+        softmaxScale: this.spec.softmaxScale,
+        numThreads: this.#threads,
+      },
+    };
   }
 
   /** The kernel context of the current tree for this runtime's mode (cached while the shape holds). */
@@ -297,15 +492,24 @@ export class Attention {
     return { ...this.cache.stats(this.kvShape), kernel: this.module.stats() };
   }
 
-  /** Frees the pools. The object is unusable afterwards. */
+  /** Frees the pools at once (a dropped object frees them when collected). Unusable afterwards. */
   close(): void {
     if (this.#closed) return;
+    if (this.#inFlight) throw new BusyError('close: a decodeAsync is in flight; await it first');
     this.#closed = true;
+    dropped.unregister(this);
     for (const pool of this.#pools) this.module.free(pool);
+  }
+
+  /** `using attn = await Attention.create(...)` closes it at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 
   #checkOpen(): void {
     if (this.#closed) throw new ArgumentError('this Attention is closed');
+    if (this.#inFlight)
+      throw new BusyError('a decodeAsync of this Attention is in flight: await it before the next call');
   }
 
   #pool(layer: number): KvPool {
@@ -318,10 +522,19 @@ export class Attention {
     return this.spec.heads.kv * this.spec.headDim;
   }
 
+  /** A zeroed tensor of `length` elements in the module's memory (device memory on cuda). */
+  allocTensor(dtype: 'f16' | 'bf16' | 'f32', length: number): DeviceTensor {
+    this.#checkOpen();
+    return this.module.allocTensor(dtype, length);
+  }
+
   /** Tokens in a K or V array ([n, Hkv, D]); checks its type against the pool's dtype. */
-  #tokenRows(name: string, data: HostData): number {
+  #tokenRows(name: string, data: TensorData): number {
     const kv = this.spec.dtype.kv;
-    if (!(data instanceof Float32Array) && !(data instanceof Uint16Array))
+    if (data instanceof DeviceTensor) {
+      if (data.dtype !== 'f32' && data.dtype !== kv)
+        throw new ShapeError(`${name} is a DeviceTensor of ${data.dtype}; expected f32 or ${kv}`);
+    } else if (!(data instanceof Float32Array) && !(data instanceof Uint16Array))
       throw new ShapeError(`${name} must be a Float32Array, or a Uint16Array of ${kv} bits`);
     if (data instanceof Uint16Array && kv === 'f32')
       throw new ShapeError(`${name}: the KV dtype is f32, so pass a Float32Array`);
@@ -332,8 +545,35 @@ export class Attention {
     return data.length / this.#rowElems();
   }
 
-  #checkData(name: string, data: HostData, dtype: string, elements: number): void {
-    const ok = dtype === 'f32' ? data instanceof Float32Array : data instanceof Uint16Array;
+  /**
+   * Refuses NaN/Inf K/V before anything is written (see the file comment). Host arrays only: a
+   * DeviceTensor's bytes are not on the host, and reading them back would cost the copy that
+   * device tensors exist to avoid, so device-resident K/V is the caller's to keep finite.
+   */
+  #checkFinite(k: TensorData, v: TensorData): void {
+    const dtype = this.spec.dtype.kv;
+    for (const [name, data] of [
+      ['k', k],
+      ['v', v],
+    ] as const) {
+      if (data instanceof DeviceTensor) continue;
+      const at = nonFiniteIndex(data, dtype);
+      if (at >= 0) {
+        const rowElems = this.#rowElems();
+        throw new ArgumentError(
+          `${name} holds NaN or ±Inf at element ${at} (token row ${Math.floor(at / rowElems)}, kv head ${Math.floor((at % rowElems) / this.spec.headDim)}): K/V must be finite`,
+        );
+      }
+    }
+  }
+
+  #checkData(name: string, data: TensorData, dtype: string, elements: number): void {
+    const ok =
+      data instanceof DeviceTensor
+        ? data.dtype === dtype
+        : dtype === 'f32'
+          ? data instanceof Float32Array
+          : data instanceof Uint16Array;
     if (!ok)
       throw new ShapeError(
         `${name} must be ${dtype === 'f32' ? 'a Float32Array' : `a Uint16Array of ${dtype} bits`}`,
@@ -342,8 +582,13 @@ export class Attention {
       throw new ShapeError(`${name} has ${data.length} elements; expected ${elements}`);
   }
 
+  /** Copy-on-write of a step's chunks: one launch per layer for all of them. */
   #applyCopies(copies: readonly { srcSlot: number; dstSlot: number; tokens: number }[]): void {
-    for (const copy of copies)
-      for (const pool of this.#pools) this.module.copyChunk(pool, copy.srcSlot, copy.dstSlot, copy.tokens);
+    if (copies.length === 0) return;
+    const list = new Int32Array(copies.length * 3);
+    copies.forEach((copy, i) => {
+      list.set([copy.srcSlot, copy.dstSlot, copy.tokens], i * 3);
+    });
+    for (const pool of this.#pools) this.module.copyChunks(pool, list);
   }
 }

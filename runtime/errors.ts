@@ -34,9 +34,30 @@ export class ArgumentError extends ChunkattnError {
   override name = 'ArgumentError';
 }
 
+/** A decode would read K/V that was never written (in that layer) for one of its sequences. */
+export class UnwrittenKvError extends ChunkattnError {
+  override name = 'UnwrittenKvError';
+  constructor(
+    readonly seq: number,
+    readonly layer: number,
+    /** The first token position without K/V. */
+    readonly position: number,
+    readonly length: number,
+  ) {
+    super(
+      `sequence ${seq}: K/V of tokens [${position}, …) is not written in layer ${layer} (length ${length}); write it with writeKV / writeDecodeKV before decode`,
+    );
+  }
+}
+
 /** A module whose ABI version or spec does not match what the runtime expects. */
 export class ModuleError extends ChunkattnError {
   override name = 'ModuleError';
+}
+
+/** A call on an Attention (or module handle) while its decodeAsync is still in flight: await it first. */
+export class BusyError extends ChunkattnError {
+  override name = 'BusyError';
 }
 
 /** A kernel failed: a CUDA error, or a CUDA-on-CPU shim diagnostic (deadlock, divergent barrier, ...). */

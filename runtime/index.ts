@@ -12,9 +12,12 @@ export * from './errors.ts';
 export { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, fromHost, toHost } from './half.ts';
 export {
   buildKernelContext,
+  type ContextFields,
+  ContextPlanner,
   ioRowMap,
   type KernelContext,
   type KernelContextOptions,
+  packContext,
 } from './kernel-context.ts';
 export { bytesPerChunk, bytesPerToken, type KvShape, type KvStats, kvStats } from './kv-stats.ts';
 export {
@@ -24,11 +27,13 @@ export {
   setDefaultModuleLoader,
 } from './module-loader.ts';
 export {
+  DeviceTensor,
   type HostData,
   type KernelFigures,
   type KernelStats,
   NativeModule,
   sectorEfficiency,
+  type TensorData,
 } from './native-module.ts';
 export {
   type AppendResult,
@@ -37,3 +42,11 @@ export {
   type InsertResult,
   PrefixTree,
 } from './prefix-tree.ts';
+export {
+  type ReferenceRow,
+  type ReferenceShape,
+  type ReferenceVariant,
+  referenceDecode,
+  relativeError,
+  TOLERANCE,
+} from './reference.ts';

@@ -1,5 +1,7 @@
-// The kernel context: what ca_decode must do this step, as typed arrays that map one-to-one onto
-// CaDecodeParams in templates/include/chunkattn/abi.h.
+// The kernel context: what ca_decode must do this step. The builder keeps it as typed arrays;
+// packContext() lays them out, with the call's requested rows, as the one packed Int32Array of
+// templates/include/chunkattn/context.h (header of counts and section offsets, then the
+// sections) that the addon validates and uploads once per step and every target reads.
 //
 // Rows are the live sequences in DFS order of the prefix tree, so every tree node is shared by a
 // contiguous row range [rowBegin, rowEnd) (its refcount is rowEnd - rowBegin). Callers keep their
@@ -25,6 +27,38 @@
 // a single-row run may end in the row's partial tail: kernels mask tokens >= rowLength).
 
 import { ArgumentError, ShapeError, UnknownSequenceError } from './errors.ts';
+
+/** Sections of the packed context, in layout order (chunkattn/context.h, enum Section). */
+export const CONTEXT_SECTIONS = [
+  'rowSeq',
+  'rowLength',
+  'rowChunkOffsets',
+  'rowChunkSlots',
+  'rowSharedChunks',
+  'rowPartialOffsets',
+  'rowPartials',
+  'runs',
+  'runSlots',
+  'rowIo',
+  'requestRow',
+] as const;
+export type ContextSection = (typeof CONTEXT_SECTIONS)[number];
+
+/** Header words of the packed context (chunkattn/context.h, enum Word). */
+export const CONTEXT_MAGIC = 0x58544341;
+export const CONTEXT_LAYOUT = 1;
+export const CONTEXT_WORD = {
+  magic: 0,
+  layout: 1,
+  totalWords: 2,
+  numRows: 3,
+  numRuns: 4,
+  numPartials: 5,
+  numRequests: 6,
+  numIoRows: 7,
+  sections: 8,
+} as const;
+export const CONTEXT_HEADER_WORDS = CONTEXT_WORD.sections + 2 * CONTEXT_SECTIONS.length;
 
 /** Fields of one run in KernelContext.runs (the layout of CaSharedRun). */
 export const RUN_CHUNK_BEGIN = 0;
@@ -334,9 +368,9 @@ export function buildKernelContext(source: ContextSource, options: KernelContext
 }
 
 /**
- * row_io for CaDecodeParams: for each DFS row, the io row (index into the caller's q/out) of its
- * sequence. `ioSeqs[i]` is the sequence handle of io row i, or -1 for a padding row. Every row of
- * the context must appear exactly once.
+ * rowIo of the packed context: for each DFS row, the io row (index into the caller's q/out) of
+ * its sequence, or -1 when the call does not ask for it (phase 2 then skips the row). `ioSeqs[i]`
+ * is the sequence handle of io row i, or -1 for a padding row.
  */
 export function ioRowMap(context: KernelContext, ioSeqs: ArrayLike<number>): Int32Array {
   const rowIo = new Int32Array(context.numRows).fill(-1);
@@ -349,12 +383,90 @@ export function ioRowMap(context: KernelContext, ioSeqs: ArrayLike<number>): Int
       throw new ShapeError(`sequence ${seq} appears twice in the io rows (${rowIo[row]} and ${io})`);
     rowIo[row] = io;
   }
-  for (let row = 0; row < context.numRows; row++) {
-    if (rowIo[row] === -1) {
-      throw new ShapeError(
-        `live sequence ${context.rowSeq[row]} has no io row (every live sequence is decoded)`,
-      );
-    }
-  }
   return rowIo;
+}
+
+/** Everything packContext lays out: the tree's arrays plus one call's io rows. */
+export type ContextFields = Pick<
+  KernelContext,
+  | 'rowSeq'
+  | 'rowLength'
+  | 'rowChunkOffsets'
+  | 'rowChunkSlots'
+  | 'rowSharedChunks'
+  | 'rowPartialOffsets'
+  | 'rowPartials'
+  | 'runs'
+  | 'runSlots'
+  | 'numPartials'
+> & {
+  /** [numRows] io row (index into q/out) of each DFS row, -1 for a row this call does not compute. */
+  readonly rowIo: Int32Array;
+  /** Rows of q/out. */
+  readonly numIoRows: number;
+};
+
+/**
+ * The packed context of chunkattn/context.h. Counts come from the arrays' lengths (numRows =
+ * rowLength.length, numRuns = runs.length / 6, requests = rows with rowIo >= 0, listed in DFS
+ * order); nothing is validated here: the addon validates the whole buffer before any use.
+ */
+export function packContext(fields: ContextFields, into?: Int32Array): Int32Array {
+  const requests: number[] = [];
+  for (let r = 0; r < fields.rowIo.length; r++) if (fields.rowIo[r]! >= 0) requests.push(r);
+  const data: Record<ContextSection, ArrayLike<number>> = { ...fields, requestRow: requests };
+  let total = CONTEXT_HEADER_WORDS;
+  for (const name of CONTEXT_SECTIONS) total += data[name].length;
+  const packed = into && into.length === total ? into : new Int32Array(total);
+  packed[CONTEXT_WORD.magic] = CONTEXT_MAGIC;
+  packed[CONTEXT_WORD.layout] = CONTEXT_LAYOUT;
+  packed[CONTEXT_WORD.totalWords] = total;
+  packed[CONTEXT_WORD.numRows] = fields.rowLength.length;
+  packed[CONTEXT_WORD.numRuns] = Math.floor(fields.runs.length / RUN_FIELDS);
+  packed[CONTEXT_WORD.numPartials] = fields.numPartials;
+  packed[CONTEXT_WORD.numRequests] = requests.length;
+  packed[CONTEXT_WORD.numIoRows] = fields.numIoRows;
+  let offset = CONTEXT_HEADER_WORDS;
+  CONTEXT_SECTIONS.forEach((name, s) => {
+    const section = data[name];
+    packed[CONTEXT_WORD.sections + 2 * s] = offset;
+    packed[CONTEXT_WORD.sections + 2 * s + 1] = section.length;
+    packed.set(section, offset);
+    offset += section.length;
+  });
+  return packed;
+}
+
+/**
+ * Plans a step once for all layers: the packed context of `context` for the io rows `ioSeqs`,
+ * repacked only when the tree's shape, a length or the io rows change, so every layer of a step
+ * passes the same bytes (the addon then uploads it once).
+ */
+export class ContextPlanner {
+  #packed: Int32Array | null = null;
+  #version = -1;
+  #ioSeqs: Int32Array = new Int32Array(0);
+  #lengths: Int32Array = new Int32Array(0);
+
+  plan(context: KernelContext, ioSeqs: Int32Array): Int32Array {
+    if (
+      this.#packed &&
+      this.#version === context.version &&
+      sameInts(this.#ioSeqs, ioSeqs) &&
+      sameInts(this.#lengths, context.rowLength)
+    )
+      return this.#packed;
+    const packed = packContext({ ...context, rowIo: ioRowMap(context, ioSeqs), numIoRows: ioSeqs.length });
+    this.#packed = packed;
+    this.#version = context.version;
+    this.#ioSeqs = ioSeqs.slice();
+    this.#lengths = context.rowLength.slice();
+    return packed;
+  }
+}
+
+function sameInts(a: Int32Array, b: Int32Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

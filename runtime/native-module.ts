@@ -15,18 +15,25 @@
 //   KernelError    ERR_CA_KERNEL (emu shim diagnostic), ERR_CA_DEVICE (CUDA error),
 //                  ERR_CA_NO_MEMORY, ERR_CA_STATUS — with .kernel / .location parsed from the
 //                  module's ca_last_error() text when it names them
+//   BusyError      ERR_CA_BUSY (a decodeAsync of the same handle is in flight)
 //
 // Host arrays: f32 data is a Float32Array, f16/bf16 data a Uint16Array of raw bits; indices are
-// Int32Array. On cpu/emu modules they are handed to the kernels as they are (no copies); on cuda
-// modules q/out and the context are staged through device buffers kept per module (the context is
-// uploaded again only when contextVersion changes or its contents differ from the last upload).
+// Int32Array. Every target is driven alike (module memory is device memory on cuda, host memory on
+// cpu/emu): host q/out/k/v are staged through buffers kept per module in one copy each, a
+// DeviceTensor is used in place, and the packed context is uploaded only when its bytes differ
+// from the last upload (once per step, not per layer).
 
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
-import { ArgumentError, type ChunkattnError, KernelError, ModuleError, ShapeError } from './errors.ts';
-import type { KernelContext } from './kernel-context.ts';
-import { NATIVE_ADDON_PATH } from './native-status.ts';
+import {
+  ArgumentError,
+  BusyError,
+  type ChunkattnError,
+  KernelError,
+  ModuleError,
+  ShapeError,
+} from './errors.ts';
+import { findNativeAddon, NATIVE_DIR } from './native-status.ts';
 
 export type ModuleTarget = 'cpu' | 'emu' | 'cuda';
 export type ModuleDType = 'f16' | 'bf16' | 'f32';
@@ -54,39 +61,25 @@ export interface ModuleInfo {
 /** f32 data: Float32Array; f16/bf16 data: Uint16Array of raw bits. */
 export type HostData = Float32Array | Uint16Array;
 
-/** The kernel context arrays (runtime/kernel-context.ts builds them), as CaDecodeParams takes them. */
-export type DecodeContextArrays = Pick<
-  KernelContext,
-  | 'rowSeq'
-  | 'rowLength'
-  | 'rowChunkOffsets'
-  | 'rowChunkSlots'
-  | 'rowSharedChunks'
-  | 'rowPartialOffsets'
-  | 'rowPartials'
-  | 'runs'
-  | 'runSlots'
-  | 'numPartials'
->;
+/** A tensor argument: a host typed array, or a DeviceTensor already in module memory. */
+export type TensorData = HostData | DeviceTensor;
 
-export interface DecodeArgs extends DecodeContextArrays {
-  /** [numIoRows, qHeads, headDim] in dtype.q. */
-  readonly q: HostData;
-  /** [numIoRows, qHeads, headDim] in dtype.out; io rows that no row maps to are left untouched. */
-  readonly out: HostData;
-  readonly numIoRows: number;
-  /** [numRows] io row (index into q/out) of each DFS row; injective. */
-  readonly rowIo: Int32Array;
+export interface DecodeArgs {
+  /** [numIoRows, qHeads, headDim] in dtype.q (numIoRows comes from the context). */
+  readonly q: TensorData;
+  /** [numIoRows, qHeads, headDim] in dtype.out; io rows no request names are left untouched. */
+  readonly out: TensorData;
+  /** The packed kernel context (packContext in runtime/kernel-context.ts). */
+  readonly context: Int32Array;
   /** The spec's scalar parameters, in order ([numParams]; may be omitted when there are none). */
   readonly params?: Float32Array;
   readonly softmaxScale: number;
   /** cpu target: worker threads, 0 (default) = all cores. */
   readonly numThreads?: number;
-  /** The context's version (KernelContext.version): cuda modules re-upload the context when it changes. */
-  readonly contextVersion?: number;
 }
 
 export type TrafficCategory = 'q' | 'kv' | 'partial' | 'out' | 'context';
+export type CopyDirection = 'h2d' | 'd2h' | 'd2d';
 
 /**
  * One kernel's launches and how a GPU would serve its memory instructions, counted in the emu
@@ -96,6 +89,8 @@ export type TrafficCategory = 'q' | 'kv' | 'partial' | 'out' | 'context';
  */
 export interface KernelFigures {
   readonly launches: number;
+  /** CTAs (cuda/emu) or tasks (cpu) launched. */
+  readonly blocks: number;
   readonly smemInstructions: number;
   readonly smemWavefronts: number;
   readonly smemBytes: number;
@@ -104,23 +99,40 @@ export interface KernelFigures {
   readonly requestedBytes: Readonly<Record<TrafficCategory, number>>;
 }
 
-/** Bytes moved through global memory by kernels (counted on the emu target; zero elsewhere). */
+/**
+ * What the module issued since the last reset. Every target counts copies and launches as the
+ * cuda target issues them; only emu counts the bytes kernels move (bytesRead / bytesWritten).
+ */
 export interface KernelStats {
   readonly bytesRead: Readonly<Record<TrafficCategory, number>>;
   readonly bytesWritten: Readonly<Record<TrafficCategory, number>>;
   readonly launches: number;
-  /** Per kernel name, since the last reset (ca_kernel_stats). */
+  readonly memcpy: Readonly<Record<CopyDirection, { readonly calls: number; readonly bytes: number }>>;
+  /** Packed contexts uploaded (each also counts as one h2d copy). */
+  readonly contextUploads: number;
+  /** Per kernel name, since the last reset (ca_kernel_stats): launches, blocks and the emu shim's figures. */
   readonly kernels: Readonly<Record<string, KernelFigures>>;
+}
+
+const noBytes: Readonly<Record<TrafficCategory, number>> = { q: 0, kv: 0, partial: 0, out: 0, context: 0 };
+
+function withMemoryFigures(k: Partial<KernelFigures>): KernelFigures {
+  return {
+    launches: k.launches ?? 0,
+    blocks: k.blocks ?? 0,
+    smemInstructions: k.smemInstructions ?? 0,
+    smemWavefronts: k.smemWavefronts ?? 0,
+    smemBytes: k.smemBytes ?? 0,
+    globalInstructions: k.globalInstructions ?? 0,
+    sectors: k.sectors ?? noBytes,
+    requestedBytes: k.requestedBytes ?? noBytes,
+  };
 }
 
 /** Sector efficiency of a kernel's global traffic in `category`: requested / (32 × sectors); 1 when none. */
 export function sectorEfficiency(figures: KernelFigures, category: TrafficCategory): number {
   const sectors = figures.sectors[category];
   return sectors === 0 ? 1 : figures.requestedBytes[category] / (32 * sectors);
-}
-
-interface NativeKernelStats extends Omit<KernelStats, 'kernels'> {
-  readonly kernelsJson: string;
 }
 
 export type NativeErrorCode =
@@ -141,11 +153,12 @@ export type NativeErrorCode =
   | 'ERR_CA_KERNEL'
   | 'ERR_CA_DEVICE'
   | 'ERR_CA_NO_MEMORY'
-  | 'ERR_CA_STATUS';
+  | 'ERR_CA_STATUS'
+  | 'ERR_CA_BUSY';
 
 /** Which typed error each addon code becomes. */
 export const NATIVE_ERROR_CLASSES: Readonly<
-  Record<NativeErrorCode, 'ShapeError' | 'ArgumentError' | 'ModuleError' | 'KernelError'>
+  Record<NativeErrorCode, 'ShapeError' | 'ArgumentError' | 'ModuleError' | 'KernelError' | 'BusyError'>
 > = {
   ERR_CA_SHAPE: 'ShapeError',
   ERR_CA_DTYPE: 'ShapeError',
@@ -165,6 +178,7 @@ export const NATIVE_ERROR_CLASSES: Readonly<
   ERR_CA_DEVICE: 'KernelError',
   ERR_CA_NO_MEMORY: 'KernelError',
   ERR_CA_STATUS: 'KernelError',
+  ERR_CA_BUSY: 'BusyError',
 };
 
 /** A typed error that came from the addon: its stable code and, for module failures, the module's text. */
@@ -192,13 +206,19 @@ interface NativeAddon {
   path(module: NativeHandle): string;
   allocPool(module: NativeHandle, numSlots: number): NativeBuffers;
   freePool(module: NativeHandle, pool: KvPool): void;
-  bufferState(buffer: NativeHandle): { bytes: number; freed: boolean };
+  bufferState(buffer: NativeHandle): { bytes: number; freed: boolean; dtype: number };
   writeKv(module: NativeHandle, pool: KvPool, slots: unknown, offsets: unknown, k: unknown, v: unknown): void;
   copyChunk(module: NativeHandle, pool: KvPool, srcSlot: unknown, dstSlot: unknown, numTokens: unknown): void;
+  copyChunks(module: NativeHandle, pool: KvPool, copies: unknown): void;
+  allocTensor(module: NativeHandle, dtype: number, elements: unknown): NativeHandle;
+  freeTensor(module: NativeHandle, tensor: NativeHandle): void;
+  uploadTensor(module: NativeHandle, tensor: NativeHandle, data: unknown): void;
+  downloadTensor(module: NativeHandle, tensor: NativeHandle): HostData;
   readPool(module: NativeHandle, pool: KvPool, slot: unknown): { k: HostData; v: HostData };
   decode(module: NativeHandle, pool: KvPool, args: unknown): void;
+  decodeAsync(module: NativeHandle, pool: KvPool, args: unknown): Promise<void>;
   workspaceBytes(module: NativeHandle, pool: KvPool, args: unknown): number;
-  stats(module: NativeHandle): NativeKernelStats;
+  stats(module: NativeHandle): KernelStats;
   resetStats(module: NativeHandle): void;
 }
 
@@ -212,22 +232,24 @@ function withCode<E extends ChunkattnError>(error: E, code: NativeErrorCode): E 
 /** The addon, loaded on first use. Throws ModuleError (ERR_CA_ADDON) when it is not built. */
 export function nativeAddon(): NativeAddon {
   if (addon) return addon;
-  if (!existsSync(NATIVE_ADDON_PATH)) {
+  const found = findNativeAddon();
+  if (!found) {
     throw withCode(
       new ModuleError(
-        `the chunkattn native addon is not built (${NATIVE_ADDON_PATH} is missing): run \`npm run install\` ` +
-          '(or `npm ci`, or `npm rebuild`) in the package root; it needs g++ and the Node headers in /usr/include/node',
+        `the chunkattn native addon has no binary for ${process.platform}-${process.arch} in ${NATIVE_DIR}: ` +
+          'run `npm rebuild chunkattn` (or `npm ci` in a checkout) to build it from source; that needs g++ ' +
+          'and the headers of the running Node (include/node beside its bin/)',
       ),
       'ERR_CA_ADDON',
     );
   }
   try {
-    addon = createRequire(import.meta.url)(NATIVE_ADDON_PATH) as NativeAddon;
+    addon = createRequire(import.meta.url)(found.path) as NativeAddon;
   } catch (error) {
     throw withCode(
       new ModuleError(
-        `cannot load the chunkattn native addon ${NATIVE_ADDON_PATH}: ${(error as Error).message}; ` +
-          'rebuild it with `npm run install`',
+        `cannot load the chunkattn native addon (${found.origin}) ${found.path}: ${(error as Error).message}; ` +
+          'rebuild it with `npm rebuild chunkattn`',
       ),
       'ERR_CA_ADDON',
     );
@@ -277,6 +299,9 @@ export function toTypedError(error: unknown): unknown {
       break;
     case 'ModuleError':
       typed = new ModuleError(error.message);
+      break;
+    case 'BusyError':
+      typed = new BusyError(error.message);
       break;
     case 'KernelError': {
       const { kernel, location } = parseKernelDiagnostic(source.moduleMessage ?? error.message);
@@ -328,6 +353,41 @@ export class KvPool {
   get freed(): boolean {
     return call(() => nativeAddon().bufferState(this.k).freed || nativeAddon().bufferState(this.v).freed);
   }
+}
+
+const DTYPE_CODES: Readonly<Record<ModuleDType, number>> = { f16: 0, bf16: 1, f32: 2 };
+
+/**
+ * A tensor in module memory (device memory on cuda), allocated through NativeModule.allocTensor:
+ * q, out, k and v may stay here across layers with no host round trip. f32 holds floats, f16/bf16
+ * raw bits (upload/download use Float32Array / Uint16Array like host data).
+ */
+export class DeviceTensor {
+  /** @internal Use NativeModule.allocTensor. */
+  constructor(
+    readonly module: NativeModule,
+    readonly dtype: ModuleDType,
+    /** Elements. */
+    readonly length: number,
+    /** Native handle (read by the addon). */
+    readonly handle: object,
+  ) {}
+
+  get freed(): boolean {
+    return call(() => nativeAddon().bufferState(this.handle).freed);
+  }
+}
+
+/** Decode arguments as the addon takes them (tensors as their handles). */
+function nativeDecodeArgs(args: DecodeArgs): unknown {
+  if (typeof args !== 'object' || args === null) return args;
+  if (!(args.q instanceof DeviceTensor) && !(args.out instanceof DeviceTensor)) return args;
+  return { ...args, q: nativeTensor(args.q), out: nativeTensor(args.out) };
+}
+
+/** A tensor argument as the addon takes it. */
+function nativeTensor(data: unknown): unknown {
+  return data instanceof DeviceTensor ? data.handle : data;
 }
 
 function normalizeInfo(raw: Record<string, unknown>): ModuleInfo {
@@ -402,8 +462,39 @@ export class NativeModule {
    * Scatters new tokens into the pool: token i goes to (slots[i], offsets[i]). k, v: [n, kvHeads,
    * headDim], Float32Array or (when dtype.kv is f16/bf16) a Uint16Array of dtype.kv bits.
    */
-  writeKv(pool: KvPool, slots: Int32Array, offsets: Int32Array, k: HostData, v: HostData): void {
-    call(() => nativeAddon().writeKv(this.#handle, pool, slots, offsets, k, v));
+  writeKv(pool: KvPool, slots: Int32Array, offsets: Int32Array, k: TensorData, v: TensorData): void {
+    call(() => nativeAddon().writeKv(this.#handle, pool, slots, offsets, nativeTensor(k), nativeTensor(v)));
+  }
+
+  /** Copy-on-write of many chunks in one launch: copies [n * 3] {srcSlot, dstSlot, numTokens}. */
+  copyChunks(pool: KvPool, copies: Int32Array): void {
+    call(() => nativeAddon().copyChunks(this.#handle, pool, copies));
+  }
+
+  /** A zeroed tensor of `length` elements of `dtype` in module memory. */
+  allocTensor(dtype: ModuleDType, length: number): DeviceTensor {
+    const code = DTYPE_CODES[dtype];
+    if (code === undefined)
+      throw withCode(
+        new ArgumentError(`dtype must be f16, bf16 or f32, got ${String(dtype)}`),
+        'ERR_CA_TYPE',
+      );
+    const handle = call(() => nativeAddon().allocTensor(this.#handle, code, length));
+    return new DeviceTensor(this, dtype, length, handle);
+  }
+
+  /** Copies host data (Float32Array for f32, Uint16Array bits otherwise) into the whole tensor. */
+  upload(tensor: DeviceTensor, data: HostData): void {
+    call(() => nativeAddon().uploadTensor(this.#handle, tensor.handle, data));
+  }
+
+  /** The tensor's contents as host data. */
+  download(tensor: DeviceTensor): HostData {
+    return call(() => nativeAddon().downloadTensor(this.#handle, tensor.handle));
+  }
+
+  freeTensor(tensor: DeviceTensor): void {
+    call(() => nativeAddon().freeTensor(this.#handle, tensor.handle));
   }
 
   /** Copies the first numTokens tokens of slot srcSlot into slot dstSlot (K and V). */
@@ -418,18 +509,33 @@ export class NativeModule {
 
   /** Decode attention for one layer: writes out[rowIo[r]] for every DFS row r. */
   decode(pool: KvPool, args: DecodeArgs): void {
-    call(() => nativeAddon().decode(this.#handle, pool, args));
+    call(() => nativeAddon().decode(this.#handle, pool, nativeDecodeArgs(args)));
+  }
+
+  /**
+   * decode on a worker thread: every check, the plan and the q upload happen now (errors throw
+   * at once); the launch and the copy of out back run off the event loop. Until the promise
+   * settles, every other call on this module handle throws BusyError (ERR_CA_BUSY); q and out
+   * must not be touched.
+   */
+  decodeAsync(pool: KvPool, args: DecodeArgs): Promise<void> {
+    const promise = call(() => nativeAddon().decodeAsync(this.#handle, pool, nativeDecodeArgs(args)));
+    return promise.catch((error: unknown) => {
+      throw toTypedError(error);
+    });
   }
 
   /** The workspace this decode would need (validates args like decode). */
   workspaceBytes(pool: KvPool, args: DecodeArgs): number {
-    return call(() => nativeAddon().workspaceBytes(this.#handle, pool, args));
+    return call(() => nativeAddon().workspaceBytes(this.#handle, pool, nativeDecodeArgs(args)));
   }
 
   stats(): KernelStats {
-    const { kernelsJson, ...stats } = call(() => nativeAddon().stats(this.#handle));
-    const parsed = JSON.parse(kernelsJson) as { kernels: Record<string, KernelFigures> };
-    return { ...stats, kernels: parsed.kernels };
+    const stats = call(() => nativeAddon().stats(this.#handle));
+    // The cpu target counts launches and blocks only: its kernels get zero memory figures.
+    const kernels: Record<string, KernelFigures> = {};
+    for (const [name, k] of Object.entries(stats.kernels)) kernels[name] = withMemoryFigures(k);
+    return { ...stats, kernels };
   }
 
   resetStats(): void {

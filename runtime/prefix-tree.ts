@@ -20,6 +20,12 @@
 //   appendBatch writes for one token per sequence (copies: always empty today; reserved)
 //   fork        copies (copy-on-write of a partial tail)
 // Apply an operation's copies BEFORE its writes, and both before the next decode.
+//
+// With `kvLayers`, the tree also knows which K/V is stored: per chunk and layer, a watermark of
+// written token positions (writes extend it in token order; a write past it is refused). A
+// chunk is matched by a later insert only once its K/V is complete in every layer (vLLM's rule:
+// a block is cached only once computed), and firstUnwritten() tells a decode what it may read.
+// A new or reused slot starts unwritten, so nothing stale is ever read as a prefix hit.
 
 import { ChunkPool } from './chunk-pool.ts';
 import {
@@ -50,6 +56,8 @@ export interface PrefixTreeOptions {
   readonly initialCapacity?: number;
   /** Called when the pool grew; grow the KV buffers before applying the operation's writes. */
   readonly onPoolGrow?: (capacity: number, previousCapacity: number) => void;
+  /** Layers whose K/V writes the tree tracks (0, the default: no tracking, every chunk counts as written). */
+  readonly kvLayers?: number;
 }
 
 /** Where new tokens' K/V go: token i to (slots[i], offsets[i]). */
@@ -177,6 +185,8 @@ export class PrefixTree {
   private lruPrev = new Int32Array(0);
   private lruNext = new Int32Array(0);
   private tokens = new Int32Array(0);
+  /** written[node · kvLayers + layer]: token positions [0, w) of the chunk hold K/V in that layer. */
+  private written = new Int32Array(0);
   private nodeSequences: (SequenceRecord | null)[] = [];
 
   /** Full chunks by hashKey(parent, content hash); collisions chain through hashNext. */
@@ -202,8 +212,15 @@ export class PrefixTree {
   private lengthVersion = 0;
   private readonly contexts = new Map<string, CachedContext>();
 
+  /** Layers whose K/V writes are tracked (0: none). */
+  readonly kvLayers: number;
+
   constructor(options: PrefixTreeOptions) {
     this.chunkSize = checkPositiveInteger('chunkSize', options.chunkSize);
+    const layers = options.kvLayers ?? 0;
+    if (!Number.isInteger(layers) || layers < 0 || layers > 4096)
+      throw new ArgumentError(`kvLayers must be an integer in [0, 4096], got ${String(layers)}`);
+    this.kvLayers = layers;
     if (this.chunkSize > 1 << 16) throw new ArgumentError(`chunkSize ${this.chunkSize} is larger than 65536`);
     const onPoolGrow = options.onPoolGrow;
     this.pool = new ChunkPool({
@@ -281,6 +298,58 @@ export class PrefixTree {
   chunkRefs(slot: number): number {
     if (!this.pool.isAllocated(slot)) throw new ArgumentError(`slot ${slot} holds no chunk`);
     return this.refs[slot + 1]!;
+  }
+
+  /** Tokens [0, w) of the chunk in `slot` whose K/V is written in `layer` (kvLayers trees only). */
+  writtenTokens(layer: number, slot: number): number {
+    this.checkKvLayer(layer);
+    if (!this.pool.isAllocated(slot)) throw new ArgumentError(`slot ${slot} holds no chunk`);
+    return this.written[(slot + 1) * this.kvLayers + layer]!;
+  }
+
+  /**
+   * The first token position of `seq` whose K/V is not written in `layer`, or -1 when all are
+   * (always -1 without kvLayers).
+   */
+  firstUnwritten(layer: number, seq: number): number {
+    const rec = this.record(seq);
+    if (this.kvLayers === 0) return -1;
+    this.checkKvLayer(layer);
+    let first = -1;
+    for (let node = rec.tail; node !== ROOT; node = this.parent[node]!) {
+      const w = this.written[node * this.kvLayers + layer]!;
+      if (w < this.fill[node]!) first = this.depth[node]! * this.chunkSize + w;
+    }
+    return first;
+  }
+
+  /**
+   * Checks that K/V writes to (slots[i], offsets[i]) extend each chunk's written prefix in layer
+   * `layer` without a gap; throws ArgumentError (nothing changed) naming the first gap.
+   */
+  checkKvWrites(layer: number, slots: Int32Array, offsets: Int32Array): void {
+    if (this.kvLayers === 0) return;
+    this.checkKvLayer(layer);
+    const reach = new Map<number, number>();
+    for (let i = 0; i < slots.length; i++) {
+      const node = slots[i]! + 1;
+      const w = reach.get(node) ?? this.written[node * this.kvLayers + layer]!;
+      const offset = offsets[i]!;
+      if (offset > w)
+        throw new ArgumentError(
+          `layer ${layer}: K/V of chunk slot ${slots[i]} is written up to offset ${w}; write offsets ${w}…${offset - 1} first (K/V is written in token order)`,
+        );
+      reach.set(node, Math.max(w, offset + 1));
+    }
+  }
+
+  /** Records writes that checkKvWrites accepted and the KV store applied. */
+  markKvWritten(layer: number, slots: Int32Array, offsets: Int32Array): void {
+    if (this.kvLayers === 0) return;
+    for (let i = 0; i < slots.length; i++) {
+      const at = (slots[i]! + 1) * this.kvLayers + layer;
+      if (offsets[i]! >= this.written[at]!) this.written[at] = offsets[i]! + 1;
+    }
   }
 
   /** Evictable slots, least recently used first (the order evict() frees them). */
@@ -516,6 +585,11 @@ export class PrefixTree {
         const chunk = this.newNode(parentNode);
         this.tokens.copyWithin(chunk * c, tail * c, tail * c + tailFill);
         this.fill[chunk] = tailFill;
+        for (let layer = 0; layer < this.kvLayers; layer++)
+          this.written[chunk * this.kvLayers + layer] = Math.min(
+            this.written[tail * this.kvLayers + layer]!,
+            tailFill,
+          );
         copies.push({ srcSlot: tail - 1, dstSlot: chunk - 1, tokens: tailFill });
         const forked = new SequenceRecord(this.nextHandle++, chunk, rec.length);
         this.attachSequence(forked, chunk);
@@ -933,12 +1007,25 @@ export class PrefixTree {
             break;
           }
         }
-        if (same) stack.push(x, revived + (this.refs[x] === 0 ? 1 : 0));
+        if (same && this.kvComplete(x)) stack.push(x, revived + (this.refs[x] === 0 ? 1 : 0));
       }
     }
     for (let node = bestNode; node !== ROOT; node = this.parent[node]!)
       this.matchScratch[this.depth[node]!] = node;
     return bestDepth;
+  }
+
+  /** Whether the chunk's K/V is written in full in every tracked layer. */
+  private kvComplete(node: number): boolean {
+    const base = node * this.kvLayers;
+    for (let layer = 0; layer < this.kvLayers; layer++)
+      if (this.written[base + layer]! < this.chunkSize) return false;
+    return true;
+  }
+
+  private checkKvLayer(layer: number): void {
+    if (!Number.isInteger(layer) || layer < 0 || layer >= this.kvLayers)
+      throw new ArgumentError(`layer ${layer} is outside the tree's ${this.kvLayers} tracked layers`);
   }
 
   private registerFull(node: number): void {
@@ -991,6 +1078,7 @@ export class PrefixTree {
     this.depth[node] = up === ROOT ? 0 : this.depth[up]! + 1;
     this.fill[node] = 0;
     this.refs[node] = 1;
+    this.written.fill(0, node * this.kvLayers, (node + 1) * this.kvLayers);
     this.firstChild[node] = NONE;
     this.lastChild[node] = NONE;
     this.hashNext[node] = NONE;
@@ -1104,6 +1192,7 @@ export class PrefixTree {
     this.lruPrev = grow(this.lruPrev);
     this.lruNext = grow(this.lruNext);
     this.tokens = grow(this.tokens, this.chunkSize);
+    this.written = grow(this.written, this.kvLayers);
     // A packed array (never holey or sparse), so lookups stay fast.
     const sequences: (SequenceRecord | null)[] = new Array(size).fill(null);
     for (let node = 0; node < this.nodeSequences.length; node++)

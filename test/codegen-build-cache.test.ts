@@ -1,4 +1,12 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -34,14 +42,18 @@ describe('compile for GPUs through nvcc', () => {
       expect(first.exitCode, first.stderr).toBe(0);
       const [module] = (first.json as { modules: ModuleResult[] }).modules;
       expect(module!.target).toBe('cuda');
-      // One ptxas record per kernel (phase 2 and the split-KV merge) per arch.
-      const records = module!.resources.map((r) => `${/decode_\w+?_kernel/.exec(r.symbol)?.[0]} ${r.arch}`);
+      // One ptxas record per decode kernel (phase 2 and the split-KV merge) per arch; all on both archs.
+      const records = module!.resources
+        .filter((r) => /decode_\w+?_kernel/.test(r.symbol))
+        .map((r) => `${/decode_\w+?_kernel/.exec(r.symbol)?.[0]} ${r.arch}`);
       expect(records.sort()).toEqual([
         'decode_merge_splits_kernel sm_80',
         'decode_merge_splits_kernel sm_90a',
         'decode_phase2_kernel sm_80',
         'decode_phase2_kernel sm_90a',
       ]);
+      expect([...new Set(module!.resources.map((r) => r.arch))].sort()).toEqual(['sm_80', 'sm_90a']);
+      expect(module!.resources.length % 2).toBe(0);
       for (const r of module!.resources) expect(r.spillStoreBytes + r.spillLoadBytes).toBe(0);
       const libraryMtime = statSync(join(module!.dir, 'module.so')).mtimeMs;
 
@@ -85,7 +97,7 @@ describe('the build cache under concurrency and interruption', () => {
     await sleep(300); // inside the compiler now
     child.kill('SIGKILL');
     await child.catch(() => undefined);
-    const complete = readdirSync(cache).filter((e) => !e.startsWith('.') && !e.endsWith('.lock'));
+    const complete = readdirSync(cache).filter((e) => !e.startsWith('.') && !e.endsWith('.lease'));
     expect(complete).toEqual([]);
 
     const retry = await runCli(['compile', 'examples/llama2-7b.ts', '--arch', 'sm_80', '--json'], env);
@@ -105,18 +117,15 @@ describe('the build cache under concurrency and interruption', () => {
       dtype: 'f32',
       targets: ['cpu'],
     });
-    // A translated scoreMod can only hold valid C++; plant an invalid one to exercise the error path.
-    const broken = {
-      ...spec,
-      scoreMod: {
-        source: 's',
-        loc: { file: 'x.ts', line: 1, column: 1 },
-        ir: { kind: 'score' as const },
-        cpp: 'score +',
-      },
-    };
-    const toolchain = await findToolchain();
-    const error = await build(plan(broken, { target: 'cpu' }, toolchain), toolchain)
+    // Generated C++ always compiles, so a stand-in compiler fails the way g++ would.
+    const failing = join(freshCache(), 'failing-gxx');
+    writeFileSync(
+      failing,
+      '#!/bin/sh\necho "kernel.cpp:1:1: error: simulated compiler failure" >&2\nexit 1\n',
+    );
+    chmodSync(failing, 0o755);
+    const toolchain = { ...(await findToolchain()), gxx: { path: failing, version: 'failing 1.0' } };
+    const error = await build(plan(spec, { target: 'cpu' }, toolchain), toolchain)
       .catch((e: unknown) => e)
       .finally(() => {
         process.env.CHUNKATTN_CACHE = saved;
@@ -168,8 +177,22 @@ test('the cache key ignores where a score function was written, not what it comp
       source: '(x) => x * 2',
     },
   };
-  const changed = { ...spec, scoreMod: { ...spec.scoreMod!, cpp: '(score * 3.0f)' } };
+  const changed = {
+    ...spec,
+    scoreMod: {
+      ...spec.scoreMod!,
+      ir: {
+        kind: 'binary' as const,
+        op: '*' as const,
+        left: { kind: 'score' as const },
+        right: { kind: 'num' as const, value: 3 },
+      },
+    },
+  };
+  // A stored cpp is never used (the C++ is regenerated from the IR), so it cannot change the key.
+  const cppOnly = { ...spec, scoreMod: { ...spec.scoreMod!, cpp: '(score * 3.0f)' } };
   const key = plan(spec, { target: 'cpu' }, toolchain).key;
   expect(plan(moved, { target: 'cpu' }, toolchain).key).toBe(key);
+  expect(plan(cppOnly, { target: 'cpu' }, toolchain).key).toBe(key);
   expect(plan(changed, { target: 'cpu' }, toolchain).key).not.toBe(key);
 });

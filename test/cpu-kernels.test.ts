@@ -226,7 +226,7 @@ describe.skipIf(!gxx)('cpu kernels (native build of the driver)', () => {
   });
 
   test('write_kv, copy_chunk and malformed decode calls return CaStatus codes', () => {
-    for (const name of ['write_kv and copy_chunk', 'decode argument errors']) {
+    for (const name of ['write_kv and copy_chunks', 'decode argument errors']) {
       const check = native.checks.find((c) => c.check === name);
       expect(check, name).toBeDefined();
       expect(check!.ok, `${name}: ${check!.detail}`).toBe(true);

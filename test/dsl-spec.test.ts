@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,7 +19,7 @@ import {
   variantFunctions,
   withOverrides,
 } from '../dsl/index.ts';
-import { referenceDecode } from './reference.ts';
+import { referenceDecode } from '../runtime/reference.ts';
 
 const THIS_FILE = 'test/dsl-spec.test.ts';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -399,6 +399,18 @@ describe('loadSpecs', () => {
   test('applies overrides to every spec', async () => {
     const specs = await loadSpecs(join(FIXTURES, 'multi-export.ts'), { headDim: 64, targets: ['sm_89'] });
     expect(specs.every((s) => s.headDim === 64 && s.targets.join() === 'sm_89')).toBe(true);
+  });
+
+  test('a default export loads from a folder that is not "type": "module" (CommonJS interop)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'chunkattn-cjs-spec-'));
+    writeFileSync(join(dir, 'package.json'), '{}');
+    const file = join(dir, 'my-model.ts');
+    writeFileSync(
+      file,
+      `import { attention } from '${join(ROOT, 'dsl', 'index.ts')}';\n` +
+        "export default attention({ name: 'cjs-default', heads: { q: 8, kv: 2 }, headDim: 64, dtype: 'f16' });\n",
+    );
+    expect((await loadSpecs(file)).map((s) => s.name)).toEqual(['cjs-default']);
   });
 
   test('reads functions through consts, declarations, shorthand, methods, config objects and aliases', async () => {

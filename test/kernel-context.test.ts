@@ -5,8 +5,14 @@ import { describe, expect, test } from 'vitest';
 import { ArgumentError, ShapeError, UnknownSequenceError } from '../runtime/errors.ts';
 import {
   buildKernelContext,
+  CONTEXT_HEADER_WORDS,
+  CONTEXT_MAGIC,
+  CONTEXT_SECTIONS,
+  CONTEXT_WORD,
+  ContextPlanner,
   ioRowMap,
   type KernelContext,
+  packContext,
   RUN_FIELDS,
   RUN_PARTIAL_BEGIN,
   RUN_ROW_BEGIN,
@@ -257,11 +263,52 @@ describe('row map', () => {
     expect(Array.from(rowIo)).toEqual([3, 2, 4, 0]);
   });
 
-  test('ioRowMap rejects unknown, duplicated and missing sequences', () => {
+  test('ioRowMap rejects unknown and duplicated sequences; rows not asked for get -1', () => {
     const ctx = nestedTree().context();
     expect(() => ioRowMap(ctx, [0, 1, 2, 3, 9])).toThrow(UnknownSequenceError);
     expect(() => ioRowMap(ctx, [0, 1, 2, 3, 3])).toThrow(ShapeError);
-    expect(() => ioRowMap(ctx, [0, 1, 2])).toThrow(ShapeError);
+    expect(Array.from(ioRowMap(ctx, [2, 0]))).toEqual([1, -1, 0, -1]);
+  });
+});
+
+describe('the packed context (chunkattn/context.h layout)', () => {
+  const section = (packed: Int32Array, name: (typeof CONTEXT_SECTIONS)[number]) => {
+    const s = CONTEXT_SECTIONS.indexOf(name);
+    const offset = packed[CONTEXT_WORD.sections + 2 * s]!;
+    return Array.from(packed.subarray(offset, offset + packed[CONTEXT_WORD.sections + 2 * s + 1]!));
+  };
+
+  test('a header of counts and section offsets, then every array in layout order', () => {
+    const ctx = nestedTree().context();
+    const rowIo = ioRowMap(ctx, [3, -1, 1]);
+    const packed = packContext({ ...ctx, rowIo, numIoRows: 3 });
+    expect(packed[CONTEXT_WORD.magic]).toBe(CONTEXT_MAGIC);
+    expect(packed[CONTEXT_WORD.totalWords]).toBe(packed.length);
+    expect(packed[CONTEXT_WORD.numRows]).toBe(ctx.numRows);
+    expect(packed[CONTEXT_WORD.numRuns]).toBe(ctx.numRuns);
+    expect(packed[CONTEXT_WORD.numPartials]).toBe(ctx.numPartials);
+    expect(packed[CONTEXT_WORD.numIoRows]).toBe(3);
+    expect(packed[CONTEXT_WORD.numRequests]).toBe(2);
+    expect(packed[CONTEXT_WORD.sections]).toBe(CONTEXT_HEADER_WORDS);
+    for (const name of CONTEXT_SECTIONS.filter((n) => n !== 'rowIo' && n !== 'requestRow'))
+      expect(section(packed, name), name).toEqual(Array.from(ctx[name]));
+    expect(section(packed, 'rowIo')).toEqual(Array.from(rowIo));
+    // Requested rows in DFS order: the rows of seqs 1 and 3.
+    expect(section(packed, 'requestRow')).toEqual([ctx.rowOf(1), ctx.rowOf(3)].sort((a, b) => a - b));
+  });
+
+  test('the planner repacks only when the shape, a length or the io rows change', () => {
+    const t = nestedTree();
+    const planner = new ContextPlanner();
+    const io = Int32Array.of(0, 1, 2, 3);
+    const first = planner.plan(t.context(), io);
+    expect(planner.plan(t.context(), io)).toBe(first);
+    expect(planner.plan(t.context(), Int32Array.of(1, 0, 2, 3))).not.toBe(first);
+    const again = planner.plan(t.context(), io);
+    t.appendBatch([0], [99]);
+    const grown = planner.plan(t.context(), io);
+    expect(grown).not.toBe(again);
+    expect(section(grown, 'rowLength')).toEqual(Array.from(t.context().rowLength));
   });
 });
 

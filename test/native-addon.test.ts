@@ -9,7 +9,15 @@ import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { beforeAll, describe, expect, test } from 'vitest';
-import { ArgumentError, ChunkattnError, KernelError, ModuleError, ShapeError } from '../runtime/errors.ts';
+import {
+  ArgumentError,
+  BusyError,
+  ChunkattnError,
+  KernelError,
+  ModuleError,
+  ShapeError,
+} from '../runtime/errors.ts';
+import { packContext } from '../runtime/kernel-context.ts';
 import {
   badDecodeCases,
   compileSharedLibrary,
@@ -23,8 +31,10 @@ import {
   mockModulePath,
   randomQ,
   randomTree,
+  rawDecodeArgs,
   seededRng,
   type TestTree,
+  toDecodeArgs,
   toHost,
 } from '../runtime/native/fixtures/testing.ts';
 import {
@@ -37,9 +47,9 @@ import {
   parseKernelDiagnostic,
   toTypedError,
 } from '../runtime/native-module.ts';
-import { relativeError, TOLERANCE } from './reference.ts';
+import { relativeError, TOLERANCE } from '../runtime/reference.ts';
 
-const CLASSES = { ShapeError, ArgumentError, ModuleError, KernelError } as const;
+const CLASSES = { ShapeError, ArgumentError, ModuleError, KernelError, BusyError } as const;
 type ErrorClass = (typeof CLASSES)[keyof typeof CLASSES];
 
 function thrownBy(f: () => unknown): unknown {
@@ -127,7 +137,7 @@ describe('loading a module', () => {
       {},
       'abi-999',
     );
-    expectNativeError(() => NativeModule.load(other), ModuleError, 'ERR_CA_ABI', /ABI 999.*ABI 1/);
+    expectNativeError(() => NativeModule.load(other), ModuleError, 'ERR_CA_ABI', /ABI 999.*ABI 2/);
   });
 
   test('a module missing an ABI symbol names it', () => {
@@ -142,7 +152,7 @@ describe('loading a module', () => {
   test('ca_info must be JSON with every field the addon relies on', () => {
     const path = mockModulePath({ MOCK_INFO_FROM_ENV: 1 });
     const good = {
-      abi: 1,
+      abi: 2,
       name: 'm',
       key: 'k',
       target: 'cpu',
@@ -156,7 +166,7 @@ describe('loading a module', () => {
       phase1: true,
     };
     const cases: [string, ErrorClass, string, RegExp][] = [
-      ['{"abi":1,', ModuleError, 'ERR_CA_INFO', /not valid JSON/],
+      ['{"abi":2,', ModuleError, 'ERR_CA_INFO', /not valid JSON/],
       ['[1,2]', ModuleError, 'ERR_CA_INFO', /object/],
       [JSON.stringify({ ...good, chunkSize: undefined }), ModuleError, 'ERR_CA_INFO', /chunkSize/],
       [JSON.stringify({ ...good, kvHeads: 3 }), ModuleError, 'ERR_CA_INFO', /divide/],
@@ -170,7 +180,7 @@ describe('loading a module', () => {
       ],
       [JSON.stringify({ ...good, target: 'tpu' }), ModuleError, 'ERR_CA_INFO', /target/],
       [JSON.stringify({ ...good, phase1: 'yes' }), ModuleError, 'ERR_CA_INFO', /phase1/],
-      [JSON.stringify({ ...good, abi: 2 }), ModuleError, 'ERR_CA_ABI', /abi 2/],
+      [JSON.stringify({ ...good, abi: 3 }), ModuleError, 'ERR_CA_ABI', /abi 3/],
       [`${'['.repeat(100)}${']'.repeat(100)}`, ModuleError, 'ERR_CA_INFO', /nesting/],
     ];
     try {
@@ -195,7 +205,7 @@ describe('loading a module', () => {
   test('a loaded module reports its info, path and the ABI', () => {
     const module = NativeModule.load(mockModulePath());
     expect(module.info).toMatchObject({
-      abi: 1,
+      abi: 2,
       name: 'mock',
       key: 'mock-key',
       target: 'cpu',
@@ -210,7 +220,7 @@ describe('loading a module', () => {
     });
     expect(module.info.raw['extra']).toEqual({ note: 'café' });
     expect(module.path.startsWith('/')).toBe(true);
-    expect(nativeAbiVersion()).toBe(1);
+    expect(nativeAbiVersion()).toBe(2);
     expect(Object.isFrozen(module.info)).toBe(true);
   });
 });
@@ -319,7 +329,7 @@ describe('mock cpu module (f32)', () => {
       const big = module.allocPool(64);
       const shadow = fillPool(module, big, tree.usedSlots, rng);
       const q = randomQ(module, tree.numIoRows, rng);
-      const args = decodeArgs(module, tree, q, 0.35, { numThreads: trial % 3, contextVersion: trial });
+      const args = decodeArgs(module, tree, q, 0.35, { numThreads: trial % 3 });
       module.decode(big, args);
       const expected = expectedOutput(module, tree, shadow, q, 0.35);
       expect(maxError(args.out, 'f32', expected, 32)).toBeLessThan(TOLERANCE.f32);
@@ -329,11 +339,9 @@ describe('mock cpu module (f32)', () => {
   });
 
   test('a decode with no rows validates and does nothing', () => {
-    const empty = {
-      q: new Float32Array(0),
-      out: new Float32Array(0),
-      numIoRows: 0,
+    const fields = {
       rowIo: new Int32Array(0),
+      numIoRows: 0,
       rowSeq: new Int32Array(0),
       rowLength: new Int32Array(0),
       rowChunkOffsets: new Int32Array(1),
@@ -344,34 +352,28 @@ describe('mock cpu module (f32)', () => {
       runs: new Int32Array(0),
       runSlots: new Int32Array(0),
       numPartials: 0,
-      softmaxScale: 1,
     };
-    module.decode(pool, empty);
+    const empty = { q: new Float32Array(0), out: new Float32Array(0), softmaxScale: 1 };
+    module.decode(pool, { ...empty, context: packContext(fields) });
     expectNativeError(
-      () => module.decode(pool, { ...empty, rowChunkOffsets: new Int32Array(0) }),
+      () =>
+        module.decode(pool, {
+          ...empty,
+          context: packContext({ ...fields, rowChunkOffsets: new Int32Array(0) }),
+        }),
       ShapeError,
       'ERR_CA_SHAPE',
     );
   });
 
-  test('SharedArrayBuffer-backed context arrays are copied, then used', () => {
+  test('a SharedArrayBuffer-backed context is copied, then used', () => {
     const tree = fixedTree(4);
     const shadow = fillPool(module, pool, tree.usedSlots, rng);
     const q = randomQ(module, tree.numIoRows, rng);
-    const shared = (array: Int32Array) => {
-      const copy = new Int32Array(new SharedArrayBuffer(array.byteLength));
-      copy.set(array);
-      return copy;
-    };
     const args = decodeArgs(module, tree, q, 0.5);
-    const sharedArgs = {
-      ...args,
-      rowIo: shared(args.rowIo),
-      rowChunkSlots: shared(args.rowChunkSlots),
-      runs: shared(args.runs),
-      rowPartials: shared(args.rowPartials),
-    };
-    module.decode(pool, sharedArgs);
+    const context = new Int32Array(new SharedArrayBuffer(args.context.byteLength));
+    context.set(args.context);
+    module.decode(pool, { ...args, context });
     expect(maxError(args.out, 'f32', expectedOutput(module, tree, shadow, q, 0.5), 32)).toBeLessThan(
       TOLERANCE.f32,
     );
@@ -395,23 +397,10 @@ describe('mock cpu module (f32)', () => {
 
     test.each(cases)('$name', ({ mutate, error, code, message }) => {
       const tree = fixedTree(4);
-      const args = { ...decodeArgs(module, tree, randomQ(module, tree.numIoRows, rng), 0.5) } as Record<
-        string,
-        unknown
-      >;
+      const args = rawDecodeArgs(module, tree, randomQ(module, tree.numIoRows, rng), 0.5);
       mutate(args);
-      expectNativeError(
-        () => module.decode(pool, args as unknown as DecodeArgs),
-        CLASSES[error],
-        code,
-        message,
-      );
-      expectNativeError(
-        () => module.workspaceBytes(pool, args as unknown as DecodeArgs),
-        CLASSES[error],
-        code,
-        message,
-      );
+      expectNativeError(() => module.decode(pool, toDecodeArgs(args)), CLASSES[error], code, message);
+      expectNativeError(() => module.workspaceBytes(pool, toDecodeArgs(args)), CLASSES[error], code, message);
     });
 
     test(`${cases.length} kinds of bad calls are covered`, () => {
@@ -466,8 +455,10 @@ describe('mock cpu module (f32)', () => {
       const args = decodeArgs(flat, tree, randomQ(flat, tree.numIoRows, rng), 0.5);
       expectNativeError(() => flat.decode(flatPool, args), ArgumentError, 'ERR_CA_UNSUPPORTED', /phase-1/);
       // The same rows without runs (all chunks read by phase 2) are fine.
-      flat.decode(flatPool, {
-        ...args,
+      const context = packContext({
+        ...tree.context,
+        rowIo: tree.rowIo,
+        numIoRows: tree.numIoRows,
         rowSharedChunks: new Int32Array(4),
         rowPartialOffsets: new Int32Array(5),
         rowPartials: new Int32Array(0),
@@ -475,6 +466,7 @@ describe('mock cpu module (f32)', () => {
         runSlots: new Int32Array(0),
         numPartials: 0,
       });
+      flat.decode(flatPool, { ...args, context });
       flat.free(flatPool);
     });
 
@@ -492,17 +484,17 @@ describe('mock cpu module (f32)', () => {
       expectNativeError(() => module.decode(victim, freeing), ArgumentError, 'ERR_CA_FREED');
 
       const detaching = { ...base, q: base.q.slice() };
-      Object.defineProperty(detaching, 'numPartials', {
+      Object.defineProperty(detaching, 'numThreads', {
         get: () => {
           structuredClone(detaching.q.buffer, { transfer: [detaching.q.buffer] });
-          return 2;
+          return 0;
         },
       });
       expectNativeError(() => module.decode(pool, detaching), ShapeError, 'ERR_CA_SHAPE', /q has 0 elements/);
 
       const throwing = { ...base };
       const boom = new RangeError('boom');
-      Object.defineProperty(throwing, 'rowIo', {
+      Object.defineProperty(throwing, 'context', {
         get: () => {
           throw boom;
         },
@@ -749,7 +741,7 @@ describe('mock module in cuda mode (host arrays must be staged into module memor
       const tree = randomTree(rng, { chunkSize: 4, numSlots: 64, phase1: true, padIoRows: trial % 3 });
       const shadow = fillPool(module, pool, tree.usedSlots, rng, trial % 2 === 1);
       const q = randomQ(module, tree.numIoRows, rng);
-      const args = decodeArgs(module, tree, q, 0.4, { params: Float32Array.of(0.25), contextVersion: trial });
+      const args = decodeArgs(module, tree, q, 0.4, { params: Float32Array.of(0.25) });
       module.decode(pool, args);
       expect(
         maxError(args.out, 'f16', expectedOutput(module, tree, shadow, q, 0.4, variant), 32),
@@ -757,13 +749,16 @@ describe('mock module in cuda mode (host arrays must be staged into module memor
     }
   });
 
-  test('the context is re-uploaded when it changes, even under the same contextVersion', () => {
+  test('the context and params are uploaded again exactly when their bytes change', () => {
     const tree = fixedTree(4);
     const shadow = fillPool(module, pool, tree.usedSlots, rng);
     const q = randomQ(module, tree.numIoRows, rng);
     const params = Float32Array.of(0);
-    const first = decodeArgs(module, tree, q, 0.5, { params, contextVersion: 77 });
+    module.resetStats();
+    const first = decodeArgs(module, tree, q, 0.5, { params });
     module.decode(pool, first);
+    module.decode(pool, { ...first, context: first.context.slice() });
+    expect(module.stats().contextUploads).toBe(1);
     // Same version, lengths moved (as between tree rebuilds), and the same arrays mutated in place.
     const lengths = tree.context.rowLength;
     lengths[1] = 9;
@@ -772,13 +767,14 @@ describe('mock module in cuda mode (host arrays must be staged into module memor
       ...tree,
       rows: tree.rows.map((row, r) => ({ ...row, length: lengths[r]! })),
     };
-    const second = decodeArgs(module, moved, q, 0.5, { params, contextVersion: 77 });
+    const second = decodeArgs(module, moved, q, 0.5, { params });
     module.decode(pool, second);
+    expect(module.stats().contextUploads).toBe(2);
     expect(maxError(second.out, 'f16', expectedOutput(module, moved, shadow, q, 0.5), 32)).toBeLessThan(
       TOLERANCE.f16,
     );
     params[0] = 0.5;
-    const third = decodeArgs(module, moved, q, 0.5, { params, contextVersion: 77 });
+    const third = decodeArgs(module, moved, q, 0.5, { params });
     module.decode(pool, third);
     const variant = { scoreMod: (s: number, pos: { q: number; kv: number }) => s + 0.5 * (pos.kv - pos.q) };
     expect(

@@ -6,8 +6,8 @@
 import { beforeAll, describe, expect, test } from 'vitest';
 import { buildModule } from '../codegen/index.ts';
 import { attention } from '../dsl/index.ts';
-import { ArgumentError, KernelError, ModuleError, ShapeError } from '../runtime/errors.ts';
-import { ioRowMap } from '../runtime/kernel-context.ts';
+import { ArgumentError, BusyError, KernelError, ModuleError, ShapeError } from '../runtime/errors.ts';
+import { ioRowMap, packContext } from '../runtime/kernel-context.ts';
 import {
   badDecodeCases,
   decodeArgs,
@@ -21,8 +21,10 @@ import {
   randomInt,
   randomQ,
   randomTree,
+  rawDecodeArgs,
   seededRng,
   shuffle,
+  toDecodeArgs,
   toHost,
 } from '../runtime/native/fixtures/testing.ts';
 import {
@@ -33,9 +35,9 @@ import {
   NativeModule,
 } from '../runtime/native-module.ts';
 import { PrefixTree } from '../runtime/prefix-tree.ts';
-import { referenceDecode, relativeError, TOLERANCE } from './reference.ts';
+import { referenceDecode, relativeError, TOLERANCE } from '../runtime/reference.ts';
 
-const CLASSES = { ShapeError, ArgumentError, ModuleError, KernelError } as const;
+const CLASSES = { ShapeError, ArgumentError, ModuleError, KernelError, BusyError } as const;
 
 const f32Spec = attention({
   name: 'native-test-f32',
@@ -130,7 +132,7 @@ beforeAll(async () => {
 describe('real cpu modules', () => {
   test('info describes the spec', () => {
     expect(f32.info).toMatchObject({
-      abi: 1,
+      abi: 2,
       name: 'native-test-f32',
       key: f32Key,
       target: 'cpu',
@@ -225,7 +227,7 @@ describe('real cpu modules', () => {
       });
       const shadow = fillPool(f32, pool, tree.usedSlots, rng);
       const q = randomQ(f32, tree.numIoRows, rng);
-      const args = decodeArgs(f32, tree, q, 0.125, { numThreads: trial % 2, contextVersion: trial });
+      const args = decodeArgs(f32, tree, q, 0.125, { numThreads: trial % 2 });
       f32.decode(pool, args);
       expect(worstError(f32, args.out, expectedOutput(f32, tree, shadow, q, 0.125))).toBeLessThan(
         TOLERANCE.f32,
@@ -306,13 +308,10 @@ describe('real cpu modules', () => {
       const q = randomQ(f32, ioSeqs.length, rng);
       const out = poisoned(q.length, 'f32');
       const args: DecodeArgs = {
-        ...ctx,
         q,
         out,
-        numIoRows: ioSeqs.length,
-        rowIo,
+        context: packContext({ ...ctx, rowIo, numIoRows: ioSeqs.length }),
         softmaxScale: 0.125,
-        contextVersion: ctx.version,
       };
       if (!f32.info.phase1 && ctx.runs.length > 0) {
         expectNativeError(() => f32.decode(pool, args), ArgumentError, 'ERR_CA_UNSUPPORTED');
@@ -405,9 +404,9 @@ describe('bad calls on a real module are typed errors', () => {
     const tree = fixedTree(16);
     const q = randomQ(f32, tree.numIoRows, seededRng(18));
     for (const { name, mutate, error, code, message } of cases) {
-      const args = { ...decodeArgs(f32, tree, q, 0.125) } as Record<string, unknown>;
+      const args = rawDecodeArgs(f32, tree, q, 0.125);
       mutate(args);
-      const thrown = thrownBy(() => f32.decode(pool, args as unknown as DecodeArgs));
+      const thrown = thrownBy(() => f32.decode(pool, toDecodeArgs(args)));
       expect(thrown, name).toBeInstanceOf(CLASSES[error]);
       expect((thrown as { code?: string }).code, `${name}: ${(thrown as Error).message}`).toBe(code);
       if (message) expect((thrown as Error).message, name).toMatch(message);

@@ -8,7 +8,7 @@ import { variantFunctions } from '../dsl/index.ts';
 import type { DType, KernelSpec } from '../dsl/spec.ts';
 import type { Attention } from '../runtime/attention.ts';
 import { fromHost, toHost } from '../runtime/half.ts';
-import { referenceDecode, relativeError, TOLERANCE } from './reference.ts';
+import { referenceDecode, relativeError, TOLERANCE } from '../runtime/reference.ts';
 
 export class Rng {
   #state: number;

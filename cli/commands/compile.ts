@@ -50,6 +50,13 @@ export function compileRequests(specs: readonly KernelSpec[], flags: CompileFlag
         ? ['cuda' as const]
         : buildTargetsOf(spec.targets);
     if (targets.length === 0) throw new UsageError(`spec "${spec.name}" names no build target`);
+    // A flag that no chosen target uses is a mistake, not something to ignore.
+    if (archs && !targets.includes('cuda'))
+      throw new UsageError(`--arch applies to the cuda target only; the targets are ${targets.join(', ')}`);
+    if (sanitize !== 'none' && !targets.includes('emu'))
+      throw new UsageError(
+        `--sanitize applies to the emu target only; the targets are ${targets.join(', ')}`,
+      );
     return targets.map((target) => ({
       spec,
       target,
@@ -83,8 +90,7 @@ export async function compileCommand(file: string, flags: CompileFlags, out: Out
   const requests = compileRequests(specs, flags);
   const results = [];
   for (const request of requests) {
-    const label = `${request.spec.name} → ${request.target}${request.archs ? ` (${request.archs.join(',')})` : ''}`;
-    out.info(`building ${label} ...`);
+    // codegen announces each real build (and draws a spinner on a terminal) on stderr.
     const started = performance.now();
     const module = await buildModule(request.spec, {
       target: request.target,

@@ -2,8 +2,9 @@
 
 import { existsSync, readdirSync } from 'node:fs';
 import { execa } from 'execa';
-import { cacheDir, findToolchain } from '../../codegen/index.ts';
+import { cacheDir, findToolchain, PACKAGE_VERSION } from '../../codegen/index.ts';
 import { ARCHS } from '../../dsl/spec.ts';
+import { nativeAbiVersion } from '../../runtime/native-module.ts';
 import { nativeAddonStatus } from '../../runtime/native-status.ts';
 import type { Output } from '../output.ts';
 
@@ -29,10 +30,20 @@ async function nvccArchs(nvcc: string | undefined): Promise<string[]> {
   }
 }
 
+/** The C ABI the addon speaks, or why it cannot be asked. */
+function addonAbi(): string {
+  try {
+    return String(nativeAbiVersion());
+  } catch (error) {
+    return `unknown: ${(error as Error).message}`;
+  }
+}
+
 export async function doctorCommand(out: Output): Promise<void> {
   const toolchain = await findToolchain();
   const cache = cacheDir();
   const report = {
+    package: PACKAGE_VERSION,
     node: process.version,
     gxx: toolchain.gxx,
     nvcc: toolchain.nvcc,
@@ -45,9 +56,11 @@ export async function doctorCommand(out: Output): Promise<void> {
       ? readdirSync(cache).filter((e) => !e.startsWith('.') && !e.endsWith('.lock')).length
       : 0,
     addon: nativeAddonStatus(),
+    abi: addonAbi(),
   };
   const line = (label: string, value: string) => out.info(`${label.padEnd(14)} ${value}`);
-  line('node', report.node);
+  line('chunkattn', report.package);
+  line('node', `${report.node} (N-API ${process.versions.napi})`);
   line(
     'g++',
     report.gxx ? `${report.gxx.version} (${report.gxx.path})` : 'missing: the cpu and emu targets need it',
@@ -62,5 +75,6 @@ export async function doctorCommand(out: Output): Promise<void> {
   line('gpu', report.gpu);
   line('cache', `${cache} (${report.cachedModules} modules; set CHUNKATTN_CACHE to move it)`);
   line('native addon', report.addon);
+  line('module ABI', report.abi);
   out.result(report);
 }

@@ -6,8 +6,7 @@
         "src/addon.cc",
         "src/core.cc",
         "src/json.cc",
-        "src/library.cc",
-        "src/validate.cc"
+        "src/library.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -450,12 +450,11 @@ struct Case {
       for (CaSharedRun& run : cx.runs) run.kv_begin *= C;
       std::vector<OutT> out(size_t(num_io_rows) * Hq * D, nan_value<OutT>());
       CaDecodeParams p{};
-      bind_context(p, cx);
+      bind_context(p, cx, num_io_rows);
       p.q = q.data();
       p.out = out.data();
       p.k_pool = k_pool.data();
       p.v_pool = v_pool.data();
-      p.num_io_rows = num_io_rows;
       p.num_slots = num_slots;
       p.params = params.data();
       p.num_params = Variant::kNumParams;
@@ -498,9 +497,9 @@ struct Case {
           "\"untouchedClobbered\":%d,"
           "\"relErr\":%.3e,\"gate\":%.0e,\"ok\":%s%s%s%s}\n",
           label.c_str(), mode_name(mode), Hq, Hkv, D, C, dtype_name<QT>(), dtype_name<KvT>(),
-          dtype_name<OutT>(), Variant::name(), rows, p.num_runs, num_threads, status, non_finite,
-          untouched_bad, err, kGate[cls], ok ? "true" : "false", status ? ",\"error\":\"" : "",
-          status ? ca::cpu::last_error() : "", status ? "\"" : "");
+          dtype_name<OutT>(), Variant::name(), rows, int(cx.runs.size()), num_threads, status,
+          non_finite, untouched_bad, err, kGate[cls], ok ? "true" : "false",
+          status ? ",\"error\":\"" : "", status ? ca::cpu::last_error() : "", status ? "\"" : "");
       fflush(stdout);
     }
     return worst;
@@ -665,6 +664,13 @@ void check_simd() {
   }
 }
 
+// One copy through ca::cpu::copy_chunks.
+template <class Cfg>
+int copy_one(void* k_pool, void* v_pool, int num_slots, int src, int dst, int tokens) {
+  const int32_t copy[3] = {src, dst, tokens};
+  return ca::cpu::copy_chunks<Cfg>(k_pool, v_pool, num_slots, copy, 1);
+}
+
 void check_entry_points() {
   using Cfg = CfgT<4, 2, 64, 16, f16, f16, f16>;
   constexpr int Hkv = 2, D = 64, C = 16;
@@ -690,7 +696,7 @@ void check_entry_points() {
     CaWriteKvParams w16{kp.data(), vp.data(), slots, 1, s, off, k16.data(), k16.data(), CA_F16};
     ok &= ca::cpu::write_kv<Cfg>(w16) == CA_OK;
     ok &= kp[((size_t(2) * Hkv + 1) * C + 5) * D + 3].bits == k16[(1 * D) + 3].bits;
-    ok &= ca::cpu::copy_chunk<Cfg>(kp.data(), vp.data(), slots, 2, 1, 6) == CA_OK;
+    ok &= copy_one<Cfg>(kp.data(), vp.data(), slots, 2, 1, 6) == CA_OK;
     for (int h = 0; h < Hkv; ++h)
       for (int t = 0; t < C; ++t)
         for (int d = 0; d < D; ++d) {
@@ -707,32 +713,28 @@ void check_entry_points() {
     ok &= ca::cpu::write_kv<Cfg>(e1) == CA_ERR_INVALID &&
           ca::cpu::write_kv<Cfg>(e2) == CA_ERR_INVALID &&
           ca::cpu::write_kv<Cfg>(e3) == CA_ERR_INVALID;
-    ok &= ca::cpu::copy_chunk<Cfg>(kp.data(), vp.data(), slots, 0, 3, 1) == CA_ERR_INVALID;
-    ok &= ca::cpu::copy_chunk<Cfg>(kp.data(), vp.data(), slots, 0, 1, C + 1) == CA_ERR_INVALID;
+    ok &= copy_one<Cfg>(kp.data(), vp.data(), slots, 0, 3, 1) == CA_ERR_INVALID;
+    ok &= copy_one<Cfg>(kp.data(), vp.data(), slots, 0, 1, C + 1) == CA_ERR_INVALID;
     snprintf(detail, sizeof detail, "last error: %s", ca::cpu::last_error());
-    report_check("write_kv and copy_chunk", ok, detail);
+    report_check("write_kv and copy_chunks", ok, detail);
   }
   {  // decode rejects malformed calls with CA_ERR_INVALID and a message
     std::vector<f16> q(4 * D), out(4 * D), pool(size_t(1) * Hkv * C * D);
-    int32_t io[1] = {0}, seq[1] = {0}, len[1] = {5}, co[2] = {0, 1}, slots[1] = {0},
-            shared[1] = {0}, po[2] = {0, 0};
+    Context cx;
+    cx.row_io = {0};
+    cx.row_seq = {0};
+    cx.row_length = {5};
+    cx.row_chunk_offsets = {0, 1};
+    cx.row_chunk_slots = {0};
+    cx.row_shared_chunks = {0};
+    cx.row_partial_offsets = {0, 0};
     CaDecodeParams p{};
-    p.abi_version = CA_ABI_VERSION;
-    p.struct_bytes = sizeof p;
+    bind_context(p, cx, 1);
     p.q = q.data();
     p.out = out.data();
     p.k_pool = pool.data();
     p.v_pool = pool.data();
-    p.num_io_rows = 1;
     p.num_slots = 1;
-    p.num_rows = 1;
-    p.row_io = io;
-    p.row_seq = seq;
-    p.row_length = len;
-    p.row_chunk_offsets = co;
-    p.row_chunk_slots = slots;
-    p.row_shared_chunks = shared;
-    p.row_partial_offsets = po;
     p.softmax_scale = 0.125f;
     bool ok = ca::cpu::decode<Cfg, Plain>(p) == CA_OK;
     std::string msgs;
@@ -745,20 +747,23 @@ void check_entry_points() {
     CaDecodeParams bad = p;
     bad.abi_version = 99;
     expect_invalid(bad);
-    int32_t long_len[1] = {C + 1};
     bad = p;
-    bad.row_length = long_len;
+    bad.context_words = p.context_words - 1;  // the header no longer matches
     expect_invalid(bad);
-    int32_t bad_slots[1] = {1};
+    std::vector<int32_t> moved(cx.packed);
+    moved[ca::ctx::kWordSections + 2 * ca::ctx::kRowLength] = int32_t(moved.size());
     bad = p;
-    bad.row_chunk_slots = bad_slots;
+    bad.context = bad.context_host = moved.data();  // a section outside the buffer
     expect_invalid(bad);
-    CaSharedRun run{0, 1, 0, 0, 1, 0};
     bad = p;
-    bad.num_runs = 1;
-    bad.runs = &run;
-    bad.run_slots = slots;
-    bad.num_partials = 1;
+    bad.softmax_scale = INFINITY;
+    expect_invalid(bad);
+    Context with_run = cx;
+    with_run.runs = {CaSharedRun{0, 1, 0, 0, 1, 0}};
+    with_run.run_slots = {0};
+    with_run.num_partials = 1;
+    bind_context(bad, with_run, 1);
+    bad.workspace = nullptr;
     expect_invalid(bad);  // no workspace
     report_check("decode argument errors", ok, ok ? "all rejected" : msgs.c_str());
   }

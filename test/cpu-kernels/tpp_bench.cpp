@@ -131,12 +131,11 @@ Result run_shape(int b, int ns, int np, int decoded, int threads, int reps) {
   std::vector<char> workspace;
   auto params_of = [&](Context& cx) {
     CaDecodeParams p{};
-    bind_context(p, cx);
+    bind_context(p, cx, b);
     p.q = q.data();
     p.out = out.data();
     p.k_pool = k_pool.data();
     p.v_pool = v_pool.data();
-    p.num_io_rows = b;
     p.num_slots = num_slots;
     p.softmax_scale = 1.f / sqrtf(float(D));
     p.num_threads = threads;
@@ -180,10 +179,10 @@ Result run_shape(int b, int ns, int np, int decoded, int threads, int reps) {
   r.threads = ca::cpu::resolve_num_threads(threads);
   r.tpp_us = median(t_tpp);
   r.seq_us = median(t_seq);
-  r.phase1_us = p_tpp.num_runs > 0 ? median(t_p1) : 0;
+  r.phase1_us = !tpp.runs.empty() ? median(t_p1) : 0;
   r.tpp_min_us = *std::min_element(t_tpp.begin(), t_tpp.end());
   r.seq_min_us = *std::min_element(t_seq.begin(), t_seq.end());
-  r.phase1_min_us = p_tpp.num_runs > 0 ? *std::min_element(t_p1.begin(), t_p1.end()) : 0;
+  r.phase1_min_us = !tpp.runs.empty() ? *std::min_element(t_p1.begin(), t_p1.end()) : 0;
   r.speedup = r.seq_us / r.tpp_us;
   r.phase1_gflops = r.phase1_us > 0 ? 4.0 * b * Hq * double(ns) * D / (r.phase1_us * 1e3) : 0;
   r.seq_kv_gbps = 2.0 * b * Hkv * double(np + decoded) * D * sizeof(T) / (r.seq_us * 1e3);

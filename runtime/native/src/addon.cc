@@ -11,6 +11,7 @@
 #include <napi.h>
 
 #include <new>
+#include <optional>
 #include <string>
 
 #include "core.h"
@@ -171,6 +172,12 @@ NumberArg ReadNumber(napi_env env, napi_value value) {
 }
 
 template <class T>
+T* Unwrap(napi_env env, napi_value value, const napi_type_tag& tag);
+
+// A typed array, or a DeviceTensor's native handle.
+TensorArg ReadTensor(napi_env env, napi_value value);
+
+template <class T>
 T* Unwrap(napi_env env, napi_value value, const napi_type_tag& tag) {
   napi_valuetype type;
   if (napi_typeof(env, value, &type) != napi_ok || type != napi_object) return nullptr;
@@ -181,12 +188,27 @@ T* Unwrap(napi_env env, napi_value value, const napi_type_tag& tag) {
   return static_cast<T*>(native);
 }
 
-ModuleCore& Module(const Napi::CallbackInfo& info) {
+TensorArg ReadTensor(napi_env env, napi_value value) {
+  TensorArg tensor;
+  tensor.host = ReadArray(env, value);
+  if (auto* handle = Unwrap<BufferHandle>(env, value, kBufferTag)) tensor.device = &handle->buffer;
+  return tensor;
+}
+
+// The module handle of info[0], in any state (for reads that do not touch module memory).
+ModuleCore& AnyModule(const Napi::CallbackInfo& info) {
   ModuleHandle* handle = Unwrap<ModuleHandle>(info.Env(), info[0], kModuleTag);
   if (!handle || !handle->core)
     Fail(code::kType, "the first argument must be a module handle from load(), got " +
                           Describe(info.Env(), info[0]));
   return *handle->core;
+}
+
+// The module handle of info[0], refused (ERR_CA_BUSY) while a decodeAsync holds it.
+ModuleCore& Module(const Napi::CallbackInfo& info) {
+  ModuleCore& core = AnyModule(info);
+  core.CheckIdle();
+  return core;
 }
 
 // --- pools ----------------------------------------------------------------------------------
@@ -218,10 +240,26 @@ PoolArg ToPoolArg(napi_env env, const PoolValues& values) {
   return pool;
 }
 
-void FinalizeBuffer(napi_env, void* data, void*) {
+// Pools are external memory to V8: reporting it makes GC pressure reflect them, so dropped
+// Attention objects are collected (and their pools freed) before memory runs out.
+void AdjustExternal(napi_env env, int64_t change) {
+  int64_t total;
+  if (change != 0) napi_adjust_external_memory(env, change, &total);
+}
+
+int64_t LiveBytes(const PoolArg& pool) {
+  int64_t bytes = 0;
+  for (const DeviceBuffer* half : {pool.k, pool.v})
+    if (half && !half->freed) bytes += int64_t(half->bytes);
+  return bytes;
+}
+
+void FinalizeBuffer(napi_env env, void* data, void*) {
   auto* handle = static_cast<BufferHandle*>(data);
-  if (!handle->buffer.freed && handle->buffer.owner)
+  if (!handle->buffer.freed && handle->buffer.owner) {
     handle->buffer.owner->ReleaseQuietly(handle->buffer.ptr);
+    AdjustExternal(env, -int64_t(handle->buffer.bytes));
+  }
   delete handle;
 }
 
@@ -287,12 +325,12 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
 
 // info(mod): the parsed ca_info() document
 Napi::Value Info(const Napi::CallbackInfo& info) {
-  return JsonToJs(info.Env(), Module(info).info().json);
+  return JsonToJs(info.Env(), AnyModule(info).info().json);
 }
 
 // path(mod): the path the module was loaded from
 Napi::Value Path(const Napi::CallbackInfo& info) {
-  return Napi::String::New(info.Env(), Module(info).library().path());
+  return Napi::String::New(info.Env(), AnyModule(info).library().path());
 }
 
 // allocPool(mod, numSlots): { k, v, bytes }
@@ -309,6 +347,7 @@ Napi::Value AllocPool(const Napi::CallbackInfo& info) {
       Wrap(env, new BufferHandle{{handle->core, k, bytes, false}}, kBufferTag, FinalizeBuffer);
   Napi::Object v_object =
       Wrap(env, new BufferHandle{{handle->core, v, bytes, false}}, kBufferTag, FinalizeBuffer);
+  AdjustExternal(env, 2 * int64_t(bytes));
   result.Set("k", k_object);
   result.Set("v", v_object);
   result.Set("bytes", Napi::Number::New(env, double(bytes)));
@@ -320,7 +359,15 @@ Napi::Value FreePool(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   PoolValues values = ReadPoolValues(env, info[1]);
   ModuleCore& core = Module(info);
-  core.FreePool(ToPoolArg(env, values));
+  PoolArg pool = ToPoolArg(env, values);
+  const int64_t live = LiveBytes(pool);
+  try {
+    core.FreePool(pool);
+  } catch (...) {
+    AdjustExternal(env, LiveBytes(pool) - live);
+    throw;
+  }
+  AdjustExternal(env, LiveBytes(pool) - live);
   return env.Undefined();
 }
 
@@ -332,17 +379,18 @@ Napi::Value BufferState(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(env);
   result.Set("bytes", Napi::Number::New(env, double(handle->buffer.bytes)));
   result.Set("freed", Napi::Boolean::New(env, handle->buffer.freed));
+  result.Set("dtype", Napi::Number::New(env, handle->buffer.dtype));
   return result;
 }
 
-// writeKv(mod, pool, slots, offsets, k, v)
+// writeKv(mod, pool, slots, offsets, k, v): k, v typed arrays or tensor handles
 Napi::Value WriteKv(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   PoolValues values = ReadPoolValues(env, info[1]);
   ModuleCore& core = Module(info);
   PoolArg pool = ToPoolArg(env, values);
-  core.WriteKv(pool, ReadArray(env, info[2]), ReadArray(env, info[3]), ReadArray(env, info[4]),
-               ReadArray(env, info[5]));
+  core.WriteKv(pool, ReadArray(env, info[2]), ReadArray(env, info[3]), ReadTensor(env, info[4]),
+               ReadTensor(env, info[5]));
   return env.Undefined();
 }
 
@@ -353,6 +401,15 @@ Napi::Value CopyChunk(const Napi::CallbackInfo& info) {
   ModuleCore& core = Module(info);
   core.CopyChunk(ToPoolArg(env, values), ReadNumber(env, info[2]), ReadNumber(env, info[3]),
                  ReadNumber(env, info[4]));
+  return env.Undefined();
+}
+
+// copyChunks(mod, pool, copies: Int32Array [n * 3])
+Napi::Value CopyChunks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PoolValues values = ReadPoolValues(env, info[1]);
+  ModuleCore& core = Module(info);
+  core.CopyChunks(ToPoolArg(env, values), ReadArray(env, info[2]));
   return env.Undefined();
 }
 
@@ -380,9 +437,7 @@ Napi::Value ReadPool(const Napi::CallbackInfo& info) {
 }
 
 struct DecodeValues {
-  Napi::Value q, out, num_io_rows, row_io, row_seq, row_length, row_chunk_offsets, row_chunk_slots;
-  Napi::Value row_shared_chunks, row_partial_offsets, row_partials, runs, run_slots, num_partials;
-  Napi::Value params, softmax_scale, num_threads, context_version;
+  Napi::Value q, out, context, params, softmax_scale, num_threads;
 };
 
 DecodeValues ReadDecodeValues(Napi::Env env, Napi::Value args) {
@@ -392,45 +447,21 @@ DecodeValues ReadDecodeValues(Napi::Env env, Napi::Value args) {
   DecodeValues d;
   d.q = o.Get("q");
   d.out = o.Get("out");
-  d.num_io_rows = o.Get("numIoRows");
-  d.row_io = o.Get("rowIo");
-  d.row_seq = o.Get("rowSeq");
-  d.row_length = o.Get("rowLength");
-  d.row_chunk_offsets = o.Get("rowChunkOffsets");
-  d.row_chunk_slots = o.Get("rowChunkSlots");
-  d.row_shared_chunks = o.Get("rowSharedChunks");
-  d.row_partial_offsets = o.Get("rowPartialOffsets");
-  d.row_partials = o.Get("rowPartials");
-  d.runs = o.Get("runs");
-  d.run_slots = o.Get("runSlots");
-  d.num_partials = o.Get("numPartials");
+  d.context = o.Get("context");
   d.params = o.Get("params");
   d.softmax_scale = o.Get("softmaxScale");
   d.num_threads = o.Get("numThreads");
-  d.context_version = o.Get("contextVersion");
   return d;
 }
 
 DecodeArgs ToDecodeArgs(napi_env env, const DecodeValues& d) {
   DecodeArgs a;
-  a.q = ReadArray(env, d.q);
-  a.out = ReadArray(env, d.out);
-  a.num_io_rows = ReadNumber(env, d.num_io_rows);
-  a.row_io = ReadArray(env, d.row_io);
-  a.row_seq = ReadArray(env, d.row_seq);
-  a.row_length = ReadArray(env, d.row_length);
-  a.row_chunk_offsets = ReadArray(env, d.row_chunk_offsets);
-  a.row_chunk_slots = ReadArray(env, d.row_chunk_slots);
-  a.row_shared_chunks = ReadArray(env, d.row_shared_chunks);
-  a.row_partial_offsets = ReadArray(env, d.row_partial_offsets);
-  a.row_partials = ReadArray(env, d.row_partials);
-  a.runs = ReadArray(env, d.runs);
-  a.run_slots = ReadArray(env, d.run_slots);
-  a.num_partials = ReadNumber(env, d.num_partials);
+  a.q = ReadTensor(env, d.q);
+  a.out = ReadTensor(env, d.out);
+  a.context = ReadArray(env, d.context);
   a.params = ReadArray(env, d.params);
   a.softmax_scale = ReadNumber(env, d.softmax_scale);
   a.num_threads = ReadNumber(env, d.num_threads);
-  a.context_version = ReadNumber(env, d.context_version);
   return a;
 }
 
@@ -444,6 +475,69 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The launch and the copy back of a decodeAsync, on a libuv worker thread. The JS values it
+// uses (module, pool, args with q/out) stay referenced until the promise settles.
+class DecodeWorker : public Napi::AsyncWorker {
+ public:
+  DecodeWorker(Napi::Env env, std::shared_ptr<ModuleCore> core, ModuleCore::DecodeRun run,
+               Napi::Value keep)
+      : Napi::AsyncWorker(env, "chunkattn.decodeAsync"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        core_(std::move(core)),
+        run_(run),
+        keep_(Napi::Persistent(keep)) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      core_->FinishDecode(run_);
+    } catch (const Failure& failure) {
+      failure_ = failure;
+      SetError(failure.message);
+    } catch (const std::exception& e) {
+      failure_ = Failure(code::kStatus, std::string("chunkattn addon: ") + e.what());
+      SetError(failure_->message);
+    }
+  }
+
+  void OnOK() override {
+    core_->SetBusy(false);
+    deferred_.Resolve(Env().Undefined());
+  }
+
+  void OnError(const Napi::Error&) override {
+    core_->SetBusy(false);
+    deferred_.Reject(ToJsError(Env(), *failure_).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<ModuleCore> core_;
+  ModuleCore::DecodeRun run_;
+  Napi::Reference<Napi::Value> keep_;
+  std::optional<Failure> failure_;
+};
+
+// decodeAsync(mod, pool, args): Promise<void>. Checks, plans and uploads q on the calling thread
+// (errors throw synchronously); launches and copies out back on a worker thread.
+Napi::Value DecodeAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PoolValues pool = ReadPoolValues(env, info[1]);
+  DecodeValues values = ReadDecodeValues(env, info[2]);
+  ModuleCore& core = Module(info);
+  ModuleHandle* handle = Unwrap<ModuleHandle>(env, info[0], kModuleTag);
+  Napi::Array keep = Napi::Array::New(env, 3);
+  keep.Set(0u, info[0]);
+  keep.Set(1u, info[1]);
+  keep.Set(2u, info[2]);
+  ModuleCore::DecodeRun run = core.StartDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values));
+  auto* worker = new DecodeWorker(env, handle->core, run, keep);
+  core.SetBusy(true);
+  worker->Queue();
+  return worker->Promise();
+}
+
 // workspaceBytes(mod, pool, args): number
 Napi::Value WorkspaceBytes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -455,23 +549,87 @@ Napi::Value WorkspaceBytes(const Napi::CallbackInfo& info) {
 }
 
 // stats(mod): { bytesRead: {q, kv, partial, out, context}, bytesWritten: {...}, launches,
-//               kernelsJson: ca_kernel_stats()'s JSON }
+//   memcpy: {h2d: {calls, bytes}, d2h: {...}, d2d: {...}}, contextUploads, kernels: {name: {...}} }
 Napi::Value Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  CaStats stats = Module(info).Stats();
-  const std::string kernels = Module(info).KernelStatsJson();
+  ModuleCore& core = AnyModule(info);
+  CaStats stats = core.Stats();
+  const Json kernels = ParseJson(core.KernelStats().c_str());
   static const char* kNames[CA_TRAFFIC_COUNT] = {"q", "kv", "partial", "out", "context"};
   Napi::Object read = Napi::Object::New(env), written = Napi::Object::New(env);
   for (int i = 0; i < CA_TRAFFIC_COUNT; ++i) {
     read.Set(kNames[i], Napi::Number::New(env, double(stats.bytes_read[i])));
     written.Set(kNames[i], Napi::Number::New(env, double(stats.bytes_written[i])));
   }
+  static const char* kDirections[CA_COPY_DIRECTIONS] = {"h2d", "d2h", "d2d"};
+  Napi::Object memcpy = Napi::Object::New(env);
+  for (int i = 0; i < CA_COPY_DIRECTIONS; ++i) {
+    Napi::Object direction = Napi::Object::New(env);
+    direction.Set("calls", Napi::Number::New(env, double(stats.memcpy_calls[i])));
+    direction.Set("bytes", Napi::Number::New(env, double(stats.memcpy_bytes[i])));
+    memcpy.Set(kDirections[i], direction);
+  }
   Napi::Object result = Napi::Object::New(env);
   result.Set("bytesRead", read);
   result.Set("bytesWritten", written);
   result.Set("launches", Napi::Number::New(env, double(stats.launches)));
-  result.Set("kernelsJson", Napi::String::New(env, kernels));
+  result.Set("memcpy", memcpy);
+  result.Set("contextUploads", Napi::Number::New(env, double(stats.context_uploads)));
+  const Json* by_name = kernels.kind == Json::Kind::kObject ? kernels.Find("kernels") : nullptr;
+  result.Set("kernels", by_name ? JsonToJs(env, *by_name) : Napi::Object::New(env));
   return result;
+}
+
+// allocTensor(mod, dtype: 0 | 1 | 2, elements): a tensor handle
+Napi::Value AllocTensor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ModuleCore& core = Module(info);
+  ModuleHandle* handle = Unwrap<ModuleHandle>(env, info[0], kModuleTag);
+  NumberArg dtype = ReadNumber(env, info[1]);
+  NumberArg elements = ReadNumber(env, info[2]);
+  if (!dtype.is_number || (dtype.value != 0 && dtype.value != 1 && dtype.value != 2))
+    Fail(code::kType, "dtype must be 0 (f16), 1 (bf16) or 2 (f32), got " + dtype.what);
+  uint64_t bytes = 0;
+  void* ptr = core.AllocTensor(CaDType(int(dtype.value)), elements, &bytes);
+  return Wrap(env, new BufferHandle{{handle->core, ptr, bytes, false, int32_t(dtype.value)}},
+              kBufferTag, FinalizeBuffer);
+}
+
+DeviceBuffer* TensorHandle(napi_env env, napi_value value) {
+  auto* handle = Unwrap<BufferHandle>(env, value, kBufferTag);
+  return handle ? &handle->buffer : nullptr;
+}
+
+// freeTensor(mod, tensor)
+Napi::Value FreeTensor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Module(info).FreeTensor(TensorHandle(env, info[1]), "tensor");
+  return env.Undefined();
+}
+
+// uploadTensor(mod, tensor, data)
+Napi::Value UploadTensor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Module(info).Upload(TensorHandle(env, info[1]), "tensor", ReadArray(env, info[2]));
+  return env.Undefined();
+}
+
+// downloadTensor(mod, tensor): Float32Array (f32) or Uint16Array (f16/bf16 bits)
+Napi::Value DownloadTensor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ModuleCore& core = Module(info);
+  DeviceBuffer* tensor = TensorHandle(env, info[1]);
+  if (!tensor || tensor->dtype < 0) Fail(code::kType, "tensor is not a DeviceTensor");
+  const uint64_t bytes = tensor->bytes;
+  const bool f32 = tensor->dtype == CA_F32;
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, size_t(bytes));
+  napi_value out;
+  NAPI_THROW_IF_FAILED(env,
+                       napi_create_typedarray(env, f32 ? napi_float32_array : napi_uint16_array,
+                                              size_t(bytes / (f32 ? 4 : 2)), buffer, 0, &out),
+                       Napi::Value());
+  core.Download(tensor, "tensor", buffer.Data());
+  return Napi::Value(env, out);
 }
 
 // resetStats(mod)
@@ -490,8 +648,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("bufferState", Napi::Function::New<Guarded<BufferState>>(env, "bufferState"));
   exports.Set("writeKv", Napi::Function::New<Guarded<WriteKv>>(env, "writeKv"));
   exports.Set("copyChunk", Napi::Function::New<Guarded<CopyChunk>>(env, "copyChunk"));
+  exports.Set("copyChunks", Napi::Function::New<Guarded<CopyChunks>>(env, "copyChunks"));
   exports.Set("readPool", Napi::Function::New<Guarded<ReadPool>>(env, "readPool"));
+  exports.Set("allocTensor", Napi::Function::New<Guarded<AllocTensor>>(env, "allocTensor"));
+  exports.Set("freeTensor", Napi::Function::New<Guarded<FreeTensor>>(env, "freeTensor"));
+  exports.Set("uploadTensor", Napi::Function::New<Guarded<UploadTensor>>(env, "uploadTensor"));
+  exports.Set("downloadTensor",
+              Napi::Function::New<Guarded<DownloadTensor>>(env, "downloadTensor"));
   exports.Set("decode", Napi::Function::New<Guarded<Decode>>(env, "decode"));
+  exports.Set("decodeAsync", Napi::Function::New<Guarded<DecodeAsync>>(env, "decodeAsync"));
   exports.Set("workspaceBytes",
               Napi::Function::New<Guarded<WorkspaceBytes>>(env, "workspaceBytes"));
   exports.Set("stats", Napi::Function::New<Guarded<Stats>>(env, "stats"));

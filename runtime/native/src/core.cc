@@ -6,8 +6,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "chunkattn/context.h"
 #include "failure.h"
-#include "validate.h"
 
 namespace chunkattn {
 
@@ -40,6 +40,12 @@ int32_t ToInt(const NumberArg& number, const char* name, int64_t lo, int64_t hi)
                            std::to_string(lo) + ", " + std::to_string(hi) + "]");
   return int32_t(value);
 }
+
+struct Int32Span {
+  const int32_t* data = nullptr;
+  size_t size = 0;
+  int32_t operator[](size_t i) const { return data[i]; }
+};
 
 // An Int32Array argument as a span; SharedArrayBuffer-backed arrays are copied first, so that no
 // other thread can change an index between its check and its use.
@@ -80,28 +86,26 @@ CaDType CheckData(const ArrayArg& array, const char* name, CaDType dtype, uint64
   return held;
 }
 
-bool Overlaps(const void* a, uint64_t a_bytes, const void* b, uint64_t b_bytes) {
-  if (a_bytes == 0 || b_bytes == 0) return false;
-  auto a0 = reinterpret_cast<uintptr_t>(a), b0 = reinterpret_cast<uintptr_t>(b);
-  return a0 < b0 + b_bytes && b0 < a0 + a_bytes;
-}
-
 uint64_t PhysicalMemoryBytes() {
   long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   if (pages <= 0 || page <= 0) return UINT64_MAX;
   return uint64_t(pages) * uint64_t(page);
 }
 
+// Aligns staging sections so every dtype's elements stay aligned.
+uint64_t Align(uint64_t bytes) { return (bytes + 255) / 256 * 256; }
+
 }  // namespace
 
+ModuleCore::ModuleCore(std::shared_ptr<Library> library) : lib_(std::move(library)) {
+  lib_->Check(lib_->api().stream_create(&stream_), "ca_stream_create");
+}
+
 ModuleCore::~ModuleCore() {
-  ReleaseScratch(workspace_);
-  ReleaseScratch(q_device_);
-  ReleaseScratch(out_device_);
-  for (Mirror* m :
-       {&row_io_, &row_seq_, &row_length_, &row_chunk_offsets_, &row_chunk_slots_,
-        &row_shared_chunks_, &row_partial_offsets_, &row_partials_, &runs_, &run_slots_, &params_})
-    ReleaseScratch(m->device);
+  for (Scratch* s : {&context_.device, &workspace_, &params_device_, &q_staging_, &out_staging_,
+                     &kv_staging_, &copies_staging_})
+    ReleaseScratch(*s);
+  if (stream_) lib_->api().stream_destroy(stream_);
 }
 
 void ModuleCore::ReleaseQuietly(void* ptr) noexcept {
@@ -131,22 +135,6 @@ void ModuleCore::Ensure(Scratch& scratch, uint64_t bytes) {
   scratch.capacity = capacity;
 }
 
-const void* ModuleCore::Upload(Mirror& mirror, const void* host, uint64_t bytes, bool force) {
-  void* before = mirror.device.ptr;
-  Ensure(mirror.device, std::max<uint64_t>(bytes, 64));
-  if (mirror.device.ptr != before) mirror.valid = false;
-  if (!force && mirror.valid && mirror.shadow.size() == bytes &&
-      (bytes == 0 || std::memcmp(mirror.shadow.data(), host, bytes) == 0))
-    return mirror.device.ptr;
-  mirror.valid = false;
-  if (bytes > 0)
-    lib_->Check(lib_->api().memcpy_(mirror.device.ptr, host, bytes, CA_COPY_H2D), "ca_memcpy");
-  const uint8_t* begin = static_cast<const uint8_t*>(host);
-  mirror.shadow.assign(begin, begin + bytes);
-  mirror.valid = true;
-  return mirror.device.ptr;
-}
-
 ModuleCore::Pool ModuleCore::ResolvePool(const PoolArg& pool) const {
   const struct {
     const char* name;
@@ -154,7 +142,7 @@ ModuleCore::Pool ModuleCore::ResolvePool(const PoolArg& pool) const {
     const std::string& what;
   } halves[2] = {{"pool.k", pool.k, pool.k_what}, {"pool.v", pool.v, pool.v_what}};
   for (const auto& half : halves) {
-    if (!half.buffer)
+    if (!half.buffer || half.buffer->dtype >= 0)
       Fail(code::kType, std::string(half.name) + " is not a pool buffer (got " + half.what +
                             "): pools come from NativeModule.allocPool");
     if (half.buffer->freed) Fail(code::kFreed, std::string(half.name) + " has been freed");
@@ -183,7 +171,7 @@ std::pair<void*, void*> ModuleCore::AllocPool(const NumberArg& num_slots_arg,
   if (__builtin_mul_overflow(uint64_t(num_slots), info().SlotBytes(), &bytes) ||
       __builtin_mul_overflow(bytes, uint64_t(2), &both))
     Fail(code::kRange, "numSlots = " + std::to_string(num_slots) + " needs more than 2^64 bytes");
-  if (!OnDevice())
+  if (info().target != Target::kCuda)
     CheckHostBytes(both, "a pool of " + std::to_string(num_slots) + " slots (K and V)");
   const Api& api = lib_->api();
   void* k = nullptr;
@@ -195,7 +183,7 @@ std::pair<void*, void*> ModuleCore::AllocPool(const NumberArg& num_slots_arg,
     if (!v) Fail(code::kNoMemory, "ca_malloc returned CA_OK and a null pointer");
     lib_->Check(api.memset_(k, 0, bytes), "ca_memset");
     lib_->Check(api.memset_(v, 0, bytes), "ca_memset");
-    if (OnDevice()) lib_->Check(api.synchronize(nullptr), "ca_synchronize");
+    lib_->Check(api.synchronize(stream_), "ca_synchronize");
   } catch (...) {
     ReleaseQuietly(k);
     ReleaseQuietly(v);
@@ -208,6 +196,7 @@ std::pair<void*, void*> ModuleCore::AllocPool(const NumberArg& num_slots_arg,
 void ModuleCore::FreePool(const PoolArg& pool_arg) {
   ResolvePool(pool_arg);
   DeviceBuffer* halves[2] = {pool_arg.k, pool_arg.v};
+  lib_->Check(lib_->api().synchronize(stream_), "ca_synchronize");
   int status[2];
   for (int i = 0; i < 2; ++i) {
     status[i] = lib_->api().free_(halves[i]->ptr);
@@ -218,8 +207,73 @@ void ModuleCore::FreePool(const PoolArg& pool_arg) {
   lib_->Check(status[1], "ca_free");
 }
 
+void* ModuleCore::AllocTensor(CaDType dtype, const NumberArg& elements_arg, uint64_t* bytes) {
+  const int32_t elements = ToInt(elements_arg, "elements", 1, INT32_MAX);
+  *bytes = uint64_t(elements) * DTypeBytes(dtype);
+  if (info().target != Target::kCuda) CheckHostBytes(*bytes, "a tensor");
+  void* ptr = nullptr;
+  lib_->Check(lib_->api().malloc_(&ptr, *bytes), "ca_malloc");
+  if (!ptr) Fail(code::kNoMemory, "ca_malloc returned CA_OK and a null pointer");
+  const int status = lib_->api().memset_(ptr, 0, *bytes);
+  if (status != CA_OK) ReleaseQuietly(ptr);
+  lib_->Check(status, "ca_memset");
+  return ptr;
+}
+
+void ModuleCore::CheckTensor(const DeviceBuffer* tensor, const std::string& what) const {
+  if (!tensor || tensor->dtype < 0)
+    Fail(code::kType, what + " is not a DeviceTensor: tensors come from NativeModule.allocTensor");
+  if (tensor->freed) Fail(code::kFreed, what + " has been freed");
+  if (tensor->owner.get() != this)
+    Fail(code::kForeign, what + " belongs to another module (" + tensor->owner->library().path() +
+                             "), not to " + lib_->path());
+}
+
+void ModuleCore::FreeTensor(DeviceBuffer* tensor, const std::string& what) {
+  CheckTensor(tensor, what);
+  lib_->Check(lib_->api().synchronize(stream_), "ca_synchronize");
+  const int status = lib_->api().free_(tensor->ptr);
+  tensor->ptr = nullptr;
+  tensor->freed = true;
+  lib_->Check(status, "ca_free");
+}
+
+void ModuleCore::Upload(DeviceBuffer* tensor, const std::string& what, const ArrayArg& host) {
+  CheckTensor(tensor, what);
+  const CaDType dtype = CaDType(tensor->dtype);
+  CheckData(host, "data", dtype, tensor->bytes / DTypeBytes(dtype), false, "(the tensor's length)");
+  lib_->Check(lib_->api().memcpy_(tensor->ptr, host.data, tensor->bytes, CA_COPY_H2D, stream_),
+              "ca_memcpy");
+}
+
+void ModuleCore::Download(DeviceBuffer* tensor, const std::string& what, void* host) {
+  CheckTensor(tensor, what);
+  lib_->Check(lib_->api().memcpy_(host, tensor->ptr, tensor->bytes, CA_COPY_D2H, stream_),
+              "ca_memcpy");
+}
+
+void* ModuleCore::TensorPointer(const TensorArg& tensor, const char* name, CaDType dtype,
+                                uint64_t elements, bool allow_f32, const char* layout,
+                                CaDType* held) {
+  if (!tensor.device) {
+    *held = CheckData(tensor.host, name, dtype, elements, allow_f32, layout);
+    return nullptr;  // a host array: the caller stages it
+  }
+  CheckTensor(tensor.device, name);
+  const CaDType has = CaDType(tensor.device->dtype);
+  if (!(has == dtype || (allow_f32 && has == CA_F32)))
+    Fail(code::kDType, std::string(name) + " is a DeviceTensor of " + DTypeName(has) +
+                           ", expected " + DTypeName(dtype) + (allow_f32 ? " or f32" : ""));
+  const uint64_t length = tensor.device->bytes / DTypeBytes(has);
+  if (length != elements)
+    Fail(code::kShape, std::string(name) + " has " + Num(length) + " elements, expected " +
+                           Num(elements) + " " + layout);
+  *held = has;
+  return tensor.device->ptr;
+}
+
 void ModuleCore::WriteKv(const PoolArg& pool_arg, const ArrayArg& slots_arg,
-                         const ArrayArg& offsets_arg, const ArrayArg& k, const ArrayArg& v) {
+                         const ArrayArg& offsets_arg, const TensorArg& k, const TensorArg& v) {
   const ModuleInfo& mi = info();
   const Pool pool = ResolvePool(pool_arg);
   std::vector<std::vector<int32_t>> copies;
@@ -230,13 +284,15 @@ void ModuleCore::WriteKv(const PoolArg& pool_arg, const ArrayArg& slots_arg,
     Fail(code::kShape, "offsets has " + Num(offsets.size) + " elements, expected " +
                            Num(num_tokens) + " (one per token, like slots)");
   const uint64_t token_elements = uint64_t(mi.kv_heads) * uint64_t(mi.head_dim);
-  const CaDType src = CheckData(k, "k", mi.dtype_kv, num_tokens * token_elements, true,
-                                "[tokens, kvHeads, headDim]");
-  const CaDType src_v = CheckData(v, "v", mi.dtype_kv, num_tokens * token_elements, true,
-                                  "[tokens, kvHeads, headDim]");
+  CaDType src, src_v;
+  void* k_device = TensorPointer(k, "k", mi.dtype_kv, num_tokens * token_elements, true,
+                                 "[tokens, kvHeads, headDim]", &src);
+  void* v_device = TensorPointer(v, "v", mi.dtype_kv, num_tokens * token_elements, true,
+                                 "[tokens, kvHeads, headDim]", &src_v);
   if (src != src_v)
-    Fail(code::kDType,
-         std::string("k and v must have the same dtype, got k ") + k.what + " and v " + v.what);
+    Fail(code::kDType, std::string("k and v must have the same dtype, got k ") + DTypeName(src) +
+                           " and v " + DTypeName(src_v));
+  if (k.device && k.device == v.device) Fail(code::kRange, "k and v are the same DeviceTensor");
   std::vector<int64_t> targets(num_tokens);
   for (uint64_t i = 0; i < num_tokens; ++i) {
     if (slots[i] < 0 || slots[i] >= pool.num_slots)
@@ -254,17 +310,75 @@ void ModuleCore::WriteKv(const PoolArg& pool_arg, const ArrayArg& slots_arg,
     Fail(code::kRange,
          "two tokens write the same (slot, offset): each position may be written once per call");
   if (num_tokens == 0) return;
+
+  // One staging block [slots | offsets | k | v] (k/v only when they are host arrays), one copy.
+  const uint64_t index_bytes = Align(num_tokens * 4);
+  const uint64_t data_bytes = Align(num_tokens * token_elements * DTypeBytes(src));
+  const uint64_t k_at = 2 * index_bytes, v_at = k_at + (k_device ? 0 : data_bytes);
+  const uint64_t total = v_at + (v_device ? 0 : data_bytes);
+  if (info().target != Target::kCuda) CheckHostBytes(total, "the K/V staging buffer");
+  kv_host_staging_.resize(std::max<uint64_t>(kv_host_staging_.size(), total));
+  uint8_t* host = kv_host_staging_.data();
+  std::memcpy(host, slots.data, num_tokens * 4);
+  std::memcpy(host + index_bytes, offsets.data, num_tokens * 4);
+  const uint64_t raw = num_tokens * token_elements * DTypeBytes(src);
+  if (!k_device) std::memcpy(host + k_at, k.host.data, raw);
+  if (!v_device) std::memcpy(host + v_at, v.host.data, raw);
+  Ensure(kv_staging_, total);
+  const Api& api = lib_->api();
+  lib_->Check(api.memcpy_(kv_staging_.ptr, host, total, CA_COPY_H2D, stream_), "ca_memcpy");
+  uint8_t* device = static_cast<uint8_t*>(kv_staging_.ptr);
   CaWriteKvParams p{};
   p.k_pool = pool.k;
   p.v_pool = pool.v;
   p.num_slots = pool.num_slots;
   p.num_tokens = int32_t(num_tokens);
-  p.slots = slots.data;
-  p.offsets = offsets.data;
-  p.k = k.data;
-  p.v = v.data;
+  p.slots = reinterpret_cast<const int32_t*>(device);
+  p.offsets = reinterpret_cast<const int32_t*>(device + index_bytes);
+  p.k = k_device ? k_device : device + k_at;
+  p.v = v_device ? v_device : device + v_at;
   p.src_dtype = src;
-  lib_->Check(lib_->api().write_kv(&p, nullptr), "ca_write_kv");
+  lib_->Check(api.write_kv(&p, stream_), "ca_write_kv");
+}
+
+void ModuleCore::CopyChunks(const PoolArg& pool_arg, const ArrayArg& copies_arg) {
+  const Pool pool = ResolvePool(pool_arg);
+  std::vector<std::vector<int32_t>> held;
+  const Int32Span copies = Ints(copies_arg, "copies", held);
+  if (copies.size % 3 != 0)
+    Fail(code::kShape, "copies has " + Num(copies.size) +
+                           " elements, expected a multiple of 3 (srcSlot, dstSlot, numTokens)");
+  const uint64_t n = copies.size / 3;
+  std::vector<uint8_t> written(size_t(pool.num_slots), 0);
+  for (uint64_t i = 0; i < n; ++i) {
+    const int32_t src = copies[3 * i], dst = copies[3 * i + 1], tokens = copies[3 * i + 2];
+    const std::string at = "copies[" + Num(i) + "]";
+    if (src < 0 || src >= pool.num_slots || dst < 0 || dst >= pool.num_slots)
+      Fail(code::kRange, at + ": slots " + std::to_string(src) + " -> " + std::to_string(dst) +
+                             " out of range [0, numSlots = " + std::to_string(pool.num_slots) +
+                             ")");
+    if (src == dst)
+      Fail(code::kRange, at + ": srcSlot and dstSlot are both " + std::to_string(src));
+    if (tokens < 0 || tokens > info().chunk_size)
+      Fail(code::kRange, at + ": numTokens = " + std::to_string(tokens) + " is out of range [0, " +
+                             std::to_string(info().chunk_size) + "]");
+    // One launch copies all at once: no copy may read or write a slot another copy writes.
+    if (written[size_t(dst)]++)
+      Fail(code::kRange, at + ": slot " + std::to_string(dst) + " is written by two copies");
+  }
+  for (uint64_t i = 0; i < n; ++i)
+    if (written[size_t(copies[3 * i])])
+      Fail(code::kRange, "copies[" + Num(i) + "]: source slot " + std::to_string(copies[3 * i]) +
+                             " is written by another copy of the same call");
+  if (n == 0) return;
+  Ensure(copies_staging_, copies.size * 4);
+  const Api& api = lib_->api();
+  lib_->Check(api.memcpy_(copies_staging_.ptr, copies.data, copies.size * 4, CA_COPY_H2D, stream_),
+              "ca_memcpy");
+  lib_->Check(
+      api.copy_chunks(pool.k, pool.v, pool.num_slots,
+                      static_cast<const int32_t*>(copies_staging_.ptr), int32_t(n), stream_),
+      "ca_copy_chunks");
 }
 
 void ModuleCore::CopyChunk(const PoolArg& pool_arg, const NumberArg& src_arg,
@@ -275,8 +389,13 @@ void ModuleCore::CopyChunk(const PoolArg& pool_arg, const NumberArg& src_arg,
   const int32_t num_tokens = ToInt(tokens_arg, "numTokens", 0, info().chunk_size);
   if (src == dst) Fail(code::kRange, "srcSlot and dstSlot are both " + std::to_string(src));
   if (num_tokens == 0) return;
-  lib_->Check(lib_->api().copy_chunk(pool.k, pool.v, pool.num_slots, src, dst, num_tokens, nullptr),
-              "ca_copy_chunk");
+  int32_t copy[3] = {src, dst, num_tokens};
+  ArrayArg array;
+  array.type = ArrayType::kInt32;
+  array.data = copy;
+  array.length = 3;
+  array.present = true;
+  CopyChunks(pool_arg, array);
 }
 
 void ModuleCore::ReadPool(const PoolArg& pool_arg, const NumberArg& slot_arg, void* k_host,
@@ -285,188 +404,184 @@ void ModuleCore::ReadPool(const PoolArg& pool_arg, const NumberArg& slot_arg, vo
   const int32_t slot = ToInt(slot_arg, "slot", 0, pool.num_slots - 1);
   const uint64_t bytes = info().SlotBytes();
   const Api& api = lib_->api();
-  if (OnDevice()) lib_->Check(api.synchronize(nullptr), "ca_synchronize");
   lib_->Check(api.memcpy_(k_host, static_cast<uint8_t*>(pool.k) + uint64_t(slot) * bytes, bytes,
-                          CA_COPY_D2H),
+                          CA_COPY_D2H, stream_),
               "ca_memcpy");
   lib_->Check(api.memcpy_(v_host, static_cast<uint8_t*>(pool.v) + uint64_t(slot) * bytes, bytes,
-                          CA_COPY_D2H),
+                          CA_COPY_D2H, stream_),
               "ca_memcpy");
 }
 
-void ModuleCore::Prepare(const PoolArg& pool_arg, const DecodeArgs& a, Prepared& pr) {
+// Plan: validate and upload the context unless it is the one uploaded last (same bytes, same
+// pool size). Layers after the first of a step find it unchanged: no validation, no upload.
+const ModuleCore::UploadedContext& ModuleCore::PlanContext(const Pool& pool,
+                                                           const ArrayArg& context_arg) {
+  if (context_arg.type != ArrayType::kInt32)
+    Fail(code::kDType, "context must be an Int32Array (packContext), got " + context_arg.what);
+  const int32_t* words = static_cast<const int32_t*>(context_arg.data);
+  const uint64_t count = context_arg.length;
+  UploadedContext& up = context_;
+  if (up.num_slots == pool.num_slots && up.host.size() == count &&
+      (count == 0 || std::memcmp(up.host.data(), words, count * 4) == 0))
+    return up;
+  // Copy first: a SharedArrayBuffer may change under us, the copy cannot.
+  std::vector<int32_t> host(words, words + count);
+  ca::ctx::Error error;
+  const ca::ctx::Limits limits{pool.num_slots, info().chunk_size, info().phase1};
+  if (!ca::ctx::validate(host.data(), count, limits, &error)) {
+    const char* kind = code::kContext;
+    switch (error.problem) {
+      case ca::ctx::Problem::kShape:
+        kind = code::kShape;
+        break;
+      case ca::ctx::Problem::kRange:
+        kind = code::kRange;
+        break;
+      case ca::ctx::Problem::kUnsupported:
+        kind = code::kUnsupported;
+        break;
+      default:
+        break;
+    }
+    Fail(kind, error.message);
+  }
+  up.num_slots = -1;  // invalid until the upload below succeeds
+  Ensure(up.device, count * 4);
+  lib_->Check(lib_->api().memcpy_(up.device.ptr, host.data(), count * 4, CA_COPY_CONTEXT, stream_),
+              "ca_memcpy");
+  up.host = std::move(host);
+  CaDecodeParams probe{};
+  probe.abi_version = CA_ABI_VERSION;
+  probe.struct_bytes = sizeof(CaDecodeParams);
+  probe.context = static_cast<const int32_t*>(up.device.ptr);
+  probe.context_host = up.host.data();
+  probe.context_words = count;
+  up.workspace_bytes = lib_->api().workspace_bytes(&probe);
+  if (info().target != Target::kCuda) CheckHostBytes(up.workspace_bytes, "the decode workspace");
+  Ensure(workspace_, std::max<uint64_t>(up.workspace_bytes, 1));
+  up.num_slots = pool.num_slots;
+  return up;
+}
+
+const float* ModuleCore::PlanParams(const ArrayArg& params) {
   const ModuleInfo& mi = info();
-  const Pool pool = ResolvePool(pool_arg);
-  const int32_t num_io_rows = ToInt(a.num_io_rows, "numIoRows", 0, INT32_MAX);
-  const uint64_t io_elements = uint64_t(num_io_rows) * mi.RowElements();
-  CheckData(a.q, "q", mi.dtype_q, io_elements, false, "[numIoRows, qHeads, headDim]");
-  CheckData(a.out, "out", mi.dtype_out, io_elements, false, "[numIoRows, qHeads, headDim]");
-  pr.q_bytes = io_elements * DTypeBytes(mi.dtype_q);
-  pr.out_bytes = io_elements * DTypeBytes(mi.dtype_out);
-
-  ContextView ctx;
-  ctx.row_io = Ints(a.row_io, "rowIo", pr.copies);
-  ctx.row_seq = Ints(a.row_seq, "rowSeq", pr.copies);
-  ctx.row_length = Ints(a.row_length, "rowLength", pr.copies);
-  ctx.row_chunk_offsets = Ints(a.row_chunk_offsets, "rowChunkOffsets", pr.copies);
-  ctx.row_chunk_slots = Ints(a.row_chunk_slots, "rowChunkSlots", pr.copies);
-  ctx.row_shared_chunks = Ints(a.row_shared_chunks, "rowSharedChunks", pr.copies);
-  ctx.row_partial_offsets = Ints(a.row_partial_offsets, "rowPartialOffsets", pr.copies);
-  ctx.row_partials = Ints(a.row_partials, "rowPartials", pr.copies);
-  ctx.runs = Ints(a.runs, "runs", pr.copies);
-  ctx.run_slots = Ints(a.run_slots, "runSlots", pr.copies);
-  ctx.num_partials = ToInt(a.num_partials, "numPartials", 0, INT32_MAX);
-
-  const float* params = reinterpret_cast<const float*>(kEmpty);
-  if (a.params.present || mi.num_params > 0) {
-    if (a.params.type != ArrayType::kFloat32)
-      Fail(code::kDType, "params must be a Float32Array, got " + a.params.what);
-    if (a.params.length != uint64_t(mi.num_params))
-      Fail(code::kShape, "params has " + Num(a.params.length) +
+  const float* data = nullptr;
+  if (params.present || mi.num_params > 0) {
+    if (params.type != ArrayType::kFloat32)
+      Fail(code::kDType, "params must be a Float32Array, got " + params.what);
+    if (params.length != uint64_t(mi.num_params))
+      Fail(code::kShape, "params has " + Num(params.length) +
                              " elements, but the module declares " + std::to_string(mi.num_params) +
                              " parameter(s)");
-    if (a.params.length > 0) params = static_cast<const float*>(a.params.data);
+    data = static_cast<const float*>(params.data);
   }
+  const uint64_t bytes = uint64_t(mi.num_params) * sizeof(float);
+  if (params_valid_ && (bytes == 0 || std::memcmp(params_host_.data(), data, bytes) == 0))
+    return static_cast<const float*>(params_device_.ptr);
+  params_valid_ = false;
+  Ensure(params_device_, std::max<uint64_t>(bytes, 64));
+  if (bytes > 0)
+    lib_->Check(lib_->api().memcpy_(params_device_.ptr, data, bytes, CA_COPY_H2D, stream_),
+                "ca_memcpy");
+  params_host_.assign(data, data + mi.num_params);
+  params_valid_ = true;
+  return static_cast<const float*>(params_device_.ptr);
+}
+
+ModuleCore::Prepared ModuleCore::Prepare(const PoolArg& pool_arg, const DecodeArgs& a) {
+  const ModuleInfo& mi = info();
+  Prepared pr;
+  pr.pool = ResolvePool(pool_arg);
+  // Everything from JS is checked before the first copy.
   if (!a.softmax_scale.is_number)
     Fail(code::kType, "softmaxScale must be a number, got " + a.softmax_scale.what);
   if (!std::isfinite(a.softmax_scale.value))
     Fail(code::kRange, "softmaxScale = " + NumberText(a.softmax_scale.value) + " must be finite");
-  const int32_t num_threads =
-      a.num_threads.present ? ToInt(a.num_threads, "numThreads", 0, kMaxThreads) : 0;
-  if (a.context_version.present) {
-    if (!a.context_version.is_number)
-      Fail(code::kType, "contextVersion must be a number, got " + a.context_version.what);
-    if (!std::isfinite(a.context_version.value))
-      Fail(code::kRange,
-           "contextVersion = " + NumberText(a.context_version.value) + " must be finite");
-    pr.context_version = a.context_version.value;
-  }
-
-  ValidateContext(ctx, {num_io_rows, pool.num_slots, mi.chunk_size, mi.phase1});
-
-  // out must not overlap anything the kernel reads: a kernel writing out while reading an index
-  // array through the same memory could follow an index it did not validate.
-  const struct {
-    const char* name;
-    const void* data;
-    uint64_t bytes;
-  } inputs[] = {
-      {"q", a.q.data, pr.q_bytes},
-      {"params", params, uint64_t(mi.num_params) * sizeof(float)},
-      {"rowIo", ctx.row_io.data, ctx.row_io.size * 4},
-      {"rowSeq", ctx.row_seq.data, ctx.row_seq.size * 4},
-      {"rowLength", ctx.row_length.data, ctx.row_length.size * 4},
-      {"rowChunkOffsets", ctx.row_chunk_offsets.data, ctx.row_chunk_offsets.size * 4},
-      {"rowChunkSlots", ctx.row_chunk_slots.data, ctx.row_chunk_slots.size * 4},
-      {"rowSharedChunks", ctx.row_shared_chunks.data, ctx.row_shared_chunks.size * 4},
-      {"rowPartialOffsets", ctx.row_partial_offsets.data, ctx.row_partial_offsets.size * 4},
-      {"rowPartials", ctx.row_partials.data, ctx.row_partials.size * 4},
-      {"runs", ctx.runs.data, ctx.runs.size * 4},
-      {"runSlots", ctx.run_slots.data, ctx.run_slots.size * 4},
-  };
-  for (const auto& input : inputs)
-    if (Overlaps(a.out.data, pr.out_bytes, input.data, input.bytes))
-      Fail(code::kRange, std::string("out shares memory with ") + input.name +
-                             ": the output must not overlap any input");
-
-  CaDecodeParams& p = pr.params;
-  p.abi_version = CA_ABI_VERSION;
-  p.struct_bytes = sizeof(CaDecodeParams);
-  p.q = io_elements ? a.q.data : kEmpty;
-  p.out = a.out.data;
-  p.k_pool = pool.k;
-  p.v_pool = pool.v;
-  p.num_io_rows = num_io_rows;
-  p.num_slots = pool.num_slots;
-  p.num_rows = int32_t(ctx.row_length.size);
-  p.row_io = ctx.row_io.data;
-  p.row_seq = ctx.row_seq.data;
-  p.row_length = ctx.row_length.data;
-  p.row_chunk_offsets = ctx.row_chunk_offsets.data;
-  p.row_chunk_slots = ctx.row_chunk_slots.data;
-  p.row_shared_chunks = ctx.row_shared_chunks.data;
-  p.row_partial_offsets = ctx.row_partial_offsets.data;
-  p.row_partials = ctx.row_partials.data;
-  p.num_runs = int32_t(ctx.runs.size / kRunFields);
-  p.runs = reinterpret_cast<const CaSharedRun*>(ctx.runs.data);
-  p.run_slots = ctx.run_slots.data;
-  p.num_partials = int32_t(ctx.num_partials);
-  p.params = params;
-  p.num_params = mi.num_params;
-  p.softmax_scale = float(a.softmax_scale.value);
-  p.num_threads = num_threads;
-  p.workspace = nullptr;
-  p.workspace_bytes = 0;
+  pr.num_threads = a.num_threads.present ? ToInt(a.num_threads, "numThreads", 0, kMaxThreads) : 0;
+  pr.context = &PlanContext(pr.pool, a.context);
+  const ca::KernelContext host_ctx{pr.context->host.data()};
+  pr.io_elements = uint64_t(host_ctx.num_io_rows()) * mi.RowElements();
+  CaDType held;
+  pr.q_device = TensorPointer(a.q, "q", mi.dtype_q, pr.io_elements, false,
+                              "[numIoRows, qHeads, headDim]", &held);
+  pr.out_device = TensorPointer(a.out, "out", mi.dtype_out, pr.io_elements, false,
+                                "[numIoRows, qHeads, headDim]", &held);
+  if (a.q.device && a.q.device == a.out.device)
+    Fail(code::kRange, "q and out are the same DeviceTensor: the output must not overlap an input");
+  pr.params = PlanParams(a.params);
+  return pr;
 }
 
 uint64_t ModuleCore::WorkspaceBytes(const PoolArg& pool, const DecodeArgs& args) {
-  Prepared prepared;
-  Prepare(pool, args, prepared);
-  return lib_->api().workspace_bytes(&prepared.params);
+  return Prepare(pool, args).context->workspace_bytes;
+}
+
+ModuleCore::DecodeRun ModuleCore::StartDecode(const PoolArg& pool_arg, const DecodeArgs& a) {
+  const ModuleInfo& mi = info();
+  const Prepared pr = Prepare(pool_arg, a);
+  const UploadedContext& up = *pr.context;
+  const ca::KernelContext host_ctx{up.host.data()};
+  DecodeRun run;
+  if (host_ctx.num_requests() == 0) return run;  // nothing to compute; io rows are left alone
+  const uint64_t q_bytes = pr.io_elements * DTypeBytes(mi.dtype_q);
+  const Api& api = lib_->api();
+  const void* q_device = pr.q_device;
+  if (!q_device) {
+    Ensure(q_staging_, q_bytes);
+    lib_->Check(api.memcpy_(q_staging_.ptr, a.q.host.data, q_bytes, CA_COPY_H2D, stream_),
+                "ca_memcpy");
+    q_device = q_staging_.ptr;
+  }
+  void* out_device = pr.out_device;
+  if (!out_device) {
+    run.out_host = a.out.host.data;
+    run.out_bytes = pr.io_elements * DTypeBytes(mi.dtype_out);
+    Ensure(out_staging_, run.out_bytes);
+    out_device = out_staging_.ptr;
+    // Io rows no request names keep their contents: start from the caller's out unless every
+    // io row is written.
+    if (host_ctx.num_requests() < host_ctx.num_io_rows())
+      lib_->Check(api.memcpy_(out_device, run.out_host, run.out_bytes, CA_COPY_H2D, stream_),
+                  "ca_memcpy");
+  }
+  CaDecodeParams& p = run.params;
+  p.abi_version = CA_ABI_VERSION;
+  p.struct_bytes = sizeof(CaDecodeParams);
+  p.context = static_cast<const int32_t*>(up.device.ptr);
+  p.context_host = up.host.data();
+  p.context_words = up.host.size();
+  p.q = q_device;
+  p.out = out_device;
+  p.k_pool = pr.pool.k;
+  p.v_pool = pr.pool.v;
+  p.num_slots = pr.pool.num_slots;
+  p.num_params = mi.num_params;
+  p.params = pr.params;
+  p.softmax_scale = float(a.softmax_scale.value);
+  p.num_threads = pr.num_threads;
+  p.workspace = workspace_.ptr;
+  p.workspace_bytes = up.workspace_bytes;
+  run.launch = true;
+  return run;
+}
+
+void ModuleCore::FinishDecode(const DecodeRun& run) {
+  if (!run.launch) return;
+  const Api& api = lib_->api();
+  lib_->Check(api.decode(&run.params, stream_), "ca_decode");
+  if (run.out_host)
+    lib_->Check(api.memcpy_(run.out_host, run.params.out, run.out_bytes, CA_COPY_D2H, stream_),
+                "ca_memcpy");
 }
 
 void ModuleCore::Decode(const PoolArg& pool, const DecodeArgs& args) {
-  Prepared pr;
-  Prepare(pool, args, pr);
-  CaDecodeParams p = pr.params;
-  if (p.num_rows == 0) return;  // nothing to compute; io rows not in rowIo are never written
+  FinishDecode(StartDecode(pool, args));
+}
 
-  // ca_workspace_bytes is host code: it always sees host pointers.
-  const uint64_t workspace_bytes = lib_->api().workspace_bytes(&p);
-  if (!OnDevice()) CheckHostBytes(workspace_bytes, "the decode workspace");
-  Ensure(workspace_, std::max<uint64_t>(workspace_bytes, 1));
-  p.workspace = workspace_.ptr;
-  p.workspace_bytes = workspace_bytes;
-
-  if (OnDevice()) {
-    // A new contextVersion uploads everything; otherwise each array is compared with what was
-    // uploaded last (lengths move between tree rebuilds; a caller may also mutate in place).
-    const bool force =
-        pr.context_version && (!uploaded_version_ || *uploaded_version_ != *pr.context_version);
-    uploaded_version_.reset();
-    auto upload = [&](Mirror& mirror, const void* host, uint64_t count, uint64_t element_bytes) {
-      return Upload(mirror, host, count * element_bytes, force);
-    };
-    const uint64_t num_rows = uint64_t(p.num_rows);
-    const uint64_t num_chunks = uint64_t(p.row_chunk_offsets[num_rows]);
-    const uint64_t num_row_partials = uint64_t(p.row_partial_offsets[num_rows]);
-    const uint64_t num_run_slots = args.run_slots.length;
-    CaDecodeParams d = p;
-    d.row_io = static_cast<const int32_t*>(upload(row_io_, p.row_io, num_rows, 4));
-    d.row_seq = static_cast<const int32_t*>(upload(row_seq_, p.row_seq, num_rows, 4));
-    d.row_length = static_cast<const int32_t*>(upload(row_length_, p.row_length, num_rows, 4));
-    d.row_chunk_offsets = static_cast<const int32_t*>(
-        upload(row_chunk_offsets_, p.row_chunk_offsets, num_rows + 1, 4));
-    d.row_chunk_slots =
-        static_cast<const int32_t*>(upload(row_chunk_slots_, p.row_chunk_slots, num_chunks, 4));
-    d.row_shared_chunks =
-        static_cast<const int32_t*>(upload(row_shared_chunks_, p.row_shared_chunks, num_rows, 4));
-    d.row_partial_offsets = static_cast<const int32_t*>(
-        upload(row_partial_offsets_, p.row_partial_offsets, num_rows + 1, 4));
-    d.row_partials =
-        static_cast<const int32_t*>(upload(row_partials_, p.row_partials, num_row_partials, 4));
-    d.runs = static_cast<const CaSharedRun*>(
-        upload(runs_, p.runs, uint64_t(p.num_runs), sizeof(CaSharedRun)));
-    d.run_slots = static_cast<const int32_t*>(upload(run_slots_, p.run_slots, num_run_slots, 4));
-    d.params = static_cast<const float*>(upload(params_, p.params, uint64_t(p.num_params), 4));
-    if (pr.context_version) uploaded_version_ = pr.context_version;
-
-    const Api& api = lib_->api();
-    Ensure(q_device_, pr.q_bytes);
-    Ensure(out_device_, pr.out_bytes);
-    lib_->Check(api.memcpy_(q_device_.ptr, p.q, pr.q_bytes, CA_COPY_H2D), "ca_memcpy");
-    // Io rows outside rowIo keep their contents: start from the caller's out unless every row is
-    // written.
-    if (p.num_rows < p.num_io_rows)
-      lib_->Check(api.memcpy_(out_device_.ptr, p.out, pr.out_bytes, CA_COPY_H2D), "ca_memcpy");
-    d.q = q_device_.ptr;
-    d.out = out_device_.ptr;
-    lib_->Check(api.decode(&d, nullptr), "ca_decode");
-    lib_->Check(api.synchronize(nullptr), "ca_synchronize");
-    lib_->Check(api.memcpy_(p.out, out_device_.ptr, pr.out_bytes, CA_COPY_D2H), "ca_memcpy");
-    return;
-  }
-  lib_->Check(lib_->api().decode(&p, nullptr), "ca_decode");
+void ModuleCore::CheckIdle() const {
+  if (busy_)
+    Fail(code::kBusy,
+         "a decodeAsync of this module handle is in flight: await it before the next call");
 }
 
 CaStats ModuleCore::Stats() const {
@@ -475,9 +590,9 @@ CaStats ModuleCore::Stats() const {
   return stats;
 }
 
-std::string ModuleCore::KernelStatsJson() const {
-  const char* json = lib_->api().kernel_stats();
-  return json ? json : "{\"kernels\":{}}";
+std::string ModuleCore::KernelStats() const {
+  const char* text = lib_->api().kernel_stats();
+  return text ? text : "{\"kernels\":{}}";
 }
 
 void ModuleCore::ResetStats() { lib_->Check(lib_->api().reset_stats(), "ca_reset_stats"); }

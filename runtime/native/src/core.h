@@ -4,11 +4,11 @@
 // can run between a check and the module call it guards. Each operation validates everything
 // first, then calls the module; a failure throws Failure and leaves pools unchanged.
 //
-// Memory: all module memory (pools, workspace, cuda staging) comes from ca_malloc and goes back
-// through ca_free. Host arrays (q, out, k, v, context) go straight to cpu/emu modules; cuda
-// modules get device copies (q, out, context and params staged through buffers kept per module,
-// the context re-uploaded only when contextVersion changes or its bytes differ from the last
-// upload). ca_write_kv takes host slots/offsets/k/v on every target (abi.h).
+// Memory: all module memory (pools, tensors, workspace, staging) comes from ca_malloc and goes
+// back through ca_free. Every target is driven alike, so the module's counters agree: the packed
+// context is validated and uploaded only when its bytes differ from the last upload (once per
+// step), host q/out/k/v are staged through buffers kept per module, DeviceTensors are used in
+// place. Module memory is host memory on cpu/emu, device memory on cuda.
 #ifndef CHUNKATTN_NATIVE_CORE_H_
 #define CHUNKATTN_NATIVE_CORE_H_
 
@@ -57,12 +57,13 @@ struct NumberArg {
 
 class ModuleCore;
 
-// A ca_malloc'ed region owned by one module (half of a KvPool).
+// A ca_malloc'ed region owned by one module: half of a KvPool, or a DeviceTensor.
 struct DeviceBuffer {
   std::shared_ptr<ModuleCore> owner;
   void* ptr = nullptr;
   uint64_t bytes = 0;
   bool freed = false;
+  int32_t dtype = -1;  // CaDType of a DeviceTensor; -1 for pool halves
 };
 
 struct PoolArg {
@@ -72,19 +73,22 @@ struct PoolArg {
   NumberArg num_slots;
 };
 
+// A tensor argument: a host typed array, or a DeviceTensor (module memory).
+struct TensorArg {
+  ArrayArg host;
+  DeviceBuffer* device = nullptr;
+};
+
 struct DecodeArgs {
-  ArrayArg q, out;
-  NumberArg num_io_rows;
-  ArrayArg row_io, row_seq, row_length, row_chunk_offsets, row_chunk_slots, row_shared_chunks;
-  ArrayArg row_partial_offsets, row_partials, runs, run_slots;
-  NumberArg num_partials;
+  TensorArg q, out;
+  ArrayArg context;  // the packed kernel context (chunkattn/context.h)
   ArrayArg params;
-  NumberArg softmax_scale, num_threads, context_version;
+  NumberArg softmax_scale, num_threads;
 };
 
 class ModuleCore {
  public:
-  explicit ModuleCore(std::shared_ptr<Library> library) : lib_(std::move(library)) {}
+  explicit ModuleCore(std::shared_ptr<Library> library);
   ~ModuleCore();
   ModuleCore(const ModuleCore&) = delete;
   ModuleCore& operator=(const ModuleCore&) = delete;
@@ -95,21 +99,47 @@ class ModuleCore {
   // Two zeroed regions of numSlots · slotBytes each (K then V). Throws; allocates nothing then.
   std::pair<void*, void*> AllocPool(const NumberArg& num_slots, uint64_t* bytes_each);
   void FreePool(const PoolArg& pool);
+  // A zeroed tensor of `elements` values of `dtype` in module memory.
+  void* AllocTensor(CaDType dtype, const NumberArg& elements, uint64_t* bytes);
+  void FreeTensor(DeviceBuffer* tensor, const std::string& what);
+  // Host <-> tensor copies (the whole tensor).
+  void Upload(DeviceBuffer* tensor, const std::string& what, const ArrayArg& host);
+  void Download(DeviceBuffer* tensor, const std::string& what, void* host);
   // Releases a buffer from its finalizer: never throws.
   void ReleaseQuietly(void* ptr) noexcept;
 
+  // One H2D copy of the tokens' indices (and of k/v when they are host arrays), one launch.
   void WriteKv(const PoolArg& pool, const ArrayArg& slots, const ArrayArg& offsets,
-               const ArrayArg& k, const ArrayArg& v);
+               const TensorArg& k, const TensorArg& v);
+  // copies: [n * 3] {srcSlot, dstSlot, numTokens}; one H2D copy, one launch.
+  void CopyChunks(const PoolArg& pool, const ArrayArg& copies);
   void CopyChunk(const PoolArg& pool, const NumberArg& src_slot, const NumberArg& dst_slot,
                  const NumberArg& num_tokens);
   // Copies one slot of K and V into host memory of slotBytes each.
   void ReadPool(const PoolArg& pool, const NumberArg& slot, void* k_host, void* v_host);
+  // Validates and uploads the context when it differs from the last upload; one H2D copy of q
+  // and one D2H copy of out when they are host arrays.
   void Decode(const PoolArg& pool, const DecodeArgs& args);
+
+  // Decode in two halves for decodeAsync: StartDecode (JS thread: every check, the plan, the q
+  // upload) and FinishDecode (any thread: the launch and the copy of out back). `out_host` must
+  // stay alive in between.
+  struct DecodeRun {
+    CaDecodeParams params{};
+    bool launch = false;       // false: nothing to compute
+    void* out_host = nullptr;  // host out to copy back into, or null (a DeviceTensor)
+    uint64_t out_bytes = 0;
+  };
+  DecodeRun StartDecode(const PoolArg& pool, const DecodeArgs& args);
+  void FinishDecode(const DecodeRun& run);
+  // An async decode holds the module handle from StartDecode until it settles; every other
+  // operation fails with ERR_CA_BUSY meanwhile.
+  void SetBusy(bool busy) { busy_ = busy; }
+  void CheckIdle() const;
   uint64_t WorkspaceBytes(const PoolArg& pool, const DecodeArgs& args);
 
   CaStats Stats() const;
-  // ca_kernel_stats(): per-kernel launches, wavefronts and sectors, as the module's JSON.
-  std::string KernelStatsJson() const;
+  std::string KernelStats() const;
   void ResetStats();
 
  private:
@@ -122,35 +152,49 @@ class ModuleCore {
     void* ptr = nullptr;
     uint64_t capacity = 0;
   };
-  // A device copy of a host array and the bytes last uploaded into it.
-  struct Mirror {
+  // The last context uploaded: its validated host copy and its module-memory copy.
+  struct UploadedContext {
     Scratch device;
-    std::vector<uint8_t> shadow;
-    bool valid = false;
+    std::vector<int32_t> host;
+    int32_t num_slots = -1;  // the pool size it was validated against
+    uint64_t workspace_bytes = 0;
   };
-  // A validated decode, ready to launch: `params` holds host pointers.
+
+  // A decode whose every argument is checked (and context/params planned), ready to run.
   struct Prepared {
-    CaDecodeParams params{};
-    uint64_t q_bytes = 0, out_bytes = 0;
-    std::optional<double> context_version;
-    std::vector<std::vector<int32_t>> copies;  // private copies of SharedArrayBuffer-backed arrays
+    Pool pool{};
+    const UploadedContext* context = nullptr;
+    uint64_t io_elements = 0;
+    const void* q_device = nullptr;  // null: a host array, staged by Decode
+    void* out_device = nullptr;
+    const float* params = nullptr;
+    int32_t num_threads = 0;
   };
 
   Pool ResolvePool(const PoolArg& pool) const;
-  void Prepare(const PoolArg& pool, const DecodeArgs& args, Prepared& prepared);
+  Prepared Prepare(const PoolArg& pool, const DecodeArgs& args);
+  void CheckTensor(const DeviceBuffer* tensor, const std::string& what) const;
+  // A tensor argument's module-memory pointer, staging a host array through `staging` (H2D when
+  // `upload`); `held` returns the CaDType its data holds.
+  void* TensorPointer(const TensorArg& tensor, const char* name, CaDType dtype, uint64_t elements,
+                      bool allow_f32, const char* layout, CaDType* held);
+  const UploadedContext& PlanContext(const Pool& pool, const ArrayArg& context);
+  const float* PlanParams(const ArrayArg& params);
   void Ensure(Scratch& scratch, uint64_t bytes);
   void ReleaseScratch(Scratch& scratch) noexcept;
-  const void* Upload(Mirror& mirror, const void* host, uint64_t bytes, bool force);
   void CheckHostBytes(uint64_t bytes, const std::string& what) const;
-  bool OnDevice() const { return info().target == Target::kCuda; }
 
   std::shared_ptr<Library> lib_;
+  void* stream_ = nullptr;  // this module handle's stream (one per Attention)
+  UploadedContext context_;
   Scratch workspace_;
-  // cuda only: staging for q/out and mirrors of the context arrays + params.
-  Scratch q_device_, out_device_;
-  Mirror row_io_, row_seq_, row_length_, row_chunk_offsets_, row_chunk_slots_, row_shared_chunks_;
-  Mirror row_partial_offsets_, row_partials_, runs_, run_slots_, params_;
-  std::optional<double> uploaded_version_;
+  Scratch params_device_;
+  std::vector<float> params_host_;
+  bool params_valid_ = false;
+  // Staging for host tensors and index lists (grown, never shrunk: no allocation per layer).
+  Scratch q_staging_, out_staging_, kv_staging_, copies_staging_;
+  std::vector<uint8_t> kv_host_staging_;
+  bool busy_ = false;
 };
 
 }  // namespace chunkattn

@@ -12,6 +12,7 @@
 //   ERR_CA_KERNEL, ERR_CA_DEVICE, ERR_CA_NO_MEMORY,
 //   ERR_CA_STATUS                                    → KernelError   (the module failed at run
 //   time)
+//   ERR_CA_BUSY                                      → BusyError     (a decodeAsync is in flight)
 #ifndef CHUNKATTN_NATIVE_FAILURE_H_
 #define CHUNKATTN_NATIVE_FAILURE_H_
 
@@ -39,6 +40,7 @@ inline constexpr const char* kKernel = "ERR_CA_KERNEL";
 inline constexpr const char* kDevice = "ERR_CA_DEVICE";
 inline constexpr const char* kNoMemory = "ERR_CA_NO_MEMORY";
 inline constexpr const char* kStatus = "ERR_CA_STATUS";
+inline constexpr const char* kBusy = "ERR_CA_BUSY";
 }  // namespace code
 
 struct Failure : std::exception {

@@ -177,15 +177,17 @@ std::shared_ptr<Library> Library::Open(const std::string& path_in) {
     Resolve(handle, "ca_workspace_bytes", api.workspace_bytes, missing);
     Resolve(handle, "ca_decode", api.decode, missing);
     Resolve(handle, "ca_write_kv", api.write_kv, missing);
-    Resolve(handle, "ca_copy_chunk", api.copy_chunk, missing);
+    Resolve(handle, "ca_copy_chunks", api.copy_chunks, missing);
     Resolve(handle, "ca_malloc", api.malloc_, missing);
     Resolve(handle, "ca_free", api.free_, missing);
     Resolve(handle, "ca_memcpy", api.memcpy_, missing);
     Resolve(handle, "ca_memset", api.memset_, missing);
+    Resolve(handle, "ca_stream_create", api.stream_create, missing);
+    Resolve(handle, "ca_stream_destroy", api.stream_destroy, missing);
     Resolve(handle, "ca_synchronize", api.synchronize, missing);
     Resolve(handle, "ca_get_stats", api.get_stats, missing);
-    Resolve(handle, "ca_reset_stats", api.reset_stats, missing);
     Resolve(handle, "ca_kernel_stats", api.kernel_stats, missing);
+    Resolve(handle, "ca_reset_stats", api.reset_stats, missing);
     if (!missing.empty()) {
       std::string names;
       for (const auto& name : missing) names += (names.empty() ? "" : ", ") + name;

@@ -66,15 +66,17 @@ struct Api {
   uint64_t (*workspace_bytes)(const CaDecodeParams*) = nullptr;
   int (*decode)(const CaDecodeParams*, void*) = nullptr;
   int (*write_kv)(const CaWriteKvParams*, void*) = nullptr;
-  int (*copy_chunk)(void*, void*, int32_t, int32_t, int32_t, int32_t, void*) = nullptr;
+  int (*copy_chunks)(void*, void*, int32_t, const int32_t*, int32_t, void*) = nullptr;
   int (*malloc_)(void**, uint64_t) = nullptr;
   int (*free_)(void*) = nullptr;
-  int (*memcpy_)(void*, const void*, uint64_t, int32_t) = nullptr;
+  int (*memcpy_)(void*, const void*, uint64_t, int32_t, void*) = nullptr;
   int (*memset_)(void*, int32_t, uint64_t) = nullptr;
+  int (*stream_create)(void**) = nullptr;
+  int (*stream_destroy)(void*) = nullptr;
   int (*synchronize)(void*) = nullptr;
   int (*get_stats)(CaStats*) = nullptr;
-  int (*reset_stats)(void) = nullptr;
   const char* (*kernel_stats)(void) = nullptr;
+  int (*reset_stats)(void) = nullptr;
 };
 
 class Library {

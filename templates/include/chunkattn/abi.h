@@ -6,11 +6,13 @@
 //   cpu   templates/include/chunkattn/cpu/; host pointers
 // The addon (runtime/native) dlopens a module, checks ca_abi_version(), allocates memory only
 // through ca_malloc/ca_free/ca_memcpy (so the addon itself never links CUDA), validates every
-// argument, then calls ca_decode / ca_write_kv / ca_copy_chunk.
+// argument, then calls ca_decode / ca_write_kv / ca_copy_chunks. Plan once, run per layer: the
+// packed kernel context is uploaded once per step; each layer's call passes only its tensors.
 //
 // Shapes use the spec's constants: Hq query heads, Hkv KV heads (G = Hq / Hkv), D head dim,
 // C chunk size (tokens per chunk). "Rows" are live sequences in DFS order of the prefix tree;
-// "io rows" are the caller's order of q/out. Every chunk covered by a shared run is full.
+// "io rows" are the caller's order of q/out; the context's requests say which rows a call
+// computes and where their q/out rows are. Every chunk covered by a shared run is full.
 //
 //   q         [num_io_rows, Hq, D]      dtype.q
 //   out       [num_io_rows, Hq, D]      dtype.out
@@ -25,7 +27,7 @@
 
 #include <stdint.h>
 
-#define CA_ABI_VERSION 1u
+#define CA_ABI_VERSION 2u
 
 #ifdef __cplusplus
 extern "C" {
@@ -55,38 +57,26 @@ typedef struct CaSharedRun {
   int32_t partial_begin;  // partial index of row_begin
 } CaSharedRun;
 
-// The kernel context (built by runtime/kernel-context.ts) plus one layer's tensors.
+// One layer's decode: the packed kernel context (chunkattn/context.h, built once per step by
+// runtime/kernel-context.ts and uploaded once) plus this call's tensors. Every pointer is module
+// memory (device memory on cuda); the context, params and workspace stay put across layers.
 typedef struct CaDecodeParams {
   uint32_t abi_version;   // CA_ABI_VERSION
   uint32_t struct_bytes;  // sizeof(CaDecodeParams)
 
-  const void* q;
-  void* out;
+  const int32_t* context;       // packed kernel context (chunkattn/context.h), module memory
+  const int32_t* context_host;  // the same words in host memory (launch geometry, workspace)
+  uint64_t context_words;
+
+  const void* q;  // [num_io_rows, Hq, D], num_io_rows from the context
+  void* out;      // [num_io_rows, Hq, D]; io rows no request names are left untouched
   const void* k_pool;
   const void* v_pool;
-  int32_t num_io_rows;
   int32_t num_slots;
 
-  // Per DFS row.
-  int32_t num_rows;                    // <= num_io_rows
-  const int32_t* row_io;               // [num_rows] io row of q/out
-  const int32_t* row_seq;              // [num_rows] sequence handle (pos.seq)
-  const int32_t* row_length;           // [num_rows] visible KV tokens, current token included
-  const int32_t* row_chunk_offsets;    // [num_rows + 1] CSR into row_chunk_slots
-  const int32_t* row_chunk_slots;      // every chunk of the row, in token order (shared first)
-  const int32_t* row_shared_chunks;    // [num_rows] leading chunks covered by shared runs
-  const int32_t* row_partial_offsets;  // [num_rows + 1] CSR into row_partials
-  const int32_t* row_partials;         // partial indices phase 2 merges into the row
-
-  // Phase-1 work list.
-  int32_t num_runs;
-  const CaSharedRun* runs;   // [num_runs]
-  const int32_t* run_slots;  // chunk slots of all runs
-  int32_t num_partials;
-
   // Named scalar parameters of score_mod / mask, in spec order.
-  const float* params;  // [num_params]
   int32_t num_params;
+  const float* params;  // [num_params]
 
   float softmax_scale;
   int32_t num_threads;  // cpu target: worker threads, 0 = all cores; ignored elsewhere
@@ -95,15 +85,16 @@ typedef struct CaDecodeParams {
   uint64_t workspace_bytes;
 } CaDecodeParams;
 
-// Scatter new tokens' K/V into one layer's pool: token i goes to (slots[i], offsets[i]).
+// Scatter new tokens' K/V into one layer's pool: token i goes to (slots[i], offsets[i]). One
+// launch for all tokens; every pointer is module memory (the addon stages them in one copy).
 typedef struct CaWriteKvParams {
   void* k_pool;  // [num_slots, Hkv, C, D] dtype.kv
   void* v_pool;
   int32_t num_slots;
   int32_t num_tokens;
-  const int32_t* slots;    // [num_tokens], host memory
-  const int32_t* offsets;  // [num_tokens] in [0, C), host memory
-  const void* k;           // [num_tokens, Hkv, D] src_dtype, host memory
+  const int32_t* slots;    // [num_tokens]
+  const int32_t* offsets;  // [num_tokens] in [0, C)
+  const void* k;           // [num_tokens, Hkv, D] src_dtype
   const void* v;
   int32_t src_dtype;  // CaDType: CA_F32, or the pool's own dtype
 } CaWriteKvParams;
@@ -119,30 +110,51 @@ typedef enum CaTraffic {
   CA_TRAFFIC_COUNT = 5
 } CaTraffic;
 
+// ca_memcpy kinds. CA_COPY_CONTEXT is a host-to-device copy of a packed kernel context: counted as
+// an H2D copy and as a context upload.
+typedef enum CaCopyKind {
+  CA_COPY_H2D = 0,
+  CA_COPY_D2H = 1,
+  CA_COPY_D2D = 2,
+  CA_COPY_CONTEXT = 3
+} CaCopyKind;
+#define CA_COPY_DIRECTIONS 3
+
+// What the module issued since the last reset (every target counts copies and launches the way
+// the cuda target issues them; only emu counts kernel traffic bytes).
 typedef struct CaStats {
   uint64_t bytes_read[CA_TRAFFIC_COUNT];
   uint64_t bytes_written[CA_TRAFFIC_COUNT];
-  uint64_t launches;
+  uint64_t launches;                          // kernel launches, all kernels
+  uint64_t memcpy_calls[CA_COPY_DIRECTIONS];  // by direction: H2D, D2H, D2D
+  uint64_t memcpy_bytes[CA_COPY_DIRECTIONS];
+  uint64_t context_uploads;  // CA_COPY_CONTEXT copies
 } CaStats;
-
-typedef enum CaCopyKind { CA_COPY_H2D = 0, CA_COPY_D2H = 1, CA_COPY_D2D = 2 } CaCopyKind;
 
 // Exported by every module.
 uint32_t ca_abi_version(void);
-// JSON: {"abi":1,"name":..,"key":..,"target":..,"archs":[..],"phase1":bool,...}
+// JSON: {"abi":2,"name":..,"key":..,"target":..,"archs":[..],"phase1":bool,...}
 const char* ca_info(void);
 const char* ca_last_error(void);  // message for the calling thread's last non-OK status
-uint64_t ca_workspace_bytes(const CaDecodeParams* p);
+uint64_t ca_workspace_bytes(const CaDecodeParams* p);  // reads p->context_host only
 int ca_decode(const CaDecodeParams* p, void* stream);
 int ca_write_kv(const CaWriteKvParams* p, void* stream);
-int ca_copy_chunk(void* k_pool, void* v_pool, int32_t num_slots, int32_t src_slot, int32_t dst_slot,
-                  int32_t num_tokens, void* stream);
+// Copy-on-write of chunks, one launch for all: copies [num_copies][3] {src_slot, dst_slot,
+// num_tokens} in module memory; the first num_tokens tokens of every KV head, K and V.
+int ca_copy_chunks(void* k_pool, void* v_pool, int32_t num_slots, const int32_t* copies,
+                   int32_t num_copies, void* stream);
 int ca_malloc(void** ptr, uint64_t bytes);
 int ca_free(void* ptr);
-int ca_memcpy(void* dst, const void* src, uint64_t bytes, int32_t kind);
+// Asynchronous on `stream` where the target allows; D2H into host memory completes on return.
+int ca_memcpy(void* dst, const void* src, uint64_t bytes, int32_t kind, void* stream);
 int ca_memset(void* dst, int32_t value, uint64_t bytes);
+int ca_stream_create(void** stream);  // a non-null handle on every target
+int ca_stream_destroy(void* stream);
 int ca_synchronize(void* stream);
 int ca_get_stats(CaStats* out);
+// JSON: {"kernels":{"<kernel name>":{"launches":N,"blocks":B},...}} since the last reset (blocks:
+// CTAs on cuda/emu, tasks on cpu).
+const char* ca_kernel_stats(void);
 int ca_reset_stats(void);
 // JSON, per kernel launched since the last ca_reset_stats:
 //   {"kernels":{"<name>":{"launches":N,"smemInstructions":..,"smemWavefronts":..,"smemBytes":..,

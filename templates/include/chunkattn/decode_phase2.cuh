@@ -86,8 +86,8 @@ struct Phase2Plan {
 // Where phase 2 puts its result and finds phase 1's.
 struct Phase2Io {
   int splits;             // CTAs per (row, KV head); > 1: results go to split_o / split_lse
-  float* split_o;         // [rows * splits][Hq][D] o / l
-  float* split_lse;       // [rows * splits][Hq] natural log; -inf = empty
+  float* split_o;         // [requests * splits][Hq][D] o / l
+  float* split_lse;       // [requests * splits][Hq] natural log; -inf = empty
   const float* part_o;    // phase-1 partials [num_partials * part_splits][Hq][D], or null
   const float* part_lse;  // [num_partials * part_splits][Hq]
   int part_splits;
@@ -164,7 +164,9 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
   KvT* ks = reinterpret_cast<KvT*>(smem + Pl::kOffK);
   KvT* vs = reinterpret_cast<KvT*>(smem + Pl::kOffV);
 
-  const int row = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  // One CTA row per requested row: blockIdx.x is the request, its DFS row comes from the context.
+  const int req = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int row = ctx.request_row(req);
   const int tid = threadIdx.x, grp = tid / kTx, tx = tid % kTx;
   const bool lane_used = tx < Pl::kTxUsed;
   const int length = ctx.row_length(row);
@@ -359,7 +361,7 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
     if (l > 0.f) state.m = ref * kLn2, state.l = l;
     const int h = kvh * G + g;
     if (sp.used > 1) {
-      const size_t slot = (size_t(row) * io.splits + split) * Hq + h;
+      const size_t slot = (size_t(req) * io.splits + split) * Hq + h;
       stg<CA_TRAFFIC_PARTIAL>(io.split_o + slot * D + d, acc * state.inv_l());
       if (d == 0) stg<CA_TRAFFIC_PARTIAL>(io.split_lse + slot, state.lse());
     } else {
@@ -377,7 +379,8 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
   using Pl = Phase2Plan<Cfg>;
   using OutT = typename Cfg::OutT;
   constexpr int G = Pl::G, D = Pl::D, Hq = Cfg::kQHeads;
-  const int row = blockIdx.x, kvh = blockIdx.y;
+  const int req = blockIdx.x, kvh = blockIdx.y;
+  const int row = ctx.request_row(req);
   const int length = ctx.row_length(row);
   const int tok_begin = ctx.row_shared_chunks(row) * Pl::C;
   const SplitTiles tiles = split_tiles<Pl>(length > tok_begin ? length - tok_begin : 0, io.splits);
@@ -389,7 +392,7 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
   for (int e = threadIdx.x; e < G * tiles.used; e += Pl::kThreads) {
     const int g = e / tiles.used, sp = e % tiles.used;
     sts(lse_s + g * Pl::kMaxSplits + sp,
-        ldg<CA_TRAFFIC_PARTIAL>(io.split_lse + (size_t(row) * io.splits + sp) * Hq + kvh * G + g));
+        ldg<CA_TRAFFIC_PARTIAL>(io.split_lse + (size_t(req) * io.splits + sp) * Hq + kvh * G + g));
   }
   __syncthreads();
   OutT* out = static_cast<OutT*>(t.out) + (size_t(io_row) * Hq + kvh * G) * D;
@@ -398,7 +401,7 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
     SoftmaxState state;
     float acc = 0.f;
     for (int sp = 0; sp < tiles.used; ++sp) {
-      const size_t slot = (size_t(row) * io.splits + sp) * Hq + h;
+      const size_t slot = (size_t(req) * io.splits + sp) * Hq + h;
       const SoftmaxState::Rescale f = state.merge_lse(lds(lse_s + g * Pl::kMaxSplits + sp));
       if (f.other == 0.f) {
         acc *= f.self;
@@ -426,7 +429,7 @@ inline int phase2_splits(int num_rows, int sm_count) {
   return int(s > Pl::kMaxSplits ? Pl::kMaxSplits : s);
 }
 
-// Workspace of a split decode: o [rows * splits][Hq][D] then lse [rows * splits][Hq], f32.
+// Workspace of a split decode: o [requests * splits][Hq][D] then lse [requests * splits][Hq], f32.
 template <class Cfg>
 inline uint64_t phase2_workspace_bytes(int num_rows, int splits) {
   if (splits <= 1) return 0;

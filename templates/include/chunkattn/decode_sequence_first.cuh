@@ -5,10 +5,10 @@
 // the baseline the two-phase kernels are measured against, and the phase-2 fallback when a
 // context has no shared runs.
 //
-//   q          [num_io_rows, Hq, D]      Cfg::QT, row r reads io row row_io[r]
+//   q          [num_io_rows, Hq, D]      Cfg::QT, requested row r reads io row row_io(r)
 //   out        [num_io_rows, Hq, D]      Cfg::OutT
 //   k/v_pool   [num_slots, Hkv, C, D]    Cfg::KvT
-//   row_*      the kernel context (abi.h); rows are DFS rows
+//   context    the packed kernel context (context.h); one CTA per (requested row, KV head)
 //
 // Kept as the reference the new kernels are measured against (it maps lane = token, so its K
 // reads are 32-way bank conflicts; its shared accesses go through lds / sts so the emu target
@@ -22,6 +22,7 @@
 #include <stddef.h>
 
 #include "chunkattn/abi.h"
+#include "chunkattn/context.h"
 #include "chunkattn/dtype.cuh"
 #include "chunkattn/prims.cuh"
 #include "chunkattn/softmax_state.h"
@@ -87,12 +88,14 @@ __global__ void __launch_bounds__(SequenceFirstPlan<Cfg>::kThreads)
   SoftmaxState* state = reinterpret_cast<SoftmaxState*>(smem + Plan::kOffState);
   float* rescale = reinterpret_cast<float*>(smem + Plan::kOffRescale);
 
-  const int row = blockIdx.x, kv_head = blockIdx.y;
+  const KernelContext ctx{p.context};
+  const int request = blockIdx.x, kv_head = blockIdx.y;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int length = ldg<CA_TRAFFIC_CONTEXT>(p.row_length + row);
-  const int io = ldg<CA_TRAFFIC_CONTEXT>(p.row_io + row);
-  const int seq = ldg<CA_TRAFFIC_CONTEXT>(p.row_seq + row);
-  const int chunk_list = ldg<CA_TRAFFIC_CONTEXT>(p.row_chunk_offsets + row);
+  const int row = ldg<CA_TRAFFIC_CONTEXT>(ctx.request_rows() + request);
+  const int io = ldg<CA_TRAFFIC_CONTEXT>(ctx.row_ios() + row);
+  const int length = ldg<CA_TRAFFIC_CONTEXT>(ctx.row_lengths() + row);
+  const int seq = ldg<CA_TRAFFIC_CONTEXT>(ctx.row_seqs() + row);
+  const int chunk_list = ldg<CA_TRAFFIC_CONTEXT>(ctx.row_chunk_offsets() + row);
   const size_t head_offset = (size_t(io) * Cfg::kQHeads + size_t(kv_head) * G) * D;
 
   const QT* q = static_cast<const QT*>(p.q) + head_offset;
@@ -118,7 +121,7 @@ __global__ void __launch_bounds__(SequenceFirstPlan<Cfg>::kThreads)
     }
     if (!__syncthreads_or(any_visible)) continue;
 
-    const int slot = ldg<CA_TRAFFIC_CONTEXT>(p.row_chunk_slots + chunk_list + t0 / C);
+    const int slot = ldg<CA_TRAFFIC_CONTEXT>(ctx.chunk_slots() + chunk_list + t0 / C);
     const size_t kv_offset = ((size_t(slot) * Cfg::kKvHeads + kv_head) * C + t0 % C) * D;
     const KvT* k_src = static_cast<const KvT*>(p.k_pool) + kv_offset;
     const KvT* v_src = static_cast<const KvT*>(p.v_pool) + kv_offset;

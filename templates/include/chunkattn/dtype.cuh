@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "chunkattn/abi.h"
 #include "chunkattn/variant.h"
 
 namespace ca {
@@ -31,6 +32,22 @@ template <>
 CA_HD float from_float<float>(float x) {
   return x;
 }
+
+// The CaDType of a storage type.
+template <class T>
+struct DTypeOf;
+template <>
+struct DTypeOf<f16> {
+  static constexpr int value = CA_F16;
+};
+template <>
+struct DTypeOf<bf16> {
+  static constexpr int value = CA_BF16;
+};
+template <>
+struct DTypeOf<float> {
+  static constexpr int value = CA_F32;
+};
 
 }  // namespace ca
 

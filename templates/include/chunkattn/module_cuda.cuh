@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "chunkattn/abi.h"
+#include "chunkattn/context.h"
+#include "chunkattn/counters.h"
 #include "chunkattn/decode_phase2.cuh"
 #include "chunkattn/decode_view.cuh"
 #include "chunkattn/dtype.cuh"
@@ -34,29 +36,19 @@ inline int device_status(cudaError_t e, const char* what) {
 }
 #endif
 
-#if defined(CA_TARGET_CUDA)
-// Launches per kernel name (the emu target's come from the shim, with its memory figures).
-inline std::mutex launch_table_mutex;
-inline std::map<std::string, uint64_t> launch_table;
-inline void count_kernel_launch(const char* name) {
-  std::lock_guard<std::mutex> lock(launch_table_mutex);
-  ++launch_table[name];
-}
-#endif
-
 // Runs `kernel` on the GPU, or on the CPU through the shim; a shim diagnostic (deadlock,
 // divergent barrier, bad collective mask) becomes CA_ERR_KERNEL naming the kernel and location.
 template <class... P, class... A>
 int launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes,
            void* stream, A&&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return ok();
+  counters::launch(name, uint64_t(grid.x) * grid.y * grid.z);
 #if defined(CA_TARGET_CUDA)
   if (smem_bytes > 48 * 1024) {
     cudaError_t e =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
     if (e != cudaSuccess) return device_status(e, name);
   }
-  count_kernel_launch(name);
   kernel<<<grid, block, smem_bytes, static_cast<cudaStream_t>(stream)>>>(std::forward<A>(args)...);
   return device_status(cudaGetLastError(), name);
 #else
@@ -91,15 +83,48 @@ inline int free_bytes(void* ptr) {
 #endif
 }
 
-inline int copy_bytes(void* dst, const void* src, uint64_t bytes, int32_t kind) {
-  if (kind < CA_COPY_H2D || kind > CA_COPY_D2D) return fail(CA_ERR_INVALID, "ca_memcpy: bad kind");
+inline int copy_bytes(void* dst, const void* src, uint64_t bytes, int32_t kind, void* stream) {
+  if (kind < CA_COPY_H2D || kind > CA_COPY_CONTEXT)
+    return fail(CA_ERR_INVALID, "ca_memcpy: bad kind");
   if (bytes == 0) return ok();
+  counters::copy(kind, bytes);
 #if defined(CA_TARGET_CUDA)
   const cudaMemcpyKind kinds[] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost,
-                                  cudaMemcpyDeviceToDevice};
-  return device_status(cudaMemcpy(dst, src, bytes, kinds[kind]), "cudaMemcpy");
+                                  cudaMemcpyDeviceToDevice, cudaMemcpyHostToDevice};
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (int e = device_status(cudaMemcpyAsync(dst, src, bytes, kinds[kind], s), "cudaMemcpyAsync"))
+    return e;
+  // The host side of an H2D copy may be reused by the caller at once, and a D2H copy is read.
+  return device_status(cudaStreamSynchronize(s), "cudaStreamSynchronize");
 #else
+  (void)stream;
   memmove(dst, src, bytes);
+  return ok();
+#endif
+}
+
+inline int stream_create(void** stream) {
+  if (stream == nullptr) return fail(CA_ERR_INVALID, "ca_stream_create: null output");
+#if defined(CA_TARGET_CUDA)
+  cudaStream_t s = nullptr;
+  if (int e =
+          device_status(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"))
+    return e;
+  *stream = s;
+#else
+  static int host_stream;  // emu runs launches in order on the calling thread
+  *stream = &host_stream;
+#endif
+  return ok();
+}
+
+inline int stream_destroy(void* stream) {
+#if defined(CA_TARGET_CUDA)
+  return stream ? device_status(cudaStreamDestroy(static_cast<cudaStream_t>(stream)),
+                                "cudaStreamDestroy")
+                : ok();
+#else
+  (void)stream;
   return ok();
 #endif
 }
@@ -123,56 +148,66 @@ inline int synchronize(void* stream) {
 #endif
 }
 
-// Scatters tokens' K/V rows into the pool. Rows are converted to the pool's dtype on the host
-// and copied one (token, head) row at a time; a device-side scatter kernel can replace this
-// without changing the ABI.
+// One block per token scatters its K and V rows (every KV head) into the pool, converting from
+// f32 when the source is f32. Indices were validated by the addon; a bad one is skipped.
 template <class Cfg>
-int write_kv(const CaWriteKvParams& p) {
+__global__ void write_kv_kernel(const CaWriteKvParams p) {
   using KvT = typename Cfg::KvT;
   constexpr int Hkv = Cfg::kKvHeads, C = Cfg::kChunk, D = Cfg::kHeadDim;
-  std::vector<KvT> row(D);
-  for (int i = 0; i < p.num_tokens; ++i) {
-    const int slot = p.slots[i], offset = p.offsets[i];
-    if (slot < 0 || slot >= p.num_slots || offset < 0 || offset >= C)
-      return fail(CA_ERR_INVALID, "ca_write_kv: token " + std::to_string(i) + " targets slot " +
-                                      std::to_string(slot) + " offset " + std::to_string(offset));
-    for (int which = 0; which < 2; ++which) {
-      const void* src = which == 0 ? p.k : p.v;
-      KvT* pool = static_cast<KvT*>(which == 0 ? p.k_pool : p.v_pool);
-      for (int h = 0; h < Hkv; ++h) {
-        const size_t src_index = (size_t(i) * Hkv + h) * D;
-        if (p.src_dtype == CA_F32) {
-          for (int d = 0; d < D; ++d)
-            row[d] = from_float<KvT>(static_cast<const float*>(src)[src_index + d]);
-        } else {
-          memcpy(row.data(), static_cast<const KvT*>(src) + src_index, D * sizeof(KvT));
-        }
-        KvT* dst = pool + ((size_t(slot) * Hkv + h) * C + offset) * D;
-        if (int s = copy_bytes(dst, row.data(), D * sizeof(KvT), CA_COPY_H2D)) return s;
-      }
-    }
+  const int token = blockIdx.x;
+  const int slot = ldg<CA_TRAFFIC_CONTEXT>(p.slots + token);
+  const int offset = ldg<CA_TRAFFIC_CONTEXT>(p.offsets + token);
+  if (slot < 0 || slot >= p.num_slots || offset < 0 || offset >= C) return;
+  for (int e = threadIdx.x; e < 2 * Hkv * D; e += blockDim.x) {
+    const int which = e / (Hkv * D), h = e / D % Hkv, d = e % D;
+    const size_t src = (size_t(token) * Hkv + h) * D + d;
+    KvT* pool = static_cast<KvT*>(which == 0 ? p.k_pool : p.v_pool);
+    const void* from = which == 0 ? p.k : p.v;
+    const KvT value =
+        p.src_dtype == CA_F32
+            ? from_float<KvT>(ldg<CA_TRAFFIC_KV>(static_cast<const float*>(from) + src))
+            : ldg<CA_TRAFFIC_KV>(static_cast<const KvT*>(from) + src);
+    stg<CA_TRAFFIC_KV>(pool + ((size_t(slot) * Hkv + h) * C + offset) * D + d, value);
   }
-  return ok();
 }
 
-// Copy-on-write of a chunk's first num_tokens tokens, every KV head, K and V.
 template <class Cfg>
-int copy_chunk(void* k_pool, void* v_pool, int32_t num_slots, int32_t src, int32_t dst,
-               int32_t num_tokens) {
+int write_kv(const CaWriteKvParams& p, void* stream) {
+  if (p.num_tokens < 0) return fail(CA_ERR_INVALID, "ca_write_kv: negative token count");
+  if (p.src_dtype != CA_F32 && p.src_dtype != DTypeOf<typename Cfg::KvT>::value)
+    return fail(CA_ERR_INVALID, "ca_write_kv: source dtype is neither f32 nor the pool's");
+  return launch("write_kv", write_kv_kernel<Cfg>, dim3(unsigned(p.num_tokens)), dim3(128), 0,
+                stream, p);
+}
+
+// One block per copy: the first num_tokens tokens of every KV head of src_slot, K and V, go to
+// dst_slot (copy-on-write of a partly filled chunk).
+template <class Cfg>
+__global__ void copy_chunks_kernel(void* k_pool, void* v_pool, int32_t num_slots,
+                                   const int32_t* copies) {
   using KvT = typename Cfg::KvT;
   constexpr int Hkv = Cfg::kKvHeads, C = Cfg::kChunk, D = Cfg::kHeadDim;
-  if (src < 0 || src >= num_slots || dst < 0 || dst >= num_slots || num_tokens < 0 ||
-      num_tokens > C)
-    return fail(CA_ERR_INVALID, "ca_copy_chunk: slot or token count out of range");
-  for (void* pool : {k_pool, v_pool})
-    for (int h = 0; h < Hkv; ++h) {
-      KvT* base = static_cast<KvT*>(pool);
-      const size_t row_bytes = size_t(num_tokens) * D * sizeof(KvT);
-      if (int s = copy_bytes(base + (size_t(dst) * Hkv + h) * C * D,
-                             base + (size_t(src) * Hkv + h) * C * D, row_bytes, CA_COPY_D2D))
-        return s;
-    }
-  return ok();
+  const int32_t* copy = copies + 3 * blockIdx.x;
+  const int src = ldg<CA_TRAFFIC_CONTEXT>(copy), dst = ldg<CA_TRAFFIC_CONTEXT>(copy + 1),
+            tokens = ldg<CA_TRAFFIC_CONTEXT>(copy + 2);
+  if (src < 0 || src >= num_slots || dst < 0 || dst >= num_slots || tokens < 0 || tokens > C)
+    return;
+  const int per_pool = Hkv * tokens * D;
+  for (int e = threadIdx.x; e < 2 * per_pool; e += blockDim.x) {
+    KvT* pool = static_cast<KvT*>(e < per_pool ? k_pool : v_pool);
+    const int i = e % per_pool, h = i / (tokens * D), within = i % (tokens * D);
+    stg<CA_TRAFFIC_KV>(pool + (size_t(dst) * Hkv + h) * C * D + within,
+                       ldg<CA_TRAFFIC_KV>(pool + (size_t(src) * Hkv + h) * C * D + within));
+  }
+}
+
+template <class Cfg>
+int copy_chunks(void* k_pool, void* v_pool, int32_t num_slots, const int32_t* copies,
+                int32_t num_copies, void* stream) {
+  if (num_copies < 0 || (num_copies > 0 && (!copies || !k_pool || !v_pool)))
+    return fail(CA_ERR_INVALID, "ca_copy_chunks: bad arguments");
+  return launch("copy_chunks", copy_chunks_kernel<Cfg>, dim3(unsigned(num_copies)), dim3(128), 0,
+                stream, k_pool, v_pool, num_slots, copies);
 }
 
 // SMs the split factor plans for: the device's on cuda; an A100's (108) on emu, so that small
@@ -194,20 +229,30 @@ inline int sm_count() {
 
 template <class Cfg>
 uint64_t workspace_bytes(const CaDecodeParams& p) {
-  return phase2_workspace_bytes<Cfg>(p.num_rows, phase2_splits<Cfg>(p.num_rows, sm_count()));
+  // Phase 2 runs one CTA row per requested row; the split scratch is sized for those.
+  ctx::Error error;
+  if (!ctx::check_layout(p.context_host, p.context_words, &error)) return 0;
+  const int n = KernelContext{p.context_host}.num_requests();
+  return phase2_workspace_bytes<Cfg>(n, phase2_splits<Cfg>(n, sm_count()));
 }
 
 template <class Cfg, class Variant>
 int decode(const CaDecodeParams& p, void* stream) {
   if (p.abi_version != CA_ABI_VERSION || p.struct_bytes != sizeof(CaDecodeParams))
     return fail(CA_ERR_INVALID, "ca_decode: params from another ABI version");
-  if (p.num_runs != 0)
+  ctx::Error error;
+  if (!ctx::check_layout(p.context_host, p.context_words, &error))
+    return fail(CA_ERR_INVALID, std::string("ca_decode: ") + error.message);
+  const KernelContext host{p.context_host};
+  if (host.num_runs() != 0)
     return fail(
         CA_ERR_UNSUPPORTED,
         "ca_decode: this module has no phase-1 kernel yet; build the context with no shared runs");
   using Plan = Phase2Plan<Cfg>;
-  const int splits = phase2_splits<Cfg>(p.num_rows, sm_count());
-  const uint64_t need = phase2_workspace_bytes<Cfg>(p.num_rows, splits);
+  // Phase 2 walks the requested rows only.
+  const int requests = host.num_requests();
+  const int splits = phase2_splits<Cfg>(requests, sm_count());
+  const uint64_t need = phase2_workspace_bytes<Cfg>(requests, splits);
   if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
     return fail(CA_ERR_INVALID, "ca_decode: the workspace holds " +
                                     std::to_string(p.workspace_bytes) + " bytes, " +
@@ -217,50 +262,50 @@ int decode(const CaDecodeParams& p, void* stream) {
   Phase2Io io{splits, nullptr, nullptr, nullptr, nullptr, 1};
   if (splits > 1) {
     io.split_o = static_cast<float*>(p.workspace);
-    io.split_lse = io.split_o + uint64_t(p.num_rows) * splits * Cfg::kQHeads * Cfg::kHeadDim;
+    io.split_lse = io.split_o + uint64_t(requests) * splits * Cfg::kQHeads * Cfg::kHeadDim;
   }
-  const dim3 grid(unsigned(p.num_rows), unsigned(Cfg::kKvHeads), unsigned(splits));
+  const dim3 grid(unsigned(requests), unsigned(Cfg::kKvHeads), unsigned(splits));
   if (int s = launch("decode_phase2", decode_phase2_kernel<Cfg, Variant>, grid,
                      dim3(Plan::kThreads), Plan::kSmemBytes, stream, ctx, tensors, io))
     return s;
   if (splits == 1) return ok();
   return launch("decode_merge_splits", decode_merge_splits_kernel<Cfg>,
-                dim3(unsigned(p.num_rows), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
+                dim3(unsigned(requests), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
                 Plan::kMergeSplitsSmemBytes, stream, ctx, tensors, io);
 }
 
 inline int get_stats(CaStats* out) {
   if (out == nullptr) return fail(CA_ERR_INVALID, "ca_get_stats: null output");
   traffic_snapshot(out);
+  counters::snapshot(out);
   return ok();
 }
 
 inline void reset_stats() {
   traffic_reset();  // emu: also the shim's per-kernel table
-#if defined(CA_TARGET_CUDA)
-  std::lock_guard<std::mutex> lock(launch_table_mutex);
-  launch_table.clear();
-#endif
 }
 
 // ca_kernel_stats (abi.h).
 inline const char* kernel_stats_json() {
   static const char* const kNames[CA_TRAFFIC_COUNT] = {"q", "kv", "partial", "out", "context"};
   struct Row {
-    uint64_t launches = 0, smem_instructions = 0, smem_wavefronts = 0, smem_bytes = 0,
+    uint64_t launches = 0, blocks = 0, smem_instructions = 0, smem_wavefronts = 0, smem_bytes = 0,
              global_instructions = 0, sectors[CA_TRAFFIC_COUNT] = {},
              requested[CA_TRAFFIC_COUNT] = {};
   };
   std::map<std::string, Row> rows;
-#if defined(CA_TARGET_CUDA)
   {
-    std::lock_guard<std::mutex> lock(launch_table_mutex);
-    for (const auto& [name, n] : launch_table) rows[name].launches = n;
+    // Launches and blocks as issued on the host (counters.h), the same on every target.
+    counters::State& s = counters::state();
+    std::lock_guard<std::mutex> lock(s.mu);
+    for (const auto& [name, k] : s.kernels) {
+      rows[name].launches = k.launches;
+      rows[name].blocks = k.blocks;
+    }
   }
-#else
+#if !defined(CA_TARGET_CUDA)
   for (const auto& [name, k] : cucpu::kernel_stats_snapshot()) {
     Row& r = rows[name];
-    r.launches = k.launches;
     r.smem_instructions = k.mem.smem_instructions;
     r.smem_wavefronts = k.mem.smem_wavefronts;
     r.smem_bytes = k.mem.smem_bytes;
@@ -290,7 +335,7 @@ inline const char* kernel_stats_json() {
       quoted += ch;
     }
     json += (first ? "\"" : ",\"") + quoted + "\":{" + field("launches", r.launches) + "," +
-            field("smemInstructions", r.smem_instructions) + "," +
+            field("blocks", r.blocks) + "," + field("smemInstructions", r.smem_instructions) + "," +
             field("smemWavefronts", r.smem_wavefronts) + "," + field("smemBytes", r.smem_bytes) +
             "," + field("globalInstructions", r.global_instructions) +
             ",\"sectors\":" + by_category(r.sectors) +

@@ -13,11 +13,11 @@
 // S = Q·KT (register tile), masks + Variant, online softmax, O = alpha O + P·V. The next chunk
 // is prefetched while a chunk computes. Tokens at or past a row's length are masked (a
 // chunk-first run may hold one row's partial tail). Writes the partials.
-// Phase 2, one task per (row, KV head): streams the row's own chunks (from row_shared_chunks[r])
-// straight from the pool, each K and V vector loaded once for all G heads; then, once phase 1
-// has finished, merges the row's partials (merging commutes, so a thread that runs out of
-// phase-1 tasks starts phase 2 at once); normalizes and stores out.
-// With num_runs = 0 phase 2 alone is the sequence-first (paged) baseline: same code, same pool.
+// Phase 2, one task per (requested row, KV head): streams the row's own chunks (from
+// row_shared_chunks[r]) straight from the pool, each K and V vector loaded once for all G heads;
+// then, once phase 1 has finished, merges the row's partials (merging commutes, so a thread that
+// runs out of phase-1 tasks starts phase 2 at once); normalizes and stores out. With num_runs = 0
+// phase 2 alone is the sequence-first (paged) baseline: same code, same pool.
 //
 // Threads: ThreadPool; tasks handed out through atomic counters (phase 1 largest first, phase 2
 // in row order); a completion count guards the partials. Scratch is thread-local and only grows
@@ -41,10 +41,12 @@
 #include <vector>
 
 #include "chunkattn/abi.h"
+#include "chunkattn/context.h"
 #include "chunkattn/cpu/kernels.h"
 #include "chunkattn/cpu/simd.h"
 #include "chunkattn/cpu/thread_pool.h"
 #include "chunkattn/cpu/types.h"
+#include "chunkattn/module_status.h"
 #include "chunkattn/softmax_state.h"
 #include "chunkattn/variant.h"
 
@@ -52,20 +54,18 @@ namespace ca {
 namespace cpu {
 
 // ---------------------------------------------------------------------------------------------
-// Errors: a per-thread message for ca_last_error().
+// Errors: formatted into the one per-thread message that ca_last_error() returns
+// (chunkattn/module_status.h), so a cpu kernel's failure reaches the caller like any other.
 
-inline char* last_error_buffer() {
-  thread_local char buffer[512] = "";
-  return buffer;
-}
-inline const char* last_error() { return last_error_buffer(); }
+inline const char* last_error() { return ca::last_error().c_str(); }
 
 __attribute__((format(printf, 2, 3))) inline int fail(int status, const char* format, ...) {
+  char buffer[512];
   va_list args;
   va_start(args, format);
-  vsnprintf(last_error_buffer(), 512, format, args);
+  vsnprintf(buffer, sizeof buffer, format, args);
   va_end(args);
-  return status;
+  return ca::fail(status, buffer);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,87 +185,42 @@ inline uint64_t workspace_o_bytes(int64_t num_partials) {
 
 template <class Cfg>
 inline uint64_t workspace_bytes(const CaDecodeParams& p) {
-  if (p.num_runs <= 0 || p.num_partials <= 0) return 0;
-  const uint64_t lse = uint64_t(p.num_partials) * Cfg::kQHeads * sizeof(float);
-  return workspace_o_bytes<Cfg>(p.num_partials) + (lse + 63) / 64 * 64;
+  if (!ctx::check_layout(p.context_host, p.context_words, nullptr)) return 0;
+  const KernelContext c{p.context_host};
+  if (c.num_runs() <= 0 || c.num_partials() <= 0) return 0;
+  const uint64_t lse = uint64_t(c.num_partials()) * Cfg::kQHeads * sizeof(float);
+  return workspace_o_bytes<Cfg>(c.num_partials()) + (lse + 63) / 64 * 64;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Argument checks (cheap: O(rows + chunks)). The addon validates first; this keeps a bad call
-// from reading out of bounds when it does not.
+// Argument checks. The addon runs the full validator of chunkattn/context.h once per upload;
+// per call the module checks only what is O(1): the ABI, pointers, the context's layout (so every
+// section index stays inside the buffer) and the workspace size.
 
 template <class Cfg>
 inline int validate(const CaDecodeParams& p) {
-  constexpr int C = Cfg::kChunk;
   if (p.abi_version != CA_ABI_VERSION)
     return fail(CA_ERR_INVALID, "ca_decode: abi_version %u, module has %u", p.abi_version,
                 CA_ABI_VERSION);
   if (p.struct_bytes < sizeof(CaDecodeParams))
     return fail(CA_ERR_INVALID, "ca_decode: struct_bytes %u < %zu", p.struct_bytes,
                 sizeof(CaDecodeParams));
-  if (p.num_rows < 0 || p.num_rows > p.num_io_rows || p.num_slots < 0 || p.num_runs < 0 ||
-      p.num_partials < 0)
-    return fail(CA_ERR_INVALID,
-                "ca_decode: bad counts (rows %d, io rows %d, slots %d, runs %d, partials %d)",
-                p.num_rows, p.num_io_rows, p.num_slots, p.num_runs, p.num_partials);
-  if (p.num_rows == 0) return CA_OK;
-  if (!p.q || !p.out || !p.row_io || !p.row_seq || !p.row_length || !p.row_chunk_offsets ||
-      !p.row_shared_chunks || !p.row_partial_offsets)
-    return fail(CA_ERR_INVALID, "ca_decode: null tensor or row array");
-  // Empty arrays may be null: slots are range-checked against num_slots below.
+  ctx::Error error;
+  if (!ctx::check_layout(p.context, p.context_words, &error) ||
+      !ctx::check_layout(p.context_host, p.context_words, &error))
+    return fail(CA_ERR_INVALID, "ca_decode: %s", error.message);
+  const KernelContext c{p.context};
+  if (p.num_slots < 0) return fail(CA_ERR_INVALID, "ca_decode: negative num_slots");
+  if (c.num_requests() == 0) return CA_OK;
+  if (!p.q || !p.out) return fail(CA_ERR_INVALID, "ca_decode: null q or out");
   if (p.num_slots > 0 && (!p.k_pool || !p.v_pool))
     return fail(CA_ERR_INVALID, "ca_decode: null K/V pool");
-  if (p.row_chunk_offsets[p.num_rows] > 0 && !p.row_chunk_slots)
-    return fail(CA_ERR_INVALID, "ca_decode: null row_chunk_slots");
   if (p.num_params > 0 && !p.params) return fail(CA_ERR_INVALID, "ca_decode: null params");
   if (!(fabsf(p.softmax_scale) < INFINITY))
     return fail(CA_ERR_INVALID, "ca_decode: softmax_scale not finite");
-  if (p.row_chunk_offsets[0] != 0 || p.row_partial_offsets[0] != 0)
-    return fail(CA_ERR_INVALID, "ca_decode: CSR offsets must start at 0");
-  for (int r = 0; r < p.num_rows; ++r) {
-    const int io = p.row_io[r], len = p.row_length[r];
-    const int c0 = p.row_chunk_offsets[r], c1 = p.row_chunk_offsets[r + 1];
-    const int p0 = p.row_partial_offsets[r], p1 = p.row_partial_offsets[r + 1];
-    if (io < 0 || io >= p.num_io_rows)
-      return fail(CA_ERR_INVALID, "ca_decode: row %d: io row %d out of range", r, io);
-    if (len < 0) return fail(CA_ERR_INVALID, "ca_decode: row %d: negative length", r);
-    if (c1 < c0 || int64_t(c1 - c0) * C < len)
-      return fail(CA_ERR_INVALID, "ca_decode: row %d: %d chunks cannot hold %d tokens", r, c1 - c0,
-                  len);
-    if (p.row_shared_chunks[r] < 0 || p.row_shared_chunks[r] > c1 - c0)
-      return fail(CA_ERR_INVALID, "ca_decode: row %d: shared chunks %d of %d", r,
-                  p.row_shared_chunks[r], c1 - c0);
-    if (p1 < p0) return fail(CA_ERR_INVALID, "ca_decode: row %d: partial offsets decrease", r);
-    const int needed_chunks = (len + C - 1) / C;
-    for (int c = c0 + p.row_shared_chunks[r]; c < c0 + needed_chunks; ++c)
-      if (p.row_chunk_slots[c] < 0 || p.row_chunk_slots[c] >= p.num_slots)
-        return fail(CA_ERR_INVALID, "ca_decode: row %d: slot %d out of range", r,
-                    p.row_chunk_slots[c]);
-    if (p1 > p0 && !p.row_partials) return fail(CA_ERR_INVALID, "ca_decode: null row_partials");
-    for (int k = p0; k < p1; ++k)
-      if (p.row_partials[k] < 0 || p.row_partials[k] >= p.num_partials)
-        return fail(CA_ERR_INVALID, "ca_decode: row %d: partial %d out of range", r,
-                    p.row_partials[k]);
-  }
-  if (p.num_runs > 0) {
-    if (!p.runs || !p.run_slots) return fail(CA_ERR_INVALID, "ca_decode: null runs");
-    if (!p.workspace || p.workspace_bytes < workspace_bytes<Cfg>(p))
-      return fail(CA_ERR_INVALID, "ca_decode: workspace of %llu bytes, %llu needed",
-                  (unsigned long long)p.workspace_bytes,
-                  (unsigned long long)workspace_bytes<Cfg>(p));
-    for (int i = 0; i < p.num_runs; ++i) {
-      const CaSharedRun& run = p.runs[i];
-      if (run.num_chunks < 1 || run.chunk_begin < 0 || run.kv_begin < 0 || run.row_begin < 0 ||
-          run.row_end > p.num_rows || run.row_end <= run.row_begin || run.partial_begin < 0 ||
-          int64_t(run.partial_begin) + (run.row_end - run.row_begin) > p.num_partials)
-        return fail(CA_ERR_INVALID, "ca_decode: run %d is malformed", i);
-      for (int j = 0; j < run.num_chunks; ++j) {
-        const int slot = p.run_slots[run.chunk_begin + j];
-        if (slot < 0 || slot >= p.num_slots)
-          return fail(CA_ERR_INVALID, "ca_decode: run %d: slot %d out of range", i, slot);
-      }
-    }
-  }
+  if (c.num_runs() > 0 && (!p.workspace || p.workspace_bytes < workspace_bytes<Cfg>(p)))
+    return fail(CA_ERR_INVALID, "ca_decode: workspace of %llu bytes, %llu needed",
+                (unsigned long long)p.workspace_bytes, (unsigned long long)workspace_bytes<Cfg>(p));
   return CA_OK;
 }
 
@@ -356,6 +311,7 @@ struct Phase1 {
   static void block(const Tile& t, int i0, int keys) {
     const ScratchView<Cfg>& sv = *t.sv;
     const CaDecodeParams& p = *t.p;
+    const KernelContext c{p.context};
     float* S = sv.s;
 #if defined(CA_CPU_DPBF16)
     if constexpr (A::kDotBf16) {
@@ -376,7 +332,7 @@ struct Phase1 {
     for (int i = 0; i < R; ++i) {
       const int stacked = i0 + i;
       const int r = t.row_begin + stacked / G;
-      const int len = p.row_length[r];
+      const int len = c.row_length(r);
       int valid = len - t.token0;
       valid = valid < 0 ? 0 : valid > C ? C : valid;
       float* s = S + i * C;
@@ -384,7 +340,7 @@ struct Phase1 {
       if constexpr (A::kVariant) {
         const int h = t.kv_head * G + stacked % G;
         A::apply_variant(s, sv.vis + size_t(stacked) * C, valid,
-                         Pos{p.row_seq[r], h, t.kv_head, len - 1, 0}, t.token0, p.params);
+                         Pos{c.row_seq(r), h, t.kv_head, len - 1, 0}, t.token0, p.params);
       }
     }
     kern::softmax_rows<R, C>(S, sv.m + i0, sv.l + i0, sv.alpha + i0);
@@ -456,7 +412,8 @@ struct Phase1 {
 
   static void run_task(const CaDecodeParams& p, const Phase1Task& task, float* part_o,
                        float* part_lse, const ScratchView<Cfg>& sv) {
-    const CaSharedRun& run = p.runs[task.run];
+    const KernelContext c{p.context};
+    const CaSharedRun& run = c.run(task.run);
     const int kvh = task.kv_head;
     const int rows = task.row_end - task.row_begin;
     const int M = rows * G;
@@ -467,17 +424,27 @@ struct Phase1 {
     int max_len = 0;
     for (int ri = 0; ri < rows; ++ri) {
       const int r = task.row_begin + ri;
-      max_len = p.row_length[r] > max_len ? p.row_length[r] : max_len;
+      max_len = c.row_length(r) > max_len ? c.row_length(r) : max_len;
       for (int g = 0; g < G; ++g) {
         const int h = kvh * G + g;
         const int i = ri * G + g;
-        const QT* src = q + (size_t(p.row_io[r]) * Hq + h) * D;
+        const int io = c.row_io(r);
+        const QT* src = q + (size_t(io < 0 ? 0 : io) * Hq + h) * D;
 #if defined(CA_CPU_DPBF16)
-        if constexpr (A::kDotBf16)
-          kern::convert_pairs<D>(reinterpret_cast<uint32_t*>(sv.q) + size_t(i) * (D / 2), src);
-        else
+        if constexpr (A::kDotBf16) {
+          uint32_t* dst = reinterpret_cast<uint32_t*>(sv.q) + size_t(i) * (D / 2);
+          if (io < 0)
+            memset(dst, 0, D / 2 * sizeof(uint32_t));  // not requested: q = 0, partial unused
+          else
+            kern::convert_pairs<D>(dst, src);
+        } else
 #endif
-          kern::convert_scaled(sv.q + size_t(i) * D, src, D, p.softmax_scale);
+        {
+          if (io < 0)
+            memset(sv.q + size_t(i) * D, 0, D * sizeof(float));
+          else
+            kern::convert_scaled(sv.q + size_t(i) * D, src, D, p.softmax_scale);
+        }
         for (int d = 0; d < D; d += kern::W) simd::store(sv.o + size_t(i) * D + d, simd::zero());
         sv.m[i] = -INFINITY;
         sv.l[i] = 0.f;
@@ -493,21 +460,21 @@ struct Phase1 {
         bool any = false;
         for (int i = 0; i < M; ++i) {
           const int r = task.row_begin + i / G;
-          const int len = p.row_length[r];
+          const int len = c.row_length(r);
           int valid = len - token0;
           valid = valid < 0 ? 0 : valid > C ? C : valid;
           any |=
               A::eval_mask(sv.vis + size_t(i) * C, valid,
-                           Pos{p.row_seq[r], kvh * G + i % G, kvh, len - 1, 0}, token0, p.params);
+                           Pos{c.row_seq(r), kvh * G + i % G, kvh, len - 1, 0}, token0, p.params);
         }
         if (!any) continue;  // K and V of this chunk are never read
       }
-      const size_t base = (size_t(p.run_slots[run.chunk_begin + j]) * Hkv + kvh) * chunk_elems;
+      const size_t base = (size_t(c.run_slots()[run.chunk_begin + j]) * Hkv + kvh) * chunk_elems;
       // The next chunk's K and V stream into L2 while this one computes, a slice per block.
       kern::PrefetchRange next_k, next_v;
       if (kPhase1Prefetch && j + 1 < run.num_chunks && token0 + C < max_len) {
         const size_t next =
-            (size_t(p.run_slots[run.chunk_begin + j + 1]) * Hkv + kvh) * chunk_elems;
+            (size_t(c.run_slots()[run.chunk_begin + j + 1]) * Hkv + kvh) * chunk_elems;
         next_k.reset(k_pool + next, int(chunk_elems * sizeof(KvT)));
         next_v.reset(v_pool + next, int(chunk_elems * sizeof(KvT)));
       }
@@ -585,11 +552,12 @@ struct Phase2 {
   // Prefetches the first own chunk (K and V) of task (r, kvh) into L2: called for the task this
   // thread will likely take next, so a task does not start with a full memory latency.
   static void prefetch_task(const CaDecodeParams& p, int r, int kvh) {
-    const int first = p.row_shared_chunks[r];
-    const int c0 = p.row_chunk_offsets[r];
-    const int tokens = p.row_length[r] - first * C;
-    if (tokens <= 0 || first >= p.row_chunk_offsets[r + 1] - c0) return;
-    const size_t base = (size_t(p.row_chunk_slots[c0 + first]) * Hkv + kvh) * size_t(C) * D;
+    const KernelContext c{p.context};
+    const int first = c.row_shared_chunks(r);
+    const int c0 = c.row_chunk_offsets()[r];
+    const int tokens = c.row_length(r) - first * C;
+    if (tokens <= 0 || first >= c.row_chunk_offsets()[r + 1] - c0) return;
+    const size_t base = (size_t(c.chunk_slots()[c0 + first]) * Hkv + kvh) * size_t(C) * D;
     const int bytes = (tokens < C ? tokens : C) * D * int(sizeof(KvT));
     kern::prefetch_l2(static_cast<const KvT*>(p.k_pool) + base, bytes);
     kern::prefetch_l2(static_cast<const KvT*>(p.v_pool) + base, bytes);
@@ -599,8 +567,9 @@ struct Phase2 {
   static void run_task(const CaDecodeParams& p, int r, int kvh, const float* part_o,
                        const float* part_lse, const ScratchView<Cfg>& sv,
                        const WaitPhase1& wait_phase1) {
-    const int len = p.row_length[r];
-    const int io = p.row_io[r];
+    const KernelContext c{p.context};
+    const int len = c.row_length(r);
+    const int io = c.row_io(r);
     const QT* q = static_cast<const QT*>(p.q);
     const KvT* k_pool = static_cast<const KvT*>(p.k_pool);
     const KvT* v_pool = static_cast<const KvT*>(p.v_pool);
@@ -621,10 +590,10 @@ struct Phase2 {
     }
 
     // The row's own chunks.
-    const int c0 = p.row_chunk_offsets[r];
-    const int num_chunks = p.row_chunk_offsets[r + 1] - c0;
+    const int c0 = c.row_chunk_offsets()[r];
+    const int num_chunks = c.row_chunk_offsets()[r + 1] - c0;
     const size_t chunk_elems = size_t(C) * D;
-    for (int ci = p.row_shared_chunks[r]; ci < num_chunks; ++ci) {
+    for (int ci = c.row_shared_chunks(r); ci < num_chunks; ++ci) {
       const int token0 = ci * C;
       if (token0 >= len) break;
       const int valid = len - token0 < C ? len - token0 : C;
@@ -632,14 +601,14 @@ struct Phase2 {
         bool any = false;
         for (int g = 0; g < G; ++g)
           any |= A::eval_mask(sv.vis + g * C, valid,
-                              Pos{p.row_seq[r], kvh * G + g, kvh, len - 1, 0}, token0, p.params);
+                              Pos{c.row_seq(r), kvh * G + g, kvh, len - 1, 0}, token0, p.params);
         if (!any) continue;
       }
-      const size_t base = (size_t(p.row_chunk_slots[c0 + ci]) * Hkv + kvh) * chunk_elems;
+      const size_t base = (size_t(c.chunk_slots()[c0 + ci]) * Hkv + kvh) * chunk_elems;
       const KvT* kp = k_pool + base;
       const KvT* vp = v_pool + base;
       if (kPhase2Prefetch && ci + 1 < num_chunks && token0 + C < len) {
-        const size_t next = (size_t(p.row_chunk_slots[c0 + ci + 1]) * Hkv + kvh) * chunk_elems;
+        const size_t next = (size_t(c.chunk_slots()[c0 + ci + 1]) * Hkv + kvh) * chunk_elems;
         const int bytes = (len - token0 - C < C ? len - token0 - C : C) * D * int(sizeof(KvT));
         kern::prefetch_l2(k_pool + next, bytes);
         kern::prefetch_l2(v_pool + next, bytes);
@@ -658,7 +627,7 @@ struct Phase2 {
         kern::mask_tail<C>(s, valid);
         if constexpr (A::kVariant)
           A::apply_variant(s, sv.vis + g * C, valid,
-                           Pos{p.row_seq[r], kvh * G + g, kvh, len - 1, 0}, token0, p.params);
+                           Pos{c.row_seq(r), kvh * G + g, kvh, len - 1, 0}, token0, p.params);
         kern::softmax_row<C>(s, sv.m[g], sv.l[g], sv.alpha[g]);
       }
       pv_heads(sv, vp, valid);
@@ -666,9 +635,9 @@ struct Phase2 {
 
     // Partials of the shared runs, merged last (merging commutes), so the row's own chunks above
     // could run while phase 1 was still computing them.
-    if (p.row_partial_offsets[r + 1] > p.row_partial_offsets[r]) wait_phase1();
-    for (int k = p.row_partial_offsets[r]; k < p.row_partial_offsets[r + 1]; ++k) {
-      const size_t partial = size_t(p.row_partials[k]);
+    if (c.row_partial_offsets()[r + 1] > c.row_partial_offsets()[r]) wait_phase1();
+    for (int k = c.row_partial_offsets()[r]; k < c.row_partial_offsets()[r + 1]; ++k) {
+      const size_t partial = size_t(c.partials()[k]);
       for (int g = 0; g < G; ++g) {
         const int h = kvh * G + g;
         SoftmaxState st{sv.m[g], sv.l[g]};
@@ -744,6 +713,7 @@ struct DecodeJob {
       return;  // the other threads take every task
     }
     const ScratchView<Cfg> sv(scratch.data());
+    const KernelContext ctx{p->context};
     for (int i; (i = next1.fetch_add(1, std::memory_order_relaxed)) < num_tasks1;) {
       Phase1<Cfg, Variant>::run_task(*p, tasks1[i], part_o, part_lse, sv);
 #if defined(CA_CPU_PROFILE)
@@ -771,9 +741,10 @@ struct DecodeJob {
       // Tasks go round-robin between the threads, so i + threads is likely this thread's next.
       const int ahead = i + num_threads;
       if (kPhase2Prefetch && ahead < num_tasks2)
-        Phase2<Cfg, Variant>::prefetch_task(*p, ahead / Dm::kKvHeads, ahead % Dm::kKvHeads);
-      Phase2<Cfg, Variant>::run_task(*p, i / Dm::kKvHeads, i % Dm::kKvHeads, part_o, part_lse, sv,
-                                     wait_phase1);
+        Phase2<Cfg, Variant>::prefetch_task(*p, ctx.request_row(ahead / Dm::kKvHeads),
+                                            ahead % Dm::kKvHeads);
+      Phase2<Cfg, Variant>::run_task(*p, ctx.request_row(i / Dm::kKvHeads), i % Dm::kKvHeads,
+                                     part_o, part_lse, sv, wait_phase1);
     }
   }
 };
@@ -782,13 +753,14 @@ struct DecodeJob {
 // are fewer tasks than threads), one task per (tile, KV head), largest first.
 template <class Cfg>
 inline void plan_phase1(const CaDecodeParams& p, int num_threads, std::vector<Phase1Task>& tasks) {
+  const KernelContext c{p.context};
   constexpr int G = Dims<Cfg>::kGroup, Hkv = Cfg::kKvHeads;
   tasks.clear();
   int max_tile = kPhase1MaxTileRows;
   for (;;) {
     int64_t count = 0;
-    for (int i = 0; i < p.num_runs; ++i) {
-      const int rows = p.runs[i].row_end - p.runs[i].row_begin;
+    for (int i = 0; i < c.num_runs(); ++i) {
+      const int rows = c.run(i).row_end - c.run(i).row_begin;
       const int rows_per_tile = max_tile / G > 0 ? max_tile / G : 1;
       count += int64_t((rows + rows_per_tile - 1) / rows_per_tile) * Hkv;
     }
@@ -796,8 +768,8 @@ inline void plan_phase1(const CaDecodeParams& p, int num_threads, std::vector<Ph
     max_tile /= 2;
   }
   const int rows_per_tile_cap = max_tile / G > 0 ? max_tile / G : 1;
-  for (int i = 0; i < p.num_runs; ++i) {
-    const CaSharedRun& run = p.runs[i];
+  for (int i = 0; i < c.num_runs(); ++i) {
+    const CaSharedRun& run = c.run(i);
     const int rows = run.row_end - run.row_begin;
     const int tiles = (rows + rows_per_tile_cap - 1) / rows_per_tile_cap;
     const int base_rows = rows / tiles, extra = rows % tiles;
@@ -809,7 +781,7 @@ inline void plan_phase1(const CaDecodeParams& p, int num_threads, std::vector<Ph
   }
   // Largest work first (rows x chunks), so the phase ends evenly.
   auto work = [&](const Phase1Task& t) {
-    return int64_t(t.row_end - t.row_begin) * p.runs[t.run].num_chunks;
+    return int64_t(t.row_end - t.row_begin) * c.run(t.run).num_chunks;
   };
   std::stable_sort(tasks.begin(), tasks.end(),
                    [&](const Phase1Task& a, const Phase1Task& b) { return work(a) > work(b); });
@@ -823,23 +795,25 @@ inline int decode(const CaDecodeParams& p) noexcept {
   try {
     const int status = validate<Cfg>(p);
     if (status != CA_OK) return status;
-    if (p.num_rows == 0) return CA_OK;
+    const KernelContext c{p.context};
+    if (c.num_requests() == 0) return CA_OK;
     thread_local std::vector<Phase1Task> tasks1;
     int threads = resolve_num_threads(p.num_threads);
-    if (p.num_runs > 0)
+    if (c.num_runs() > 0)
       plan_phase1<Cfg>(p, threads, tasks1);
     else
       tasks1.clear();
 
     DecodeJob<Cfg, Variant> job;
     job.p = &p;
-    job.part_o = p.num_runs > 0 ? static_cast<float*>(p.workspace) : nullptr;
-    job.part_lse = p.num_runs > 0 ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
-                                                             workspace_o_bytes<Cfg>(p.num_partials))
-                                  : nullptr;
+    job.part_o = c.num_runs() > 0 ? static_cast<float*>(p.workspace) : nullptr;
+    job.part_lse = c.num_runs() > 0
+                       ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
+                                                  workspace_o_bytes<Cfg>(c.num_partials()))
+                       : nullptr;
     job.tasks1 = tasks1.data();
     job.num_tasks1 = int(tasks1.size());
-    job.num_tasks2 = p.num_rows * Cfg::kKvHeads;
+    job.num_tasks2 = c.num_requests() * Cfg::kKvHeads;  // phase 2: the requested rows only
     const int most_tasks = job.num_tasks1 > job.num_tasks2 ? job.num_tasks1 : job.num_tasks2;
     if (threads > most_tasks) threads = most_tasks;
     job.num_threads = threads;

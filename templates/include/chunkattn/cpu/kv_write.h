@@ -1,10 +1,11 @@
 // chunkattn/cpu/kv_write.h — writing new tokens into the chunk pool and copying chunks.
 //
 //   k_pool, v_pool [num_slots, Hkv, C, D]  Cfg::KvT
-//   k, v           [num_tokens, Hkv, D]    CA_F32 or the pool's own dtype (host memory)
+//   k, v           [num_tokens, Hkv, D]    CA_F32 or the pool's own dtype
 // write_kv: token i goes to (slots[i], offsets[i]) of every KV head, converted (round to nearest
-// even) when the source is f32. copy_chunk: the first num_tokens tokens of every KV head of
-// src_slot are copied to dst_slot (copy-on-write of a partially filled chunk).
+// even) when the source is f32. copy_chunks: for each {src, dst, tokens} the first `tokens`
+// tokens of every KV head of src are copied to dst (copy-on-write of a partially filled chunk).
+// Module memory is host memory on this target; each call is one "launch" for the counters.
 #ifndef CHUNKATTN_CPU_KV_WRITE_H_
 #define CHUNKATTN_CPU_KV_WRITE_H_
 
@@ -63,21 +64,31 @@ inline int write_kv(const CaWriteKvParams& p) noexcept {
 }
 
 template <class Cfg>
-inline int copy_chunk(void* k_pool, void* v_pool, int num_slots, int src_slot, int dst_slot,
-                      int num_tokens) noexcept {
+inline int copy_chunks(void* k_pool, void* v_pool, int num_slots, const int32_t* copies,
+                       int num_copies) noexcept {
   using KvT = typename Cfg::KvT;
   constexpr int Hkv = Cfg::kKvHeads, C = Cfg::kChunk, D = Cfg::kHeadDim;
-  if (!k_pool || !v_pool) return fail(CA_ERR_INVALID, "ca_copy_chunk: null pool");
-  if (src_slot < 0 || src_slot >= num_slots || dst_slot < 0 || dst_slot >= num_slots)
-    return fail(CA_ERR_INVALID, "ca_copy_chunk: slots %d -> %d out of range [0, %d)", src_slot,
-                dst_slot, num_slots);
-  if (num_tokens < 0 || num_tokens > C)
-    return fail(CA_ERR_INVALID, "ca_copy_chunk: %d tokens, chunk holds %d", num_tokens, C);
-  if (src_slot == dst_slot || num_tokens == 0) return CA_OK;
-  for (KvT* pool : {static_cast<KvT*>(k_pool), static_cast<KvT*>(v_pool)})
-    for (int h = 0; h < Hkv; ++h)
-      memcpy(pool + (size_t(dst_slot) * Hkv + h) * C * D,
-             pool + (size_t(src_slot) * Hkv + h) * C * D, size_t(num_tokens) * D * sizeof(KvT));
+  if (num_copies < 0) return fail(CA_ERR_INVALID, "ca_copy_chunks: negative count");
+  if (num_copies > 0 && (!k_pool || !v_pool || !copies))
+    return fail(CA_ERR_INVALID, "ca_copy_chunks: null pointer");
+  for (int i = 0; i < num_copies; ++i) {
+    const int src_slot = copies[3 * i], dst_slot = copies[3 * i + 1],
+              num_tokens = copies[3 * i + 2];
+    if (src_slot < 0 || src_slot >= num_slots || dst_slot < 0 || dst_slot >= num_slots)
+      return fail(CA_ERR_INVALID, "ca_copy_chunks: slots %d -> %d out of range [0, %d)", src_slot,
+                  dst_slot, num_slots);
+    if (num_tokens < 0 || num_tokens > C)
+      return fail(CA_ERR_INVALID, "ca_copy_chunks: %d tokens, chunk holds %d", num_tokens, C);
+  }
+  for (int i = 0; i < num_copies; ++i) {
+    const int src_slot = copies[3 * i], dst_slot = copies[3 * i + 1],
+              num_tokens = copies[3 * i + 2];
+    if (src_slot == dst_slot || num_tokens == 0) continue;
+    for (KvT* pool : {static_cast<KvT*>(k_pool), static_cast<KvT*>(v_pool)})
+      for (int h = 0; h < Hkv; ++h)
+        memcpy(pool + (size_t(dst_slot) * Hkv + h) * C * D,
+               pool + (size_t(src_slot) * Hkv + h) * C * D, size_t(num_tokens) * D * sizeof(KvT));
+  }
   return CA_OK;
 }
 

@@ -1,4 +1,6 @@
-// Float64 reference attention for decode: the ground truth every target is compared with.
+// Float64 reference attention for decode: the ground truth every target is compared with. Shipped
+// as a checking utility (`import { referenceDecode } from 'chunkattn'`), so users can verify a
+// module the same way the test suites do.
 
 import type { Pos } from '../dsl/spec.ts';
 

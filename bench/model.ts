@@ -1,0 +1,157 @@
+// bench model: the static performance model against the ChunkAttention paper's Table 3. Every
+// "model" number here is a prediction of the model (autotune/model.ts), not a measurement; the
+// "paper" numbers are the paper authors' measurements on an A100-80GB. The A100 report is fitted
+// on the unshared rows and predicts the shared ones; the H100 report is prediction only. The
+// "ours (design)" column is the model's prediction for our two-phase design with the review
+// prototype's resources (autotune/design-kernels.ts), until the product kernels are counted.
+
+import type { LaunchPrediction } from '../autotune/model.ts';
+import { loadModelParams } from '../autotune/model-params.ts';
+import type { PaperKernel } from '../autotune/paper-kernels.ts';
+import { type Table3Model, table3Model } from '../autotune/table3.ts';
+import type { BenchOptions, BenchReport } from './report.ts';
+
+const GPUS = ['a100-80', 'h100-sxm'] as const;
+const KERNELS: readonly PaperKernel[] = ['pagedAttn', 'chunkAttn'];
+
+const us = (value: number | null) => (value === null ? '-' : value.toFixed(1));
+const percent = (value: number | null) =>
+  value === null ? '-' : `${value >= 0 ? '+' : ''}${(100 * value).toFixed(1)}%`;
+const rowName = (r: { promptTokens: number; sharedTokens: number }) => `${r.promptTokens}/${r.sharedTokens}`;
+
+const launchJson = (l: LaunchPrediction) => ({
+  kernel: l.kernel,
+  ctas: l.ctas,
+  ctasPerSm: l.ctasPerSm,
+  waves: l.waves,
+  modelUs: l.us,
+  bound: l.bound,
+});
+
+function gpuJson(model: Table3Model) {
+  const shared = model.rows.filter((r) => r.sharedTokens > 0);
+  return {
+    gpu: model.gpu.name,
+    label: model.predictionOnly
+      ? 'prediction only: no published numbers for this GPU; constants from the A100 fit'
+      : 'model fitted on the unshared rows; shared rows are predictions',
+    ...(model.predictionOnly
+      ? {}
+      : { unsharedMaxError: model.unsharedMaxError, sharedMaxError: model.sharedMaxError }),
+    sharedPredictedUs: shared.map((r) => ({
+      promptTokens: r.promptTokens,
+      sharedTokens: r.sharedTokens,
+      pagedAttn: r.kernels.pagedAttn.modelUs,
+      chunkAttn: r.kernels.chunkAttn.modelUs,
+      paperChunkAttn: r.kernels.chunkAttn.paperUs,
+      oursDesign: r.oursDesign.modelUs,
+    })),
+    rows: model.rows.map((r) => ({
+      promptTokens: r.promptTokens,
+      sharedTokens: r.sharedTokens,
+      role: r.role,
+      uniqueKvBytes: r.uniqueKvBytes,
+      oursDesign: { modelUs: r.oursDesign.modelUs, launches: r.oursDesign.launches.map(launchJson) },
+      ...Object.fromEntries(
+        KERNELS.map((k) => {
+          const row = r.kernels[k];
+          return [
+            k,
+            {
+              modelUs: row.modelUs,
+              paperUs: row.paperUs,
+              relativeError: row.relativeError,
+              launches: row.launches.map(launchJson),
+            },
+          ];
+        }),
+      ),
+    })),
+  };
+}
+
+export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
+  const params = loadModelParams();
+  const models = GPUS.map((gpu, i) => {
+    opts.progress(i, GPUS.length, gpu);
+    return table3Model(gpu, params);
+  });
+  opts.progress(GPUS.length, GPUS.length, 'done');
+  const [a100, h100] = models as [Table3Model, Table3Model];
+
+  const rows = models.flatMap((m) =>
+    m.rows.map((r) => [
+      m.gpu.name,
+      rowName(r),
+      r.role,
+      us(r.kernels.pagedAttn.paperUs),
+      us(r.kernels.pagedAttn.modelUs),
+      percent(r.kernels.pagedAttn.relativeError),
+      us(r.kernels.chunkAttn.paperUs),
+      us(r.kernels.chunkAttn.modelUs),
+      percent(r.kernels.chunkAttn.relativeError),
+      us(r.oursDesign.modelUs),
+      r.kernels.chunkAttn.launches.map((l) => `${l.kernel.replace('chunk_attn_', '')} ${l.bound}`).join(', '),
+    ]),
+  );
+  const { eta, launchOverheadUs } = params.fitted;
+  return {
+    name: 'model',
+    title:
+      'Performance model vs the ChunkAttention paper, Table 3 (b=32, 32 heads, d=128, fp16, c=64). ' +
+      'model = prediction of autotune/model.ts, NOT a measurement; paper = the authors\u2019 A100-80GB measurement.',
+    head: [
+      'GPU',
+      'np/ns',
+      'row',
+      'PagedAttn paper µs',
+      'PagedAttn model µs',
+      'error',
+      'ChunkAttn paper µs',
+      'ChunkAttn model µs',
+      'error',
+      'ours (design) model µs',
+      'ChunkAttn bound by',
+    ],
+    rows,
+    notes: [
+      `fitted constants (A100 unshared rows only): eta ${eta}, launch overhead ${launchOverheadUs} µs; ` +
+        `assumed DRAM round trip ${params.dramLatencyUs.sm_80} µs (sm_80), ${params.dramLatencyUs.sm_90a} µs (sm_90a); model version ${params.modelVersion}`,
+      `A100 unshared max |error| ${percent(a100.unsharedMaxError)} (fit), shared rows max |error| ${percent(a100.sharedMaxError)} (predicted, not fitted)`,
+      `${h100.gpu.name}: prediction only, labelled so: the paper publishes no H100 numbers.`,
+      'ours (design): our two-phase design with the review prototype\u2019s ptxas resources (KERNELS.md); a prediction with no measurement behind it.',
+    ],
+    json: {
+      predictionNotMeasurement: true,
+      modelVersion: params.modelVersion,
+      fittedConstants: params.fitted,
+      assumedDramLatencyUs: params.dramLatencyUs,
+      fit: { gpu: params.fit.gpu, method: params.fit.method },
+      unsharedMaxError: a100.unsharedMaxError,
+      sharedMaxError: a100.sharedMaxError,
+      sharedPredictedUs: gpuJson(a100).sharedPredictedUs,
+      a100: gpuJson(a100),
+      h100: gpuJson(h100),
+    },
+    chart: {
+      title: 'Table 3 kernel latency: paper (A100, measured) vs model (predicted)',
+      unit: 'µs',
+      series: [
+        ...KERNELS.map((k) => ({
+          label: `${k} paper (A100)`,
+          values: a100.rows.map((r) => ({ category: rowName(r), value: r.kernels[k].paperUs ?? 0 })),
+        })),
+        ...models.flatMap((m) => [
+          ...KERNELS.map((k) => ({
+            label: `${k} model (${m.gpu.id})`,
+            values: m.rows.map((r) => ({ category: rowName(r), value: r.kernels[k].modelUs })),
+          })),
+          {
+            label: `ours (design) model (${m.gpu.id})`,
+            values: m.rows.map((r) => ({ category: rowName(r), value: r.oursDesign.modelUs })),
+          },
+        ]),
+      ],
+    },
+  };
+}
