@@ -33,6 +33,7 @@ export const ABI_SYMBOLS = [
   'ca_get_stats',
   'ca_kernel_stats',
   'ca_reset_stats',
+  'ca_kernel_stats',
 ] as const;
 
 /** The plan it was built from, plus what the build produced and reported. */

@@ -52,19 +52,52 @@ export class PlanError extends Error {
 
 const DTYPE_BYTES: Record<DType, number> = { f16: 2, bf16: 2, f32: 4 };
 
-/** Mirrors SequenceFirstPlan<Cfg> in templates/include/chunkattn/decode_sequence_first.cuh. */
-function sequenceFirstLaunch(spec: KernelSpec): KernelLaunchPlan {
+const pow2AtLeast = (n: number): number => (n <= 1 ? 1 : 2 * pow2AtLeast(Math.ceil(n / 2)));
+
+/** Mirrors Phase2Plan<Cfg> in templates/include/chunkattn/decode_phase2.cuh (a test checks each instance). */
+export function phase2Geometry(spec: KernelSpec) {
   const group = spec.heads.q / spec.heads.kv;
-  const tile = Math.min(spec.chunkSize, 32);
-  const kvTile = tile * spec.headDim * DTYPE_BYTES[spec.dtype.kv];
-  const smemBytes = 2 * kvTile + 2 * group * spec.headDim * 4 + group * tile * 4 + group * 8 + group * 8;
+  const kvBytes = DTYPE_BYTES[spec.dtype.kv];
+  const d = spec.headDim;
+  const laneBytes = group <= 4 || (d * kvBytes) / 8 > 32 ? 16 : 8;
+  const vec = laneBytes / kvBytes;
+  const minBlocks = 2 * group * vec > 64 ? 2 : 4;
+  const maxRegisters = Math.min(255, Math.floor(65536 / (128 * minBlocks)));
+  const lanesPerRow = pow2AtLeast(d / vec);
+  const groups = 128 / lanesPerRow;
+  const tileTokens = groups * (group > 4 ? 2 : 4);
+  const ringBytes = 2 * 2 * tileTokens * d * kvBytes;
+  const mergeBytes = groups * group * (d + 4) * 4;
   return {
-    kernel: 'decode_sequence_first',
-    grid: 'rows × kvHeads',
-    threadsPerBlock: 128,
-    smemBytes,
-    maxRegisters: 128,
+    laneBytes,
+    lanesPerRow,
+    groups,
+    tileTokens,
+    maxRegisters,
+    smemBytes: Math.max(ringBytes, mergeBytes),
+    mergeSplitsSmemBytes: group * 16 * 4,
   };
+}
+
+/** The sequence-first / phase-2 kernel and the split-KV merge. */
+function phase2Launches(spec: KernelSpec): KernelLaunchPlan[] {
+  const geometry = phase2Geometry(spec);
+  return [
+    {
+      kernel: 'decode_phase2',
+      grid: 'rows × kvHeads × splits',
+      threadsPerBlock: 128,
+      smemBytes: geometry.smemBytes,
+      maxRegisters: geometry.maxRegisters,
+    },
+    {
+      kernel: 'decode_merge_splits',
+      grid: 'rows × kvHeads (when splits > 1)',
+      threadsPerBlock: 128,
+      smemBytes: geometry.mergeSplitsSmemBytes,
+      maxRegisters: geometry.maxRegisters,
+    },
+  ];
 }
 
 /** Which build targets a spec's `targets` list asks for, in a stable order. */
@@ -135,7 +168,7 @@ export function plan(input: KernelSpec, options: PlanOptions, toolchain: Toolcha
       throw new PlanError(`unknown tunable ${name.slice(0, 64)}`);
 
   const phase1 = target === 'cpu';
-  const kernels = target === 'cpu' ? [] : [sequenceFirstLaunch(spec)];
+  const kernels = target === 'cpu' ? [] : phase2Launches(spec);
   const compilerVersion = compilerFingerprint();
   const hash = sha256(
     canonicalJson({ spec: keyedSpec(spec), target, archs, sanitize, tunables, compilerVersion }),

@@ -29,8 +29,10 @@ export {
 export {
   DeviceTensor,
   type HostData,
+  type KernelFigures,
   type KernelStats,
   NativeModule,
+  sectorEfficiency,
   type TensorData,
 } from './native-module.ts';
 export {

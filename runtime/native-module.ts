@@ -82,6 +82,24 @@ export type TrafficCategory = 'q' | 'kv' | 'partial' | 'out' | 'context';
 export type CopyDirection = 'h2d' | 'd2h' | 'd2d';
 
 /**
+ * One kernel's launches and how a GPU would serve its memory instructions, counted in the emu
+ * target (zeros elsewhere, launches on cuda too): shared-memory wavefronts of its warp-wide
+ * shared accesses, and the 32-byte sectors its warp-wide global accesses touch against the bytes
+ * they request, per traffic category.
+ */
+export interface KernelFigures {
+  readonly launches: number;
+  /** CTAs (cuda/emu) or tasks (cpu) launched. */
+  readonly blocks: number;
+  readonly smemInstructions: number;
+  readonly smemWavefronts: number;
+  readonly smemBytes: number;
+  readonly globalInstructions: number;
+  readonly sectors: Readonly<Record<TrafficCategory, number>>;
+  readonly requestedBytes: Readonly<Record<TrafficCategory, number>>;
+}
+
+/**
  * What the module issued since the last reset. Every target counts copies and launches as the
  * cuda target issues them; only emu counts the bytes kernels move (bytesRead / bytesWritten).
  */
@@ -92,8 +110,29 @@ export interface KernelStats {
   readonly memcpy: Readonly<Record<CopyDirection, { readonly calls: number; readonly bytes: number }>>;
   /** Packed contexts uploaded (each also counts as one h2d copy). */
   readonly contextUploads: number;
-  /** Launches and work items (CTAs on cuda/emu, tasks on cpu) by kernel name. */
-  readonly kernels: Readonly<Record<string, { readonly launches: number; readonly blocks: number }>>;
+  /** Per kernel name, since the last reset (ca_kernel_stats): launches, blocks and the emu shim's figures. */
+  readonly kernels: Readonly<Record<string, KernelFigures>>;
+}
+
+const noBytes: Readonly<Record<TrafficCategory, number>> = { q: 0, kv: 0, partial: 0, out: 0, context: 0 };
+
+function withMemoryFigures(k: Partial<KernelFigures>): KernelFigures {
+  return {
+    launches: k.launches ?? 0,
+    blocks: k.blocks ?? 0,
+    smemInstructions: k.smemInstructions ?? 0,
+    smemWavefronts: k.smemWavefronts ?? 0,
+    smemBytes: k.smemBytes ?? 0,
+    globalInstructions: k.globalInstructions ?? 0,
+    sectors: k.sectors ?? noBytes,
+    requestedBytes: k.requestedBytes ?? noBytes,
+  };
+}
+
+/** Sector efficiency of a kernel's global traffic in `category`: requested / (32 × sectors); 1 when none. */
+export function sectorEfficiency(figures: KernelFigures, category: TrafficCategory): number {
+  const sectors = figures.sectors[category];
+  return sectors === 0 ? 1 : figures.requestedBytes[category] / (32 * sectors);
 }
 
 export type NativeErrorCode =
@@ -492,7 +531,11 @@ export class NativeModule {
   }
 
   stats(): KernelStats {
-    return call(() => nativeAddon().stats(this.#handle));
+    const stats = call(() => nativeAddon().stats(this.#handle));
+    // The cpu target counts launches and blocks only: its kernels get zero memory figures.
+    const kernels: Record<string, KernelFigures> = {};
+    for (const [name, k] of Object.entries(stats.kernels)) kernels[name] = withMemoryFigures(k);
+    return { ...stats, kernels };
   }
 
   resetStats(): void {

@@ -24,7 +24,7 @@ interface ModuleResult {
   dir: string;
   spillBytes: number;
   maxRegisters: number;
-  resources: { arch: string; spillStoreBytes: number; spillLoadBytes: number }[];
+  resources: { symbol: string; arch: string; spillStoreBytes: number; spillLoadBytes: number }[];
 }
 
 const EXAMPLES = ['llama2-7b', 'llama3-8b', 'softcap-window'];
@@ -42,7 +42,16 @@ describe('compile for GPUs through nvcc', () => {
       expect(first.exitCode, first.stderr).toBe(0);
       const [module] = (first.json as { modules: ModuleResult[] }).modules;
       expect(module!.target).toBe('cuda');
-      // Every kernel of the module (decode, the KV scatter, copy-on-write) on both archs.
+      // One ptxas record per decode kernel (phase 2 and the split-KV merge) per arch; all on both archs.
+      const records = module!.resources
+        .filter((r) => /decode_\w+?_kernel/.test(r.symbol))
+        .map((r) => `${/decode_\w+?_kernel/.exec(r.symbol)?.[0]} ${r.arch}`);
+      expect(records.sort()).toEqual([
+        'decode_merge_splits_kernel sm_80',
+        'decode_merge_splits_kernel sm_90a',
+        'decode_phase2_kernel sm_80',
+        'decode_phase2_kernel sm_90a',
+      ]);
       expect([...new Set(module!.resources.map((r) => r.arch))].sort()).toEqual(['sm_80', 'sm_90a']);
       expect(module!.resources.length % 2).toBe(0);
       for (const r of module!.resources) expect(r.spillStoreBytes + r.spillLoadBytes).toBe(0);

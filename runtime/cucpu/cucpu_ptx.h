@@ -129,6 +129,7 @@ inline void ldmatrix(uint32_t (&r)[kNum], const void* row, const std::source_loc
                " gives row address " + std::to_string(reinterpret_cast<uintptr_t>(row)) +
                ", which is not 16-byte aligned");
     std::memcpy(bytes, row, 16);
+    mem_access(MemSpace::kShared, 0, row, 16, site);  // 8 rows (one matrix) per phase
   }
   warp_collective(name, 0xffffffffu, &ldmatrix_compute<kNum, kTrans>, nullptr, bytes, sizeof bytes,
                   r, sizeof r, site);

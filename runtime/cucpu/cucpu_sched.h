@@ -9,6 +9,7 @@
 #pragma once
 
 #include "cucpu_json.h"
+#include "cucpu_mem.h"
 
 namespace cucpu {
 
@@ -196,6 +197,7 @@ struct Block {
   bool aborting = false;
   Error error;
   Context scheduler;
+  MemLog mem;  // accesses waiting to be grouped into warp-wide instructions (cucpu_mem.h)
 #if defined(CUCPU_TSAN)
   char tsan_barrier = 0;             // address for the barrier's release/acquire
   void* tsan_block_start = nullptr;  // scheduler -> this block's fibers
@@ -218,6 +220,9 @@ struct Launch {
   std::mutex error_mutex;
   Error error;  // of the lowest-numbered failed block
   uint64_t error_block = ~uint64_t(0);
+  bool count_mem = true;  // CUCPU_MEMSTATS
+  std::mutex mem_mutex;
+  MemFigures mem;  // of the finished blocks
 #if defined(CUCPU_TSAN)
   char tsan_start = 0;  // launching thread -> fibers
   char tsan_end = 0;    // fibers -> launching thread
@@ -276,6 +281,27 @@ inline Thread& running_thread(const char* what) {
     std::abort();
   }
   return *t;
+}
+
+// A lane's memory access, costed with the rest of its warp-wide instruction (cucpu_mem.h). Host
+// code calling a device function outside a launch records nothing.
+inline void mem_access(MemSpace space, int category, const void* addr, uint32_t bytes,
+                       const std::source_location& site) {
+  Untracked untracked;
+  Thread* t = tl_thread;
+  if (!t || !tl_mem_enabled) return;
+  MemLog& log = t->block->mem;
+  const SiteKey key{site.file_name(), site.line(), site.column(), space};
+  auto it = log.sites.find(key);
+  if (it == log.sites.end()) it = log.sites.emplace(key, uint32_t(log.sites.size())).first;
+  auto& runs = log.runs[t->index];
+  if (runs.size() <= it->second) runs.resize(it->second + 1, {0, 0});
+  auto& r = runs[it->second];
+  if (r.first != log.epoch) r = {log.epoch, 0};
+  log.records.push_back(MemRecord{it->second, r.second++, uint16_t(t->warp), uint8_t(t->lane),
+                                  space, uint8_t(category), bytes,
+                                  reinterpret_cast<uintptr_t>(addr)});
+  if (log.records.size() >= kMemRecordCap) mem_flush(log, false);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,6 +411,7 @@ inline void release_barrier(Block& b) {
       throw FiberAbort{};
     }
   }
+  mem_flush(b.mem);  // every access before the barrier is complete
   b.released_true = b.barrier_true;
   b.released_arrived = b.barrier_arrived;
   b.barrier_true = 0;
@@ -733,6 +760,11 @@ inline void run_block(Launch& L, Worker& W, uint64_t linear,
   b.error = Error{};
   b.threads.resize(nt);
   b.warps.resize((nt + 31) / 32);
+  b.mem.records.clear();
+  b.mem.figures = MemFigures{};
+  if (b.mem.runs.size() < nt) b.mem.runs.resize(nt);
+  ++b.mem.epoch;
+  tl_mem_enabled = L.count_mem;
   for (Warp& w : b.warps) w.live = w.waiting = 0;
 #if !defined(CUCPU_TSAN)
   blockIdx = bid;
@@ -803,10 +835,17 @@ inline void run_block(Launch& L, Worker& W, uint64_t linear,
   }
   tl_thread = nullptr;
   tl_block = nullptr;
-  if (b.failed) L.report(linear, b.error);
+  if (b.failed) {
+    L.report(linear, b.error);
+  } else if (L.count_mem) {
+    mem_flush(b.mem);
+    std::lock_guard<std::mutex> lock(L.mem_mutex);
+    L.mem.add(b.mem.figures);
+  }
 }
 
-inline bool parse_env(Order* order, unsigned* seed, unsigned* workers, std::string* problem) {
+inline bool parse_env(Order* order, unsigned* seed, unsigned* workers, bool* count_mem,
+                      std::string* problem) {
   if (const char* e = std::getenv("CUCPU_ORDER"); e && *e) {
     if (!std::strcmp(e, "forward"))
       *order = Order::kForward;
@@ -819,6 +858,7 @@ inline bool parse_env(Order* order, unsigned* seed, unsigned* workers, std::stri
       return false;
     }
   }
+  if (const char* e = std::getenv("CUCPU_MEMSTATS"); e && *e) *count_mem = std::strcmp(e, "0") != 0;
   if (const char* e = std::getenv("CUCPU_SEED"); e && *e)
     *seed = unsigned(std::strtoul(e, nullptr, 10));
   *workers = std::max(1u, std::thread::hardware_concurrency());
@@ -882,7 +922,8 @@ inline Error run(Launch& L) {
                                  std::to_string(CUCPU_DYN_SMEM_BYTES) + ")");
   unsigned workers = 1;
   std::string problem;
-  if (!parse_env(&L.order, &L.seed, &workers, &problem)) return invalid_launch(L, problem);
+  if (!parse_env(&L.order, &L.seed, &workers, &L.count_mem, &problem))
+    return invalid_launch(L, problem);
   L.num_blocks = uint64_t(L.grid.x) * L.grid.y * L.grid.z;
   const std::vector<DynamicShared> dyn_arrays = dynamic_shared_snapshot();
 #if defined(CUCPU_TSAN)
@@ -925,6 +966,7 @@ inline Error run(Launch& L) {
 #if defined(CUCPU_TSAN)
   __tsan_acquire(&L.tsan_end);
 #endif
+  kernel_stats_add(kernel_display_name(L), L.mem);
   if (!L.failed.load()) return Error{};
   Error e = L.error;
   e.kernel = kernel_display_name(L);

@@ -126,6 +126,7 @@ export const cucpuPrograms: readonly Program[] = [
   { name: 'test_asan', source: 'runtime/cucpu/tests/test_asan.cpp', flags: asanFlags },
   { name: 'test_kernels', source: 'runtime/cucpu/tests/test_kernels.cpp', flags: ['-O1'] },
   { name: 'test_bugs', source: 'runtime/cucpu/tests/test_bugs.cpp', flags: ['-O1', '-rdynamic'] },
+  { name: 'test_memstats', source: 'runtime/cucpu/tests/test_memstats.cpp', flags: ['-O1'] },
   { name: 'test_tsan', source: 'runtime/cucpu/tests/test_tsan.cpp', flags: tsanFlags },
   ...[1, 2].map((id) => ({
     name: `test_module_${id}.so`,

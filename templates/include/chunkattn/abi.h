@@ -156,6 +156,15 @@ int ca_get_stats(CaStats* out);
 // CTAs on cuda/emu, tasks on cpu).
 const char* ca_kernel_stats(void);
 int ca_reset_stats(void);
+// JSON, per kernel launched since the last ca_reset_stats:
+//   {"kernels":{"<name>":{"launches":N,"smemInstructions":..,"smemWavefronts":..,"smemBytes":..,
+//    "globalInstructions":..,"sectors":{"q":..,"kv":..,"partial":..,"out":..,"context":..},
+//    "requestedBytes":{...same keys}}}}
+// Wavefronts and sectors are counted on the emu target only (zeros elsewhere): shared-memory
+// wavefronts of every warp-wide shared access, 32-byte sectors touched by every warp-wide global
+// access against the bytes requested (sector efficiency = requested / (32 sectors)). The string
+// stays valid until the calling thread's next call.
+const char* ca_kernel_stats(void);
 
 #ifdef __cplusplus
 }

@@ -10,9 +10,11 @@
 //   k/v_pool   [num_slots, Hkv, C, D]    Cfg::KvT
 //   context    the packed kernel context (context.h); one CTA per (requested row, KV head)
 //
-// Tokens are processed in tiles of kTile (≤ C, so a tile never crosses a chunk). A tile is
-// loaded with cp.async only up to the row's length, and skipped whole when the mask hides it
-// from every head of the group (sliding windows cost nothing outside the window).
+// Kept as the reference the new kernels are measured against (it maps lane = token, so its K
+// reads are 32-way bank conflicts; its shared accesses go through lds / sts so the emu target
+// counts them). Tokens are processed in tiles of kTile (≤ C, so a tile never crosses a chunk). A
+// tile is loaded with cp.async only up to the row's length, and skipped whole when the mask hides
+// it from every head of the group (sliding windows cost nothing outside the window).
 #ifndef CHUNKATTN_DECODE_SEQUENCE_FIRST_CUH_
 #define CHUNKATTN_DECODE_SEQUENCE_FIRST_CUH_
 
@@ -98,8 +100,8 @@ __global__ void __launch_bounds__(SequenceFirstPlan<Cfg>::kThreads)
 
   const QT* q = static_cast<const QT*>(p.q) + head_offset;
   for (int e = tid; e < G * D; e += Plan::kThreads) {
-    q_s[e] = to_float(ldg<CA_TRAFFIC_Q>(q + e));
-    o_s[e] = 0.f;
+    sts(&q_s[e], to_float(ldg<CA_TRAFFIC_Q>(q + e)));
+    sts(&o_s[e], 0.f);
   }
   if (tid < G) state[tid] = SoftmaxState{};
   __syncthreads();
@@ -114,7 +116,7 @@ __global__ void __launch_bounds__(SequenceFirstPlan<Cfg>::kThreads)
       bool visible = t < valid;
       if (Variant::kHasMask && visible)
         visible = Variant::mask(Pos{seq, kv_head * G + g, kv_head, length - 1, t0 + t}, p.params);
-      p_s[e] = visible ? 0.f : -INFINITY;
+      sts(&p_s[e], visible ? 0.f : -INFINITY);
       any_visible |= visible;
     }
     if (!__syncthreads_or(any_visible)) continue;
@@ -132,35 +134,35 @@ __global__ void __launch_bounds__(SequenceFirstPlan<Cfg>::kThreads)
     __syncthreads();
 
     for (int e = tid; e < G * kTile; e += Plan::kThreads) {
-      if (p_s[e] == -INFINITY) continue;
+      if (lds(&p_s[e]) == -INFINITY) continue;
       const int g = e / kTile, t = e % kTile;
       float dot = 0.f;
-      for (int i = 0; i < D; ++i) dot += q_s[g * D + i] * to_float(k_tile[t * D + i]);
+      for (int i = 0; i < D; ++i) dot += lds(&q_s[g * D + i]) * to_float(lds(&k_tile[t * D + i]));
       float score = dot * p.softmax_scale;
       if (Variant::kHasScoreMod)
         score = Variant::score_mod(score, Pos{seq, kv_head * G + g, kv_head, length - 1, t0 + t},
                                    p.params);
-      p_s[e] = score;
+      sts(&p_s[e], score);
     }
     __syncthreads();
 
     // One warp per head of the group: the tile's own softmax state, folded into the running one.
     for (int g = warp; g < G; g += Plan::kWarps) {
       float tile_max = -INFINITY;
-      for (int t = lane; t < kTile; t += 32) tile_max = fmaxf(tile_max, p_s[g * kTile + t]);
+      for (int t = lane; t < kTile; t += 32) tile_max = fmaxf(tile_max, lds(&p_s[g * kTile + t]));
       tile_max = warp_max(tile_max);
       float tile_sum = 0.f;
       for (int t = lane; t < kTile; t += 32) {
-        const float s = p_s[g * kTile + t];
+        const float s = lds(&p_s[g * kTile + t]);
         const float e = s == -INFINITY ? 0.f : expf(s - tile_max);
-        p_s[g * kTile + t] = e;
+        sts(&p_s[g * kTile + t], e);
         tile_sum += e;
       }
       tile_sum = warp_sum(tile_sum);
       if (lane == 0) {
         const SoftmaxState::Rescale r = state[g].merge(tile_max, tile_sum);
-        rescale[2 * g] = r.self;
-        rescale[2 * g + 1] = r.other;
+        sts(&rescale[2 * g], r.self);
+        sts(&rescale[2 * g + 1], r.other);
       }
     }
     __syncthreads();
@@ -168,15 +170,16 @@ __global__ void __launch_bounds__(SequenceFirstPlan<Cfg>::kThreads)
     for (int e = tid; e < G * D; e += Plan::kThreads) {
       const int g = e / D, i = e % D;
       float pv = 0.f;
-      for (int t = 0; t < valid; ++t) pv += p_s[g * kTile + t] * to_float(v_tile[t * D + i]);
-      o_s[e] = o_s[e] * rescale[2 * g] + pv * rescale[2 * g + 1];
+      for (int t = 0; t < valid; ++t)
+        pv += lds(&p_s[g * kTile + t]) * to_float(lds(&v_tile[t * D + i]));
+      sts(&o_s[e], lds(&o_s[e]) * lds(&rescale[2 * g]) + pv * lds(&rescale[2 * g + 1]));
     }
     __syncthreads();
   }
 
   OutT* out = static_cast<OutT*>(p.out) + head_offset;
   for (int e = tid; e < G * D; e += Plan::kThreads)
-    stg<CA_TRAFFIC_OUT>(out + e, from_float<OutT>(o_s[e] * state[e / D].inv_l()));
+    stg<CA_TRAFFIC_OUT>(out + e, from_float<OutT>(lds(&o_s[e]) * state[e / D].inv_l()));
 }
 
 }  // namespace ca

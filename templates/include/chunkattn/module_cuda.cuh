@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <map>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,7 +16,8 @@
 #include "chunkattn/abi.h"
 #include "chunkattn/context.h"
 #include "chunkattn/counters.h"
-#include "chunkattn/decode_sequence_first.cuh"
+#include "chunkattn/decode_phase2.cuh"
+#include "chunkattn/decode_view.cuh"
 #include "chunkattn/dtype.cuh"
 #include "chunkattn/module_status.h"
 #include "chunkattn/prims.cuh"
@@ -207,9 +210,30 @@ int copy_chunks(void* k_pool, void* v_pool, int32_t num_slots, const int32_t* co
                 stream, k_pool, v_pool, num_slots, copies);
 }
 
+// SMs the split factor plans for: the device's on cuda; an A100's (108) on emu, so that small
+// batches take the split-KV path there too.
+inline int sm_count() {
+#if defined(CA_TARGET_CUDA)
+  static const int n = [] {
+    int device = 0, count = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+      return 108;
+    return count;
+  }();
+  return n;
+#else
+  return 108;
+#endif
+}
+
 template <class Cfg>
-uint64_t workspace_bytes(const CaDecodeParams&) {
-  return 0;  // sequence-first needs no scratch; phase 1 partials come with the two-phase kernels
+uint64_t workspace_bytes(const CaDecodeParams& p) {
+  // Phase 2 runs one CTA row per requested row; the split scratch is sized for those.
+  ctx::Error error;
+  if (!ctx::check_layout(p.context_host, p.context_words, &error)) return 0;
+  const int n = KernelContext{p.context_host}.num_requests();
+  return phase2_workspace_bytes<Cfg>(n, phase2_splits<Cfg>(n, sm_count()));
 }
 
 template <class Cfg, class Variant>
@@ -224,11 +248,30 @@ int decode(const CaDecodeParams& p, void* stream) {
     return fail(
         CA_ERR_UNSUPPORTED,
         "ca_decode: this module has no phase-1 kernel yet; build the context with no shared runs");
-  using Plan = SequenceFirstPlan<Cfg>;
+  using Plan = Phase2Plan<Cfg>;
   // Phase 2 walks the requested rows only.
-  return launch("decode_sequence_first", decode_sequence_first_kernel<Cfg, Variant>,
-                dim3(unsigned(host.num_requests()), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
-                Plan::kSmemBytes, stream, p);
+  const int requests = host.num_requests();
+  const int splits = phase2_splits<Cfg>(requests, sm_count());
+  const uint64_t need = phase2_workspace_bytes<Cfg>(requests, splits);
+  if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
+    return fail(CA_ERR_INVALID, "ca_decode: the workspace holds " +
+                                    std::to_string(p.workspace_bytes) + " bytes, " +
+                                    std::to_string(need) + " needed (ca_workspace_bytes)");
+  const DecodeView ctx = DecodeView::from(p);
+  const DecodeTensors tensors = DecodeTensors::from(p);
+  Phase2Io io{splits, nullptr, nullptr, nullptr, nullptr, 1};
+  if (splits > 1) {
+    io.split_o = static_cast<float*>(p.workspace);
+    io.split_lse = io.split_o + uint64_t(requests) * splits * Cfg::kQHeads * Cfg::kHeadDim;
+  }
+  const dim3 grid(unsigned(requests), unsigned(Cfg::kKvHeads), unsigned(splits));
+  if (int s = launch("decode_phase2", decode_phase2_kernel<Cfg, Variant>, grid,
+                     dim3(Plan::kThreads), Plan::kSmemBytes, stream, ctx, tensors, io))
+    return s;
+  if (splits == 1) return ok();
+  return launch("decode_merge_splits", decode_merge_splits_kernel<Cfg>,
+                dim3(unsigned(requests), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
+                Plan::kMergeSplitsSmemBytes, stream, ctx, tensors, io);
 }
 
 inline int get_stats(CaStats* out) {
@@ -236,6 +279,73 @@ inline int get_stats(CaStats* out) {
   traffic_snapshot(out);
   counters::snapshot(out);
   return ok();
+}
+
+inline void reset_stats() {
+  traffic_reset();  // emu: also the shim's per-kernel table
+}
+
+// ca_kernel_stats (abi.h).
+inline const char* kernel_stats_json() {
+  static const char* const kNames[CA_TRAFFIC_COUNT] = {"q", "kv", "partial", "out", "context"};
+  struct Row {
+    uint64_t launches = 0, blocks = 0, smem_instructions = 0, smem_wavefronts = 0, smem_bytes = 0,
+             global_instructions = 0, sectors[CA_TRAFFIC_COUNT] = {},
+             requested[CA_TRAFFIC_COUNT] = {};
+  };
+  std::map<std::string, Row> rows;
+  {
+    // Launches and blocks as issued on the host (counters.h), the same on every target.
+    counters::State& s = counters::state();
+    std::lock_guard<std::mutex> lock(s.mu);
+    for (const auto& [name, k] : s.kernels) {
+      rows[name].launches = k.launches;
+      rows[name].blocks = k.blocks;
+    }
+  }
+#if !defined(CA_TARGET_CUDA)
+  for (const auto& [name, k] : cucpu::kernel_stats_snapshot()) {
+    Row& r = rows[name];
+    r.smem_instructions = k.mem.smem_instructions;
+    r.smem_wavefronts = k.mem.smem_wavefronts;
+    r.smem_bytes = k.mem.smem_bytes;
+    r.global_instructions = k.mem.global_instructions;
+    for (int c = 0; c < CA_TRAFFIC_COUNT; ++c) {
+      r.sectors[c] = k.mem.sectors[c];
+      r.requested[c] = k.mem.requested[c];
+    }
+  }
+#endif
+  auto field = [](const char* key, uint64_t v) {
+    return std::string("\"") + key + "\":" + std::to_string(v);
+  };
+  auto by_category = [&](const uint64_t(&v)[CA_TRAFFIC_COUNT]) {
+    std::string s = "{";
+    for (int c = 0; c < CA_TRAFFIC_COUNT; ++c) s += (c ? "," : "") + field(kNames[c], v[c]);
+    return s + "}";
+  };
+  std::string json = "{\"kernels\":{";
+  bool first = true;
+  for (const auto& [name, r] : rows) {
+    // Kernel names are C identifiers or demangled C++ names: no characters JSON must escape
+    // other than these two.
+    std::string quoted;
+    for (char ch : name) {
+      if (ch == '"' || ch == '\\') quoted += '\\';
+      quoted += ch;
+    }
+    json += (first ? "\"" : ",\"") + quoted + "\":{" + field("launches", r.launches) + "," +
+            field("blocks", r.blocks) + "," + field("smemInstructions", r.smem_instructions) + "," +
+            field("smemWavefronts", r.smem_wavefronts) + "," + field("smemBytes", r.smem_bytes) +
+            "," + field("globalInstructions", r.global_instructions) +
+            ",\"sectors\":" + by_category(r.sectors) +
+            ",\"requestedBytes\":" + by_category(r.requested) + "}";
+    first = false;
+  }
+  json += "}}";
+  static thread_local std::string result;
+  result = std::move(json);
+  return result.c_str();
 }
 
 }  // namespace ca::cuda_module

@@ -8,12 +8,18 @@
 //
 //   ldg<kCat>(p)                  global load of a trivially copyable T of 1..16 bytes
 //   stg<kCat>(p, v)               global store
+//   lds(p), sts(p, v)             shared-memory load / store of a T of 1..16 bytes
 //   cp_async<kCat, kBytes>(s, g)  global -> shared async copy of 4, 8 or 16 bytes
 //   cp_async_zfill<kCat, kBytes>(s, g, src_bytes)   copies src_bytes, zero-fills the rest
 //   cp_async_commit(), cp_async_wait<N>(), cp_async_wait_all()
 //   ldmatrix_x{1,2,4}[_trans](r, row)               shared rows -> mma fragments
 //   mma_m16n8k16_{f16,bf16}(d, a, b, c)             D = A B + C, f32 accumulate
 //   traffic_snapshot(&stats), traffic_reset(), traffic_count_launch()   (host)
+//
+// On the emu target every access through these wrappers (and ldmatrix) is also costed as part of
+// its warp-wide instruction: shared-memory wavefronts and global 32-byte sectors, per kernel
+// (runtime/cucpu/cucpu_mem.h; kernel_stats_json below). Kernels therefore touch shared memory
+// only through lds / sts / cp_async / ldmatrix in their loops, so bank conflicts are counted.
 //
 // Pointers are generic; shared addresses are converted inside. On the emu target every device
 // wrapper takes a trailing std::source_location defaulted to the call site (CA_LOC_PARAM), so a
@@ -85,6 +91,9 @@ static_assert(2 * CA_TRAFFIC_COUNT <= cucpu::kCounters,
               "traffic categories exceed the shim's counters");
 inline std::atomic<uint64_t> launches{0};
 
+static_assert(CA_TRAFFIC_COUNT <= cucpu::kMemCategories,
+              "traffic categories exceed the shim's sector counters");
+
 template <CaTraffic kCat>
 inline void count_read(uint64_t bytes) {
   static_assert(kCat >= 0 && kCat < CA_TRAFFIC_COUNT, "unknown traffic category");
@@ -144,6 +153,7 @@ CA_DEVICE T ldg(const T* p CA_LOC_PARAM) {
 #else
   detail::check_aligned(p, alignof(T), "ldg", sizeof(T), ca_loc);
   detail::count_read<kCat>(sizeof(T));
+  cucpu::mem_access(cucpu::MemSpace::kGlobal, kCat, p, sizeof(T), ca_loc);
   return *p;
 #endif
 }
@@ -158,8 +168,36 @@ CA_DEVICE void stg(T* p, const T& v CA_LOC_PARAM) {
 #else
   detail::check_aligned(p, alignof(T), "stg", sizeof(T), ca_loc);
   detail::count_written<kCat>(sizeof(T));
+  cucpu::mem_access(cucpu::MemSpace::kGlobal, kCat, p, sizeof(T), ca_loc);
   *p = v;
 #endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared-memory loads and stores (plain accesses on the GPU; costed in wavefronts on emu).
+
+// Reads a T (1..16 bytes, aligned to alignof(T)) from shared memory.
+template <class T>
+CA_DEVICE T lds(const T* p CA_LOC_PARAM) {
+  static_assert(std::is_trivially_destructible<T>::value && sizeof(T) >= 1 && sizeof(T) <= 16,
+                "lds reads plain values of 1 to 16 bytes");
+#if !defined(__CUDACC__)
+  detail::check_aligned(p, alignof(T), "lds", sizeof(T), ca_loc);
+  cucpu::mem_access(cucpu::MemSpace::kShared, 0, p, sizeof(T), ca_loc);
+#endif
+  return *p;
+}
+
+// Writes a T (1..16 bytes, aligned to alignof(T)) to shared memory.
+template <class T>
+CA_DEVICE void sts(T* p, const T& v CA_LOC_PARAM) {
+  static_assert(std::is_trivially_destructible<T>::value && sizeof(T) >= 1 && sizeof(T) <= 16,
+                "sts writes plain values of 1 to 16 bytes");
+#if !defined(__CUDACC__)
+  detail::check_aligned(p, alignof(T), "sts", sizeof(T), ca_loc);
+  cucpu::mem_access(cucpu::MemSpace::kShared, 0, p, sizeof(T), ca_loc);
+#endif
+  *p = v;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,6 +222,8 @@ CA_DEVICE void cp_async_zfill(void* smem_dst, const void* gmem_src,
 #elif !defined(__CUDACC__)
   const unsigned n = src_bytes < unsigned(kBytes) ? src_bytes : unsigned(kBytes);
   detail::count_read<kCat>(n);
+  if (n) cucpu::mem_access(cucpu::MemSpace::kGlobal, kCat, gmem_src, n, ca_loc);
+  cucpu::mem_access(cucpu::MemSpace::kShared, 0, smem_dst, kBytes, ca_loc);
   cucpu::ptx::cp_async(smem_dst, gmem_src, kBytes, n, ca_loc);
 #endif
 }
@@ -203,6 +243,8 @@ CA_DEVICE void cp_async(void* smem_dst, const void* gmem_src CA_LOC_PARAM) {
                  : "memory");
 #elif !defined(__CUDACC__)
   detail::count_read<kCat>(kBytes);
+  cucpu::mem_access(cucpu::MemSpace::kGlobal, kCat, gmem_src, kBytes, ca_loc);
+  cucpu::mem_access(cucpu::MemSpace::kShared, 0, smem_dst, kBytes, ca_loc);
   cucpu::ptx::cp_async(smem_dst, gmem_src, kBytes, kBytes, ca_loc);
 #endif
 }
@@ -363,6 +405,7 @@ inline void traffic_snapshot(CaStats* out) {
 inline void traffic_reset() {
 #if !defined(__CUDACC__)
   cucpu::counters_reset();
+  cucpu::kernel_stats_reset();
   detail::launches.store(0, std::memory_order_relaxed);
 #endif
 }

@@ -1,0 +1,140 @@
+// The phase-2 kernels compiled by nvcc for sm_80 and sm_90a, each arch checked on its own (spills
+// differ by arch), over a spec matrix of D ∈ {64, 128, 256} × G ∈ {1, 8}: no spills, no local
+// memory, registers within the plan's budget, no static shared memory (the plan's dynamic arena
+// is checked against C++ in emu-phase2.test.ts). And a PTX lint: the pipelined kernel waits with
+// cp.async.wait_group ≥ 1 and has no 2-byte shared loads, which the lane = token reference kernel
+// (decode_sequence_first.cuh) does have — the lint catches that.
+
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { parsePtxasReport } from '../codegen/index.ts';
+import { phase2Geometry } from '../codegen/plan.ts';
+import { attention } from '../dsl/index.ts';
+import { haveNvcc, nvccPath, repoRoot } from '../runtime/cucpu/tools/test-harness.ts';
+
+const MATRIX = [64, 128, 256].flatMap((d) =>
+  [1, 8].map((g) => ({ d, g, dtype: d === 128 ? 'bf16' : 'f16' })),
+);
+const ARCHS = ['sm_80', 'sm_90a'] as const;
+/** The plan's register budget of matrix instance i. */
+function registerBudget(i: number): number {
+  const { d, g, dtype } = MATRIX[i]!;
+  const spec = attention({
+    name: `matrix-${i}`,
+    heads: { q: 8 * g, kv: 8 },
+    headDim: d as 64 | 128 | 256,
+    dtype: dtype as 'f16' | 'bf16',
+    chunkSize: 64,
+    targets: ['sm_80'],
+  });
+  return phase2Geometry(spec).maxRegisters;
+}
+
+function source(): string {
+  const cfgs = MATRIX.map(
+    ({ d, g, dtype }, i) => `struct Cfg${i} {
+  static constexpr int kQHeads = ${8 * g}, kKvHeads = 8, kHeadDim = ${d}, kChunk = 64;
+  using QT = ca::${dtype}; using KvT = ca::${dtype}; using OutT = ca::${dtype};
+};
+template __global__ void ca::decode_phase2_kernel<Cfg${i}, Plain>(const ca::DecodeView, const ca::DecodeTensors, const ca::Phase2Io);
+template __global__ void ca::decode_merge_splits_kernel<Cfg${i}>(const ca::DecodeView, const ca::DecodeTensors, const ca::Phase2Io);`,
+  );
+  return `#define CA_TARGET_CUDA 1
+#include "chunkattn/decode_phase2.cuh"
+#include "chunkattn/decode_sequence_first.cuh"
+struct Plain {
+  static constexpr bool kHasScoreMod = false, kHasMask = false;
+  CA_HD static float score_mod(float s, const ca::Pos&, const float*) { return s; }
+  CA_HD static bool mask(const ca::Pos&, const float*) { return true; }
+};
+${cfgs.join('\n')}
+// The reference kernel, as a positive control of the lint.
+template __global__ void ca::decode_sequence_first_kernel<Cfg2, Plain>(const CaDecodeParams);
+`;
+}
+
+let dir = '';
+let report = '';
+const ptx = new Map<string, string>();
+
+/** The body of one .entry in a PTX file, by a substring of its mangled name. */
+function entry(text: string, name: string): string {
+  const start = text.search(new RegExp(`\\.entry\\s+\\S*${name}`));
+  if (start < 0) return '';
+  const next = text.indexOf('.entry', start + 6);
+  return text.slice(start, next < 0 ? undefined : next);
+}
+
+describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'phase2-ptx-'));
+    writeFileSync(join(dir, 'matrix.cu'), source());
+    const r = await execa(
+      nvccPath,
+      [
+        '-std=c++17',
+        '-O3',
+        '-c',
+        '-Xptxas',
+        '-v',
+        '--keep',
+        '--keep-dir',
+        dir,
+        `-I${join(repoRoot, 'templates/include')}`,
+        ...ARCHS.flatMap((a) => ['-gencode', `arch=${a.replace('sm_', 'compute_')},code=${a}`]),
+        'matrix.cu',
+        '-o',
+        'matrix.o',
+      ],
+      { cwd: dir, all: true },
+    );
+    report = r.all ?? '';
+    for (const f of readdirSync(dir).filter((f) => f.endsWith('.ptx')))
+      ptx.set(/compute_90a|sm_90a/.test(f) ? 'sm_90a' : 'sm_80', readFileSync(join(dir, f), 'utf8'));
+  }, 600_000);
+  afterAll(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test.each(ARCHS)(
+    '%s: every instance has 0 spill bytes, no local memory, registers within the plan, no static smem',
+    (arch) => {
+      const records = parsePtxasReport(report).filter(
+        (r) => r.arch === arch && /decode_phase2|decode_merge_splits/.test(r.symbol),
+      );
+      expect(records.length).toBe(2 * MATRIX.length);
+      for (const r of records) {
+        const what = `${r.symbol} ${arch}: ${r.registers} registers`;
+        expect(r.spillStoreBytes + r.spillLoadBytes, what).toBe(0);
+        expect(r.stackBytes, what).toBe(0);
+        const instance = Number(/4Cfg(\d)/.exec(r.symbol)?.[1]); // one digit: "4" is the name's length
+        expect(r.registers, what).toBeLessThanOrEqual(registerBudget(instance));
+        expect(r.smemBytes, what).toBe(0);
+      }
+    },
+  );
+
+  test.each(ARCHS)(
+    '%s PTX lint: phase 2 waits with cp.async.wait_group ≥ 1 and loads no 2-byte shared values',
+    (arch) => {
+      const text = ptx.get(arch) ?? '';
+      expect(text.length).toBeGreaterThan(0);
+      for (let i = 0; i < MATRIX.length; i++) {
+        const body = entry(text, `decode_phase2_kernelI4Cfg${i}5Plain`);
+        expect(body.length, `decode_phase2 Cfg${i}`).toBeGreaterThan(0);
+        const waits = [...body.matchAll(/cp\.async\.wait_group\s+(\d+)/g)].map((m) => Number(m[1]));
+        expect(
+          waits.some((n) => n >= 1),
+          `Cfg${i} waits ${waits}`,
+        ).toBe(true);
+        expect(body).toMatch(/cp\.async\.cg\.shared\.global|cp\.async\.ca\.shared\.global/);
+        expect(body).not.toMatch(/ld\.shared\.(u16|b16|s16)/);
+      }
+      // The lane = token reference kernel trips the lint.
+      expect(entry(text, 'decode_sequence_first_kernel')).toMatch(/ld\.shared\.(u16|b16)/);
+    },
+  );
+});
