@@ -58,6 +58,16 @@ export function moduleInfo(plan: KernelPlan): Record<string, unknown> {
   };
 }
 
+/**
+ * Where a score/mask function was written, for a C++ comment. The file name comes from the spec,
+ * which may be stored data, so only path characters reach the source: nothing else can be
+ * injected into generated code, even inside a comment.
+ */
+function locComment(loc: { file: string; line: number; column: number } | undefined): string {
+  if (!loc) return '';
+  return `${loc.file.replace(/[^\w./@+-]/g, '_').slice(0, 200)}:${loc.line}:${loc.column}`;
+}
+
 export function render(plan: KernelPlan): RenderedModule {
   const isCpu = plan.target === 'cpu';
   const types = isCpu ? CPU_TYPES : CUDA_TYPES;
@@ -68,6 +78,7 @@ export function render(plan: KernelPlan): RenderedModule {
     target: plan.target,
     archs: plan.archs,
     spec: plan.spec,
+    variantLocs: { scoreMod: locComment(plan.spec.scoreMod?.loc), mask: locComment(plan.spec.mask?.loc) },
     targetMacro: plan.target.toUpperCase(),
     types: { q: types[plan.spec.dtype.q], kv: types[plan.spec.dtype.kv], out: types[plan.spec.dtype.out] },
     infoJsonOpen: infoJson.slice(0, -1),

@@ -297,7 +297,12 @@ const hostileSpec: fc.Arbitrary<unknown> = fc.oneof(
 
 /** The rendered C++ holds no text from outside the IR, and the module folder stays in the cache. */
 function checkRendered(spec: KernelSpec, source: string, cache: string, buildId: string): void {
-  expect(source).not.toContain('PWNED');
+  // A stored location is printed in a comment, reduced to path characters: it may still spell a
+  // word, but can never form code. Everything outside comments must be free of the payload.
+  for (const fn of [spec.scoreMod, spec.mask])
+    if (fn && /[^\w./@+-]/.test(fn.loc.file)) expect(source).not.toContain(fn.loc.file);
+  const code = source.replace(/\/\/.*$/gm, '');
+  expect(code).not.toContain('PWNED');
   expect(source).not.toContain('system(');
   if (spec.scoreMod) expect(source).toContain(exprToCpp(spec.scoreMod.ir));
   if (spec.mask) expect(source).toContain(exprToCpp(spec.mask.ir));
@@ -368,4 +373,14 @@ test('fuzz through `chunkattn compile`: forged-brand hostile specs exit 0 or 1 w
     expect(result.stderr).not.toMatch(/\n\s+at /);
   }
   expect(readdirSync(root).filter((e) => e !== 'cache' && !e.startsWith('spec-'))).toEqual([]);
+});
+
+test('a stored source location holding C++ reaches the generated source only as path characters', async () => {
+  // Found by the fuzz: loc.file was printed verbatim into a comment of the generated C++.
+  const toolchain = await findToolchain();
+  const spec = jsonCopy(baseSpec()) as { mask: { loc: { file: string } } };
+  spec.mask.loc.file = 'x; } }; static int pwned = system("touch PWNED"); struct Y {';
+  const source = render(plan(spec as never, { target: 'cpu' }, toolchain)).source;
+  expect(source).not.toContain(spec.mask.loc.file);
+  expect(source).toContain(`// ${spec.mask.loc.file.replace(/[^\w./@+-]/g, '_')}:`);
 });
