@@ -7,6 +7,12 @@
 //   for (layer…) { attn.writeDecodeKV(layer, k, v); out = attn.decode(layer, q); }
 //   attn.release(seq);
 //
+// Multi-token steps (prefill of a suffix, chunked prefill, speculative verification):
+//   attn.extend(seqs, tokensPerSeq);                                   // n_i tokens per sequence
+//   for (layer…) { attn.writeDecodeKV(layer, k, v); out = attn.attend(layer, q); } // [Σ n_i, …]
+//   attn.rollback(seq, rejected);                                       // drop rejected drafts
+// decode is attend with one token per sequence (the same planner and kernel).
+//
 // q/out rows follow the caller's order (the seqs of the last appendStep), never the tree's.
 // Every method validates its arguments first and throws a typed error with nothing changed.
 //
@@ -21,6 +27,7 @@ import { isPlainObject, validateSpec } from '../dsl/attention.ts';
 import { ARCHS, type BuildTarget, type KernelSpec, PARTITIONS, type Partition } from '../dsl/spec.ts';
 import { ArgumentError, BusyError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
 import { ContextPlanner, type KernelContext } from './kernel-context.ts';
+import { type KvReadback, readSequenceKv } from './kv-readback.ts';
 import { bytesPerChunk, type KvShape, type KvStats } from './kv-stats.ts';
 import { gpuPresent, type LoadableModule, type ModuleLoader, resolveLoader } from './module-loader.ts';
 import {
@@ -32,7 +39,8 @@ import {
   NativeModule,
   type TensorData,
 } from './native-module.ts';
-import { type InsertResult, PrefixTree } from './prefix-tree.ts';
+import { type InsertResult, PrefixTree, type RollbackResult } from './prefix-tree.ts';
+import { isSingleToken, QueryPlanner, type QueryRows, totalQueryRows } from './query-rows.ts';
 
 export type RuntimeTarget = BuildTarget;
 
@@ -59,12 +67,20 @@ export interface AttentionOptions {
   readonly loader?: ModuleLoader;
 }
 
+/** The query rows of one attend call: the last counts[i] tokens of seqs[i], in this order. */
+export interface AttendRows {
+  readonly seqs: ArrayLike<number>;
+  readonly counts: ArrayLike<number>;
+}
+
 export interface AttentionStats extends KvStats {
   readonly kernel: KernelStats;
 }
 
 interface PendingStep {
   readonly seqs: Int32Array;
+  /** New tokens per sequence (1 for appendStep); K/V and q rows come in this CSR order. */
+  readonly counts: Int32Array;
   readonly slots: Int32Array;
   readonly offsets: Int32Array;
 }
@@ -227,6 +243,7 @@ export class Attention {
   readonly #maxRunChunks: number;
   #pending: PendingStep | null = null;
   readonly #planner = new ContextPlanner();
+  readonly #queryPlanner = new QueryPlanner();
   #inFlight: Promise<void> | null = null;
   #closed = false;
 
@@ -365,10 +382,50 @@ export class Attention {
     this.#checkOpen();
     const result = this.cache.appendBatch(seqs, tokens);
     this.#applyCopies(result.copies);
-    this.#pending = { seqs: Int32Array.from(seqs), slots: result.slots, offsets: result.offsets };
+    const ioSeqs = Int32Array.from(seqs);
+    this.#pending = { seqs: ioSeqs, counts: new Int32Array(ioSeqs.length).fill(1), ...result };
   }
 
-  /** K/V ([seqs.length, Hkv, D], rows in appendStep order) of the step's new tokens, for one layer. */
+  /**
+   * One multi-token step: appends tokens[i] (≥ 1 tokens) to seqs[i], with appendStep's rules
+   * (copy-on-write, K/V validity). Then per layer writeDecodeKV with [Σ n_i, Hkv, D] K/V and
+   * attend with [Σ n_i, Hq, D] q, rows of seqs[0]'s tokens first, each sequence's in token order.
+   */
+  extend(seqs: ArrayLike<number>, tokens: ArrayLike<ArrayLike<number>>): void {
+    this.#checkOpen();
+    const result = this.cache.extendBatch(seqs, tokens);
+    this.#applyCopies(result.copies);
+    const counts = Int32Array.from({ length: seqs.length }, (_, i) => tokens[i]!.length);
+    this.#pending = { seqs: Int32Array.from(seqs), counts, slots: result.slots, offsets: result.offsets };
+  }
+
+  /**
+   * Drops the last n tokens of a sequence (rejected speculative drafts): its chunks past the new
+   * length are released, a cut tail chunk is truncated or copied (copy-on-write).
+   */
+  rollback(seq: number, n: number): RollbackResult {
+    this.#checkOpen();
+    const result = this.cache.rollback(seq, n);
+    this.#applyCopies(result.copies);
+    this.#pending = null;
+    return result;
+  }
+
+  /**
+   * K and V ([to − from, Hkv, D], the pool's dtype: Float32Array, or Uint16Array of f16/bf16
+   * bits) of positions [from, to) of a sequence in one layer, exactly as stored. Throws
+   * UnwrittenKvError for a position without K/V.
+   */
+  readKV(layer: number, seq: number, from: number, to: number): KvReadback {
+    this.#checkOpen();
+    const pool = this.#pool(layer);
+    if (!this.cache.has(seq)) throw new UnknownSequenceError(seq);
+    const { kv: kvHeads } = this.spec.heads;
+    const shape = { kvHeads, headDim: this.spec.headDim, chunkSize: this.spec.chunkSize };
+    return readSequenceKv(this.cache, this.module, pool, shape, layer, seq, from, to);
+  }
+
+  /** K/V ([Σ new tokens, Hkv, D], rows in appendStep / extend order) of the step's new tokens, for one layer. */
   writeDecodeKV(layer: number, k: TensorData, v: TensorData): void {
     this.#checkOpen();
     const pool = this.#pool(layer);
@@ -381,9 +438,9 @@ export class Attention {
       ['k', k],
       ['v', v],
     ] as const)
-      if (this.#tokenRows(name, data) !== step.seqs.length)
+      if (this.#tokenRows(name, data) !== step.slots.length)
         throw new ShapeError(
-          `${name} holds ${data.length / this.#rowElems()} tokens; the step has ${step.seqs.length}`,
+          `${name} holds ${data.length / this.#rowElems()} tokens; the step has ${step.slots.length}`,
         );
     this.#checkFinite(k, v);
     this.cache.checkKvWrites(layer, step.slots, step.offsets);
@@ -399,7 +456,22 @@ export class Attention {
   decode(layer: number, q: TensorData, out?: HostData, seqs?: ArrayLike<number>): HostData;
   decode(layer: number, q: TensorData, out: DeviceTensor, seqs?: ArrayLike<number>): DeviceTensor;
   decode(layer: number, q: TensorData, out?: TensorData, seqs?: ArrayLike<number>): TensorData {
-    const call = this.#decodeCall(layer, q, out, seqs);
+    const call = this.#attendCall(layer, q, out, this.#oneTokenRows(seqs));
+    this.module.decode(call.pool, call.args);
+    return call.args.out;
+  }
+
+  /**
+   * Attention of several query tokens per sequence (each over the KV up to its own position, the
+   * causal mask): q and out are [Σ counts, Hq, D], rows of seqs[0]'s last counts[0] tokens first,
+   * in token order, then seqs[1]'s, … (default: the sequences and token counts of the last
+   * extend / appendStep). After insert, `{ seqs: [seq], counts: [length − matchedTokens] }`
+   * computes the prefill of the unmatched suffix. All those tokens' K/V must be written.
+   */
+  attend(layer: number, q: TensorData, out?: HostData, rows?: AttendRows): HostData;
+  attend(layer: number, q: TensorData, out: DeviceTensor, rows?: AttendRows): DeviceTensor;
+  attend(layer: number, q: TensorData, out?: TensorData, rows?: AttendRows): TensorData {
+    const call = this.#attendCall(layer, q, out, this.#queryRows(rows));
     this.module.decode(call.pool, call.args);
     return call.args.out;
   }
@@ -422,7 +494,7 @@ export class Attention {
     out?: TensorData,
     seqs?: ArrayLike<number>,
   ): Promise<TensorData> {
-    const call = this.#decodeCall(layer, q, out, seqs);
+    const call = this.#attendCall(layer, q, out, this.#oneTokenRows(seqs));
     const done = this.module.decodeAsync(call.pool, call.args);
     this.#inFlight = done;
     try {
@@ -433,37 +505,93 @@ export class Attention {
     return call.args.out;
   }
 
-  #decodeCall(
-    layer: number,
-    q: TensorData,
-    out: TensorData | undefined,
-    seqs: ArrayLike<number> | undefined,
-  ): { pool: KvPool; args: DecodeArgs } {
+  /** One token per sequence: `seqs`, or the last step's sequences (each with one token). */
+  #oneTokenRows(seqs: ArrayLike<number> | undefined): QueryRows {
     this.#checkOpen();
-    const pool = this.#pool(layer);
-    const ioSeqs = seqs ? Int32Array.from(seqs) : this.#pending?.seqs;
-    if (!ioSeqs)
+    if (seqs) {
+      const list = Int32Array.from(seqs);
+      return { seqs: list, counts: new Int32Array(list.length).fill(1) };
+    }
+    const step = this.#pending;
+    if (!step)
       throw new ArgumentError(
         'decode needs the sequences of its q rows: call appendStep first, or pass seqs',
       );
+    if (!isSingleToken(step))
+      throw new ArgumentError('the last step appended several tokens per sequence: use attend, not decode');
+    return step;
+  }
+
+  #queryRows(rows: AttendRows | undefined): QueryRows {
+    this.#checkOpen();
+    if (rows === undefined) {
+      const step = this.#pending;
+      if (!step)
+        throw new ArgumentError(
+          'attend needs its query rows: call extend or appendStep first, or pass { seqs, counts }',
+        );
+      return step;
+    }
+    if (
+      typeof rows !== 'object' ||
+      rows === null ||
+      typeof rows.seqs?.length !== 'number' ||
+      typeof rows.counts?.length !== 'number'
+    )
+      throw new ArgumentError(
+        'attend: rows must be { seqs, counts } (arrays of sequence handles and query tokens)',
+      );
+    if (rows.seqs.length !== rows.counts.length)
+      throw new ShapeError(`attend: ${rows.seqs.length} sequences but ${rows.counts.length} counts`);
+    for (let i = 0; i < rows.counts.length; i++) {
+      const n = rows.counts[i];
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < 1)
+        throw new ArgumentError(`attend: counts[${i}] must be an integer ≥ 1, got ${String(n)}`);
+    }
+    return { seqs: Int32Array.from(rows.seqs), counts: Int32Array.from(rows.counts) };
+  }
+
+  #attendCall(
+    layer: number,
+    q: TensorData,
+    out: TensorData | undefined,
+    rows: QueryRows,
+  ): { pool: KvPool; args: DecodeArgs } {
+    this.#checkOpen();
+    const pool = this.#pool(layer);
+    const ioSeqs = rows.seqs;
+    const numIo = totalQueryRows(rows);
     const { q: qType, out: outType } = this.spec.dtype;
     const rowElems = this.spec.heads.q * this.spec.headDim;
-    this.#checkData('q', q, qType, ioSeqs.length * rowElems);
+    this.#checkData('q', q, qType, numIo * rowElems);
     const result =
-      out ??
-      (outType === 'f32'
-        ? new Float32Array(ioSeqs.length * rowElems)
-        : new Uint16Array(ioSeqs.length * rowElems));
-    this.#checkData('out', result, outType, ioSeqs.length * rowElems);
-    for (const seq of ioSeqs) {
+      out ?? (outType === 'f32' ? new Float32Array(numIo * rowElems) : new Uint16Array(numIo * rowElems));
+    this.#checkData('out', result, outType, numIo * rowElems);
+    for (let i = 0; i < ioSeqs.length; i++) {
+      const seq = ioSeqs[i]!;
       if (!this.cache.has(seq)) throw new UnknownSequenceError(seq);
+      const length = this.cache.length(seq);
+      if (rows.counts[i]! > length)
+        throw new ArgumentError(
+          `sequence ${seq}: ${rows.counts[i]} query tokens, but it holds ${length} (need 1 ≤ n ≤ its length)`,
+        );
       const unwritten = this.cache.firstUnwritten(layer, seq);
-      if (unwritten >= 0) throw new UnwrittenKvError(seq, layer, unwritten, this.cache.length(seq));
+      if (unwritten >= 0) throw new UnwrittenKvError(seq, layer, unwritten, length);
     }
 
     // Plan once per step: every layer passes the same packed context (uploaded once); only the
-    // requested rows are computed.
-    const packed = this.#planner.plan(this.context(), ioSeqs);
+    // requested rows are computed. One token per sequence uses the tree's context as it is;
+    // several expand it to one row per query token (query-rows.ts).
+    const packed = isSingleToken(rows)
+      ? this.#planner.plan(this.context(), ioSeqs)
+      : this.#queryPlanner.plan(
+          this.cache.context({
+            minSharers: this.mode === 'sequence-first' ? Number.POSITIVE_INFINITY : 1,
+            maxRunChunks: this.#maxRunChunks,
+          }),
+          rows,
+          MIN_SHARERS[this.mode],
+        );
     return {
       pool,
       args: {

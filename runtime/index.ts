@@ -1,6 +1,7 @@
 // runtime: the prefix tree, kernel contexts and the Attention API over compiled modules.
 
 export {
+  type AttendRows,
   Attention,
   type AttentionOptions,
   type AttentionStats,
@@ -19,6 +20,7 @@ export {
   type KernelContextOptions,
   packContext,
 } from './kernel-context.ts';
+export type { KvReadback } from './kv-readback.ts';
 export { bytesPerChunk, bytesPerToken, type KvShape, type KvStats, kvStats } from './kv-stats.ts';
 export {
   gpuPresent,
@@ -41,7 +43,9 @@ export {
   type ForkResult,
   type InsertResult,
   PrefixTree,
+  type RollbackResult,
 } from './prefix-tree.ts';
+export { expandQueryRows, type QueryRows } from './query-rows.ts';
 export {
   type ReferenceRow,
   type ReferenceShape,

@@ -41,12 +41,13 @@ export const CONTEXT_SECTIONS = [
   'runSlots',
   'rowIo',
   'requestRow',
+  'seqRowOffsets',
 ] as const;
 export type ContextSection = (typeof CONTEXT_SECTIONS)[number];
 
 /** Header words of the packed context (chunkattn/context.h, enum Word). */
 export const CONTEXT_MAGIC = 0x58544341;
-export const CONTEXT_LAYOUT = 1;
+export const CONTEXT_LAYOUT = 2;
 export const CONTEXT_WORD = {
   magic: 0,
   layout: 1,
@@ -404,7 +405,14 @@ export type ContextFields = Pick<
   readonly rowIo: Int32Array;
   /** Rows of q/out. */
   readonly numIoRows: number;
+  /**
+   * Query rows per sequence (CSR over rows; see query-rows.ts). Absent or empty: one row per
+   * sequence (decode).
+   */
+  readonly seqRowOffsets?: Int32Array;
 };
+
+const EMPTY = new Int32Array(0);
 
 /**
  * The packed context of chunkattn/context.h. Counts come from the arrays' lengths (numRows =
@@ -414,7 +422,11 @@ export type ContextFields = Pick<
 export function packContext(fields: ContextFields, into?: Int32Array): Int32Array {
   const requests: number[] = [];
   for (let r = 0; r < fields.rowIo.length; r++) if (fields.rowIo[r]! >= 0) requests.push(r);
-  const data: Record<ContextSection, ArrayLike<number>> = { ...fields, requestRow: requests };
+  const data: Record<ContextSection, ArrayLike<number>> = {
+    ...fields,
+    requestRow: requests,
+    seqRowOffsets: fields.seqRowOffsets ?? EMPTY,
+  };
   let total = CONTEXT_HEADER_WORDS;
   for (const name of CONTEXT_SECTIONS) total += data[name].length;
   const packed = into && into.length === total ? into : new Int32Array(total);

@@ -89,6 +89,15 @@ export interface AppendResult extends KvWrites {
   readonly copies: readonly ChunkCopy[];
 }
 
+export interface RollbackResult {
+  /** Chunks whose slots went back to the pool. */
+  readonly freedChunks: number;
+  /** Chunks that stayed cached (evictable) because cached descendants hang below them. */
+  readonly evictableChunks: number;
+  /** Copy-on-write of a truncated shared (or full, non-leaf) tail: apply before the next write. */
+  readonly copies: readonly ChunkCopy[];
+}
+
 export interface ForkResult {
   /** The new sequences' handles. */
   readonly seqs: number[];
@@ -557,6 +566,161 @@ export class PrefixTree {
       this.shapeVersionNow++;
     }
     return { slots, offsets, copies: EMPTY_COPIES };
+  }
+
+  /**
+   * Appends tokens[i] (one or more tokens) to seqs[i] for every i in one step: prefill of a
+   * suffix, chunked prefill, speculative drafts. Sequences must be distinct. The writes come in
+   * CSR order: entry Σ_{k<i} tokens[k].length + j is token j of seqs[i]. Same rules as
+   * appendBatch (a full or shared tail gets a new private chunk); everything is checked (handles,
+   * tokens, capacity for every chunk the step opens) before anything changes.
+   */
+  extendBatch(seqs: ArrayLike<number>, newTokens: ArrayLike<ArrayLike<number>>): AppendResult {
+    if (typeof seqs?.length !== 'number' || typeof newTokens?.length !== 'number')
+      throw new ArgumentError('extend: seqs and tokens must be arrays');
+    const n = seqs.length;
+    if (newTokens.length !== n)
+      throw new ShapeError(`extend: ${n} sequences but ${newTokens.length} token lists`);
+    const c = this.chunkSize;
+    const stamp = ++this.batchStamp;
+    const base = new Int32Array(n + 1);
+    let need = 0;
+    let rounds = 0;
+    for (let i = 0; i < n; i++) {
+      const rec = this.sequenceMap.get(seqs[i]!);
+      if (rec === undefined) throw new UnknownSequenceError(seqs[i]!);
+      if (rec.stamp === stamp) throw new ArgumentError(`extend: sequence ${rec.handle} appears twice`);
+      rec.stamp = stamp;
+      const list = newTokens[i];
+      if (typeof list !== 'object' || list === null || typeof list.length !== 'number' || list.length < 1)
+        throw new ArgumentError(`extend: entry ${i} must be an array of at least one token`);
+      for (let j = 0; j < list.length; j++) checkToken(list[j], `extend: entry ${i}, token ${j}`);
+      const room = rec.tail !== ROOT && this.fill[rec.tail]! < c ? c - this.fill[rec.tail]! : 0;
+      need += Math.ceil(Math.max(0, list.length - room) / c);
+      base[i + 1] = base[i]! + list.length;
+      rounds = Math.max(rounds, list.length);
+    }
+    this.requireChunks(need, 0, 'extend');
+
+    // Token j of every sequence that has one, as one appendBatch per position (capacity for all
+    // of them is reserved above, so none of these can fail).
+    const slots = new Int32Array(base[n]!);
+    const offsets = new Int32Array(base[n]!);
+    const who: number[] = [];
+    const stepSeqs: number[] = [];
+    const stepTokens: number[] = [];
+    for (let j = 0; j < rounds; j++) {
+      who.length = 0;
+      stepSeqs.length = 0;
+      stepTokens.length = 0;
+      for (let i = 0; i < n; i++) {
+        const list = newTokens[i]!;
+        if (j >= list.length) continue;
+        who.push(i);
+        stepSeqs.push(seqs[i]!);
+        stepTokens.push(list[j]!);
+      }
+      const step = this.appendBatch(stepSeqs, stepTokens);
+      for (let k = 0; k < who.length; k++) {
+        const at = base[who[k]!]! + j;
+        slots[at] = step.slots[k]!;
+        offsets[at] = step.offsets[k]!;
+      }
+    }
+    return { slots, offsets, copies: EMPTY_COPIES };
+  }
+
+  /**
+   * Drops the last n tokens of a sequence (speculative decoding: rejected drafts). Chunks the
+   * sequence no longer reaches lose its reference (freed when unreferenced, or kept cached when
+   * cached chunks hang below them); a tail cut inside a chunk is truncated in place when the
+   * sequence owns it alone and nothing hangs below it, else copied (copy-on-write: `copies`,
+   * one chunk). Written-K/V watermarks shrink with the tokens. Checks (handle, n, capacity for
+   * the copy) before anything changes.
+   */
+  rollback(seq: number, n: number): RollbackResult {
+    const rec = this.record(seq);
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > rec.length)
+      throw new ArgumentError(
+        `rollback: n must be an integer in [1, ${rec.length}] (the length of sequence ${seq}), got ${String(n)}`,
+      );
+    const c = this.chunkSize;
+    const newLength = rec.length - n;
+    const keepChunks = Math.ceil(newLength / c);
+    const dropped: number[] = [];
+    let tail = rec.tail;
+    while (tail !== ROOT && this.depth[tail]! >= keepChunks) {
+      dropped.push(tail);
+      tail = this.parent[tail]!;
+    }
+    const keep = tail === ROOT ? 0 : newLength - this.depth[tail]! * c;
+    const truncate = tail !== ROOT && keep < this.fill[tail]!;
+    // Which dropped chunks end up freed (bottom-up: private, and a leaf once those below go).
+    let freedBelow = NONE;
+    for (const node of dropped) {
+      freedBelow = this.refs[node] === 1 && this.onlyChild(node, freedBelow) ? node : NONE;
+    }
+    const inPlace = truncate && this.refs[tail] === 1 && this.onlyChild(tail, freedBelow);
+    if (truncate && !inPlace) this.requireChunks(1, 0, 'rollback');
+
+    this.detachSequence(rec);
+    let freedChunks = 0;
+    let evictableChunks = 0;
+    const unref = (node: number) => {
+      if (--this.refs[node]! > 0) return;
+      this.inUse--;
+      this.stored -= this.fill[node]!;
+      if (this.firstChild[node] === NONE) {
+        this.freeNode(node);
+        freedChunks++;
+      } else {
+        const up = this.parent[node]!;
+        this.unlinkChild(node);
+        this.linkChildBack(up, node);
+        this.lruAppend(node);
+        this.evictable++;
+        evictableChunks++;
+      }
+    };
+    for (const node of dropped) unref(node);
+    const copies: ChunkCopy[] = [];
+    const layers = this.kvLayers;
+    if (inPlace) {
+      if (this.fill[tail] === c) this.unregisterFull(tail);
+      this.stored -= this.fill[tail]! - keep;
+      this.fill[tail] = keep;
+      for (let layer = 0; layer < layers; layer++) {
+        const at = tail * layers + layer;
+        this.written[at] = Math.min(this.written[at]!, keep);
+      }
+    } else if (truncate) {
+      const src = tail;
+      const chunk = this.newNode(this.parent[src]!);
+      this.tokens.copyWithin(chunk * c, src * c, src * c + keep);
+      this.fill[chunk] = keep;
+      for (let layer = 0; layer < layers; layer++)
+        this.written[chunk * layers + layer] = Math.min(this.written[src * layers + layer]!, keep);
+      copies.push({ srcSlot: src - 1, dstSlot: chunk - 1, tokens: keep });
+      this.stored += keep;
+      unref(src);
+      tail = chunk;
+      this.notePeak();
+    }
+    rec.tail = tail;
+    rec.length = newLength;
+    this.attachSequence(rec, tail);
+    this.logical -= n;
+    this.refTotal -= dropped.length;
+    this.lengthVersion++;
+    this.shapeVersionNow++;
+    return { freedChunks, evictableChunks, copies };
+  }
+
+  /** Whether `node` has no child other than `except`. */
+  private onlyChild(node: number, except: number): boolean {
+    for (let child = this.firstChild[node]!; child !== NONE; child = this.nextSibling[child]!)
+      if (child !== except) return false;
+    return true;
   }
 
   /**

@@ -290,8 +290,12 @@ describe('the packed context (chunkattn/context.h layout)', () => {
     expect(packed[CONTEXT_WORD.numIoRows]).toBe(3);
     expect(packed[CONTEXT_WORD.numRequests]).toBe(2);
     expect(packed[CONTEXT_WORD.sections]).toBe(CONTEXT_HEADER_WORDS);
-    for (const name of CONTEXT_SECTIONS.filter((n) => n !== 'rowIo' && n !== 'requestRow'))
+    for (const name of CONTEXT_SECTIONS.filter(
+      (n) => n !== 'rowIo' && n !== 'requestRow' && n !== 'seqRowOffsets',
+    ))
       expect(section(packed, name), name).toEqual(Array.from(ctx[name]));
+    // One row per sequence (decode): no query-row groups.
+    expect(section(packed, 'seqRowOffsets')).toEqual([]);
     expect(section(packed, 'rowIo')).toEqual(Array.from(rowIo));
     // Requested rows in DFS order: the rows of seqs 1 and 3.
     expect(section(packed, 'requestRow')).toEqual([ctx.rowOf(1), ctx.rowOf(3)].sort((a, b) => a - b));

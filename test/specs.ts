@@ -26,6 +26,18 @@ export function tinySpec(dtype: DType, variant: Variant, targets: ('cpu' | 'emu'
   });
 }
 
+/** Multi-token (prefill) tests at other GQA groups: 1 (Hq = Hkv = 4, f16) and 8 (Hq 8, Hkv 1, bf16). */
+export function gqaSpec(group: 1 | 8): KernelSpec {
+  return attention({
+    name: `prefill-gqa${group}`,
+    heads: group === 1 ? { q: 4, kv: 4 } : { q: 8, kv: 1 },
+    headDim: 64,
+    dtype: group === 1 ? 'f16' : 'bf16',
+    chunkSize: 16,
+    targets: ['cpu'],
+  });
+}
+
 /** Compile-time configurations of the emu shape tests (GQA 1/4/6/8, every head-dim family). */
 export const EMU_CONFIGS = [
   { heads: { q: 4, kv: 4 }, headDim: 64, chunkSize: 16, dtype: 'f16' },
@@ -67,6 +79,7 @@ export function precompiledModules(): ModuleRequest[] {
     out.push({ spec: tinySpec(dtype, 'plain', ['cpu']), target: 'cpu' });
   for (const dtype of ['bf16', 'f32'] as const)
     out.push({ spec: tinySpec(dtype, 'softcap-window', ['cpu']), target: 'cpu' });
+  for (const group of [1, 8] as const) out.push({ spec: gqaSpec(group), target: 'cpu' });
   for (const dtype of ['f16', 'bf16'] as const)
     out.push({ spec: tinySpec(dtype, 'plain', ['emu']), target: 'emu' });
   out.push({ spec: tinySpec('bf16', 'softcap-window', ['emu']), target: 'emu' });

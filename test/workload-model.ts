@@ -60,6 +60,8 @@ export class WorkloadModel {
   readonly qElems: number;
   maxError = 0;
   decodes = 0;
+  /** matchedTokens of the last insert. */
+  lastMatched = 0;
 
   constructor(
     readonly attn: Attention,
@@ -78,6 +80,17 @@ export class WorkloadModel {
     return rounded(row, this.spec.dtype.kv);
   }
 
+  /** K or V ([hashes.length, Hkv, D]) of tokens: host data in the KV dtype, or f32 values. */
+  kvTokens(
+    layer: number,
+    hashes: readonly number[],
+    which: 0 | 1,
+    values = false,
+  ): Float32Array | Uint16Array {
+    const rows = this.#rows(layer, hashes, which);
+    return values ? rows : this.#host(rows);
+  }
+
   #rows(layer: number, hashes: readonly number[], which: 0 | 1): Float32Array {
     const out = new Float32Array(hashes.length * this.rowElems);
     for (const [i, h] of hashes.entries()) out.set(this.kvRow(layer, h, which), i * this.rowElems);
@@ -90,6 +103,7 @@ export class WorkloadModel {
 
   insert(tokens: number[]): number {
     const { seq, matchedTokens } = this.attn.insert(tokens);
+    this.lastMatched = matchedTokens;
     const hashes: number[] = [];
     tokens.reduce((h, t) => {
       const next = fnv(h, t);
@@ -175,6 +189,101 @@ export class WorkloadModel {
           `layer ${layer}: relative error ${error} > ${tolerance} (seed ${this.rng.seed}, seqs ${seqs.join(',')}, lengths ${seqs.map((s) => this.seqs.get(s)!.tokens.length).join(',')})`,
         );
     }
+  }
+}
+
+/**
+ * Multi-token steps on top of WorkloadModel: extend (n tokens per sequence, then attend every
+ * layer, checked against float64 attention with each query token's causal length), prefill of
+ * an inserted prompt's unmatched suffix, and rollback of rejected tokens.
+ */
+export class MultiTokenModel extends WorkloadModel {
+  attends = 0;
+
+  /** Appends counts[i] random tokens to seqs[i], writes their K/V and attends every layer. */
+  extendStep(seqs: number[], counts: number[]): void {
+    const tokens = counts.map((n) => Array.from({ length: n }, () => this.rng.int(50)));
+    this.attn.extend(seqs, tokens);
+    seqs.forEach((seq, i) => {
+      const model = this.seqs.get(seq)!;
+      for (const token of tokens[i]!) {
+        model.tokens.push(token);
+        model.hashes.push(fnv(model.hashes.at(-1) ?? 0x811c9dc5, token));
+      }
+    });
+    for (let layer = 0; layer < this.attn.layers; layer++) {
+      const fresh = seqs.flatMap((seq, i) => this.seqs.get(seq)!.hashes.slice(-counts[i]!));
+      this.attn.writeDecodeKV(layer, this.kvTokens(layer, fresh, 0), this.kvTokens(layer, fresh, 1));
+      this.checkAttend(layer, seqs, counts, undefined);
+    }
+  }
+
+  /** Inserts a prompt and attends its unmatched suffix (the prefill) in every layer. */
+  prefill(tokens: number[]): number {
+    const seq = this.insert(tokens);
+    const n = tokens.length - this.lastMatched;
+    for (let layer = 0; layer < this.attn.layers; layer++)
+      this.checkAttend(layer, [seq], [n], { seqs: [seq], counts: [n] });
+    return seq;
+  }
+
+  rollback(seq: number, n: number): void {
+    this.attn.rollback(seq, n);
+    const model = this.seqs.get(seq)!;
+    model.tokens.length -= n;
+    model.hashes.length -= n;
+  }
+
+  /** attend with fresh random q over the given rows, compared with float64 attention. */
+  checkAttend(
+    layer: number,
+    seqs: number[],
+    counts: number[],
+    rows: { seqs: number[]; counts: number[] } | undefined,
+  ): Float32Array {
+    const total = counts.reduce((a, b) => a + b, 0);
+    const q = new Float32Array(total * this.qElems);
+    for (let i = 0; i < q.length; i++) q[i] = this.rng.next() * 2 - 1;
+    const qRounded = rounded(q, this.spec.dtype.q);
+    const out = poisoned(this.spec.dtype.out, total * this.qElems);
+    this.attn.attend(layer, toHost(qRounded, this.spec.dtype.q), out, rows);
+    const refRows = [];
+    let io = 0;
+    for (const [i, seq] of seqs.entries()) {
+      const model = this.seqs.get(seq)!;
+      const length = model.tokens.length;
+      const k = this.kvTokens(layer, model.hashes, 0, true) as Float32Array;
+      const v = this.kvTokens(layer, model.hashes, 1, true) as Float32Array;
+      for (let j = 0; j < counts[i]!; j++, io++) {
+        const causal = length - counts[i]! + j + 1;
+        refRows.push({
+          seq,
+          q: qRounded.subarray(io * this.qElems, (io + 1) * this.qElems),
+          k: k.subarray(0, causal * this.rowElems),
+          v: v.subarray(0, causal * this.rowElems),
+          length: causal,
+        });
+      }
+    }
+    const shape = {
+      qHeads: this.spec.heads.q,
+      kvHeads: this.spec.heads.kv,
+      headDim: this.spec.headDim,
+      softmaxScale: this.spec.softmaxScale,
+    };
+    const reference = referenceDecode(shape, refRows, variantFunctions(this.spec));
+    const got = fromHost(out, this.spec.dtype.out);
+    const expected = new Float64Array(got.length);
+    for (const [i, r] of reference.entries()) expected.set(r, i * this.qElems);
+    const error = relativeError(got, expected);
+    this.maxError = Math.max(this.maxError, error);
+    this.attends++;
+    const tolerance = toleranceOf(this.spec);
+    if (!(error <= tolerance))
+      throw new Error(
+        `layer ${layer}: attend relative error ${error} > ${tolerance} (seed ${this.rng.seed}, seqs ${seqs.join(',')}, counts ${counts.join(',')}, lengths ${seqs.map((s) => this.seqs.get(s)!.tokens.length).join(',')})`,
+      );
+    return got;
   }
 }
 

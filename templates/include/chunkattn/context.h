@@ -21,6 +21,15 @@
 //     kRunSlots           [Σ run chunks]   chunk slots of all runs, run after run
 //     kRowIo              [num_rows]       io row (index into q/out) of each row; -1: not requested
 //     kRequestRow         [num_requests]   the requested rows (row_io >= 0), the list phase 2 walks
+//     kSeqRowOffsets      [groups + 1]     query rows per sequence: a CSR of row groups, or empty
+//                                          (0 elements) for one row per sequence (decode)
+//
+// Multi-token queries (prefill of a suffix, chunked prefill, speculative verification): a
+// sequence with n new tokens appears as n consecutive rows, one per query token, in causal order
+// (kSeqRowOffsets groups them). Every row of a group has the sequence's chunk list, and its own
+// rowLength: the KV tokens its query token sees (its position + 1), so the causal mask is the
+// ordinary length mask and pos.q = rowLength - 1 in every kernel. Runs cover row ranges as usual,
+// so phase 1 stacks the query rows of all sharers.
 //
 // Rows are the live sequences in DFS order of the prefix tree, so a tree node is shared by a
 // contiguous row range. Phase 1 computes every run for all its sharers (a row without q reads
@@ -50,7 +59,7 @@ namespace ca {
 
 namespace ctx {
 inline constexpr int32_t kMagic = 0x58544341;  // "ACTX"
-inline constexpr int32_t kLayout = 1;
+inline constexpr int32_t kLayout = 2;
 
 // Header words.
 enum Word : int32_t {
@@ -77,6 +86,7 @@ enum Section : int32_t {
   kRunSlots,
   kRowIo,
   kRequestRow,
+  kSeqRowOffsets,
   kNumSections,
 };
 
@@ -91,7 +101,7 @@ inline const char* section_name(int32_t s) {
                                                    "rowSharedChunks", "rowPartialOffsets",
                                                    "rowPartials",     "runs",
                                                    "runSlots",        "rowIo",
-                                                   "requestRow"};
+                                                   "requestRow",      "seqRowOffsets"};
   return s >= 0 && s < kNumSections ? kNames[s] : "?";
 }
 }  // namespace ctx
@@ -125,6 +135,7 @@ struct KernelContext {
   CA_HD const int32_t* run_slots() const { return section(ctx::kRunSlots); }
   CA_HD const int32_t* row_ios() const { return section(ctx::kRowIo); }
   CA_HD const int32_t* request_rows() const { return section(ctx::kRequestRow); }
+  CA_HD const int32_t* seq_row_offsets() const { return section(ctx::kSeqRowOffsets); }
 
   // Per row / run / request.
   CA_HD int32_t row_seq(int32_t r) const { return row_seqs()[r]; }
@@ -231,12 +242,60 @@ inline bool check_layout(const int32_t* w, uint64_t words, Error* error) {
   return true;
 }
 
+// The row groups of kSeqRowOffsets (see the validator's "groups" rule). Fills last[r] with the
+// last row of r's group; leaves it as given (last[r] = r) when the section is empty.
+inline bool check_groups(const KernelContext& c, int32_t* last, Error* error) {
+  const int32_t count = c.section_count(kSeqRowOffsets), num_rows = c.num_rows();
+  if (count == 0) return true;
+  const int32_t* o = c.seq_row_offsets();
+  if (o[0] != 0 || o[count - 1] != num_rows)
+    return fail(error, Problem::kContext,
+                "seqRowOffsets must run from 0 to numRows = %d, got %d … %d", num_rows, o[0],
+                o[count - 1]);
+  for (int32_t g = 0; g + 1 < count; ++g)
+    if (o[g + 1] <= o[g])
+      return fail(error, Problem::kContext,
+                  "seqRowOffsets[%d] = %d is not greater than seqRowOffsets[%d] = %d: every "
+                  "group holds at least one row",
+                  g + 1, o[g + 1], g, o[g]);
+  for (int32_t g = 0; g + 1 < count; ++g) {
+    const int32_t begin = o[g], end = o[g + 1];
+    const int32_t tail = end - 1;
+    const int32_t n = c.row_num_chunks(tail);
+    for (int32_t r = begin; r < end; ++r) {
+      last[r] = tail;
+      if (r == tail) continue;
+      if (c.row_seq(r) != c.row_seq(tail) || c.row_shared_chunks(r) != c.row_shared_chunks(tail) ||
+          c.row_num_chunks(r) != n)
+        return fail(error, Problem::kContext,
+                    "row %d and row %d form one query group but differ in rowSeq, chunk count or "
+                    "rowSharedChunks",
+                    r, tail);
+      for (int32_t k = 0; k < n; ++k)
+        if (c.row_chunk_slots(r)[k] != c.row_chunk_slots(tail)[k])
+          return fail(error, Problem::kContext,
+                      "row %d and row %d form one query group but their chunk %d differs", r, tail,
+                      k);
+      if (c.row_length(r) < 1 || c.row_length(r + 1) != c.row_length(r) + 1)
+        return fail(error, Problem::kContext,
+                    "query rows of a group have consecutive positions: rowLength[%d] = %d, "
+                    "rowLength[%d] = %d",
+                    r, c.row_length(r), r + 1, c.row_length(r + 1));
+    }
+  }
+  return true;
+}
+
 // The one full validator. Every index a kernel could follow is proven in range and the context
 // self-consistent, so a module only ever sees contexts the prefix-tree runtime could have built.
 // O(rows + chunks + Σ run rows); allocates (host only). C = chunk size, n_r = chunks of row r:
 //   offsets   both CSR arrays start at 0, never decrease, end at their data section's length.
 //   rows      rowSeq >= 0; n_r == 0 and length 0, or (n_r - 1)·C < length <= n_r·C;
 //             0 <= rowSharedChunks[r] <= n_r.
+//   groups    seqRowOffsets empty, or a CSR starting at 0, strictly increasing, ending at
+//             numRows. Within a group every row has the last row's rowSeq, chunk list and
+//             rowSharedChunks, and rowLength[r + 1] = rowLength[r] + 1 >= 2; the length rule
+//             above applies to the group's last row (earlier rows see a causal prefix).
 //   slots     rowChunkSlots and runSlots in [0, numSlots); rowPartials in [0, numPartials).
 //   requests  rowIo in [-1, numIoRows), injective where >= 0; requestRow lists exactly the rows
 //             with rowIo >= 0, each once.
@@ -271,10 +330,16 @@ inline bool validate(const int32_t* w, uint64_t words, const Limits& limits, Err
                   c.section_count(pair.data), name, num_rows, o[num_rows]);
   }
 
+  // Row groups (query rows of one sequence): `last[r]` is the last row of r's group.
+  std::vector<int32_t> last(size_t(num_rows), 0);
+  for (int32_t r = 0; r < num_rows; ++r) last[size_t(r)] = r;
+  if (!check_groups(c, last.data(), error)) return false;
+
   // Per-row values.
   for (int32_t r = 0; r < num_rows; ++r) {
     if (c.row_seq(r) < 0)
       return fail(error, kRange, "rowSeq[%d] = %d is negative", r, c.row_seq(r));
+    if (last[size_t(r)] != r) continue;  // checked against the group's last row
     const int64_t length = c.row_length(r), chunks = c.row_num_chunks(r);
     if (length < 0)
       return fail(error, kRange, "rowLength[%d] = %lld is negative", r, (long long)length);
