@@ -80,6 +80,8 @@ describe('random extend / rollback / fork / release / decode interleavings (fast
     async (mode) => {
       const spec = tinySpec('f32', 'plain', ['cpu']);
       const attn = await Attention.create(spec, { layers: 1, capacityTokens: C * 600, target: 'cpu', mode });
+      let attends = 0;
+      let rollbacks = 0;
       try {
         await fc.assert(
           fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 25 }), fc.nat(), async (ops, seed) => {
@@ -89,9 +91,11 @@ describe('random extend / rollback / fork / release / decode interleavings (fast
             try {
               for (const op of ops) {
                 apply(model, op, systems);
+                if (op.kind === 'rollback') rollbacks++;
                 attn.cache.validate(new Map([...model.seqs].map(([seq, m]) => [seq, m.tokens])));
               }
             } finally {
+              attends += model.attends;
               for (const seq of [...model.seqs.keys()]) model.release(seq);
               attn.cache.evict();
             }
@@ -99,6 +103,9 @@ describe('random extend / rollback / fork / release / decode interleavings (fast
           }),
           { numRuns: 25 },
         );
+        // The interleavings did attend over multi-token steps and roll back.
+        expect(attends).toBeGreaterThan(25);
+        expect(rollbacks).toBeGreaterThan(10);
       } finally {
         attn.close();
       }
