@@ -274,3 +274,32 @@ describe('multi-token arguments are checked, with nothing changed', () => {
     }
   });
 });
+
+describe(`the CUDA source on the CPU (emu): one context row per query token (seed ${SEED})`, () => {
+  test.each([
+    ['f16', 'plain'],
+    ['bf16', 'softcap-window'],
+  ] as const)(
+    '%s, %s: prefill, ragged extend and rollback match float64 attention',
+    async (dtype, variant) => {
+      const spec = tinySpec(dtype, variant, ['emu']);
+      const attn = await Attention.create(spec, { layers: 1, capacityTokens: C * 200, target: 'emu' });
+      try {
+        // No phase-1 CUDA kernel yet: every query row streams its KV in the sequence-first kernel.
+        expect(attn.mode).toBe('sequence-first');
+        const model = new MultiTokenModel(attn, spec, new Rng(SEED + 13));
+        const base = tokens(model.rng, 2 * C + 5);
+        const a = model.insert(base);
+        const b = model.prefill([...base.slice(0, 2 * C), ...tokens(model.rng, 9)]);
+        const [c] = model.fork(a, 1);
+        model.extendStep([b, a, c!], [17, 2, 1]);
+        model.rollback(a, 2);
+        model.extendStep([a], [C + 3]);
+        attn.cache.validate();
+        expect(model.attends).toBe(3);
+      } finally {
+        attn.close();
+      }
+    },
+  );
+});
