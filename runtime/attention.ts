@@ -571,7 +571,7 @@ export class Attention {
       const seq = ioSeqs[i]!;
       if (!this.cache.has(seq)) throw new UnknownSequenceError(seq);
       const length = this.cache.length(seq);
-      if (rows.counts[i]! > length)
+      if (rows.counts[i]! > Math.max(length, 1))
         throw new ArgumentError(
           `sequence ${seq}: ${rows.counts[i]} query tokens, but it holds ${length} (need 1 ≤ n ≤ its length)`,
         );
