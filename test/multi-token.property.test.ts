@@ -84,11 +84,14 @@ describe('random extend / rollback / fork / release / decode interleavings (fast
       let rollbacks = 0;
       try {
         await fc.assert(
-          fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 25 }), fc.nat(), async (ops, seed) => {
+          fc.asyncProperty(fc.array(opArb, { minLength: 5, maxLength: 30 }), fc.nat(), async (ops, seed) => {
             const model = new MultiTokenModel(attn, spec, new Rng(seed + 1));
             const base = Array.from({ length: 2 * C + 3 }, (_, i) => (i * 13 + 5) % 50);
             const systems = [[], base.slice(0, C - 1), base.slice(0, C), base.slice(0, C + 1), base];
             try {
+              // Two prompts first, so the ops have sequences to work on.
+              model.insert(systems[4]!.slice(0, C + 2));
+              model.insert(systems[4]!);
               for (const op of ops) {
                 apply(model, op, systems);
                 if (op.kind === 'rollback') rollbacks++;
@@ -104,7 +107,7 @@ describe('random extend / rollback / fork / release / decode interleavings (fast
           { numRuns: 25 },
         );
         // The interleavings did attend over multi-token steps and roll back.
-        expect(attends).toBeGreaterThan(25);
+        expect(attends).toBeGreaterThan(20);
         expect(rollbacks).toBeGreaterThan(10);
       } finally {
         attn.close();
