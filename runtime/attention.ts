@@ -494,7 +494,17 @@ export class Attention {
     out?: TensorData,
     seqs?: ArrayLike<number>,
   ): Promise<TensorData> {
-    const call = this.#attendCall(layer, q, out, this.#oneTokenRows(seqs));
+    return this.#runAsync(this.#attendCall(layer, q, out, this.#oneTokenRows(seqs)));
+  }
+
+  /** attend on a worker thread, with decodeAsync's rules (BusyError until it settles). */
+  attendAsync(layer: number, q: TensorData, out?: HostData, rows?: AttendRows): Promise<HostData>;
+  attendAsync(layer: number, q: TensorData, out: DeviceTensor, rows?: AttendRows): Promise<DeviceTensor>;
+  async attendAsync(layer: number, q: TensorData, out?: TensorData, rows?: AttendRows): Promise<TensorData> {
+    return this.#runAsync(this.#attendCall(layer, q, out, this.#queryRows(rows)));
+  }
+
+  async #runAsync(call: { pool: KvPool; args: DecodeArgs }): Promise<TensorData> {
     const done = this.module.decodeAsync(call.pool, call.args);
     this.#inFlight = done;
     try {

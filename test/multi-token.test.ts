@@ -267,8 +267,13 @@ describe('multi-token arguments are checked, with nothing changed', () => {
       expect(() =>
         attn.attend(0, new Float32Array(2 * qElems), undefined, { seqs: [seq, seq], counts: [1, 1] }),
       ).toThrow(ShapeError);
-      const out = attn.attend(0, new Float32Array(4 * qElems), poisoned('f32', 4 * qElems));
+      const q = Float32Array.from({ length: 4 * qElems }, (_, i) => Math.sin(i));
+      const out = attn.attend(0, q, poisoned('f32', 4 * qElems));
       expect(Array.from(out).every(Number.isFinite)).toBe(true);
+      // The worker-thread variant computes the same, and the Attention is busy meanwhile.
+      const pending = attn.attendAsync(0, q, poisoned('f32', 4 * qElems));
+      expect(() => attn.rollback(seq, 1)).toThrow(/in flight/);
+      expect(Array.from(await pending)).toEqual(Array.from(out));
     } finally {
       attn.close();
     }
