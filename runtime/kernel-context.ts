@@ -17,6 +17,10 @@
 //   runs              [numRuns * 6]    CaSharedRun: chunkBegin, numChunks, kvBegin, rowBegin, rowEnd, partialBegin
 //   runSlots          [Σ run chunks]   chunk slots of all runs, run after run
 //
+// The builder's rows are sequences. A multi-token call (query-rows.ts) repeats a sequence's row
+// once per query token, each with its causal length, grouped by a CSR `seqRowOffsets` that
+// packContext lays out as the last section (empty here: one row per sequence).
+//
 // A run is a maximal chain of consecutive tree nodes whose sharer set (= row range) is identical,
 // with at least `minSharers` sharers, cut into pieces of at most `maxRunChunks` chunks. Row r's
 // partial for a run is partialBegin + (r - rowBegin). Because refcounts never grow towards the
