@@ -16,7 +16,9 @@ import { attention } from '../dsl/index.ts';
 import { haveNvcc, nvccPath, repoRoot } from '../runtime/cucpu/tools/test-harness.ts';
 
 const MATRIX = [
-  ...[64, 128, 256].flatMap((d) => [1, 8].map((g) => ({ d, g, dtype: d === 128 ? 'bf16' : 'f16', variant: 'Plain' }))),
+  ...[64, 128, 256].flatMap((d) =>
+    [1, 8].map((g) => ({ d, g, dtype: d === 128 ? 'bf16' : 'f16', variant: 'Plain' })),
+  ),
   { d: 128, g: 2, dtype: 'bf16', variant: 'SoftcapWindow' },
 ];
 const ARCHS = ['sm_80', 'sm_90a'] as const;
@@ -105,7 +107,9 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-1 kernel per arch', () => {
   test.each(ARCHS)(
     '%s: every instance has 0 spill bytes, no local memory, registers within the plan, no static smem',
     (arch) => {
-      const records = parsePtxasReport(report).filter((r) => r.arch === arch && /decode_phase1/.test(r.symbol));
+      const records = parsePtxasReport(report).filter(
+        (r) => r.arch === arch && /decode_phase1/.test(r.symbol),
+      );
       expect(records.length).toBe(MATRIX.length);
       for (const r of records) {
         const what = `${r.symbol} ${arch}: ${r.registers} registers`;

@@ -203,7 +203,8 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1Plan<Cfg>',
       for (const [i, c] of cases.entries()) {
         const spec = attention({ name: `plan-${i}`, ...c, chunkSize: 16, targets: ['emu'] });
         const ts = phase1Geometry(spec);
-        const [blocksPerWarp, threads, mTile, tileTokens, maxRegisters, smemBytes] = lines[i]!.split(' ').map(Number);
+        const [blocksPerWarp, threads, mTile, tileTokens, maxRegisters, smemBytes] =
+          lines[i]!.split(' ').map(Number);
         expect(
           { blocksPerWarp, threads, mTile, tileTokens, maxRegisters, smemBytes },
           JSON.stringify(c),

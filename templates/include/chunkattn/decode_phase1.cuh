@@ -3,7 +3,8 @@
 // tokens, on tensor cores. Phase 2 (decode_phase2.cuh) merges these partials into each row.
 //
 // Work item = (an m-tile of a run's stacked rows, a KV head, a split of the run's chunks):
-//   - Stacked rows: sharer r and query head g of the KV head give stacked row (r - row_begin)·G + g;
+//   - Stacked rows: sharer r and query head g of the KV head give stacked row (r - row_begin)·G +
+//   g;
 //     an m-tile is up to kMT = 128 of them, so b·G ≤ 128 sharers read each shared chunk once.
 //   - 8 warps laid out kWM × kWN: kWM warps of 16 stacked rows each (m16 blocks), kWN warps
 //     splitting every 64-token stage (the layout follows the tile's rows: 2×4, 4×2 or 8×1).
@@ -54,8 +55,9 @@ struct Phase1Plan {
   static constexpr int kLd = D + 8;               // padded shared row (elements)
   // Registers: up to 255 a thread (one 8-warp CTA, or two 4-warp CTAs, per SM's 64 K).
   static constexpr int kMinBlocks = 8 / kWarps;
-  static constexpr int kMaxRegisters =
-      65536 / (kThreads * kMinBlocks) > 255 ? 255 : 65536 / (kThreads * kMinBlocks);
+  static constexpr int kMaxRegisters = 65536 / (kThreads * kMinBlocks) > 255
+                                           ? 255
+                                           : 65536 / (kThreads * kMinBlocks);
   static constexpr int kMaxSplits = 8;
   // A split must read at least this many K/V bytes per partial byte it adds (see phase1_splits).
   static constexpr int kMinKvPerPartialByte = 8;
@@ -140,10 +142,10 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
   using KvT = typename Cfg::KvT;
   constexpr int G = Pl::G, D = Pl::D, C = Pl::C, Hq = Cfg::kQHeads, Hkv = Cfg::kKvHeads;
   constexpr int kLd = Pl::kLd, kKT = Pl::kKT, kWN = Pl::kWarps / kWM, kNT = kKT / kWN;
-  constexpr int kMB = Pl::kBlocksPerWarp;    // m16 blocks of this warp
-  constexpr int kNK = D / 16;                // k16 steps of Q Kᵀ
-  constexpr int kSub = 16;                   // tokens per S block (register budget)
-  constexpr int kPieces = D / 8;             // 16-byte pieces of a row
+  constexpr int kMB = Pl::kBlocksPerWarp;      // m16 blocks of this warp
+  constexpr int kNK = D / 16;                  // k16 steps of Q Kᵀ
+  constexpr int kSub = 16;                     // tokens per S block (register budget)
+  constexpr int kPieces = D / 8;               // 16-byte pieces of a row
   constexpr int kQK = Pl::kQInSmem ? 1 : kNK;  // Q fragments kept in registers
   static_assert(kWN <= Pl::kMaxWN && kNT % 16 == 0, "a warp's token slice is whole k16 steps");
 
@@ -156,6 +158,10 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
   const int gq = lane >> 2, tq = lane & 3;
   // Local stacked row of accumulator half h of m16 block b of this warp.
   auto local_row = [&](int b, int h) { return (wm * kMB + b) * 16 + gq + 8 * h; };
+  // Whether any of this warp's stacked rows is in the tile (warp-uniform): a warp past the tile's
+  // rows only takes part in the copies and barriers.
+  const bool warp_live = wm * kMB * 16 < mcount;
+  constexpr int kRowsRead = kWM * kMB * 16;  // Q rows the warps read (the rest stays unstaged)
 
   // This split's chunks of the run.
   const int c_lo = int(int64_t(split) * run.num_chunks / io.splits);
@@ -210,29 +216,44 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
     }
   };
 
+  // A split without chunks (a short run next to a long one) has an empty state for every row.
+  if (ntiles == 0) {
+    if (wn == 0 && tq == 0)
+#pragma unroll
+      for (int b = 0; b < kMB; ++b)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int m = local_row(b, h);
+          if (m >= mcount) continue;
+          const size_t slot = size_t(run.partial_begin + (m0 + m) / G) * io.splits + split;
+          stg<CA_TRAFFIC_PARTIAL>(io.part_lse + slot * Hq + r_head[b][h], -INFINITY);
+        }
+    return;
+  }
+
   // Prologue: the Q tile and stage 0, one group. A sharer without an io row (not requested this
   // call) reads zeros: its partial is computed but never merged.
   KvT* qs = reinterpret_cast<KvT*>(smem + Pl::kOffQ);
-  for (int e = tid; e < Pl::kMT * kPieces; e += Pl::kThreads) {
+  for (int e = tid; e < kRowsRead * kPieces; e += Pl::kThreads) {
     const int m = e / kPieces, piece = e % kPieces;
     KvT* dst = qs + size_t(m) * kLd + piece * 8;
     const int sm = m0 + m;
     const int io_row = m < mcount ? ctx.row_io(run.row_begin + sm / G) : -1;
     if (io_row >= 0)
-      cp_async<CA_TRAFFIC_Q, 16>(
-          dst,
-          static_cast<const KvT*>(t.q) + (size_t(io_row) * Hq + kvh * G + sm % G) * D + piece * 8);
+      cp_async<CA_TRAFFIC_Q, 16>(dst, static_cast<const KvT*>(t.q) +
+                                          (size_t(io_row) * Hq + kvh * G + sm % G) * D + piece * 8);
     else
       cp_async_zfill<CA_TRAFFIC_Q, 16>(dst, t.q, 0);
   }
-  if (ntiles > 0) load_stage(0, 0);
+  load_stage(0, 0);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
 
   // A fragment of m16 block b, k16 step kk, from the Q tile.
   auto load_q = [&](uint32_t(&a)[4], int b, int kk) {
-    ldmatrix_x4(a, qs + size_t((wm * kMB + b) * 16 + (lane & 15)) * kLd + kk * 16 + (lane >> 4) * 8);
+    ldmatrix_x4(a,
+                qs + size_t((wm * kMB + b) * 16 + (lane & 15)) * kLd + kk * 16 + (lane >> 4) * 8);
   };
   uint32_t qa[kMB][kQK][4];
   if constexpr (!Pl::kQInSmem) {
@@ -264,7 +285,7 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
     const KvT* kt = reinterpret_cast<const KvT*>(smem + stage * Pl::kStageBytes);
     const KvT* vt = reinterpret_cast<const KvT*>(smem + stage * Pl::kStageBytes + Pl::kTileBytes);
 #pragma unroll 1
-    for (int sub = 0; sub < kNT; sub += kSub) {
+    for (int sub = 0; sub < (warp_live ? kNT : 0); sub += kSub) {
       const int tok0 = wn * kNT + sub;  // this warp's token block of the stage
 
       // S = Q Kᵀ: each K fragment serves the warp's kMB m16 blocks.
@@ -379,7 +400,7 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
     // Row (within the arena) of accumulator half h of block b of warp w.
     auto arena_row = [&](int w, int b, int h) { return (w * kMB + b) * 16 + gq + 8 * h; };
     __syncthreads();
-    if (wn > 0) {
+    if (wn > 0 && warp_live) {
 #pragma unroll
       for (int b = 0; b < kMB; ++b)
 #pragma unroll
@@ -395,7 +416,7 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
         }
     }
     __syncthreads();
-    if (wn == 0) {
+    if (wn == 0 && warp_live) {  // the warps of one m-block group share wm, so their liveness
 #pragma unroll 1
       for (int other = 1; other < kWN; ++other) {
         const int ow = other * kWM + wm;
@@ -423,8 +444,8 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
   }
 
   if (wn != 0) return;
-  // Partials of the live stacked rows: o / l and lse (natural log). An empty state (nothing
-  // visible) writes lse = -inf only; phase 2 never reads its o.
+    // Partials of the live stacked rows: o / l and lse (natural log). An empty state (nothing
+    // visible) writes lse = -inf only; phase 2 never reads its o.
 #pragma unroll
   for (int b = 0; b < kMB; ++b)
 #pragma unroll
@@ -466,21 +487,39 @@ __global__ void __launch_bounds__(Phase1Plan<Cfg>::kThreads, Phase1Plan<Cfg>::kM
     decode_phase1_kernel(const DecodeView ctx, const DecodeTensors t, const Phase1Io io) {
   using Pl = Phase1Plan<Cfg>;
   constexpr int G = Pl::G;
-  // Every thread finds its run: the last whose first item is <= blockIdx.x (item_begin strictly
-  // increases with the run). Uniform loads, served by L1; no shared header, no extra barrier.
-  const int64_t x = blockIdx.x;
-  const int num_runs = ctx.num_runs();
-  int lo = 0, hi = num_runs;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    if (phase1_item_begin<Cfg>(mid, ctx.run_field(mid, &CaSharedRun::partial_begin)) <= x)
-      lo = mid;
-    else
-      hi = mid;
+  // Thread 0 finds the item's run (the last whose first item is <= blockIdx.x: item_begin strictly
+  // increases with the run) and shares it through the arena's first words.
+  extern __shared__ __align__(128) unsigned char smem[];
+  int* hdr = reinterpret_cast<int*>(smem);
+  if (threadIdx.x == 0) {
+    const int64_t x = blockIdx.x;
+    int lo = 0, hi = ctx.num_runs();
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) / 2;
+      if (phase1_item_begin<Cfg>(mid, ctx.run_field(mid, &CaSharedRun::partial_begin)) <= x)
+        lo = mid;
+      else
+        hi = mid;
+    }
+    const CaSharedRun run = ctx.run(lo);
+    sts(hdr + 0, run.chunk_begin);
+    sts(hdr + 1, run.num_chunks);
+    sts(hdr + 2, run.kv_begin);
+    sts(hdr + 3, run.row_begin);
+    sts(hdr + 4, run.row_end);
+    sts(hdr + 5, run.partial_begin);
+    sts(hdr + 6, int(x - phase1_item_begin<Cfg>(lo, run.partial_begin)));
   }
+  __syncthreads();
   Phase1Tile tile;
-  tile.run = ctx.run(lo);
-  const int64_t j = x - phase1_item_begin<Cfg>(lo, tile.run.partial_begin);
+  tile.run.chunk_begin = lds(hdr + 0);
+  tile.run.num_chunks = lds(hdr + 1);
+  tile.run.kv_begin = lds(hdr + 2);
+  tile.run.row_begin = lds(hdr + 3);
+  tile.run.row_end = lds(hdr + 4);
+  tile.run.partial_begin = lds(hdr + 5);
+  const int64_t j = lds(hdr + 6);
+  __syncthreads();  // the body's copies overwrite the header
   const int m_total = (tile.run.row_end - tile.run.row_begin) * G;
   const int64_t m0 = j * Pl::kMT;
   if (m0 >= m_total) return;  // the spare item of a run (see phase1_item_begin)
@@ -498,8 +537,9 @@ __global__ void __launch_bounds__(Phase1Plan<Cfg>::kThreads, Phase1Plan<Cfg>::kM
 // Splits of every run's chunks. Enough CTAs to give every SM kMinBlocks when the m-tiles × KV
 // heads cannot, at most kMaxSplits, and only as far as each split still reads kMinKvPerPartialByte
 // K/V bytes per partial byte it writes and phase 2 reads back: a run of n tokens over m stacked
-// rows moves 4·D·n K/V bytes and 8·(D + 1)·m partial bytes per split (the longest such run
-// decides). `runs` is the host copy of the context's runs.
+// rows moves 4·D·n K/V bytes and 8·(D + 1)·m partial bytes per split, and a split is whole
+// chunks (the run that allows the most splits decides; shorter runs leave splits empty, which
+// write an empty lse only). `runs` is the host copy of the context's runs.
 template <class Cfg>
 inline int phase1_splits(const CaSharedRun* runs, int num_runs, int num_partials, int sm_count) {
   using Pl = Phase1Plan<Cfg>;
@@ -512,7 +552,8 @@ inline int phase1_splits(const CaSharedRun* runs, int num_runs, int num_partials
     if (m > Pl::kMT) m = Pl::kMT;
     const int64_t kv = int64_t(4) * Pl::D * runs[i].num_chunks * Pl::C;
     const int64_t partial = int64_t(8) * (Pl::D + 1) * m * Pl::kMinKvPerPartialByte;
-    const int64_t s = kv / partial;
+    int64_t s = kv / partial;
+    if (s > runs[i].num_chunks) s = runs[i].num_chunks;  // splits are whole chunks
     if (s > worth) worth = s;
   }
   int64_t s = fill < worth ? fill : worth;

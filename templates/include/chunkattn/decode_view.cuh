@@ -33,6 +33,10 @@ struct DecodeView {
   CA_DEVICE const int32_t* row_chunk_slots(int r) const {
     return c.chunk_slots() + ldg<CA_TRAFFIC_CONTEXT>(c.row_chunk_offsets() + r);
   }
+  // Offset of row r's chunk slots in c.chunk_slots().
+  CA_DEVICE int row_chunk_offset(int r) const {
+    return ldg<CA_TRAFFIC_CONTEXT>(c.row_chunk_offsets() + r);
+  }
   CA_DEVICE int chunk_slot(const int32_t* slots, int chunk) const {
     return ldg<CA_TRAFFIC_CONTEXT>(slots + chunk);
   }
@@ -47,7 +51,7 @@ struct DecodeView {
 
   // Shared runs (phase 1).
   CA_DEVICE int num_runs() const { return ldg<CA_TRAFFIC_CONTEXT>(c.words + ctx::kWordNumRuns); }
-  CA_DEVICE int run_field(int i, int32_t CaSharedRun::* field) const {
+  CA_DEVICE int run_field(int i, int32_t CaSharedRun::*field) const {
     return ldg<CA_TRAFFIC_CONTEXT>(&(c.runs()[i].*field));
   }
   CA_DEVICE CaSharedRun run(int i) const {

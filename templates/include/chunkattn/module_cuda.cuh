@@ -240,7 +240,7 @@ template <class Cfg>
 WorkspacePlan workspace_plan(const KernelContext& host) {
   WorkspacePlan w;
   const int requests = host.num_requests();
-  w.phase2_splits = phase2_splits<Cfg>(requests, sm_count());
+  w.phase2_splits = phase2_splits<Cfg>(requests, sm_count(), phase2_max_row_tokens<Cfg>(host));
   w.split_bytes = phase2_workspace_bytes<Cfg>(requests, w.phase2_splits);
   if (host.num_runs() > 0) {
     w.phase1_splits =
@@ -286,8 +286,8 @@ int decode(const CaDecodeParams& p, void* stream) {
   Phase2Io io{w.phase2_splits, nullptr, nullptr, nullptr, nullptr, 1};
   if (host.num_runs() > 0) {
     const uint64_t n = uint64_t(host.num_partials()) * w.phase1_splits * Cfg::kQHeads;
-    const Phase1Io io1{reinterpret_cast<float*>(ws), reinterpret_cast<float*>(ws) + n * Cfg::kHeadDim,
-                       w.phase1_splits};
+    const Phase1Io io1{reinterpret_cast<float*>(ws),
+                       reinterpret_cast<float*>(ws) + n * Cfg::kHeadDim, w.phase1_splits};
     const int64_t items = phase1_items<Cfg>(host.num_runs(), host.num_partials());
     if (int s = launch("decode_phase1", decode_phase1_kernel<Cfg, Variant>,
                        dim3(unsigned(items), unsigned(Cfg::kKvHeads), unsigned(w.phase1_splits)),
