@@ -27,14 +27,17 @@ describe.skipIf(!haveCudaHeaders)('bench traffic --quick', () => {
       expect(r.kvSectorEfficiency).toBeGreaterThanOrEqual(0.9);
       expect(r.kernels['decode_phase2']!.smemWavefrontsPerKB).toBeLessThanOrEqual(48);
     }
-    // Two-phase reads every unique K/V byte about once: phase 1 reads each shared chunk once for
-    // all 32 sharers × G heads (one m-tile of ≤ 128 stacked rows), phase 2 the private tokens.
+    // Two-phase and chunk-first read every unique K/V byte once: phase 1 reads each shared chunk
+    // once for all 32 sharers × G heads (one m-tile of ≤ 128 stacked rows), phase 2 (two-phase)
+    // or single-row runs (chunk-first) the private tokens.
     for (const r of results.filter((x) => x.mode !== 'sequence-first')) {
       expect(r.skipped).toBeUndefined();
       expect(r.ranAs).toBe(r.mode);
       expect(r.kernels['decode_phase1']?.launches).toBe(1);
       expect(r.kvRatio).toBeLessThanOrEqual(1.02);
-      expect(r.totalRatio).toBeLessThanOrEqual(1.3);
+      // Chunk-first also writes and merges a partial for every private chunk: only two-phase has
+      // the total gate.
+      if (r.mode === 'two-phase') expect(r.totalRatio).toBeLessThanOrEqual(1.3);
       expect(r.kvSectorEfficiency).toBeGreaterThanOrEqual(0.9);
       expect(r.kernels['decode_phase1']!.kvSectorEfficiency).toBeGreaterThanOrEqual(0.9);
       expect(r.kernels['decode_phase2']!.smemWavefrontsPerKB).toBeLessThanOrEqual(48);
