@@ -166,11 +166,12 @@ export async function runTrafficBench(opts: BenchOptions): Promise<BenchReport> 
       'kvRatio',
       'totalRatio',
       'smem wavefronts/KB',
+      'phase 1 / phase 2 wavefronts/KB',
       'K/V sector eff.',
     ],
     rows: results.map((r) =>
       r.skipped
-        ? [r.mode, 'refused', r.sharedTokens, r.group, '', '', '', '', '', '', '', r.skipped.slice(0, 40)]
+        ? [r.mode, 'refused', r.sharedTokens, r.group, '', '', '', '', '', '', '', '', r.skipped.slice(0, 40)]
         : [
             r.mode,
             r.ranAs ?? '',
@@ -183,13 +184,17 @@ export async function runTrafficBench(opts: BenchOptions): Promise<BenchReport> 
             r.kvRatio.toFixed(3),
             r.totalRatio.toFixed(3),
             r.smemWavefrontsPerKB.toFixed(1),
+            ['decode_phase1', 'decode_phase2']
+              .map((k) => r.kernels[k]?.smemWavefrontsPerKB.toFixed(1) ?? '-')
+              .join(' / '),
             r.kvSectorEfficiency.toFixed(3),
           ],
     ),
     notes: [
       'Counted by the cucpu shim in one decode step; heads scaled down to 1 KV head (counts scale with KV heads).',
       'kvRatio = K/V bytes read / unique K/V bytes; totalRatio = all bytes moved / (unique K/V + Q + out).',
-      'smem wavefronts/KB: shared-memory wavefronts (32 banks × 4 B) per KB of K/V read; sector eff. = requested / 32-byte sectors moved.',
+      'smem wavefronts/KB: shared-memory wavefronts (32 banks × 4 B) per KB of K/V read, all kernels and per kernel; sector eff. = requested / 32-byte sectors moved.',
+      "Phase 1 stacks a run's sharers × G query heads into m-tiles of 128 rows (each chunk read once per m-tile); every m16 block of a tile reads the staged K/V from shared memory again, so its wavefronts per KB grow with the stacked rows.",
     ],
     json: {
       shape: {

@@ -79,6 +79,46 @@ export function phase2Geometry(spec: KernelSpec) {
   };
 }
 
+/** Mirrors Phase1Plan<Cfg> in templates/include/chunkattn/decode_phase1.cuh (a test checks each instance). */
+export function phase1Geometry(spec: KernelSpec) {
+  const kvBytes = DTYPE_BYTES[spec.dtype.kv];
+  const d = spec.headDim;
+  const blocksPerWarp = d <= 64 ? 2 : 1;
+  const warps = 8 / blocksPerWarp;
+  const threads = 32 * warps;
+  const mTile = 128;
+  const qInSmem = d > 128;
+  const tileTokens = qInSmem ? 32 : 64;
+  const ld = d + 8;
+  const minBlocks = 8 / warps;
+  const maxRegisters = Math.min(255, Math.floor(65536 / (threads * minBlocks)));
+  const stageBytes = 2 * tileTokens * ld * kvBytes;
+  const ringBytes = 2 * stageBytes;
+  const qBytes = mTile * ld * kvBytes;
+  const mergeBytes = mTile * (d + 8) * 4 + mTile * 8;
+  const loopBytes = ringBytes + (qInSmem ? qBytes : 0);
+  return {
+    blocksPerWarp,
+    threads,
+    mTile,
+    tileTokens,
+    maxRegisters,
+    smemBytes: Math.max(loopBytes, mergeBytes),
+  };
+}
+
+/** The phase-1 (shared-run, tensor-core) kernel. */
+function phase1Launch(spec: KernelSpec): KernelLaunchPlan {
+  const geometry = phase1Geometry(spec);
+  return {
+    kernel: 'decode_phase1',
+    grid: '(runs + ⌊partials·G / 128⌋) × kvHeads × splits',
+    threadsPerBlock: geometry.threads,
+    smemBytes: geometry.smemBytes,
+    maxRegisters: geometry.maxRegisters,
+  };
+}
+
 /** The sequence-first / phase-2 kernel and the split-KV merge. */
 function phase2Launches(spec: KernelSpec): KernelLaunchPlan[] {
   const geometry = phase2Geometry(spec);
@@ -167,8 +207,8 @@ export function plan(input: KernelSpec, options: PlanOptions, toolchain: Toolcha
     if (!spec.tunables.some((t) => t.name === name))
       throw new PlanError(`unknown tunable ${name.slice(0, 64)}`);
 
-  const phase1 = target === 'cpu';
-  const kernels = target === 'cpu' ? [] : phase2Launches(spec);
+  const phase1 = true;
+  const kernels = target === 'cpu' ? [] : [phase1Launch(spec), ...phase2Launches(spec)];
   const compilerVersion = compilerFingerprint();
   const hash = sha256(
     canonicalJson({ spec: keyedSpec(spec), target, archs, sanitize, tunables, compilerVersion }),

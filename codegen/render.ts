@@ -86,7 +86,12 @@ export function render(plan: KernelPlan): RenderedModule {
       const integer = Number.isInteger(value) && Math.abs(value) < 2 ** 31;
       return { name, type: integer ? 'int' : 'double', value: String(value) };
     }),
-    infoComputed: isCpu ? [] : [{ name: 'smemBytes', expr: 'ca::Phase2Plan<Cfg>::kSmemBytes' }],
+    infoComputed: isCpu
+      ? []
+      : [
+          { name: 'smemBytes', expr: 'ca::Phase2Plan<Cfg>::kSmemBytes' },
+          { name: 'phase1SmemBytes', expr: 'ca::Phase1Plan<Cfg>::kSmemBytes' },
+        ],
   };
   return isCpu
     ? { fileName: 'kernel.cpp', source: template('module_cpu.cpp.hbs')(context) }

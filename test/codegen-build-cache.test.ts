@@ -42,13 +42,16 @@ describe('compile for GPUs through nvcc', () => {
       expect(first.exitCode, first.stderr).toBe(0);
       const [module] = (first.json as { modules: ModuleResult[] }).modules;
       expect(module!.target).toBe('cuda');
-      // One ptxas record per decode kernel (phase 2 and the split-KV merge) per arch; all on both archs.
+      // One ptxas record per decode kernel (phase 1, phase 2 and the split-KV merge) per arch; all
+      // on both archs.
       const records = module!.resources
         .filter((r) => /decode_\w+?_kernel/.test(r.symbol))
         .map((r) => `${/decode_\w+?_kernel/.exec(r.symbol)?.[0]} ${r.arch}`);
       expect(records.sort()).toEqual([
         'decode_merge_splits_kernel sm_80',
         'decode_merge_splits_kernel sm_90a',
+        'decode_phase1_kernel sm_80',
+        'decode_phase1_kernel sm_90a',
         'decode_phase2_kernel sm_80',
         'decode_phase2_kernel sm_90a',
       ]);

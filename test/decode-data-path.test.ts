@@ -56,10 +56,13 @@ const launched = (stats: KernelStats) =>
     Object.entries(stats.kernels).map(([name, k]) => [name, { launches: k.launches, blocks: k.blocks }]),
   );
 
-// Phase 2 for `rows` requested rows: one decode_phase2 launch of rows × Hkv × splits CTAs, plus
-// one decode_merge_splits launch of rows × Hkv CTAs when the rows were split.
+// Phase 1 once over the shared prompt's run (its sharers' partials), then phase 2 for `rows`
+// requested rows: one decode_phase2 launch of rows × Hkv × splits CTAs, plus one
+// decode_merge_splits launch of rows × Hkv CTAs when the rows were split.
 function expectPhase2(stats: KernelStats, rows: number): void {
-  const kernels = launched(stats);
+  const { decode_phase1: phase1, ...kernels } = launched(stats);
+  expect(phase1?.launches).toBe(1);
+  expect(phase1!.blocks % spec.heads.kv).toBe(0);
   const phase2 = kernels['decode_phase2'];
   expect(phase2?.launches).toBe(1);
   const splits = (phase2?.blocks ?? 0) / (rows * spec.heads.kv);

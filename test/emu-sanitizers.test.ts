@@ -60,8 +60,10 @@ for (const [sanitize, s] of Object.entries(SANITIZERS) as [
     const summary = JSON.parse(String(result.stdout).trim().split('\n').at(-1)!) as {
       decodes: number;
       maxError: number;
+      phase1Launches: number;
     };
     expect(summary.decodes).toBeGreaterThan(2);
+    expect(summary.phase1Launches).toBeGreaterThan(0); // the shared runs went through phase 1
     expect(summary.maxError).toBeLessThanOrEqual(2e-3);
   });
 }

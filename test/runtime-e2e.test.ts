@@ -43,8 +43,8 @@ describe(`the CUDA source on the CPU (emu target) matches float64 attention (see
     process.env.CUCPU_ORDER = order;
     const attn = await Attention.create(spec, { layers: 1, capacityTokens: 16 * 160, target: 'emu' });
     try {
-      // No phase-1 CUDA kernel yet: two-phase runs as sequence-first on this target.
-      expect(attn.mode).toBe('sequence-first');
+      // Shared runs go through the phase-1 CUDA kernel (the workload's shared prompts and forks).
+      expect(attn.mode).toBe('two-phase');
       const model = new WorkloadModel(attn, spec, new Rng(SEED + 1));
       runRandomWorkload(model, 40);
       expect(model.decodes).toBeGreaterThan(5);

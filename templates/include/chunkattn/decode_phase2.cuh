@@ -113,12 +113,25 @@ CA_DEVICE void widen(const Raw& raw, float (&out)[kVec]) {
   for (int i = 0; i < kVec; ++i) out[i] = to_float(e[i]);
 }
 
+// A warp-uniform value loaded once: lane 0 reads it, the warp gets it by shuffle (every lane
+// must call this together). The GPU serves a uniform load with one transaction anyway; the
+// emulator counts bytes per thread, so this keeps the counted traffic what a GPU moves.
+template <class F>
+CA_DEVICE int warp_uniform(F&& load) {
+  const int lane = threadIdx.x & 31;
+  return __shfl_sync(0xffffffffu, lane == 0 ? load() : 0, 0);
+}
+
+// The row's phase-1 partials: indices ctx.row_partial(k) for k in [begin, end).
+struct PartialRange {
+  int begin, end;
+};
+
 // Folds the row's phase-1 partials for query head h into (state, acc) of element d.
-CA_DEVICE void merge_phase1(const DecodeView& ctx, const Phase2Io& io, int row, int h, int d,
-                            SoftmaxState& state, float& acc, int hq, int head_dim) {
+CA_DEVICE void merge_phase1(const DecodeView& ctx, const Phase2Io& io, PartialRange partials, int h,
+                            int d, SoftmaxState& state, float& acc, int hq, int head_dim) {
   if (io.part_o == nullptr) return;
-  const int k0 = ctx.row_partials_begin(row), k1 = ctx.row_partials_end(row);
-  for (int k = k0; k < k1; ++k) {
+  for (int k = partials.begin; k < partials.end; ++k) {
     const int pidx = ctx.row_partial(k);
     for (int sp = 0; sp < io.part_splits; ++sp) {
       const size_t slot = size_t(pidx) * io.part_splits + sp;
@@ -166,13 +179,16 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
 
   // One CTA row per requested row: blockIdx.x is the request, its DFS row comes from the context.
   const int req = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
-  const int row = ctx.request_row(req);
+  const int row = warp_uniform([&] { return ctx.request_row(req); });
   const int tid = threadIdx.x, grp = tid / kTx, tx = tid % kTx;
   const bool lane_used = tx < Pl::kTxUsed;
-  const int length = ctx.row_length(row);
-  const int seq = Variant::kHasMask || Variant::kHasScoreMod ? ctx.row_seq(row) : 0;
-  const int32_t* slots = ctx.row_chunk_slots(row);
-  const int tok_begin = ctx.row_shared_chunks(row) * C;
+  const int length = warp_uniform([&] { return ctx.row_length(row); });
+  const int seq = Variant::kHasMask || Variant::kHasScoreMod
+                      ? warp_uniform([&] { return ctx.row_seq(row); })
+                      : 0;
+  const int32_t* slots =
+      ctx.c.chunk_slots() + warp_uniform([&] { return ctx.row_chunk_offset(row); });
+  const int tok_begin = warp_uniform([&] { return ctx.row_shared_chunks(row); }) * C;
   const int ntok = length > tok_begin ? length - tok_begin : 0;
 
   // This split's tiles of the row's tokens. A split past the row's last one has nothing to do.
@@ -184,7 +200,11 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
   // q of the G heads: copied once into shared memory (every group needs all of it), then each
   // lane keeps its elements in registers, pre-scaled (base-2 exponent unless score_mod).
   const float qscale = Variant::kHasScoreMod ? t.softmax_scale : t.softmax_scale * kLog2e;
-  const int io_row = ctx.row_io(row);
+  const int io_row = warp_uniform([&] { return ctx.row_io(row); });
+  const PartialRange partials =
+      io.part_o == nullptr ? PartialRange{0, 0}
+                           : PartialRange{warp_uniform([&] { return ctx.row_partials_begin(row); }),
+                                          warp_uniform([&] { return ctx.row_partials_end(row); })};
   {
     constexpr int kPieces = int(G * D * sizeof(QT) / 16);
     const unsigned char* src = reinterpret_cast<const unsigned char*>(
@@ -211,12 +231,15 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
 
   // Token (within the row's private part) of row j of this group in local tile i.
   auto token_of = [&](int i, int j) { return (tile0 + i) * kKT + grp * kRows + j; };
-  // Slots of this group's rows in local tile i, loaded one iteration before the copies need them.
+  // Slots of this group's rows in local tile i, loaded one iteration before the copies need them:
+  // the group's first lane loads, the group's lanes get them by shuffle (all lanes call this).
   auto slots_of = [&](int i, int(&out)[kRows]) {
 #pragma unroll
     for (int j = 0; j < kRows; ++j) {
       const int u = token_of(i, j);
-      out[j] = i < ntiles && u < ntok ? ctx.chunk_slot(slots, (tok_begin + u) / C) : 0;
+      const int mine =
+          tx == 0 && i < ntiles && u < ntok ? ctx.chunk_slot(slots, (tok_begin + u) / C) : 0;
+      out[j] = __shfl_sync(0xffffffffu, mine, (tid & 31) / kTx * kTx);
     }
   };
   // Copies this thread's pieces of local tile i (K or V) into `stage`.
@@ -365,7 +388,7 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
       stg<CA_TRAFFIC_PARTIAL>(io.split_o + slot * D + d, acc * state.inv_l());
       if (d == 0) stg<CA_TRAFFIC_PARTIAL>(io.split_lse + slot, state.lse());
     } else {
-      merge_phase1(ctx, io, row, h, d, state, acc, Hq, D);
+      merge_phase1(ctx, io, partials, h, d, state, acc, Hq, D);
       stg<CA_TRAFFIC_OUT>(out + e, from_float<OutT>(acc * state.inv_l()));
     }
   }
@@ -380,12 +403,16 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
   using OutT = typename Cfg::OutT;
   constexpr int G = Pl::G, D = Pl::D, Hq = Cfg::kQHeads;
   const int req = blockIdx.x, kvh = blockIdx.y;
-  const int row = ctx.request_row(req);
-  const int length = ctx.row_length(row);
-  const int tok_begin = ctx.row_shared_chunks(row) * Pl::C;
+  const int row = warp_uniform([&] { return ctx.request_row(req); });
+  const int length = warp_uniform([&] { return ctx.row_length(row); });
+  const int tok_begin = warp_uniform([&] { return ctx.row_shared_chunks(row); }) * Pl::C;
   const SplitTiles tiles = split_tiles<Pl>(length > tok_begin ? length - tok_begin : 0, io.splits);
   if (tiles.used <= 1) return;  // phase 2 wrote this row's output itself
-  const int io_row = ctx.row_io(row);
+  const int io_row = warp_uniform([&] { return ctx.row_io(row); });
+  const PartialRange partials =
+      io.part_o == nullptr ? PartialRange{0, 0}
+                           : PartialRange{warp_uniform([&] { return ctx.row_partials_begin(row); }),
+                                          warp_uniform([&] { return ctx.row_partials_end(row); })};
   // Each split's lse is read once, into shared memory, for all of its head's elements.
   extern __shared__ __align__(128) unsigned char smem[];
   float* lse_s = reinterpret_cast<float*>(smem);  // [G][kMaxSplits]
@@ -409,7 +436,7 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
       }
       acc = acc * f.self + ldg<CA_TRAFFIC_PARTIAL>(io.split_o + slot * D + d) * f.other;
     }
-    merge_phase1(ctx, io, row, h, d, state, acc, Hq, D);
+    merge_phase1(ctx, io, partials, h, d, state, acc, Hq, D);
     stg<CA_TRAFFIC_OUT>(out + e, from_float<OutT>(acc * state.inv_l()));
   }
 }
@@ -418,15 +445,35 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
 // Host: the split factor and the workspace.
 
 // CTAs per (row, KV head): enough to give every SM kMinBlocks CTAs when rows x KV heads cannot,
-// at most kMaxSplits (the kernel also keeps >= 128 tokens per split, leaving extra splits empty).
+// at most kMaxSplits, and no more than the longest row's tokens (after its shared chunks) fill at
+// kMinSplitTiles tiles each (the kernel keeps >= 128 tokens per split; a CTA past a row's last
+// split only returns, but it still costs a launch slot and its context loads).
 template <class Cfg>
-inline int phase2_splits(int num_rows, int sm_count) {
+inline int phase2_splits(int num_rows, int sm_count, int64_t max_row_tokens) {
   using Pl = Phase2Plan<Cfg>;
   const int64_t ctas = int64_t(num_rows) * Cfg::kKvHeads;
   const int64_t slots = int64_t(sm_count) * Pl::kMinBlocks;
   if (ctas <= 0 || ctas * 2 > slots) return 1;
-  const int64_t s = slots / ctas;
+  int64_t s = slots / ctas;
+  const int64_t tiles = (max_row_tokens + Pl::kKT - 1) / Pl::kKT;
+  const int64_t useful = (tiles + Pl::kMinSplitTiles - 1) / Pl::kMinSplitTiles;
+  if (s > useful) s = useful;
+  if (s < 1) s = 1;
   return int(s > Pl::kMaxSplits ? Pl::kMaxSplits : s);
+}
+
+// The most tokens a requested row attends to in phase 2 (after its shared chunks), from the host
+// copy of the context.
+template <class Cfg>
+inline int64_t phase2_max_row_tokens(const KernelContext& host) {
+  int64_t most = 0;
+  for (int i = 0; i < host.num_requests(); ++i) {
+    const int r = host.request_row(i);
+    const int64_t n =
+        int64_t(host.row_length(r)) - int64_t(host.row_shared_chunks(r)) * Cfg::kChunk;
+    if (n > most) most = n;
+  }
+  return most;
 }
 
 // Workspace of a split decode: o [requests * splits][Hq][D] then lse [requests * splits][Hq], f32.

@@ -33,6 +33,10 @@ struct DecodeView {
   CA_DEVICE const int32_t* row_chunk_slots(int r) const {
     return c.chunk_slots() + ldg<CA_TRAFFIC_CONTEXT>(c.row_chunk_offsets() + r);
   }
+  // Offset of row r's chunk slots in c.chunk_slots().
+  CA_DEVICE int row_chunk_offset(int r) const {
+    return ldg<CA_TRAFFIC_CONTEXT>(c.row_chunk_offsets() + r);
+  }
   CA_DEVICE int chunk_slot(const int32_t* slots, int chunk) const {
     return ldg<CA_TRAFFIC_CONTEXT>(slots + chunk);
   }
@@ -44,6 +48,24 @@ struct DecodeView {
     return ldg<CA_TRAFFIC_CONTEXT>(c.row_partial_offsets() + r + 1);
   }
   CA_DEVICE int row_partial(int k) const { return ldg<CA_TRAFFIC_CONTEXT>(c.partials() + k); }
+
+  // Shared runs (phase 1).
+  CA_DEVICE int num_runs() const { return ldg<CA_TRAFFIC_CONTEXT>(c.words + ctx::kWordNumRuns); }
+  CA_DEVICE int run_field(int i, int32_t CaSharedRun::*field) const {
+    return ldg<CA_TRAFFIC_CONTEXT>(&(c.runs()[i].*field));
+  }
+  CA_DEVICE CaSharedRun run(int i) const {
+    CaSharedRun r;
+    r.chunk_begin = run_field(i, &CaSharedRun::chunk_begin);
+    r.num_chunks = run_field(i, &CaSharedRun::num_chunks);
+    r.kv_begin = run_field(i, &CaSharedRun::kv_begin);
+    r.row_begin = run_field(i, &CaSharedRun::row_begin);
+    r.row_end = run_field(i, &CaSharedRun::row_end);
+    r.partial_begin = run_field(i, &CaSharedRun::partial_begin);
+    return r;
+  }
+  // Chunk slots of all runs, run after run (index with chunk_begin + chunk).
+  CA_DEVICE const int32_t* run_slots() const { return c.run_slots(); }
 };
 
 // One layer's tensors and the scalars of a decode call (abi.h describes their shapes).

@@ -16,6 +16,7 @@
 #include "chunkattn/abi.h"
 #include "chunkattn/context.h"
 #include "chunkattn/counters.h"
+#include "chunkattn/decode_phase1.cuh"
 #include "chunkattn/decode_phase2.cuh"
 #include "chunkattn/decode_view.cuh"
 #include "chunkattn/dtype.cuh"
@@ -227,15 +228,38 @@ inline int sm_count() {
 #endif
 }
 
+// How a decode call uses its workspace: phase-1 partials first, then phase 2's split scratch.
+struct WorkspacePlan {
+  int phase1_splits = 1, phase2_splits = 1;
+  uint64_t partial_bytes = 0, split_bytes = 0;
+  uint64_t total() const { return partial_bytes + split_bytes; }
+};
+
+// From the host copy of a context whose layout is checked.
 template <class Cfg>
-uint64_t workspace_bytes(const CaDecodeParams& p) {
-  // Phase 2 runs one CTA row per requested row; the split scratch is sized for those.
-  ctx::Error error;
-  if (!ctx::check_layout(p.context_host, p.context_words, &error)) return 0;
-  const int n = KernelContext{p.context_host}.num_requests();
-  return phase2_workspace_bytes<Cfg>(n, phase2_splits<Cfg>(n, sm_count()));
+WorkspacePlan workspace_plan(const KernelContext& host) {
+  WorkspacePlan w;
+  const int requests = host.num_requests();
+  w.phase2_splits = phase2_splits<Cfg>(requests, sm_count(), phase2_max_row_tokens<Cfg>(host));
+  w.split_bytes = phase2_workspace_bytes<Cfg>(requests, w.phase2_splits);
+  if (host.num_runs() > 0) {
+    w.phase1_splits =
+        phase1_splits<Cfg>(host.runs(), host.num_runs(), host.num_partials(), sm_count());
+    w.partial_bytes = phase1_workspace_bytes<Cfg>(host.num_partials(), w.phase1_splits);
+  }
+  return w;
 }
 
+template <class Cfg>
+uint64_t workspace_bytes(const CaDecodeParams& p) {
+  ctx::Error error;
+  if (!ctx::check_layout(p.context_host, p.context_words, &error)) return 0;
+  return workspace_plan<Cfg>(KernelContext{p.context_host}).total();
+}
+
+// Two-phase / chunk-first: phase 1 over the context's shared runs writes partials, then phase 2
+// attends to each requested row's remaining tokens and merges them. Without runs: phase 2 alone
+// (sequence-first).
 template <class Cfg, class Variant>
 int decode(const CaDecodeParams& p, void* stream) {
   if (p.abi_version != CA_ABI_VERSION || p.struct_bytes != sizeof(CaDecodeParams))
@@ -244,31 +268,44 @@ int decode(const CaDecodeParams& p, void* stream) {
   if (!ctx::check_layout(p.context_host, p.context_words, &error))
     return fail(CA_ERR_INVALID, std::string("ca_decode: ") + error.message);
   const KernelContext host{p.context_host};
-  if (host.num_runs() != 0)
-    return fail(
-        CA_ERR_UNSUPPORTED,
-        "ca_decode: this module has no phase-1 kernel yet; build the context with no shared runs");
+  if (!phase1_partials_in_run_order(host.runs(), host.num_runs()))
+    return fail(CA_ERR_INVALID,
+                "ca_decode: the runs' partial ranges must be consecutive in run order "
+                "(as packContext builds them)");
   using Plan = Phase2Plan<Cfg>;
-  // Phase 2 walks the requested rows only.
-  const int requests = host.num_requests();
-  const int splits = phase2_splits<Cfg>(requests, sm_count());
-  const uint64_t need = phase2_workspace_bytes<Cfg>(requests, splits);
-  if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
+  using Plan1 = Phase1Plan<Cfg>;
+  const WorkspacePlan w = workspace_plan<Cfg>(host);
+  if (w.total() > 0 && (p.workspace == nullptr || p.workspace_bytes < w.total()))
     return fail(CA_ERR_INVALID, "ca_decode: the workspace holds " +
                                     std::to_string(p.workspace_bytes) + " bytes, " +
-                                    std::to_string(need) + " needed (ca_workspace_bytes)");
+                                    std::to_string(w.total()) + " needed (ca_workspace_bytes)");
   const DecodeView ctx = DecodeView::from(p);
   const DecodeTensors tensors = DecodeTensors::from(p);
-  Phase2Io io{splits, nullptr, nullptr, nullptr, nullptr, 1};
-  if (splits > 1) {
-    io.split_o = static_cast<float*>(p.workspace);
-    io.split_lse = io.split_o + uint64_t(requests) * splits * Cfg::kQHeads * Cfg::kHeadDim;
+  const int requests = host.num_requests();
+  unsigned char* ws = static_cast<unsigned char*>(p.workspace);
+  Phase2Io io{w.phase2_splits, nullptr, nullptr, nullptr, nullptr, 1};
+  if (host.num_runs() > 0) {
+    const uint64_t n = uint64_t(host.num_partials()) * w.phase1_splits * Cfg::kQHeads;
+    const Phase1Io io1{reinterpret_cast<float*>(ws),
+                       reinterpret_cast<float*>(ws) + n * Cfg::kHeadDim, w.phase1_splits};
+    const int64_t items = phase1_items<Cfg>(host.num_runs(), host.num_partials());
+    if (int s = launch("decode_phase1", decode_phase1_kernel<Cfg, Variant>,
+                       dim3(unsigned(items), unsigned(Cfg::kKvHeads), unsigned(w.phase1_splits)),
+                       dim3(Plan1::kThreads), Plan1::kSmemBytes, stream, ctx, tensors, io1))
+      return s;
+    io.part_o = io1.part_o;
+    io.part_lse = io1.part_lse;
+    io.part_splits = io1.splits;
   }
-  const dim3 grid(unsigned(requests), unsigned(Cfg::kKvHeads), unsigned(splits));
+  if (w.phase2_splits > 1) {
+    io.split_o = reinterpret_cast<float*>(ws + w.partial_bytes);
+    io.split_lse = io.split_o + uint64_t(requests) * w.phase2_splits * Cfg::kQHeads * Cfg::kHeadDim;
+  }
+  const dim3 grid(unsigned(requests), unsigned(Cfg::kKvHeads), unsigned(w.phase2_splits));
   if (int s = launch("decode_phase2", decode_phase2_kernel<Cfg, Variant>, grid,
                      dim3(Plan::kThreads), Plan::kSmemBytes, stream, ctx, tensors, io))
     return s;
-  if (splits == 1) return ok();
+  if (w.phase2_splits == 1) return ok();
   return launch("decode_merge_splits", decode_merge_splits_kernel<Cfg>,
                 dim3(unsigned(requests), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
                 Plan::kMergeSplitsSmemBytes, stream, ctx, tensors, io);

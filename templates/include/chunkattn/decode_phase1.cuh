@@ -1,0 +1,584 @@
+// chunkattn/decode_phase1.cuh — phase 1 of two-phase decode (and all of chunk-first): for every
+// shared run of the packed context, the softmax state of each sharer's query heads over the run's
+// tokens, on tensor cores. Phase 2 (decode_phase2.cuh) merges these partials into each row.
+//
+// Work item = (an m-tile of a run's stacked rows, a KV head, a split of the run's chunks):
+//   - Stacked rows: sharer r and query head g of the KV head give stacked row (r - row_begin)·G +
+//   g;
+//     an m-tile is up to kMT = 128 of them, so b·G ≤ 128 sharers read each shared chunk once.
+//   - 8 warps laid out kWM × kWN: kWM warps of 16 stacked rows each (m16 blocks), kWN warps
+//     splitting every 64-token stage (the layout follows the tile's rows: 2×4, 4×2 or 8×1).
+//   - Q fragments stay in registers for the whole run; S = Q Kᵀ and O += P V run on
+//     mma.sync m16n8k16, B operands by ldmatrix (.trans for V) from shared rows padded to D + 8
+//     elements (a 16-byte shift per row: every 8-row ldmatrix phase hits 32 distinct banks).
+//   - K/V stream through a 2-stage cp.async ring of 64-token stages; tokens past the split's end
+//     are zero-filled (stale shared memory times P = 0 could be NaN). The chunk slots of a stage
+//     are read once per warp, one lane per chunk, and shuffled to the copying lanes.
+//   - Token-slice warps of one m16 block merge their states through shared memory after the loop,
+//     then the partials are written: o / l (f32) and lse (natural log), one per (partial, query
+//     head, split), in the layout phase 2 reads (Phase2Io::part_o / part_lse).
+// The grid is computable on the host from the context's scalars (phase1_items).
+#ifndef CHUNKATTN_DECODE_PHASE1_CUH_
+#define CHUNKATTN_DECODE_PHASE1_CUH_
+
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <type_traits>
+
+#include "chunkattn/abi.h"
+#include "chunkattn/decode_phase2.cuh"
+#include "chunkattn/decode_view.cuh"
+#include "chunkattn/dtype.cuh"
+#include "chunkattn/prims.cuh"
+#include "chunkattn/variant.h"
+
+namespace ca {
+
+// Launch geometry and the dynamic shared-memory arena (codegen/plan.ts mirrors it).
+template <class Cfg>
+struct Phase1Plan {
+  using KvT = typename Cfg::KvT;
+  static constexpr int G = Cfg::kQHeads / Cfg::kKvHeads, D = Cfg::kHeadDim, C = Cfg::kChunk;
+  // m16 blocks a warp holds: 2 where o and the Q fragments of both fit in registers (D <= 64),
+  // so every K/V fragment a warp loads from shared memory serves 32 stacked rows; else 1.
+  static constexpr int kBlocksPerWarp = D <= 64 ? 2 : 1;
+  static constexpr int kWarps = 8 / kBlocksPerWarp, kThreads = 32 * kWarps;
+  static constexpr int kMT = 128;  // stacked rows per m-tile: b·G <= 128 read each chunk once
+  // Q fragments live in registers up to D = 128; above, they are read from a Q tile kept in
+  // shared memory (and stages shrink to 32 tokens so the arena fits sm_80's 163 KiB).
+  static constexpr bool kQInSmem = D > 128;
+  static constexpr int kKT = kQInSmem ? 32 : 64;  // tokens per pipeline stage
+  static constexpr int kMaxWN = kKT / 16;         // token-slice warps (16 tokens each at least)
+  static constexpr int kStages = 2;               // cp.async ring depth
+  static constexpr int kLd = D + 8;               // padded shared row (elements)
+  // Registers: up to 255 a thread (one 8-warp CTA, or two 4-warp CTAs, per SM's 64 K).
+  static constexpr int kMinBlocks = 8 / kWarps;
+  static constexpr int kMaxRegisters = 65536 / (kThreads * kMinBlocks) > 255
+                                           ? 255
+                                           : 65536 / (kThreads * kMinBlocks);
+  static constexpr int kMaxSplits = 8;
+  // A split must read at least this many K/V bytes per partial byte it adds (see phase1_splits).
+  static constexpr int kMinKvPerPartialByte = 8;
+
+  // Ring, stage-major: stage s holds K at kStageBytes·s and V right after it, each KvT [kKT][kLd].
+  static constexpr size_t kTileBytes = size_t(kKT) * kLd * sizeof(KvT);
+  static constexpr size_t kStageBytes = 2 * kTileBytes;
+  static constexpr size_t kRingBytes = kStages * kStageBytes;
+  // Q KvT [kMT][kLd]: its own region after the ring (kQInSmem), else staged once in stage 1
+  // (free until the loop's first refill).
+  static constexpr size_t kQBytes = size_t(kMT) * kLd * sizeof(KvT);
+  static constexpr size_t kOffQ = kQInSmem ? kRingBytes : kStageBytes;
+  // After the loop the ring holds the token-slice warps' states: f32 o [kWarps][kMT / kWarps]
+  // [kMergePitch] (pitch ≡ 8 mod 32 words when D ≡ 0 mod 32: float2 stores conflict-free), then
+  // (m, l) [kWarps][kMT / kWarps].
+  static constexpr int kMergePitch = D + 8;
+  static constexpr size_t kMergeOBytes = size_t(kMT) * kMergePitch * 4;
+  static constexpr size_t kMergeBytes = kMergeOBytes + size_t(kMT) * 8;
+  static constexpr size_t kLoopBytes = kRingBytes + (kQInSmem ? kQBytes : 0);
+  static constexpr size_t kSmemBytes = kLoopBytes > kMergeBytes ? kLoopBytes : kMergeBytes;
+
+  static_assert(Cfg::kQHeads % Cfg::kKvHeads == 0, "GQA group must be integral");
+  static_assert(D % 16 == 0, "mma k16 steps over the head dimension");
+  static_assert(std::is_same<typename Cfg::QT, KvT>::value, "mma needs Q and K/V in one type");
+  static_assert(kQInSmem || kQBytes <= kStageBytes, "Q staging fits in one stage");
+  static_assert(!kQInSmem || kMergeOBytes <= kLoopBytes, "the merge fits the loop's arena");
+};
+
+// Where phase 1 writes its partials (phase 2 reads them through Phase2Io).
+struct Phase1Io {
+  float* part_o;    // [num_partials * splits][Hq][D] o / l
+  float* part_lse;  // [num_partials * splits][Hq] natural log; -inf = empty
+  int splits;       // CTAs per (m-tile, KV head), each over a contiguous share of the run's chunks
+};
+
+template <class T>
+CA_DEVICE uint32_t pack_pair(float lo, float hi);
+template <>
+CA_DEVICE uint32_t pack_pair<f16>(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  uint32_t u;
+  memcpy(&u, &h, 4);
+  return u;
+}
+template <>
+CA_DEVICE uint32_t pack_pair<bf16>(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  uint32_t u;
+  memcpy(&u, &h, 4);
+  return u;
+}
+
+template <class T>
+CA_DEVICE void mma16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (std::is_same<T, f16>::value)
+    mma_m16n8k16_f16(d, a, b, d);
+  else
+    mma_m16n8k16_bf16(d, a, b, d);
+}
+
+// Run i owns work items [i + ⌊pb_i·G / kMT⌋, i + 1 + ⌊pb_{i+1}·G / kMT⌋) (pb = partial_begin,
+// consecutive in run order), which holds its ⌈rows·G / kMT⌉ m-tiles and maybe one spare.
+template <class Cfg>
+CA_HD int64_t phase1_item_begin(int run, int partial_begin) {
+  return run + int64_t(partial_begin) * Phase1Plan<Cfg>::G / Phase1Plan<Cfg>::kMT;
+}
+template <class Cfg>
+inline int64_t phase1_items(int num_runs, int num_partials) {
+  return phase1_item_begin<Cfg>(num_runs, num_partials);
+}
+
+// One item's m-tile: stacked rows [m0, m0 + mcount) of the run.
+struct Phase1Tile {
+  CaSharedRun run;
+  int m0, mcount;
+};
+
+template <class Cfg, class Variant, int kWM>
+CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const Phase1Io& io,
+                           const Phase1Tile& tile) {
+  using Pl = Phase1Plan<Cfg>;
+  using KvT = typename Cfg::KvT;
+  constexpr int G = Pl::G, D = Pl::D, C = Pl::C, Hq = Cfg::kQHeads, Hkv = Cfg::kKvHeads;
+  constexpr int kLd = Pl::kLd, kKT = Pl::kKT, kWN = Pl::kWarps / kWM, kNT = kKT / kWN;
+  constexpr int kMB = Pl::kBlocksPerWarp;      // m16 blocks of this warp
+  constexpr int kNK = D / 16;                  // k16 steps of Q Kᵀ
+  constexpr int kSub = 16;                     // tokens per S block (register budget)
+  constexpr int kPieces = D / 8;               // 16-byte pieces of a row
+  constexpr int kQK = Pl::kQInSmem ? 1 : kNK;  // Q fragments kept in registers
+  static_assert(kWN <= Pl::kMaxWN && kNT % 16 == 0, "a warp's token slice is whole k16 steps");
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const CaSharedRun& run = tile.run;
+  const int m0 = tile.m0, mcount = tile.mcount;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp % kWM, wn = warp / kWM;
+  const int kvh = blockIdx.y, split = blockIdx.z;
+  const int gq = lane >> 2, tq = lane & 3;
+  // Local stacked row of accumulator half h of m16 block b of this warp.
+  auto local_row = [&](int b, int h) { return (wm * kMB + b) * 16 + gq + 8 * h; };
+  // Whether any of this warp's stacked rows is in the tile (warp-uniform): a warp past the tile's
+  // rows only takes part in the copies and barriers.
+  const bool warp_live = wm * kMB * 16 < mcount;
+  constexpr int kRowsRead = kWM * kMB * 16;  // Q rows the warps read (the rest stays unstaged)
+
+  // This split's chunks of the run.
+  const int c_lo = int(int64_t(split) * run.num_chunks / io.splits);
+  const int c_hi = int(int64_t(split + 1) * run.num_chunks / io.splits);
+  const int nchunks = c_hi - c_lo;
+  const int ntok = nchunks * C;
+  const int tok_pos0 = run.kv_begin + c_lo * C;  // key position of the split's first token
+  const int ntiles = (ntok + kKT - 1) / kKT;
+  const int32_t* slots = ctx.run_slots() + run.chunk_begin + c_lo;
+
+  // The stacked rows this lane's accumulators hold (g and g + 8 of each m16 block).
+  int r_len[kMB][2], r_seq[kMB][2], r_head[kMB][2];
+#pragma unroll
+  for (int b = 0; b < kMB; ++b)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = local_row(b, h);
+      const bool live = m < mcount;
+      const int sm = m0 + (live ? m : 0);
+      const int r = run.row_begin + sm / G;
+      r_len[b][h] = live ? ctx.row_length(r) : 0;  // 0: nothing visible
+      r_seq[b][h] = Variant::kHasMask || Variant::kHasScoreMod ? ctx.row_seq(r) : 0;
+      r_head[b][h] = kvh * G + sm % G;
+    }
+
+  // Copies stage `i` (tokens [i·kKT, (i + 1)·kKT) of the split), K and V, into ring slot `stage`.
+  // Called by every thread (the slot shuffle is warp-wide).
+  auto load_stage = [&](int i, int stage) {
+    const int first = i * kKT / C;  // the stage's first chunk within the split
+    int last = (i * kKT + kKT - 1) / C;
+    if (last > nchunks - 1) last = nchunks - 1;
+    const int my_slot = lane <= last - first ? ctx.chunk_slot(slots, first + lane) : 0;
+    KvT* ks = reinterpret_cast<KvT*>(smem + stage * Pl::kStageBytes);
+    KvT* vs = reinterpret_cast<KvT*>(smem + stage * Pl::kStageBytes + Pl::kTileBytes);
+#pragma unroll
+    for (int e0 = 0; e0 < kKT * kPieces; e0 += Pl::kThreads) {
+      const int e = e0 + tid;
+      const int row = e / kPieces, piece = e % kPieces;
+      const int u = i * kKT + row;  // token within the split
+      const int slot = __shfl_sync(0xffffffffu, my_slot, (u / C - first) & 31);
+      if (kKT * kPieces % Pl::kThreads != 0 && e >= kKT * kPieces) continue;
+      KvT* kd = ks + size_t(row) * kLd + piece * 8;
+      KvT* vd = vs + size_t(row) * kLd + piece * 8;
+      if (u < ntok) {
+        const size_t off = ((size_t(slot) * Hkv + kvh) * C + u % C) * D + piece * 8;
+        cp_async<CA_TRAFFIC_KV, 16>(kd, static_cast<const KvT*>(t.k_pool) + off);
+        cp_async<CA_TRAFFIC_KV, 16>(vd, static_cast<const KvT*>(t.v_pool) + off);
+      } else {
+        cp_async_zfill<CA_TRAFFIC_KV, 16>(kd, t.k_pool, 0);
+        cp_async_zfill<CA_TRAFFIC_KV, 16>(vd, t.v_pool, 0);
+      }
+    }
+  };
+
+  // A split without chunks (a short run next to a long one) has an empty state for every row.
+  if (ntiles == 0) {
+    if (wn == 0 && tq == 0)
+#pragma unroll
+      for (int b = 0; b < kMB; ++b)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int m = local_row(b, h);
+          if (m >= mcount) continue;
+          const size_t slot = size_t(run.partial_begin + (m0 + m) / G) * io.splits + split;
+          stg<CA_TRAFFIC_PARTIAL>(io.part_lse + slot * Hq + r_head[b][h], -INFINITY);
+        }
+    return;
+  }
+
+  // Prologue: the Q tile and stage 0, one group. A sharer without an io row (not requested this
+  // call) reads zeros: its partial is computed but never merged.
+  KvT* qs = reinterpret_cast<KvT*>(smem + Pl::kOffQ);
+  for (int e = tid; e < kRowsRead * kPieces; e += Pl::kThreads) {
+    const int m = e / kPieces, piece = e % kPieces;
+    KvT* dst = qs + size_t(m) * kLd + piece * 8;
+    const int sm = m0 + m;
+    const int io_row = m < mcount ? ctx.row_io(run.row_begin + sm / G) : -1;
+    if (io_row >= 0)
+      cp_async<CA_TRAFFIC_Q, 16>(dst, static_cast<const KvT*>(t.q) +
+                                          (size_t(io_row) * Hq + kvh * G + sm % G) * D + piece * 8);
+    else
+      cp_async_zfill<CA_TRAFFIC_Q, 16>(dst, t.q, 0);
+  }
+  load_stage(0, 0);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // A fragment of m16 block b, k16 step kk, from the Q tile.
+  auto load_q = [&](uint32_t(&a)[4], int b, int kk) {
+    ldmatrix_x4(a,
+                qs + size_t((wm * kMB + b) * 16 + (lane & 15)) * kLd + kk * 16 + (lane >> 4) * 8);
+  };
+  uint32_t qa[kMB][kQK][4];
+  if constexpr (!Pl::kQInSmem) {
+#pragma unroll
+    for (int b = 0; b < kMB; ++b)
+#pragma unroll
+      for (int kk = 0; kk < kNK; ++kk) load_q(qa[b][kk], b, kk);
+    __syncthreads();  // stage 1 (the Q staging) is refilled below
+  }
+
+  float o[kMB][D / 8][4];
+  float m_run[kMB][2], l_run[kMB][2];
+#pragma unroll
+  for (int b = 0; b < kMB; ++b) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[b][n][0] = o[b][n][1] = o[b][n][2] = o[b][n][3] = 0.f;
+    m_run[b][0] = m_run[b][1] = -INFINITY;
+    l_run[b][0] = l_run[b][1] = 0.f;
+  }
+  const float scale = Variant::kHasScoreMod ? t.softmax_scale : t.softmax_scale * kLog2e;
+
+  for (int i = 0; i < ntiles; ++i) {
+    const int stage = i % Pl::kStages;
+    if (i + 1 < ntiles) load_stage(i + 1, (i + 1) % Pl::kStages);
+    cp_async_commit();
+    cp_async_wait<1>();  // stage i has landed; stage i + 1 flies
+    __syncthreads();
+
+    const KvT* kt = reinterpret_cast<const KvT*>(smem + stage * Pl::kStageBytes);
+    const KvT* vt = reinterpret_cast<const KvT*>(smem + stage * Pl::kStageBytes + Pl::kTileBytes);
+#pragma unroll 1
+    for (int sub = 0; sub < (warp_live ? kNT : 0); sub += kSub) {
+      const int tok0 = wn * kNT + sub;  // this warp's token block of the stage
+
+      // S = Q Kᵀ: each K fragment serves the warp's kMB m16 blocks.
+      float s[kMB][kSub / 8][4];
+#pragma unroll
+      for (int b = 0; b < kMB; ++b)
+#pragma unroll
+        for (int n = 0; n < kSub / 8; ++n) s[b][n][0] = s[b][n][1] = s[b][n][2] = s[b][n][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < kNK; ++kk) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, kt + size_t(tok0 + (lane & 7) + ((lane >> 4) & 1) * 8) * kLd + kk * 16 +
+                            ((lane >> 3) & 1) * 8);
+        const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+#pragma unroll
+        for (int b = 0; b < kMB; ++b) {
+          if constexpr (Pl::kQInSmem) {
+            load_q(qa[b][0], b, kk);
+            mma16816<KvT>(s[b][0], qa[b][0], b0);
+            mma16816<KvT>(s[b][1], qa[b][0], b1);
+          } else {
+            mma16816<KvT>(s[b][0], qa[b][kk], b0);
+            mma16816<KvT>(s[b][1], qa[b][kk], b1);
+          }
+        }
+      }
+
+#pragma unroll
+      for (int b = 0; b < kMB; ++b) {
+        // Scale, visibility, online softmax (rows g and g + 8; base-2 exponent).
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < kSub / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int h = e >> 1;
+            const int u = i * kKT + tok0 + n * 8 + 2 * tq + (e & 1);
+            const int kv = tok_pos0 + u;
+            // kv < length also masks a chunk-first run's partial last chunk.
+            bool visible = u < ntok && kv < r_len[b][h];
+            const Pos pos{r_seq[b][h], r_head[b][h], kvh, r_len[b][h] - 1, kv};
+            if (Variant::kHasMask && visible) visible = Variant::mask(pos, t.params);
+            float x = s[b][n][e] * scale;
+            if (Variant::kHasScoreMod && visible) x = Variant::score_mod(x, pos, t.params) * kLog2e;
+            s[b][n][e] = visible ? x : -INFINITY;
+            mx[h] = fmaxf(mx[h], s[b][n][e]);
+          }
+        float alpha[2], ref[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+          mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+          const float m_new = fmaxf(m_run[b][h], mx[h]);
+          ref[h] = m_new == -INFINITY ? 0.f : m_new;
+          alpha[h] = exp2f(m_run[b][h] - ref[h]);
+          m_run[b][h] = m_new;
+          l_run[b][h] *= alpha[h];
+        }
+#pragma unroll
+        for (int n = 0; n < kSub / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            s[b][n][e] = exp2f(s[b][n][e] - ref[e >> 1]);
+            l_run[b][e >> 1] += s[b][n][e];
+          }
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          o[b][n][0] *= alpha[0], o[b][n][1] *= alpha[0];
+          o[b][n][2] *= alpha[1], o[b][n][3] *= alpha[1];
+        }
+      }
+
+      // O += P V: P straight from the S accumulators (the C layout of two n8 tiles is the A
+      // layout of one k16 step); each V fragment serves the warp's kMB m16 blocks.
+      uint32_t pa[kMB][4];
+#pragma unroll
+      for (int b = 0; b < kMB; ++b) {
+        pa[b][0] = pack_pair<KvT>(s[b][0][0], s[b][0][1]);
+        pa[b][1] = pack_pair<KvT>(s[b][0][2], s[b][0][3]);
+        pa[b][2] = pack_pair<KvT>(s[b][1][0], s[b][1][1]);
+        pa[b][3] = pack_pair<KvT>(s[b][1][2], s[b][1][3]);
+      }
+#pragma unroll
+      for (int n = 0; n < D / 8; n += 2) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, vt + size_t(tok0 + (lane & 15)) * kLd + (n + (lane >> 4)) * 8);
+        const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
+#pragma unroll
+        for (int b = 0; b < kMB; ++b) {
+          mma16816<KvT>(o[b][n], pa[b], b0);
+          mma16816<KvT>(o[b][n + 1], pa[b], b1);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with the stage before the next iteration refills it
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int b = 0; b < kMB; ++b)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      l_run[b][h] += __shfl_xor_sync(0xffffffffu, l_run[b][h], 1);
+      l_run[b][h] += __shfl_xor_sync(0xffffffffu, l_run[b][h], 2);
+    }
+
+  // Token-slice warps of one m-block group merge through shared memory (the arena is free: every
+  // copy landed and the loop's last barrier passed).
+  if constexpr (kWN > 1) {
+    float* mo = reinterpret_cast<float*>(smem);                     // [kMT][kMergePitch]
+    float* ml = reinterpret_cast<float*>(smem + Pl::kMergeOBytes);  // [kMT][2]
+    // Row (within the arena) of accumulator half h of block b of warp w.
+    auto arena_row = [&](int w, int b, int h) { return (w * kMB + b) * 16 + gq + 8 * h; };
+    __syncthreads();
+    if (wn > 0 && warp_live) {
+#pragma unroll
+      for (int b = 0; b < kMB; ++b)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = arena_row(warp, b, h);
+#pragma unroll
+          for (int n = 0; n < D / 8; ++n)
+            sts(reinterpret_cast<float2*>(mo + size_t(row) * Pl::kMergePitch + n * 8 + 2 * tq),
+                make_float2(o[b][n][2 * h], o[b][n][2 * h + 1]));
+          if (tq == 0)
+            sts(reinterpret_cast<float2*>(ml + size_t(row) * 2),
+                make_float2(m_run[b][h], l_run[b][h]));
+        }
+    }
+    __syncthreads();
+    if (wn == 0 && warp_live) {  // the warps of one m-block group share wm, so their liveness
+#pragma unroll 1
+      for (int other = 1; other < kWN; ++other) {
+        const int ow = other * kWM + wm;
+#pragma unroll
+        for (int b = 0; b < kMB; ++b)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int row = arena_row(ow, b, h);
+            const float2 st = lds(reinterpret_cast<const float2*>(ml + size_t(row) * 2));
+            const float m_new = fmaxf(m_run[b][h], st.x);
+            const float ref = m_new == -INFINITY ? 0.f : m_new;
+            const float fa = exp2f(m_run[b][h] - ref), fb = exp2f(st.x - ref);
+            m_run[b][h] = m_new;
+            l_run[b][h] = l_run[b][h] * fa + st.y * fb;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+              const float2 v = lds(reinterpret_cast<const float2*>(
+                  mo + size_t(row) * Pl::kMergePitch + n * 8 + 2 * tq));
+              o[b][n][2 * h] = o[b][n][2 * h] * fa + v.x * fb;
+              o[b][n][2 * h + 1] = o[b][n][2 * h + 1] * fa + v.y * fb;
+            }
+          }
+      }
+    }
+  }
+
+  if (wn != 0) return;
+    // Partials of the live stacked rows: o / l and lse (natural log). An empty state (nothing
+    // visible) writes lse = -inf only; phase 2 never reads its o.
+#pragma unroll
+  for (int b = 0; b < kMB; ++b)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = local_row(b, h);
+      if (m >= mcount) continue;
+      const int sm = m0 + m;
+      const size_t slot = size_t(run.partial_begin + sm / G) * io.splits + split;
+      const bool empty = l_run[b][h] == 0.f;
+      const float inv = empty ? 0.f : 1.f / l_run[b][h];
+      float* dst = io.part_o + (slot * Hq + r_head[b][h]) * D;
+      if (!empty)
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+          stg<CA_TRAFFIC_PARTIAL>(reinterpret_cast<float2*>(dst + n * 8 + 2 * tq),
+                                  make_float2(o[b][n][2 * h] * inv, o[b][n][2 * h + 1] * inv));
+      if (tq == 0)
+        stg<CA_TRAFFIC_PARTIAL>(io.part_lse + slot * Hq + r_head[b][h],
+                                empty ? -INFINITY : (m_run[b][h] + log2f(l_run[b][h])) * kLn2);
+    }
+}
+
+// Runs the body with the fewest warps along m (a power of two >= kWM) that hold warps_m.
+template <class Cfg, class Variant, int kWM>
+CA_DEVICE void phase1_dispatch(const DecodeView& ctx, const DecodeTensors& t, const Phase1Io& io,
+                               const Phase1Tile& tile, int warps_m) {
+  if constexpr (kWM < Phase1Plan<Cfg>::kWarps) {
+    if (warps_m > kWM) {
+      phase1_dispatch<Cfg, Variant, 2 * kWM>(ctx, t, io, tile, warps_m);
+      return;
+    }
+  }
+  phase1_body<Cfg, Variant, kWM>(ctx, t, io, tile);
+}
+
+// grid (phase1_items, Hkv, splits), block kThreads, dynamic shared memory kSmemBytes.
+template <class Cfg, class Variant>
+__global__ void __launch_bounds__(Phase1Plan<Cfg>::kThreads, Phase1Plan<Cfg>::kMinBlocks)
+    decode_phase1_kernel(const DecodeView ctx, const DecodeTensors t, const Phase1Io io) {
+  using Pl = Phase1Plan<Cfg>;
+  constexpr int G = Pl::G;
+  // Thread 0 finds the item's run (the last whose first item is <= blockIdx.x: item_begin strictly
+  // increases with the run) and shares it through the arena's first words.
+  extern __shared__ __align__(128) unsigned char smem[];
+  int* hdr = reinterpret_cast<int*>(smem);
+  if (threadIdx.x == 0) {
+    const int64_t x = blockIdx.x;
+    int lo = 0, hi = ctx.num_runs();
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) / 2;
+      if (phase1_item_begin<Cfg>(mid, ctx.run_field(mid, &CaSharedRun::partial_begin)) <= x)
+        lo = mid;
+      else
+        hi = mid;
+    }
+    const CaSharedRun run = ctx.run(lo);
+    sts(hdr + 0, run.chunk_begin);
+    sts(hdr + 1, run.num_chunks);
+    sts(hdr + 2, run.kv_begin);
+    sts(hdr + 3, run.row_begin);
+    sts(hdr + 4, run.row_end);
+    sts(hdr + 5, run.partial_begin);
+    sts(hdr + 6, int(x - phase1_item_begin<Cfg>(lo, run.partial_begin)));
+  }
+  __syncthreads();
+  Phase1Tile tile;
+  tile.run.chunk_begin = lds(hdr + 0);
+  tile.run.num_chunks = lds(hdr + 1);
+  tile.run.kv_begin = lds(hdr + 2);
+  tile.run.row_begin = lds(hdr + 3);
+  tile.run.row_end = lds(hdr + 4);
+  tile.run.partial_begin = lds(hdr + 5);
+  const int64_t j = lds(hdr + 6);
+  __syncthreads();  // the body's copies overwrite the header
+  const int m_total = (tile.run.row_end - tile.run.row_begin) * G;
+  const int64_t m0 = j * Pl::kMT;
+  if (m0 >= m_total) return;  // the spare item of a run (see phase1_item_begin)
+  tile.m0 = int(m0);
+  tile.mcount = m_total - tile.m0 < Pl::kMT ? m_total - tile.m0 : Pl::kMT;
+  // Warps along the m-tile: as few as hold its m16 blocks; the others split each stage's tokens.
+  const int blocks = (tile.mcount + 15) / 16;
+  phase1_dispatch<Cfg, Variant, Pl::kWarps / Pl::kMaxWN>(
+      ctx, t, io, tile, (blocks + Pl::kBlocksPerWarp - 1) / Pl::kBlocksPerWarp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host: the split factor and the workspace.
+
+// Splits of every run's chunks. Enough CTAs to give every SM kMinBlocks when the m-tiles × KV
+// heads cannot, at most kMaxSplits, and only as far as each split still reads kMinKvPerPartialByte
+// K/V bytes per partial byte it writes and phase 2 reads back: a run of n tokens over m stacked
+// rows moves 4·D·n K/V bytes and 8·(D + 1)·m partial bytes per split, and a split is whole
+// chunks (the run that allows the most splits decides; shorter runs leave splits empty, which
+// write an empty lse only). `runs` is the host copy of the context's runs.
+template <class Cfg>
+inline int phase1_splits(const CaSharedRun* runs, int num_runs, int num_partials, int sm_count) {
+  using Pl = Phase1Plan<Cfg>;
+  if (num_runs <= 0) return 1;
+  const int64_t ctas = phase1_items<Cfg>(num_runs, num_partials) * Cfg::kKvHeads;
+  const int64_t fill = int64_t(sm_count) * Pl::kMinBlocks / (ctas > 0 ? ctas : 1);
+  int64_t worth = 1;
+  for (int i = 0; i < num_runs; ++i) {
+    int64_t m = int64_t(runs[i].row_end - runs[i].row_begin) * Pl::G;
+    if (m > Pl::kMT) m = Pl::kMT;
+    const int64_t kv = int64_t(4) * Pl::D * runs[i].num_chunks * Pl::C;
+    const int64_t partial = int64_t(8) * (Pl::D + 1) * m * Pl::kMinKvPerPartialByte;
+    int64_t s = kv / partial;
+    if (s > runs[i].num_chunks) s = runs[i].num_chunks;  // splits are whole chunks
+    if (s > worth) worth = s;
+  }
+  int64_t s = fill < worth ? fill : worth;
+  if (s > Pl::kMaxSplits) s = Pl::kMaxSplits;
+  return s < 1 ? 1 : int(s);
+}
+
+// Workspace of the partials: o [num_partials * splits][Hq][D] then lse [num_partials * splits][Hq].
+template <class Cfg>
+inline uint64_t phase1_workspace_bytes(int num_partials, int splits) {
+  const uint64_t n = uint64_t(num_partials) * splits * Cfg::kQHeads;
+  return n * Cfg::kHeadDim * 4 + n * 4;
+}
+
+// Whether the runs' partial ranges are consecutive in run order (phase1_item_begin needs it; the
+// context builder assigns them so).
+inline bool phase1_partials_in_run_order(const CaSharedRun* runs, int num_runs) {
+  int next = 0;
+  for (int i = 0; i < num_runs; ++i) {
+    if (runs[i].partial_begin != next) return false;
+    next += runs[i].row_end - runs[i].row_begin;
+  }
+  return true;
+}
+
+}  // namespace ca
+
+#endif  // CHUNKATTN_DECODE_PHASE1_CUH_

@@ -1,0 +1,148 @@
+// The phase-1 kernel (decode_phase1.cuh) compiled by nvcc for sm_80 and sm_90a, each arch checked
+// on its own (spills differ by arch), over a spec matrix of D ∈ {64, 128, 256} × G ∈ {1, 8} plus a
+// masked, score-modded variant: no spills, no local memory, registers within the plan's budget,
+// no static shared memory (the plan's dynamic arena is checked against C++ in
+// emu-phase1.test.ts). And a PTX lint: tensor cores (mma.sync m16n8k16) fed by ldmatrix, K/V by
+// cp.async with a wait_group ≥ 1 in the loop, no 2-byte shared loads, no local loads or stores.
+
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { parsePtxasReport } from '../codegen/index.ts';
+import { phase1Geometry } from '../codegen/plan.ts';
+import { attention } from '../dsl/index.ts';
+import { haveNvcc, nvccPath, repoRoot } from '../runtime/cucpu/tools/test-harness.ts';
+
+const MATRIX = [
+  ...[64, 128, 256].flatMap((d) =>
+    [1, 8].map((g) => ({ d, g, dtype: d === 128 ? 'bf16' : 'f16', variant: 'Plain' })),
+  ),
+  { d: 128, g: 2, dtype: 'bf16', variant: 'SoftcapWindow' },
+];
+const ARCHS = ['sm_80', 'sm_90a'] as const;
+
+function plan(i: number) {
+  const { d, g, dtype } = MATRIX[i]!;
+  return phase1Geometry(
+    attention({
+      name: `matrix-${i}`,
+      heads: { q: 8 * g, kv: 8 },
+      headDim: d as 64 | 128 | 256,
+      dtype: dtype as 'f16' | 'bf16',
+      chunkSize: 64,
+      targets: ['sm_80'],
+    }),
+  );
+}
+
+function source(): string {
+  const cfgs = MATRIX.map(
+    ({ d, g, dtype, variant }, i) => `struct Cfg${i} {
+  static constexpr int kQHeads = ${8 * g}, kKvHeads = 8, kHeadDim = ${d}, kChunk = 64;
+  using QT = ca::${dtype}; using KvT = ca::${dtype}; using OutT = ca::${dtype};
+};
+template __global__ void ca::decode_phase1_kernel<Cfg${i}, ${variant}>(const ca::DecodeView, const ca::DecodeTensors, const ca::Phase1Io);`,
+  );
+  return `#define CA_TARGET_CUDA 1
+#include "chunkattn/decode_phase1.cuh"
+struct Plain {
+  static constexpr bool kHasScoreMod = false, kHasMask = false;
+  CA_HD static float score_mod(float s, const ca::Pos&, const float*) { return s; }
+  CA_HD static bool mask(const ca::Pos&, const float*) { return true; }
+};
+struct SoftcapWindow {
+  static constexpr bool kHasScoreMod = true, kHasMask = true;
+  CA_HD static float score_mod(float s, const ca::Pos&, const float* p) { return p[0] * tanhf(s / p[0]); }
+  CA_HD static bool mask(const ca::Pos& pos, const float* p) { return float(pos.q) - float(pos.kv) < p[1]; }
+};
+${cfgs.join('\n')}
+`;
+}
+
+let dir = '';
+let report = '';
+const ptx = new Map<string, string>();
+
+/** The body of one .entry in a PTX file, by a substring of its mangled name. */
+function entry(text: string, name: string): string {
+  const start = text.search(new RegExp(`\\.entry\\s+\\S*${name}`));
+  if (start < 0) return '';
+  const next = text.indexOf('.entry', start + 6);
+  return text.slice(start, next < 0 ? undefined : next);
+}
+
+describe.skipIf(!haveNvcc)('nvcc: the phase-1 kernel per arch', () => {
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'phase1-ptx-'));
+    writeFileSync(join(dir, 'matrix.cu'), source());
+    const r = await execa(
+      nvccPath,
+      [
+        '-std=c++17',
+        '-O3',
+        '-c',
+        '-Xptxas',
+        '-v',
+        '--keep',
+        '--keep-dir',
+        dir,
+        `-I${join(repoRoot, 'templates/include')}`,
+        ...ARCHS.flatMap((a) => ['-gencode', `arch=${a.replace('sm_', 'compute_')},code=${a}`]),
+        'matrix.cu',
+        '-o',
+        'matrix.o',
+      ],
+      { cwd: dir, all: true },
+    );
+    report = r.all ?? '';
+    for (const f of readdirSync(dir).filter((f) => f.endsWith('.ptx')))
+      ptx.set(/compute_90a|sm_90a/.test(f) ? 'sm_90a' : 'sm_80', readFileSync(join(dir, f), 'utf8'));
+  }, 600_000);
+  afterAll(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test.each(ARCHS)(
+    '%s: every instance has 0 spill bytes, no local memory, registers within the plan, no static smem',
+    (arch) => {
+      const records = parsePtxasReport(report).filter(
+        (r) => r.arch === arch && /decode_phase1/.test(r.symbol),
+      );
+      expect(records.length).toBe(MATRIX.length);
+      for (const r of records) {
+        const what = `${r.symbol} ${arch}: ${r.registers} registers`;
+        expect(r.spillStoreBytes + r.spillLoadBytes, what).toBe(0);
+        expect(r.stackBytes, what).toBe(0);
+        const instance = Number(/4Cfg(\d)/.exec(r.symbol)?.[1]); // one digit: "4" is the name's length
+        expect(r.registers, what).toBeLessThanOrEqual(plan(instance).maxRegisters);
+        expect(r.smemBytes, what).toBe(0);
+      }
+    },
+  );
+
+  test.each(ARCHS)(
+    '%s PTX lint: mma.sync m16n8k16, ldmatrix, cp.async with wait_group ≥ 1; no 2-byte shared loads, no local memory',
+    (arch) => {
+      const text = ptx.get(arch) ?? '';
+      expect(text.length).toBeGreaterThan(0);
+      for (const [i, { variant }] of MATRIX.entries()) {
+        const body = entry(text, `decode_phase1_kernelI4Cfg${i}${variant.length}${variant}`);
+        expect(body.length, `decode_phase1 Cfg${i}`).toBeGreaterThan(0);
+        expect(body).toMatch(/mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(f16|bf16)\.(f16|bf16)\.f32/);
+        expect(body).toMatch(/ldmatrix\.sync\.aligned\.m8n8\.x4\.shared\.b16/);
+        expect(body).toMatch(/ldmatrix\.sync\.aligned\.m8n8\.x4\.trans\.shared\.b16/);
+        expect(body).toMatch(/cp\.async\.cg\.shared\.global/);
+        const waits = [...body.matchAll(/cp\.async\.wait_group\s+(\d+)/g)].map((m) => Number(m[1]));
+        expect(
+          waits.some((n) => n >= 1),
+          `Cfg${i} waits ${waits}`,
+        ).toBe(true);
+        expect(body).not.toMatch(/ld\.shared\.(u16|b16|s16)/);
+        expect(body).not.toMatch(/\b(ld|st)\.local\b/);
+        expect(body).not.toMatch(/\.local\s/);
+      }
+    },
+  );
+});
