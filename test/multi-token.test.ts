@@ -282,16 +282,24 @@ describe('multi-token arguments are checked, with nothing changed', () => {
 
 describe(`the CUDA source on the CPU (emu): one context row per query token (seed ${SEED})`, () => {
   test.each([
-    ['f16', 'plain'],
-    ['bf16', 'softcap-window'],
+    ['f16', 'plain', 'two-phase'],
+    ['bf16', 'softcap-window', 'two-phase'],
+    ['f16', 'plain', 'sequence-first'],
   ] as const)(
-    '%s, %s: prefill, ragged extend and rollback match float64 attention',
-    async (dtype, variant) => {
+    '%s, %s, %s: prefill, ragged extend and rollback match float64 attention',
+    async (dtype, variant, mode) => {
       const spec = tinySpec(dtype, variant, ['emu']);
-      const attn = await Attention.create(spec, { layers: 1, capacityTokens: C * 200, target: 'emu' });
+      const attn = await Attention.create(spec, {
+        layers: 1,
+        capacityTokens: C * 200,
+        target: 'emu',
+        mode,
+      });
       try {
-        // No phase-1 CUDA kernel yet: every query row streams its KV in the sequence-first kernel.
-        expect(attn.mode).toBe('sequence-first');
+        // Two-phase stacks every sharer's query rows in the phase-1 tensor-core kernel; sequence-first
+        // streams each query row's KV on its own.
+        expect(attn.mode).toBe(mode);
+        attn.module.resetStats(); // the module (and its counters) is shared with earlier cases
         const model = new MultiTokenModel(attn, spec, new Rng(SEED + 13));
         const base = tokens(model.rng, 2 * C + 5);
         const a = model.insert(base);
@@ -302,6 +310,9 @@ describe(`the CUDA source on the CPU (emu): one context row per query token (see
         model.extendStep([a], [C + 3]);
         attn.cache.validate();
         expect(model.attends).toBe(3);
+        const phase1 = attn.module.stats().kernels['decode_phase1']?.launches ?? 0;
+        if (mode === 'two-phase') expect(phase1).toBeGreaterThan(0);
+        else expect(phase1).toBe(0);
       } finally {
         attn.close();
       }
