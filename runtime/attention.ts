@@ -20,6 +20,13 @@ import { freemem } from 'node:os';
 import { isPlainObject, validateSpec } from '../dsl/attention.ts';
 import { ARCHS, type BuildTarget, type KernelSpec, PARTITIONS, type Partition } from '../dsl/spec.ts';
 import { ArgumentError, BusyError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
+import {
+  type Dispatcher,
+  type DispatchRulesSource,
+  type DispatchShape,
+  prepareDispatch,
+  sharedPrefixTokens,
+} from './dispatch.ts';
 import { ContextPlanner, type KernelContext } from './kernel-context.ts';
 import { bytesPerChunk, type KvShape, type KvStats } from './kv-stats.ts';
 import { gpuPresent, type LoadableModule, type ModuleLoader, resolveLoader } from './module-loader.ts';
@@ -57,6 +64,13 @@ export interface AttentionOptions {
   readonly maxRunChunks?: number;
   /** How to get a module for a spec (default: the package's codegen builder). */
   readonly loader?: ModuleLoader;
+  /**
+   * Where per-call dispatch rules come from (default: the tuning DB, registered by the package
+   * entry); false: always the default instance and threshold. See runtime/dispatch.ts.
+   */
+  readonly dispatch?: DispatchRulesSource | false;
+  /** Decode shapes to prebuild instances for (default: every instance the rules list). */
+  readonly shapes?: readonly DispatchShape[];
 }
 
 export interface AttentionStats extends KvStats {
@@ -229,12 +243,15 @@ export class Attention {
   readonly #planner = new ContextPlanner();
   #inFlight: Promise<void> | null = null;
   #closed = false;
+  readonly #dispatcher: Dispatcher;
+  #stepShape: { step: PendingStep; shape: DispatchShape } | null = null;
 
-  private constructor(spec: KernelSpec, module: NativeModule, options: AttentionOptions, mode: Partition) {
+  private constructor(spec: KernelSpec, module: NativeModule, options: AttentionOptions, dispatcher: Dispatcher) {
     this.spec = spec;
     this.module = module;
     this.target = module.info.target;
-    this.mode = mode;
+    this.#dispatcher = dispatcher;
+    this.mode = dispatcher.mode;
     this.layers = options.layers;
     const slots = Math.ceil(options.capacityTokens / spec.chunkSize);
     this.cache = new PrefixTree({
@@ -265,6 +282,7 @@ export class Attention {
     if (typeof source !== 'object' || source === null)
       throw new ArgumentError(`expected a spec, { spec } or a built module, got ${shown(source)}`);
     let loadable: LoadableModule;
+    let loader: ModuleLoader | null = null;
     if ('libraryPath' in source) {
       loadable = source;
       if (
@@ -280,7 +298,8 @@ export class Attention {
       const spec = validateSpec(isSpec(source) ? source : source.spec);
       const target = chooseTarget(spec, options.target);
       paramValues(spec, options.params); // fail before building
-      loadable = await resolveLoader(options.loader)(spec, target);
+      loader = resolveLoader(options.loader);
+      loadable = await loader(spec, target);
     }
     const spec = loadable.manifest.spec;
     paramValues(spec, options.params);
@@ -298,7 +317,9 @@ export class Attention {
       );
     const warning = module.info.target === 'cuda' ? undefined : poolMemoryWarning(spec, options, freemem());
     if (warning) process.emitWarning(warning, { code: 'CHUNKATTN_MEMORY' });
-    return new Attention(spec, module, options, mode);
+    // Every instance the dispatch rules may pick is built and loaded now, never per call.
+    const dispatcher = await prepareDispatch({ spec, primary: module, mode, loader, ...options });
+    return new Attention(spec, module, options, dispatcher);
   }
 
   get kvShape(): KvShape {
@@ -400,7 +421,7 @@ export class Attention {
   decode(layer: number, q: TensorData, out: DeviceTensor, seqs?: ArrayLike<number>): DeviceTensor;
   decode(layer: number, q: TensorData, out?: TensorData, seqs?: ArrayLike<number>): TensorData {
     const call = this.#decodeCall(layer, q, out, seqs);
-    this.module.decode(call.pool, call.args);
+    call.module.decode(call.pool, call.args);
     return call.args.out;
   }
 
@@ -423,7 +444,7 @@ export class Attention {
     seqs?: ArrayLike<number>,
   ): Promise<TensorData> {
     const call = this.#decodeCall(layer, q, out, seqs);
-    const done = this.module.decodeAsync(call.pool, call.args);
+    const done = call.module.decodeAsync(call.pool, call.args);
     this.#inFlight = done;
     try {
       await done;
@@ -438,7 +459,7 @@ export class Attention {
     q: TensorData,
     out: TensorData | undefined,
     seqs: ArrayLike<number> | undefined,
-  ): { pool: KvPool; args: DecodeArgs } {
+  ): { pool: KvPool; args: DecodeArgs; module: NativeModule } {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const ioSeqs = seqs ? Int32Array.from(seqs) : this.#pending?.seqs;
@@ -461,10 +482,13 @@ export class Attention {
       if (unwritten >= 0) throw new UnwrittenKvError(seq, layer, unwritten, this.cache.length(seq));
     }
 
-    // Plan once per step: every layer passes the same packed context (uploaded once); only the
-    // requested rows are computed.
-    const packed = this.#planner.plan(this.context(), ioSeqs);
+    // Dispatch per call (cached per shape bucket), plan once per step: every layer passes the
+    // same packed context (uploaded once); only the requested rows are computed.
+    const { module, minSharers } = this.#dispatcher.pick(this.#shape(ioSeqs, seqs === undefined));
+    const context = this.cache.context({ minSharers, maxRunChunks: this.#maxRunChunks });
+    const packed = this.#planner.plan(context, ioSeqs);
     return {
+      module,
       pool,
       args: {
         q,
@@ -480,6 +504,15 @@ export class Attention {
   /** The kernel context of the current tree for this runtime's mode (cached while the shape holds). */
   context(): KernelContext {
     return this.cache.context({ minSharers: MIN_SHARERS[this.mode], maxRunChunks: this.#maxRunChunks });
+  }
+
+  /** A decode call's dispatch shape; the step's rows compute it once for all layers. */
+  #shape(ioSeqs: Int32Array, isStep: boolean): DispatchShape {
+    const step = this.#pending;
+    if (isStep && step && this.#stepShape?.step === step) return this.#stepShape.shape;
+    const shape = { batch: ioSeqs.length, sharedTokens: sharedPrefixTokens(this.cache, ioSeqs) };
+    if (isStep && step) this.#stepShape = { step, shape };
+    return shape;
   }
 
   release(seq: number): void {
