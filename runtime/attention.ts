@@ -501,6 +501,11 @@ export class Attention {
     };
   }
 
+  /** Per-call kernel dispatch: its decisions by shape bucket (runtime/dispatch.ts). */
+  get dispatcher(): Dispatcher {
+    return this.#dispatcher;
+  }
+
   /** The kernel context of the current tree for this runtime's mode (cached while the shape holds). */
   context(): KernelContext {
     return this.cache.context({ minSharers: MIN_SHARERS[this.mode], maxRunChunks: this.#maxRunChunks });
