@@ -5,7 +5,9 @@ import { dbDispatchRules } from './autotune/dispatch.ts';
 import { buildModule } from './codegen/index.ts';
 import { setDefaultDispatchRules, setDefaultModuleLoader } from './runtime/index.ts';
 
-setDefaultModuleLoader((spec, target, tunables) => buildModule(spec, { target, ...(tunables && { tunables }) }));
+setDefaultModuleLoader((spec, target, tunables) =>
+  buildModule(spec, { target, ...(tunables && { tunables }) }),
+);
 // Per-call kernel choice from the tuning DB (autotune/db and the user's in the cache folder).
 setDefaultDispatchRules((spec, target) => dbDispatchRules(spec, target));
 

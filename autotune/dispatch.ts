@@ -69,7 +69,7 @@ export function splitTunables(
       continue;
     }
     const tunable = declared.find((t) => t.name === name);
-    if (!tunable || !tunable.values.includes(value)) return null; // made for another spec or version
+    if (!tunable?.values.includes(value)) return null; // made for another spec or version
     if (value !== tunable.default) kernel[name] = value;
   }
   return { kernel, minSharers };

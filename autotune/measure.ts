@@ -14,11 +14,11 @@ import { buildModule } from '../codegen/index.ts';
 import { variantFunctions } from '../dsl/evaluate.ts';
 import type { BuildTarget, KernelSpec } from '../dsl/spec.ts';
 import { Attention } from '../runtime/attention.ts';
+import type { DispatchRules } from '../runtime/dispatch.ts';
 import { fromHost, toHost } from '../runtime/half.ts';
 import type { ModuleLoader } from '../runtime/module-loader.ts';
 import type { HostData, NativeModule } from '../runtime/native-module.ts';
 import { referenceDecode, relativeError, TOLERANCE } from '../runtime/reference.ts';
-import type { DispatchRules } from '../runtime/dispatch.ts';
 import { designLaunches } from './design-kernels.ts';
 import type { GpuSpec } from './gpus.ts';
 import { predict } from './model.ts';
@@ -202,7 +202,15 @@ export class MeasuredTimer implements Timer {
       // One row at a time, so only one row's whole K/V is ever held.
       const [reference] = referenceDecode(
         refShape,
-        [{ seq: b, q: q.subarray(b * qElems, (b + 1) * qElems), k: concat(sharedK, k), v: concat(sharedV, v), length }],
+        [
+          {
+            seq: b,
+            q: q.subarray(b * qElems, (b + 1) * qElems),
+            k: concat(sharedK, k),
+            v: concat(sharedV, v),
+            length,
+          },
+        ],
         variant,
       );
       expected.set(reference!, b * qElems);
@@ -223,7 +231,11 @@ export class MeasuredTimer implements Timer {
     const rules: DispatchRules = {
       instances: [candidate.kernel],
       bucket: () => 'tuning',
-      choose: () => ({ kernel: candidate.kernel, minSharers: candidate.minSharers, reason: `tuning ${candidate.id}` }),
+      choose: () => ({
+        kernel: candidate.kernel,
+        minSharers: candidate.minSharers,
+        reason: `tuning ${candidate.id}`,
+      }),
     };
     const attn = await Attention.create(spec, {
       layers: 1,
@@ -279,7 +291,11 @@ export class MeasuredTimer implements Timer {
     attn.decode(0, q, out); // warm-up, and the check
     const error = relativeError(fromHost(out as Float32Array | Uint16Array, spec.dtype.out), work.expected);
     const dtypes = [spec.dtype.q, spec.dtype.kv, spec.dtype.out];
-    const tolerance = dtypes.includes('bf16') ? TOLERANCE.bf16 : dtypes.includes('f16') ? TOLERANCE.f16 : TOLERANCE.f32;
+    const tolerance = dtypes.includes('bf16')
+      ? TOLERANCE.bf16
+      : dtypes.includes('f16')
+        ? TOLERANCE.f16
+        : TOLERANCE.f32;
     if (!(error <= tolerance)) {
       this.#close(attn);
       throw new WrongResultError(

@@ -35,7 +35,11 @@ export interface SpaceOptions {
 }
 
 /** Why a kernel candidate cannot work, before any build (null: keep). */
-export function constraintViolation(spec: KernelSpec, target: BuildTarget, kernel: KernelTunables): string | null {
+export function constraintViolation(
+  spec: KernelSpec,
+  target: BuildTarget,
+  kernel: KernelTunables,
+): string | null {
   if (target === 'cpu') {
     const group = spec.heads.q / spec.heads.kv;
     const tile = kernel['cpu_tile_rows'];
@@ -65,7 +69,11 @@ function searchedValues(t: TunableSpec, cores: number): readonly number[] {
 }
 
 /** The first round: the defaults, then each tunable moved alone (pruned by the constraints). */
-export function firstRound(spec: KernelSpec, target: BuildTarget, options: SpaceOptions = {}): {
+export function firstRound(
+  spec: KernelSpec,
+  target: BuildTarget,
+  options: SpaceOptions = {},
+): {
   candidates: Candidate[];
   pruned: { id: string; reason: string }[];
 } {

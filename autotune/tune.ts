@@ -5,7 +5,7 @@
 import { BuildError, findToolchain } from '../codegen/index.ts';
 import type { BuildTarget, KernelSpec } from '../dsl/spec.ts';
 import { MIN_SHARERS_TUNABLE } from '../runtime/dispatch.ts';
-import { currentMeta, type TuningEntry, tuningKey, updateDb, userDbPath, shippedDbPath } from './db.ts';
+import { currentMeta, shippedDbPath, type TuningEntry, tuningKey, updateDb, userDbPath } from './db.ts';
 import { type Timer, type Timing, type TuneShape, WrongResultError } from './measure.ts';
 import { loadModelParams } from './model-params.ts';
 import { type Candidate, combineWinners, firstRound } from './space.ts';
@@ -77,7 +77,12 @@ export interface TuneReport {
   readonly gpu: string;
   readonly timer: Timer['kind'];
   readonly shapes: readonly ShapeResult[];
-  readonly written: { readonly path: string; readonly added: number; readonly replaced: number; readonly droppedStale: number } | null;
+  readonly written: {
+    readonly path: string;
+    readonly added: number;
+    readonly replaced: number;
+    readonly droppedStale: number;
+  } | null;
 }
 
 const median = (xs: readonly number[]) => {
@@ -112,7 +117,14 @@ export async function tune(options: TuneOptions): Promise<TuneReport> {
     progress.pruned += space.pruned.length;
     progress.total += space.candidates.length + space.pruned.length;
     const run = async (candidate: Candidate): Promise<CandidateResult> => {
-      const base = { candidate, predictedUs: null, measuredUs: null, samplesUs: [], maxError: null, occupancy: null };
+      const base = {
+        candidate,
+        predictedUs: null,
+        measuredUs: null,
+        samplesUs: [],
+        maxError: null,
+        occupancy: null,
+      };
       if (measured && performance.now() - started > budgetMs)
         return { ...base, status: 'skipped', reason: `over the ${options.budgetS ?? 600} s budget` };
       report(`${where}: ${candidate.id}`);
@@ -145,9 +157,7 @@ export async function tune(options: TuneOptions): Promise<TuneReport> {
     };
     for (const candidate of space.candidates) results.push(await run(candidate));
     const timed = () =>
-      results
-        .filter((r) => r.status === 'timed')
-        .map((r) => ({ candidate: r.candidate, us: timeOf(r) }));
+      results.filter((r) => r.status === 'timed').map((r) => ({ candidate: r.candidate, us: timeOf(r) }));
     const combined = combineWinners(spec, target, timed());
     if (combined) {
       progress.total++;
@@ -163,7 +173,10 @@ export async function tune(options: TuneOptions): Promise<TuneReport> {
       for (let round = 0; round < rounds; round++) {
         report(`${where}: confirming, round ${round + 1}/${rounds}`);
         const order = round % 2 ? [winner, defaults] : [defaults, winner];
-        const [first, second] = [await timer.time(order[0]!.candidate, shape), await timer.time(order[1]!.candidate, shape)];
+        const [first, second] = [
+          await timer.time(order[0]!.candidate, shape),
+          await timer.time(order[1]!.candidate, shape),
+        ];
         const [d, w] = round % 2 ? [second, first] : [first, second];
         ratios.push(w.us / d.us);
       }

@@ -166,8 +166,7 @@ export function plan(input: KernelSpec, options: PlanOptions, toolchain: Toolcha
     tunables[t.name] = value;
   }
   for (const name of Object.keys(options.tunables ?? {}))
-    if (!declared.some((t) => t.name === name))
-      throw new PlanError(`unknown tunable ${name.slice(0, 64)}`);
+    if (!declared.some((t) => t.name === name)) throw new PlanError(`unknown tunable ${name.slice(0, 64)}`);
 
   const phase1 = target === 'cpu';
   const kernels = target === 'cpu' ? [] : phase2Launches(spec);

@@ -89,7 +89,10 @@ export function render(plan: KernelPlan): RenderedModule {
     }),
     infoComputed: isCpu
       ? // What the kernel reads (decode.h's Tune<Cfg>), so a test sees the rendered values arrive.
-        TARGET_TUNABLES.cpu.map((t) => ({ name: `tuned_${t.name}`, expr: `ca::cpu::Tune<Cfg>::T::k_${t.name}` }))
+        TARGET_TUNABLES.cpu.map((t) => ({
+          name: `tuned_${t.name}`,
+          expr: `ca::cpu::Tune<Cfg>::T::k_${t.name}`,
+        }))
       : [{ name: 'smemBytes', expr: 'ca::Phase2Plan<Cfg>::kSmemBytes' }],
   };
   return isCpu

@@ -45,7 +45,10 @@ export const TARGET_TUNABLES: Readonly<Record<BuildTarget, readonly TargetTunabl
 };
 
 /** The tunables a module of `target` has: the target's, then the spec's (a spec's name wins). */
-export function tunablesFor(target: BuildTarget, specTunables: readonly TunableSpec[]): readonly TunableSpec[] {
+export function tunablesFor(
+  target: BuildTarget,
+  specTunables: readonly TunableSpec[],
+): readonly TunableSpec[] {
   const own = new Set(specTunables.map((t) => t.name));
   return [...TARGET_TUNABLES[target].filter((t) => !own.has(t.name)), ...specTunables];
 }

@@ -19,7 +19,6 @@
 import { freemem } from 'node:os';
 import { isPlainObject, validateSpec } from '../dsl/attention.ts';
 import { ARCHS, type BuildTarget, type KernelSpec, PARTITIONS, type Partition } from '../dsl/spec.ts';
-import { ArgumentError, BusyError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
 import {
   type Dispatcher,
   type DispatchRulesSource,
@@ -27,6 +26,7 @@ import {
   prepareDispatch,
   sharedPrefixTokens,
 } from './dispatch.ts';
+import { ArgumentError, BusyError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
 import { ContextPlanner, type KernelContext } from './kernel-context.ts';
 import { bytesPerChunk, type KvShape, type KvStats } from './kv-stats.ts';
 import { gpuPresent, type LoadableModule, type ModuleLoader, resolveLoader } from './module-loader.ts';
@@ -246,7 +246,12 @@ export class Attention {
   readonly #dispatcher: Dispatcher;
   #stepShape: { step: PendingStep; shape: DispatchShape } | null = null;
 
-  private constructor(spec: KernelSpec, module: NativeModule, options: AttentionOptions, dispatcher: Dispatcher) {
+  private constructor(
+    spec: KernelSpec,
+    module: NativeModule,
+    options: AttentionOptions,
+    dispatcher: Dispatcher,
+  ) {
     this.spec = spec;
     this.module = module;
     this.target = module.info.target;

@@ -61,7 +61,9 @@ export function setDefaultDispatchRules(source: DispatchRulesSource | undefined)
   defaultRules = source;
 }
 
-export function resolveDispatchRules(source: DispatchRulesSource | undefined): DispatchRulesSource | undefined {
+export function resolveDispatchRules(
+  source: DispatchRulesSource | undefined,
+): DispatchRulesSource | undefined {
   return source ?? defaultRules;
 }
 
@@ -160,8 +162,7 @@ export class Dispatcher {
     if (known) return known;
     const choice = rules.choose(shape);
     const id = tunablesId(choice.kernel);
-    const module =
-      this.#options.instances.get(id) ?? (id === 'defaults' ? this.#options.primary : undefined);
+    const module = this.#options.instances.get(id) ?? (id === 'defaults' ? this.#options.primary : undefined);
     // An instance the rules did not list is a bug in the rules; run the defaults rather than build.
     const chosen: Dispatched = {
       module: module ?? this.#options.primary,
@@ -182,7 +183,9 @@ export class Dispatcher {
     const key = `${kind} b${shape.batch} s${shape.sharedTokens}`;
     if (this.#loggedFixed.has(key)) return;
     this.#loggedFixed.add(key);
-    log(`chunkattn dispatch: ${this.#options.name} b=${shape.batch} shared=${shape.sharedTokens} → ${text()}`);
+    log(
+      `chunkattn dispatch: ${this.#options.name} b=${shape.batch} shared=${shape.sharedTokens} → ${text()}`,
+    );
   }
 }
 
@@ -205,11 +208,12 @@ export async function prepareDispatch(options: PrepareOptions): Promise<Dispatch
   const log = logEnabled('dispatch', env) ? (line: string) => process.stderr.write(`${line}\n`) : null;
   const target = options.primary.info.target;
   const source = options.dispatch === false ? undefined : resolveDispatchRules(options.dispatch);
-  const rules =
-    killSwitch || !source || !options.loader ? null : await source(options.spec, target);
+  const rules = killSwitch || !source || !options.loader ? null : await source(options.spec, target);
   const instances = new Map<string, NativeModule>();
   if (rules && options.loader) {
-    const wanted = options.shapes ? options.shapes.map((shape) => rules.choose(shape).kernel) : rules.instances;
+    const wanted = options.shapes
+      ? options.shapes.map((shape) => rules.choose(shape).kernel)
+      : rules.instances;
     for (const tunables of wanted) {
       const id = tunablesId(tunables);
       if (id === 'defaults' || instances.has(id)) continue;

@@ -177,7 +177,12 @@ describe('dispatch on the cpu target', () => {
   });
 
   test('sharedPrefixTokens counts the leading chunks shared with another sequence', async () => {
-    const attn = await Attention.create(spec, { layers: 1, capacityTokens: 16 * 64, target: 'cpu', dispatch: false });
+    const attn = await Attention.create(spec, {
+      layers: 1,
+      capacityTokens: 16 * 64,
+      target: 'cpu',
+      dispatch: false,
+    });
     try {
       const model = new WorkloadModel(attn, spec, new Rng(SEED)); // inserts write every layer's K/V
       const prompt = Array.from({ length: 40 }, (_, i) => i); // 2 full chunks + 8 tokens

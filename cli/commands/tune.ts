@@ -39,7 +39,8 @@ const CPU_SHAPES: readonly TuneShape[] = [
 function gpuShapes(): TuneShape[] {
   const out: TuneShape[] = [];
   for (const batch of [1, 2, 4, 8, 16, 32, 64, 128, 256])
-    for (const sharedTokens of [0, 512, 1024, 2048, 4096]) out.push({ batch, sharedTokens, privateTokens: 512 });
+    for (const sharedTokens of [0, 512, 1024, 2048, 4096])
+      out.push({ batch, sharedTokens, privateTokens: 512 });
   return out;
 }
 
@@ -58,12 +59,22 @@ export function parseShapes(text: string): TuneShape[] {
   });
 }
 
-const us = (x: number | null) => (x === null ? '-' : x >= 1000 ? `${(x / 1000).toFixed(2)} ms` : `${x.toFixed(1)} µs`);
+const us = (x: number | null) =>
+  x === null ? '-' : x >= 1000 ? `${(x / 1000).toFixed(2)} ms` : `${x.toFixed(1)} µs`;
 const label = (id: string) => id.replace(`min_sharers=${SEQUENCE_FIRST_SHARERS}`, 'min_sharers=off');
 
 function shapeTable(result: ShapeResult): string {
   const table = new Table({
-    head: ['candidate', 'resources', 'occupancy', 'predicted', 'measured', 'samples', 'error vs f64', 'status'],
+    head: [
+      'candidate',
+      'resources',
+      'occupancy',
+      'predicted',
+      'measured',
+      'samples',
+      'error vs f64',
+      'status',
+    ],
   });
   for (const r of result.results) {
     const star = r === result.winner ? ' ★' : '';
@@ -102,14 +113,18 @@ function chart(report: TuneReport): string | null {
   );
   if (points.length === 0) return null;
   return barChartSvg(`chunkattn tune ${report.spec} on ${report.gpu}: predicted vs measured`, 'µs', [
-    { label: 'predicted (model)', values: points.map((p) => ({ category: p.category, value: p.r.predictedUs! })) },
+    {
+      label: 'predicted (model)',
+      values: points.map((p) => ({ category: p.category, value: p.r.predictedUs! })),
+    },
     { label: 'measured', values: points.map((p) => ({ category: p.category, value: p.r.measuredUs! })) },
   ]);
 }
 
 export async function tuneCommand(file: string, flags: TuneFlags, out: Output): Promise<void> {
   const specs = await loadSpecsWithFlags(file, flags);
-  if (specs.length !== 1) throw new UsageError(`${file} holds ${specs.length} specs; tune takes a file with one`);
+  if (specs.length !== 1)
+    throw new UsageError(`${file} holds ${specs.length} specs; tune takes a file with one`);
   const spec = specs[0]!;
   const gpu = flags.gpu === undefined || flags.gpu === 'cpu' ? 'cpu' : findGpu(flags.gpu).id;
   const target = gpu === 'cpu' ? 'cpu' : 'cuda';
@@ -146,7 +161,11 @@ export async function tuneCommand(file: string, flags: TuneFlags, out: Output): 
       write: write as 'user' | 'shipped' | 'none',
       cores: availableParallelism(),
       onProgress: (p) =>
-        progress.update(p.built + p.pruned + p.timed, Math.max(p.total, 1), `built ${p.built}, pruned ${p.pruned}, timed ${p.timed} · ${p.label}`),
+        progress.update(
+          p.timed + p.pruned,
+          Math.max(p.total, 1),
+          `built ${p.built}, pruned ${p.pruned}, timed ${p.timed} · ${p.label}`,
+        ),
     });
   } finally {
     progress.stop();
@@ -168,7 +187,11 @@ export async function tuneCommand(file: string, flags: TuneFlags, out: Output): 
   out.result({
     tune: {
       ...report,
-      shapes: report.shapes.map((s) => ({ ...s, winner: s.winner?.candidate.id ?? null, defaults: s.defaults?.candidate.id ?? null })),
+      shapes: report.shapes.map((s) => ({
+        ...s,
+        winner: s.winner?.candidate.id ?? null,
+        defaults: s.defaults?.candidate.id ?? null,
+      })),
     },
   });
 }

@@ -470,8 +470,8 @@ Napi::Value ShareMemory(const Napi::CallbackInfo& info) {
   ModuleCore& core = Module(info);
   ModuleHandle* owner = Unwrap<ModuleHandle>(info.Env(), info[1], kModuleTag);
   if (!owner || !owner->core)
-    Fail(code::kType, "the owner must be a module handle from load(), got " +
-                          Describe(info.Env(), info[1]));
+    Fail(code::kType,
+         "the owner must be a module handle from load(), got " + Describe(info.Env(), info[1]));
   core.ShareMemoryWith(owner->core);
   return info.Env().Undefined();
 }

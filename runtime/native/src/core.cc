@@ -146,8 +146,7 @@ ModuleCore::Pool ModuleCore::ResolvePool(const PoolArg& pool, bool sibling_ok) c
       Fail(code::kType, std::string(half.name) + " is not a pool buffer (got " + half.what +
                             "): pools come from NativeModule.allocPool");
     if (half.buffer->freed) Fail(code::kFreed, std::string(half.name) + " has been freed");
-    if (half.buffer->owner.get() != this &&
-        !(sibling_ok && UseSibling(*half.buffer->owner)))
+    if (half.buffer->owner.get() != this && !(sibling_ok && UseSibling(*half.buffer->owner)))
       Fail(code::kForeign, std::string(half.name) + " belongs to another module (" +
                                half.buffer->owner->library().path() + "), not to " + lib_->path());
   }

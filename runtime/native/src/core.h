@@ -180,7 +180,8 @@ class ModuleCore {
   // sibling_ok: a decode may also use the pools and tensors of a module linked by ShareMemoryWith.
   Pool ResolvePool(const PoolArg& pool, bool sibling_ok = false) const;
   Prepared Prepare(const PoolArg& pool, const DecodeArgs& args);
-  void CheckTensor(const DeviceBuffer* tensor, const std::string& what, bool sibling_ok = false) const;
+  void CheckTensor(const DeviceBuffer* tensor, const std::string& what,
+                   bool sibling_ok = false) const;
   // Whether `owner` was linked by ShareMemoryWith; then waits for its stream (cuda) first.
   bool UseSibling(const ModuleCore& owner) const;
   // A tensor argument's module-memory pointer, staging a host array through `staging` (H2D when

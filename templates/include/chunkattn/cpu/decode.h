@@ -150,7 +150,8 @@ struct Dims {
   static_assert(kHeadDim % 16 == 0 && kHeadDim > 0, "head dim must be a multiple of 16");
   static_assert(kChunk % 16 == 0 && kChunk > 0, "chunk size must be a multiple of 16");
   static constexpr int kGroup = kQHeads / kKvHeads;
-  static constexpr int kTileCap = kGroup > Tune<Cfg>::kMaxTileRows ? kGroup : Tune<Cfg>::kMaxTileRows;
+  static constexpr int kTileCap =
+      kGroup > Tune<Cfg>::kMaxTileRows ? kGroup : Tune<Cfg>::kMaxTileRows;
   static constexpr size_t round16(size_t n) { return (n + 15) / 16 * 16; }
   // Scratch layout (floats).
   static constexpr int kScoreRows = kGroup > kern::kTileRows ? kGroup : kern::kTileRows;

@@ -66,7 +66,8 @@ inline int decode(const CaDecodeParams* p) {
   const int status = ca::cpu::decode<Cfg, Variant>(*p);
   if (status == CA_OK && ca::ctx::check_layout(p->context, p->context_words, nullptr)) {
     const ca::KernelContext c{p->context};
-    if (c.num_runs() > 0) ca::counters::launch("cpu_phase1", uint64_t(c.num_runs()) * Cfg::kKvHeads);
+    if (c.num_runs() > 0)
+      ca::counters::launch("cpu_phase1", uint64_t(c.num_runs()) * Cfg::kKvHeads);
     ca::counters::launch("cpu_phase2", uint64_t(c.num_requests()) * Cfg::kKvHeads);
   }
   return status;
