@@ -33,6 +33,10 @@ export interface Confirmation {
   readonly medianRatio: number;
   readonly minRatio: number;
   readonly maxRatio: number;
+  /** Rounds the winner was faster in. */
+  readonly wins: number;
+  /** Whether the win holds: a median ratio below 1 and wins in at least two rounds of three. */
+  readonly confirmed: boolean;
 }
 
 export interface ShapeResult {
@@ -62,7 +66,7 @@ export interface TuneOptions {
   readonly shapes: readonly TuneShape[];
   /** Seconds for the whole search (candidates beyond it are skipped); default 600. */
   readonly budgetS?: number;
-  /** Confirmation rounds (measured timers); default 7; 0 skips it. */
+  /** Confirmation rounds (measured timers); default 9; 0 skips it. */
   readonly confirmRounds?: number;
   /** Where the winners go: the user DB (default), the shipped DB, or nowhere. */
   readonly write?: 'user' | 'shipped' | 'none';
@@ -167,7 +171,7 @@ export async function tune(options: TuneOptions): Promise<TuneReport> {
     const defaults = ok.find((r) => r.candidate.id === 'defaults') ?? null;
     const winner = ok.length ? ok.reduce((a, b) => (timeOf(a) <= timeOf(b) ? a : b)) : null;
     let confirmation: Confirmation | null = null;
-    const rounds = options.confirmRounds ?? 7;
+    const rounds = options.confirmRounds ?? 9;
     if (measured && winner && defaults && winner !== defaults && rounds > 0) {
       const ratios: number[] = [];
       for (let round = 0; round < rounds; round++) {
@@ -180,12 +184,15 @@ export async function tune(options: TuneOptions): Promise<TuneReport> {
         const [d, w] = round % 2 ? [second, first] : [first, second];
         ratios.push(w.us / d.us);
       }
+      const wins = ratios.filter((r) => r < 1).length;
       confirmation = {
         rounds,
         ratios,
         medianRatio: median(ratios),
         minRatio: Math.min(...ratios),
         maxRatio: Math.max(...ratios),
+        wins,
+        confirmed: median(ratios) < 1 && wins * 3 >= rounds * 2,
       };
     }
     shapes.push({ shape, results, winner, defaults, confirmation });
@@ -200,7 +207,7 @@ export async function tune(options: TuneOptions): Promise<TuneReport> {
     for (const { shape, winner, confirmation } of shapes) {
       if (!winner) continue;
       // A measured winner that did not hold up in the alternating rounds keeps the defaults.
-      const holds = !confirmation || confirmation.medianRatio < 1;
+      const holds = !confirmation || confirmation.confirmed;
       const chosen = holds ? winner : shapes.find((s) => s.shape === shape)!.defaults!;
       entries.push({
         key: tuningKey({

@@ -98,7 +98,7 @@ function shapeTable(result: ShapeResult): string {
         ? 'winner: the defaults'
         : `winner: ${label(result.winner.candidate.id)}` +
             (c
-              ? `; alternating ${c.rounds} rounds: winner/defaults = ${c.medianRatio.toFixed(3)} median (range ${c.minRatio.toFixed(3)}–${c.maxRatio.toFixed(3)})${c.medianRatio < 1 ? '' : ': not confirmed, the DB keeps the defaults'}`
+              ? `; alternating ${c.rounds} rounds: winner/defaults = ${c.medianRatio.toFixed(3)} median (range ${c.minRatio.toFixed(3)}–${c.maxRatio.toFixed(3)}, faster in ${c.wins}/${c.rounds})${c.confirmed ? '' : ': not confirmed, the DB keeps the defaults'}`
               : ''),
     );
   }
