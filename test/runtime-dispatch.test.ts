@@ -17,7 +17,10 @@ import {
   tunablesId,
   twoPhaseKilled,
 } from '../runtime/dispatch.ts';
+import { ContextPlanner } from '../runtime/kernel-context.ts';
 import type { ModuleLoader } from '../runtime/module-loader.ts';
+import { NativeModule } from '../runtime/native-module.ts';
+import { PrefixTree } from '../runtime/prefix-tree.ts';
 import { tinySpec } from './specs.ts';
 import { Rng, runRandomWorkload, WorkloadModel } from './workload-model.ts';
 
@@ -173,6 +176,40 @@ describe('dispatch on the cpu target', () => {
       expect(control.module.stats().kernels['cpu_phase1']?.launches).toBeGreaterThan(0);
     } finally {
       control.close();
+    }
+  });
+
+  test("an instance decodes over the primary's pool only once linked, and only with the same layout", async () => {
+    const primary = NativeModule.load((await buildModule(spec, { target: 'cpu' })).libraryPath);
+    const tuned = NativeModule.load(
+      (await buildModule(spec, { target: 'cpu', tunables: { cpu_tile_rows: 16 } })).libraryPath,
+    );
+    const other = NativeModule.load(
+      (await buildModule(tinySpec('bf16', 'plain', ['cpu']), { target: 'cpu' })).libraryPath,
+    );
+    const pool = primary.allocPool(4);
+    const tree = new PrefixTree({
+      chunkSize: spec.chunkSize,
+      maxCapacity: 4,
+      initialCapacity: 4,
+      kvLayers: 1,
+    });
+    const { seq } = tree.insert([1, 2, 3]);
+    try {
+      const args = {
+        q: new Uint16Array(spec.heads.q * spec.headDim),
+        out: new Uint16Array(spec.heads.q * spec.headDim),
+        context: new ContextPlanner().plan(tree.context(), Int32Array.of(seq)),
+        params: new Float32Array(0),
+        softmaxScale: spec.softmaxScale,
+      };
+      const foreign = (() => tuned.decode(pool, args)) as () => void;
+      expect(foreign).toThrow(/another module/);
+      tuned.shareMemoryWith(primary);
+      expect(foreign).not.toThrow();
+      expect(() => other.shareMemoryWith(primary)).toThrow(/another target or KV layout/);
+    } finally {
+      primary.free(pool);
     }
   });
 
