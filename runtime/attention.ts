@@ -323,7 +323,14 @@ export class Attention {
     const warning = module.info.target === 'cuda' ? undefined : poolMemoryWarning(spec, options, freemem());
     if (warning) process.emitWarning(warning, { code: 'CHUNKATTN_MEMORY' });
     // Every instance the dispatch rules may pick is built and loaded now, never per call.
-    const dispatcher = await prepareDispatch({ spec, primary: module, mode, loader, ...options });
+    const dispatcher = await prepareDispatch({
+      spec,
+      primary: module,
+      mode,
+      loader,
+      ...(options.dispatch !== undefined && { dispatch: options.dispatch }),
+      ...(options.shapes !== undefined && { shapes: options.shapes }),
+    });
     return new Attention(spec, module, options, dispatcher);
   }
 

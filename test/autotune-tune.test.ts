@@ -64,7 +64,7 @@ describe('search space', () => {
     expect(pruned.map((p) => p.id)).toEqual(['cpu_tile_rows=32']);
     expect(pruned[0]!.reason).toMatch(/group 64/);
     expect(constraintViolation(spec, 'cpu', { cpu_tile_rows: 32, cpu_direct_below: 48 })).toMatch(
-      /never that tall/,
+      /no tile is ever that tall/,
     );
     expect(constraintViolation(spec, 'cpu', { cpu_tile_rows: 32, cpu_direct_below: 8 })).toBeNull();
   });
@@ -147,8 +147,17 @@ describe('timers', () => {
   });
 
   test('a candidate whose output is wrong is rejected, however fast', async () => {
-    // An "instance" built from another softmax scale: same memory layout, wrong answers.
-    const wrong = attention({ ...tinySpecInput(), softmaxScale: 0.5 });
+    // An "instance" built with a score function the spec does not have (compiled in; the softmax
+    // scale would not do, it is a call argument): same memory layout, wrong answers.
+    const wrong = attention({
+      name: 'e2e-f16-wrong-scores',
+      heads: { q: 8, kv: 2 },
+      headDim: 64,
+      dtype: 'f16',
+      chunkSize: 16,
+      targets: ['cpu'],
+      scoreMod: (s) => s * 0.25,
+    });
     const loader: ModuleLoader = (s, target, tunables) =>
       buildModule(tunables && Object.keys(tunables).length ? wrong : s, {
         target,
@@ -183,17 +192,6 @@ describe('timers', () => {
     expect(off.occupancy).toMatch(/^phase2 \d+\/SM$/);
   });
 });
-
-function tinySpecInput() {
-  return {
-    name: 'e2e-f16-wrong-scale',
-    heads: { q: 8, kv: 2 },
-    headDim: 64 as const,
-    dtype: 'f16' as const,
-    chunkSize: 16 as const,
-    targets: ['cpu' as const],
-  };
-}
 
 /** A timer with scripted times per candidate id (and which it saw). */
 function scriptedTimer(times: Record<string, number[]>): Timer & { seen: string[] } {
