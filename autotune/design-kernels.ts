@@ -18,13 +18,20 @@ import type { BlockWork, LaunchWork } from './model.ts';
 import { occupancy } from './occupancy.ts';
 import { TABLE3_SHAPE, type Table3Row } from './paper-kernels.ts';
 
-const { batch, heads, headDim: d, chunkSize: c, elementBytes: E } = TABLE3_SHAPE;
+/** The decode shape: rows, KV heads (G = 1), head dim, chunk size, bytes per K/V element. */
+export interface DesignShape {
+  readonly batch: number;
+  readonly heads: number;
+  readonly headDim: number;
+  readonly chunkSize: number;
+  readonly elementBytes: number;
+}
+
 const SOFTMAX_FLOPS = 5;
 const RUN_RECORD_BYTES = 24; // CaSharedRun: 6 x int32
-const PARTIAL_BYTES = d * 4 + 4; // fp32 o + lse per row and head
 const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 
-function resources(gpu: GpuSpec) {
+function resources(gpu: GpuSpec, d: number, E: number) {
   const sm90 = gpu.limits.arch === 'sm_90a';
   const phase1 = occupancy(gpu.limits, {
     threadsPerBlock: 128,
@@ -49,8 +56,15 @@ export function phase1Splits(gpu: GpuSpec, ctasPerSm: number, workItems: number,
   return Math.max(1, Math.min(8, Math.floor((gpu.sms * ctasPerSm) / workItems), runChunks));
 }
 
-export function designLaunches(gpu: GpuSpec, row: Table3Row): LaunchWork[] {
-  const occ = resources(gpu);
+/** The launches for one row shape (default: Table 3's batch 32, 32 heads, d 128, c 64, f16). */
+export function designLaunches(
+  gpu: GpuSpec,
+  row: Pick<Table3Row, 'promptTokens' | 'sharedTokens'>,
+  shape: DesignShape = TABLE3_SHAPE,
+): LaunchWork[] {
+  const { batch, heads, headDim: d, chunkSize: c, elementBytes: E } = shape;
+  const PARTIAL_BYTES = d * 4 + 4; // fp32 o + lse per row and head
+  const occ = resources(gpu, d, E);
   const sharedChunks = row.sharedTokens / c;
   const privateTokens = row.promptTokens - row.sharedTokens;
   // Table 3 shares the prefix among all rows: one run, G = 1, so one m-tile of `batch` rows.

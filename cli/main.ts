@@ -8,6 +8,7 @@ import { compileCommand } from './commands/compile.ts';
 import { demoCommand } from './commands/demo.ts';
 import { doctorCommand } from './commands/doctor.ts';
 import { inspectCommand } from './commands/inspect.ts';
+import { TUNE_GPUS, tuneCommand } from './commands/tune.ts';
 import { describeError, EXIT_OK, EXIT_USER } from './exit-codes.ts';
 import { makeOutput } from './output.ts';
 
@@ -73,6 +74,20 @@ program
   .option('--out <dir>', 'where to write the report files (default: bench/out under the current directory)')
   .option('--json', 'print one JSON object as the last line of stdout (the table goes to stderr)')
   .action(async (name: string, flags) => benchCommand(name, flags, makeOutput(!!flags.json)));
+
+program
+  .command('tune <spec>')
+  .description('search the tunables per decode shape and write the winners to the tuning DB')
+  .option('--gpu <id>', `what to tune for: ${TUNE_GPUS.join(', ')} (default cpu)`)
+  .option('--measure', 'time candidates for real (the cpu target here); without it the model predicts')
+  .option('--budget <seconds>', 'time for the whole search (default 600)')
+  .option('--shapes <list>', 'decode shapes BATCHxSHARED[+PRIVATE], comma-separated (default per target)')
+  .option('--head-dim <n>', 'override the spec head dim (retarget)')
+  .option('--chunk-size <n>', 'override the spec chunk size')
+  .option('--write <db>', 'where winners go: user (the cache folder, default), shipped (autotune/db), none')
+  .option('--svg <file>', 'where the predicted-vs-measured chart goes (default ./tune-<spec>-<gpu>.svg)')
+  .option('--json', 'print one JSON object as the last line of stdout')
+  .action(async (file: string, flags) => tuneCommand(file, flags, makeOutput(!!flags.json)));
 
 program
   .command('cache <action>')

@@ -41,6 +41,7 @@ export {
 } from './plan.ts';
 export { type KernelResources, parsePtxasReport } from './ptxas.ts';
 export { moduleInfo, render } from './render.ts';
+export { TARGET_TUNABLES, type TargetTunable, tunablesFor } from './target-tunables.ts';
 export { findToolchain, type Toolchain } from './toolchain.ts';
 
 export interface BuildModuleOptions extends Omit<PlanOptions, 'target'> {

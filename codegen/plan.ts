@@ -5,6 +5,7 @@
 import { validateSpec } from '../dsl/attention.ts';
 import { ARCHS, type Arch, type BuildTarget, type DType, type KernelSpec, type Target } from '../dsl/spec.ts';
 import { canonicalJson, compilerFingerprint, sha256 } from './cache-key.ts';
+import { tunablesFor } from './target-tunables.ts';
 import type { Toolchain } from './toolchain.ts';
 
 export type Sanitizer = 'none' | 'address' | 'thread';
@@ -195,8 +196,9 @@ export function plan(input: KernelSpec, options: PlanOptions, toolchain: Toolcha
   if (sanitize !== 'none' && target !== 'emu')
     throw new PlanError(`sanitizer builds exist for the emu target only (asked: ${target})`);
 
+  const declared = tunablesFor(target, spec.tunables);
   const tunables: Record<string, number> = {};
-  for (const t of spec.tunables) {
+  for (const t of declared) {
     const given = options.tunables;
     const value = given && Object.hasOwn(given, t.name) ? given[t.name]! : t.default;
     if (!t.values.includes(value))
@@ -204,8 +206,7 @@ export function plan(input: KernelSpec, options: PlanOptions, toolchain: Toolcha
     tunables[t.name] = value;
   }
   for (const name of Object.keys(options.tunables ?? {}))
-    if (!spec.tunables.some((t) => t.name === name))
-      throw new PlanError(`unknown tunable ${name.slice(0, 64)}`);
+    if (!declared.some((t) => t.name === name)) throw new PlanError(`unknown tunable ${name.slice(0, 64)}`);
 
   const phase1 = true;
   const kernels = target === 'cpu' ? [] : [phase1Launch(spec), ...phase2Launches(spec)];

@@ -8,6 +8,7 @@ import type { DType } from '../dsl/spec.ts';
 import { TEMPLATES_DIR } from './cache-key.ts';
 import { MANIFEST_ABI } from './manifest.ts';
 import type { KernelPlan } from './plan.ts';
+import { TARGET_TUNABLES } from './target-tunables.ts';
 
 export interface RenderedModule {
   /** File name inside the module folder: kernel.cu (cuda, emu) or kernel.cpp (cpu). */
@@ -87,7 +88,11 @@ export function render(plan: KernelPlan): RenderedModule {
       return { name, type: integer ? 'int' : 'double', value: String(value) };
     }),
     infoComputed: isCpu
-      ? []
+      ? // What the kernel reads (decode.h's Tune<Cfg>), so a test sees the rendered values arrive.
+        TARGET_TUNABLES.cpu.map((t) => ({
+          name: `tuned_${t.name}`,
+          expr: `ca::cpu::Tune<Cfg>::T::k_${t.name}`,
+        }))
       : [
           { name: 'smemBytes', expr: 'ca::Phase2Plan<Cfg>::kSmemBytes' },
           { name: 'phase1SmemBytes', expr: 'ca::Phase1Plan<Cfg>::kSmemBytes' },

@@ -25,6 +25,13 @@
 import { freemem } from 'node:os';
 import { isPlainObject, validateSpec } from '../dsl/attention.ts';
 import { ARCHS, type BuildTarget, type KernelSpec, PARTITIONS, type Partition } from '../dsl/spec.ts';
+import {
+  type Dispatcher,
+  type DispatchRulesSource,
+  type DispatchShape,
+  prepareDispatch,
+  sharedPrefixTokens,
+} from './dispatch.ts';
 import { ArgumentError, BusyError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
 import { ContextPlanner, type KernelContext } from './kernel-context.ts';
 import { type KvReadback, readSequenceKv } from './kv-readback.ts';
@@ -65,6 +72,13 @@ export interface AttentionOptions {
   readonly maxRunChunks?: number;
   /** How to get a module for a spec (default: the package's codegen builder). */
   readonly loader?: ModuleLoader;
+  /**
+   * Where per-call dispatch rules come from (default: the tuning DB, registered by the package
+   * entry); false: always the default instance and threshold. See runtime/dispatch.ts.
+   */
+  readonly dispatch?: DispatchRulesSource | false;
+  /** Decode shapes to prebuild instances for (default: every instance the rules list). */
+  readonly shapes?: readonly DispatchShape[];
 }
 
 /** The query rows of one attend call: the last counts[i] tokens of seqs[i], in this order. */
@@ -75,6 +89,13 @@ export interface AttendRows {
 
 export interface AttentionStats extends KvStats {
   readonly kernel: KernelStats;
+}
+
+/** One kernel call, ready to run: the dispatched module, the layer's pool and the arguments. */
+interface AttendCall {
+  readonly module: NativeModule;
+  readonly pool: KvPool;
+  readonly args: DecodeArgs;
 }
 
 interface PendingStep {
@@ -246,12 +267,20 @@ export class Attention {
   readonly #queryPlanner = new QueryPlanner();
   #inFlight: Promise<void> | null = null;
   #closed = false;
+  readonly #dispatcher: Dispatcher;
+  #stepShape: { step: PendingStep; shape: DispatchShape } | null = null;
 
-  private constructor(spec: KernelSpec, module: NativeModule, options: AttentionOptions, mode: Partition) {
+  private constructor(
+    spec: KernelSpec,
+    module: NativeModule,
+    options: AttentionOptions,
+    dispatcher: Dispatcher,
+  ) {
     this.spec = spec;
     this.module = module;
     this.target = module.info.target;
-    this.mode = mode;
+    this.#dispatcher = dispatcher;
+    this.mode = dispatcher.mode;
     this.layers = options.layers;
     const slots = Math.ceil(options.capacityTokens / spec.chunkSize);
     this.cache = new PrefixTree({
@@ -282,6 +311,7 @@ export class Attention {
     if (typeof source !== 'object' || source === null)
       throw new ArgumentError(`expected a spec, { spec } or a built module, got ${shown(source)}`);
     let loadable: LoadableModule;
+    let loader: ModuleLoader | null = null;
     if ('libraryPath' in source) {
       loadable = source;
       if (
@@ -297,7 +327,8 @@ export class Attention {
       const spec = validateSpec(isSpec(source) ? source : source.spec);
       const target = chooseTarget(spec, options.target);
       paramValues(spec, options.params); // fail before building
-      loadable = await resolveLoader(options.loader)(spec, target);
+      loader = resolveLoader(options.loader);
+      loadable = await loader(spec, target);
     }
     const spec = loadable.manifest.spec;
     paramValues(spec, options.params);
@@ -315,7 +346,16 @@ export class Attention {
       );
     const warning = module.info.target === 'cuda' ? undefined : poolMemoryWarning(spec, options, freemem());
     if (warning) process.emitWarning(warning, { code: 'CHUNKATTN_MEMORY' });
-    return new Attention(spec, module, options, mode);
+    // Every instance the dispatch rules may pick is built and loaded now, never per call.
+    const dispatcher = await prepareDispatch({
+      spec,
+      primary: module,
+      mode,
+      loader,
+      ...(options.dispatch !== undefined && { dispatch: options.dispatch }),
+      ...(options.shapes !== undefined && { shapes: options.shapes }),
+    });
+    return new Attention(spec, module, options, dispatcher);
   }
 
   get kvShape(): KvShape {
@@ -456,8 +496,8 @@ export class Attention {
   decode(layer: number, q: TensorData, out?: HostData, seqs?: ArrayLike<number>): HostData;
   decode(layer: number, q: TensorData, out: DeviceTensor, seqs?: ArrayLike<number>): DeviceTensor;
   decode(layer: number, q: TensorData, out?: TensorData, seqs?: ArrayLike<number>): TensorData {
-    const call = this.#attendCall(layer, q, out, this.#oneTokenRows(seqs));
-    this.module.decode(call.pool, call.args);
+    const call = this.#attendCall(layer, q, out, this.#oneTokenRows(seqs), seqs === undefined);
+    call.module.decode(call.pool, call.args);
     return call.args.out;
   }
 
@@ -471,8 +511,8 @@ export class Attention {
   attend(layer: number, q: TensorData, out?: HostData, rows?: AttendRows): HostData;
   attend(layer: number, q: TensorData, out: DeviceTensor, rows?: AttendRows): DeviceTensor;
   attend(layer: number, q: TensorData, out?: TensorData, rows?: AttendRows): TensorData {
-    const call = this.#attendCall(layer, q, out, this.#queryRows(rows));
-    this.module.decode(call.pool, call.args);
+    const call = this.#attendCall(layer, q, out, this.#queryRows(rows), rows === undefined);
+    call.module.decode(call.pool, call.args);
     return call.args.out;
   }
 
@@ -494,18 +534,18 @@ export class Attention {
     out?: TensorData,
     seqs?: ArrayLike<number>,
   ): Promise<TensorData> {
-    return this.#runAsync(this.#attendCall(layer, q, out, this.#oneTokenRows(seqs)));
+    return this.#runAsync(this.#attendCall(layer, q, out, this.#oneTokenRows(seqs), seqs === undefined));
   }
 
   /** attend on a worker thread, with decodeAsync's rules (BusyError until it settles). */
   attendAsync(layer: number, q: TensorData, out?: HostData, rows?: AttendRows): Promise<HostData>;
   attendAsync(layer: number, q: TensorData, out: DeviceTensor, rows?: AttendRows): Promise<DeviceTensor>;
   async attendAsync(layer: number, q: TensorData, out?: TensorData, rows?: AttendRows): Promise<TensorData> {
-    return this.#runAsync(this.#attendCall(layer, q, out, this.#queryRows(rows)));
+    return this.#runAsync(this.#attendCall(layer, q, out, this.#queryRows(rows), rows === undefined));
   }
 
-  async #runAsync(call: { pool: KvPool; args: DecodeArgs }): Promise<TensorData> {
-    const done = this.module.decodeAsync(call.pool, call.args);
+  async #runAsync(call: AttendCall): Promise<TensorData> {
+    const done = call.module.decodeAsync(call.pool, call.args);
     this.#inFlight = done;
     try {
       await done;
@@ -566,7 +606,8 @@ export class Attention {
     q: TensorData,
     out: TensorData | undefined,
     rows: QueryRows,
-  ): { pool: KvPool; args: DecodeArgs } {
+    isStep: boolean,
+  ): AttendCall {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const ioSeqs = rows.seqs;
@@ -589,20 +630,23 @@ export class Attention {
       if (unwritten >= 0) throw new UnwrittenKvError(seq, layer, unwritten, length);
     }
 
-    // Plan once per step: every layer passes the same packed context (uploaded once); only the
-    // requested rows are computed. One token per sequence uses the tree's context as it is;
-    // several expand it to one row per query token (query-rows.ts).
+    // Dispatch per call (cached per shape bucket), plan once per step: every layer passes the
+    // same packed context (uploaded once); only the requested rows are computed. One token per
+    // sequence uses the tree's context as it is; several expand it to one row per query token
+    // (query-rows.ts), where runs count query rows.
+    const { module, minSharers } = this.#dispatcher.pick(this.#shape(ioSeqs, isStep));
     const packed = isSingleToken(rows)
-      ? this.#planner.plan(this.context(), ioSeqs)
+      ? this.#planner.plan(this.cache.context({ minSharers, maxRunChunks: this.#maxRunChunks }), ioSeqs)
       : this.#queryPlanner.plan(
           this.cache.context({
-            minSharers: this.mode === 'sequence-first' ? Number.POSITIVE_INFINITY : 1,
+            minSharers: minSharers === Number.POSITIVE_INFINITY ? minSharers : 1,
             maxRunChunks: this.#maxRunChunks,
           }),
           rows,
-          MIN_SHARERS[this.mode],
+          minSharers,
         );
     return {
+      module,
       pool,
       args: {
         q,
@@ -615,9 +659,23 @@ export class Attention {
     };
   }
 
+  /** Per-call kernel dispatch: its decisions by shape bucket (runtime/dispatch.ts). */
+  get dispatcher(): Dispatcher {
+    return this.#dispatcher;
+  }
+
   /** The kernel context of the current tree for this runtime's mode (cached while the shape holds). */
   context(): KernelContext {
     return this.cache.context({ minSharers: MIN_SHARERS[this.mode], maxRunChunks: this.#maxRunChunks });
+  }
+
+  /** A decode call's dispatch shape; the step's rows compute it once for all layers. */
+  #shape(ioSeqs: Int32Array, isStep: boolean): DispatchShape {
+    const step = this.#pending;
+    if (isStep && step && this.#stepShape?.step === step) return this.#stepShape.shape;
+    const shape = { batch: ioSeqs.length, sharedTokens: sharedPrefixTokens(this.cache, ioSeqs) };
+    if (isStep && step) this.#stepShape = { step, shape };
+    return shape;
   }
 
   release(seq: number): void {

@@ -9,6 +9,18 @@ export {
   type SpecSource,
 } from './attention.ts';
 export { ChunkPool } from './chunk-pool.ts';
+export {
+  type DispatchChoice,
+  Dispatcher,
+  type DispatchRules,
+  type DispatchRulesSource,
+  type DispatchShape,
+  type KernelTunables,
+  setDefaultDispatchRules,
+  sharedPrefixTokens,
+  tunablesId,
+  twoPhaseKilled,
+} from './dispatch.ts';
 export * from './errors.ts';
 export { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, fromHost, toHost } from './half.ts';
 export {

@@ -11,7 +11,12 @@ export interface LoadableModule {
   readonly manifest: { readonly key: string; readonly target: BuildTarget; readonly spec: KernelSpec };
 }
 
-export type ModuleLoader = (spec: KernelSpec, target: BuildTarget) => Promise<LoadableModule>;
+/** `tunables`: build-time tunable overrides (a dispatch instance); absent: the defaults. */
+export type ModuleLoader = (
+  spec: KernelSpec,
+  target: BuildTarget,
+  tunables?: Readonly<Record<string, number>>,
+) => Promise<LoadableModule>;
 
 let defaultLoader: ModuleLoader | undefined;
 

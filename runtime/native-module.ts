@@ -215,6 +215,7 @@ interface NativeAddon {
   uploadTensor(module: NativeHandle, tensor: NativeHandle, data: unknown): void;
   downloadTensor(module: NativeHandle, tensor: NativeHandle): HostData;
   readPool(module: NativeHandle, pool: KvPool, slot: unknown): { k: HostData; v: HostData };
+  shareMemory(module: NativeHandle, owner: NativeHandle): void;
   decode(module: NativeHandle, pool: KvPool, args: unknown): void;
   decodeAsync(module: NativeHandle, pool: KvPool, args: unknown): Promise<void>;
   workspaceBytes(module: NativeHandle, pool: KvPool, args: unknown): number;
@@ -505,6 +506,16 @@ export class NativeModule {
   /** One slot's K and V, [kvHeads, chunkSize, headDim] each, in dtype.kv (for tests and debugging). */
   readPool(pool: KvPool, slot: number): { k: HostData; v: HostData } {
     return call(() => nativeAddon().readPool(this.#handle, pool, slot));
+  }
+
+  /**
+   * Lets this module's decode (sync or async) run over `owner`'s pools and DeviceTensors: another
+   * tuned instance of the same kernel (runtime dispatch). Both must have the same target and
+   * q/KV layout (ArgumentError ERR_CA_FOREIGN otherwise); allocation, writes and frees stay with
+   * the owner. On cuda each decode first waits for the owner's stream.
+   */
+  shareMemoryWith(owner: NativeModule): void {
+    call(() => nativeAddon().shareMemory(this.#handle, owner.#handle));
   }
 
   /** Decode attention for one layer: writes out[rowIo[r]] for every DFS row r. */

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, test } from 'vitest';
-import { BuildError, build, findToolchain, plan } from '../codegen/index.ts';
+import { BuildError, build, findToolchain, plan, render } from '../codegen/index.ts';
 import { attention } from '../dsl/index.ts';
 import { runCli, spawnCli } from './cli-harness.ts';
 
@@ -159,6 +159,35 @@ describe('the cache key', () => {
     expect(plan(attention(base), { target: 'emu', sanitize: 'address' }, toolchain).key).toMatch(
       /^k-emu-address-/,
     );
+  });
+
+  test('the cpu target carries its own tunables: defaults rendered, overrides keyed and checked', async () => {
+    const toolchain = await findToolchain();
+    const spec = attention({
+      name: 't',
+      heads: { q: 8, kv: 2 },
+      headDim: 64,
+      dtype: 'f16',
+      targets: ['cpu', 'emu'],
+    });
+    const defaults = plan(spec, { target: 'cpu' }, toolchain);
+    expect(defaults.tunables).toEqual({
+      cpu_tile_rows: 64,
+      cpu_direct_below: 20,
+      cpu_prefetch: 3,
+      cpu_threads: 0,
+    });
+    expect(render(defaults).source).toContain('static constexpr int k_cpu_tile_rows = 64;');
+    const tuned = plan(spec, { target: 'cpu', tunables: { cpu_tile_rows: 32 } }, toolchain);
+    expect(tuned.key).not.toBe(defaults.key);
+    expect(render(tuned).source).toContain('static constexpr int k_cpu_tile_rows = 32;');
+    expect(() => plan(spec, { target: 'cpu', tunables: { cpu_tile_rows: 33 } }, toolchain)).toThrow(
+      /cpu_tile_rows: 33 is not one of 16, 32, 64, 128/,
+    );
+    expect(() => plan(spec, { target: 'emu', tunables: { cpu_tile_rows: 32 } }, toolchain)).toThrow(
+      /unknown tunable cpu_tile_rows/,
+    );
+    expect(plan(spec, { target: 'emu' }, toolchain).tunables).toEqual({});
   });
 });
 

@@ -465,6 +465,17 @@ DecodeArgs ToDecodeArgs(napi_env env, const DecodeValues& d) {
   return a;
 }
 
+// shareMemory(mod, owner): mod's decode may use owner's pools and tensors
+Napi::Value ShareMemory(const Napi::CallbackInfo& info) {
+  ModuleCore& core = Module(info);
+  ModuleHandle* owner = Unwrap<ModuleHandle>(info.Env(), info[1], kModuleTag);
+  if (!owner || !owner->core)
+    Fail(code::kType,
+         "the owner must be a module handle from load(), got " + Describe(info.Env(), info[1]));
+  core.ShareMemoryWith(owner->core);
+  return info.Env().Undefined();
+}
+
 // decode(mod, pool, args)
 Napi::Value Decode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -655,6 +666,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("uploadTensor", Napi::Function::New<Guarded<UploadTensor>>(env, "uploadTensor"));
   exports.Set("downloadTensor",
               Napi::Function::New<Guarded<DownloadTensor>>(env, "downloadTensor"));
+  exports.Set("shareMemory", Napi::Function::New<Guarded<ShareMemory>>(env, "shareMemory"));
   exports.Set("decode", Napi::Function::New<Guarded<Decode>>(env, "decode"));
   exports.Set("decodeAsync", Napi::Function::New<Guarded<DecodeAsync>>(env, "decodeAsync"));
   exports.Set("workspaceBytes",

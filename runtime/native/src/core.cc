@@ -135,7 +135,7 @@ void ModuleCore::Ensure(Scratch& scratch, uint64_t bytes) {
   scratch.capacity = capacity;
 }
 
-ModuleCore::Pool ModuleCore::ResolvePool(const PoolArg& pool) const {
+ModuleCore::Pool ModuleCore::ResolvePool(const PoolArg& pool, bool sibling_ok) const {
   const struct {
     const char* name;
     DeviceBuffer* buffer;
@@ -146,7 +146,7 @@ ModuleCore::Pool ModuleCore::ResolvePool(const PoolArg& pool) const {
       Fail(code::kType, std::string(half.name) + " is not a pool buffer (got " + half.what +
                             "): pools come from NativeModule.allocPool");
     if (half.buffer->freed) Fail(code::kFreed, std::string(half.name) + " has been freed");
-    if (half.buffer->owner.get() != this)
+    if (half.buffer->owner.get() != this && !(sibling_ok && UseSibling(*half.buffer->owner)))
       Fail(code::kForeign, std::string(half.name) + " belongs to another module (" +
                                half.buffer->owner->library().path() + "), not to " + lib_->path());
   }
@@ -220,13 +220,34 @@ void* ModuleCore::AllocTensor(CaDType dtype, const NumberArg& elements_arg, uint
   return ptr;
 }
 
-void ModuleCore::CheckTensor(const DeviceBuffer* tensor, const std::string& what) const {
+void ModuleCore::CheckTensor(const DeviceBuffer* tensor, const std::string& what,
+                             bool sibling_ok) const {
   if (!tensor || tensor->dtype < 0)
     Fail(code::kType, what + " is not a DeviceTensor: tensors come from NativeModule.allocTensor");
   if (tensor->freed) Fail(code::kFreed, what + " has been freed");
-  if (tensor->owner.get() != this)
+  if (tensor->owner.get() != this && !(sibling_ok && UseSibling(*tensor->owner)))
     Fail(code::kForeign, what + " belongs to another module (" + tensor->owner->library().path() +
                              "), not to " + lib_->path());
+}
+
+void ModuleCore::ShareMemoryWith(const std::shared_ptr<ModuleCore>& owner) {
+  const ModuleInfo &a = info(), &b = owner->info();
+  if (a.target != b.target || a.kv_heads != b.kv_heads || a.chunk_size != b.chunk_size ||
+      a.head_dim != b.head_dim || a.dtype_kv != b.dtype_kv || a.q_heads != b.q_heads)
+    Fail(code::kForeign, lib_->path() + " cannot decode over the memory of " +
+                             owner->library().path() + ": another target or KV layout");
+  if (owner.get() != this && !UseSibling(*owner)) siblings_.push_back(owner);
+}
+
+bool ModuleCore::UseSibling(const ModuleCore& owner) const {
+  for (const auto& sibling : siblings_) {
+    const auto held = sibling.lock();
+    if (held.get() != &owner) continue;
+    // Work queued on the owner's stream comes first (a no-op on the host targets).
+    lib_->Check(owner.lib_->api().synchronize(owner.stream_), "ca_synchronize");
+    return true;
+  }
+  return false;
 }
 
 void ModuleCore::FreeTensor(DeviceBuffer* tensor, const std::string& what) {
@@ -254,12 +275,12 @@ void ModuleCore::Download(DeviceBuffer* tensor, const std::string& what, void* h
 
 void* ModuleCore::TensorPointer(const TensorArg& tensor, const char* name, CaDType dtype,
                                 uint64_t elements, bool allow_f32, const char* layout,
-                                CaDType* held) {
+                                CaDType* held, bool sibling_ok) {
   if (!tensor.device) {
     *held = CheckData(tensor.host, name, dtype, elements, allow_f32, layout);
     return nullptr;  // a host array: the caller stages it
   }
-  CheckTensor(tensor.device, name);
+  CheckTensor(tensor.device, name, sibling_ok);
   const CaDType has = CaDType(tensor.device->dtype);
   if (!(has == dtype || (allow_f32 && has == CA_F32)))
     Fail(code::kDType, std::string(name) + " is a DeviceTensor of " + DTypeName(has) +
@@ -491,7 +512,7 @@ const float* ModuleCore::PlanParams(const ArrayArg& params) {
 ModuleCore::Prepared ModuleCore::Prepare(const PoolArg& pool_arg, const DecodeArgs& a) {
   const ModuleInfo& mi = info();
   Prepared pr;
-  pr.pool = ResolvePool(pool_arg);
+  pr.pool = ResolvePool(pool_arg, true);
   // Everything from JS is checked before the first copy.
   if (!a.softmax_scale.is_number)
     Fail(code::kType, "softmaxScale must be a number, got " + a.softmax_scale.what);
@@ -503,9 +524,9 @@ ModuleCore::Prepared ModuleCore::Prepare(const PoolArg& pool_arg, const DecodeAr
   pr.io_elements = uint64_t(host_ctx.num_io_rows()) * mi.RowElements();
   CaDType held;
   pr.q_device = TensorPointer(a.q, "q", mi.dtype_q, pr.io_elements, false,
-                              "[numIoRows, qHeads, headDim]", &held);
+                              "[numIoRows, qHeads, headDim]", &held, true);
   pr.out_device = TensorPointer(a.out, "out", mi.dtype_out, pr.io_elements, false,
-                                "[numIoRows, qHeads, headDim]", &held);
+                                "[numIoRows, qHeads, headDim]", &held, true);
   if (a.q.device && a.q.device == a.out.device)
     Fail(code::kRange, "q and out are the same DeviceTensor: the output must not overlap an input");
   pr.params = PlanParams(a.params);

@@ -138,6 +138,12 @@ class ModuleCore {
   void CheckIdle() const;
   uint64_t WorkspaceBytes(const PoolArg& pool, const DecodeArgs& args);
 
+  // Lets this module's decode run over `owner`'s pools and tensors (runtime dispatch: another
+  // tuned instance of the same kernel over one Attention's memory). Both must have the same
+  // target and q/kv layout; Fail(kForeign) otherwise. Allocation, writes and frees stay with the
+  // owner. On cuda each use waits for the owner's stream (streams are per module handle).
+  void ShareMemoryWith(const std::shared_ptr<ModuleCore>& owner);
+
   CaStats Stats() const;
   std::string KernelStats() const;
   void ResetStats();
@@ -171,13 +177,17 @@ class ModuleCore {
     int32_t num_threads = 0;
   };
 
-  Pool ResolvePool(const PoolArg& pool) const;
+  // sibling_ok: a decode may also use the pools and tensors of a module linked by ShareMemoryWith.
+  Pool ResolvePool(const PoolArg& pool, bool sibling_ok = false) const;
   Prepared Prepare(const PoolArg& pool, const DecodeArgs& args);
-  void CheckTensor(const DeviceBuffer* tensor, const std::string& what) const;
+  void CheckTensor(const DeviceBuffer* tensor, const std::string& what,
+                   bool sibling_ok = false) const;
+  // Whether `owner` was linked by ShareMemoryWith; then waits for its stream (cuda) first.
+  bool UseSibling(const ModuleCore& owner) const;
   // A tensor argument's module-memory pointer, staging a host array through `staging` (H2D when
   // `upload`); `held` returns the CaDType its data holds.
   void* TensorPointer(const TensorArg& tensor, const char* name, CaDType dtype, uint64_t elements,
-                      bool allow_f32, const char* layout, CaDType* held);
+                      bool allow_f32, const char* layout, CaDType* held, bool sibling_ok = false);
   const UploadedContext& PlanContext(const Pool& pool, const ArrayArg& context);
   const float* PlanParams(const ArrayArg& params);
   void Ensure(Scratch& scratch, uint64_t bytes);
@@ -195,6 +205,7 @@ class ModuleCore {
   Scratch q_staging_, out_staging_, kv_staging_, copies_staging_;
   std::vector<uint8_t> kv_host_staging_;
   bool busy_ = false;
+  std::vector<std::weak_ptr<ModuleCore>> siblings_;
 };
 
 }  // namespace chunkattn

@@ -95,7 +95,11 @@ inline int copy_bytes(void* dst, const void* src, uint64_t bytes, int32_t kind, 
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (int e = device_status(cudaMemcpyAsync(dst, src, bytes, kinds[kind], s), "cudaMemcpyAsync"))
     return e;
-  // The host side of an H2D copy may be reused by the caller at once, and a D2H copy is read.
+  // Stream-ordered: the caller's host buffers are pageable (node arrays, the addon's staging
+  // vectors), and for those cudaMemcpyAsync H2D returns once the source is staged, so the source
+  // may be reused at once without a sync. A D2H copy is read by the caller: wait for it (the
+  // only copy that blocks, as the data-path counters assume). D2D copies stay queued.
+  if (kind != CA_COPY_D2H) return ok();
   return device_status(cudaStreamSynchronize(s), "cudaStreamSynchronize");
 #else
   (void)stream;

@@ -98,29 +98,49 @@ inline Scratch& thread_scratch() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tunables.
+// Tunables. The plan renders the cpu target's tunables (codegen/target-tunables.ts: the search
+// space, the defaults and what each means) into the module's `Tunables` struct, which reaches
+// the kernel as Cfg::Tunables. A Cfg without one (the C++ test driver) runs DefaultTunables,
+// the same defaults.
 
-// Most stacked rows (rows x G) per phase-1 task; a row's G heads are never split.
-inline constexpr int kPhase1MaxTileRows = 64;
-// Phase 2 prefetches the next chunk's K and V into L2 while it computes the current one.
-#ifndef CA_CPU_PHASE2_PREFETCH
-#define CA_CPU_PHASE2_PREFETCH 1
-#endif
-inline constexpr bool kPhase2Prefetch = CA_CPU_PHASE2_PREFETCH;
-// Phase 1 prefetches the next chunk of its run while it computes the current one.
-#ifndef CA_CPU_PHASE1_PREFETCH
-#define CA_CPU_PHASE1_PREFETCH 1
-#endif
-inline constexpr bool kPhase1Prefetch = CA_CPU_PHASE1_PREFETCH;
-// Phase-1 tiles of fewer stacked rows than this read K/V straight from the pool with the
-// phase-2 kernels, in blocks of kDirectRows: converting a chunk once (and transposing K) only
-// pays off for taller tiles. Measured on Zen 5: f16 direct wins up to ~16-24 rows and loses at
-// 32; the bf16 pair path's PV (vdpbf16ps) wins from 4 rows.
-inline constexpr int kPhase1DirectBelowRows = 20;
-inline constexpr int kPhase1DirectBelowRowsBf16 = 4;
+struct DefaultTunables {
+  static constexpr int k_cpu_tile_rows = 64;
+  static constexpr int k_cpu_direct_below = 20;
+  static constexpr int k_cpu_prefetch = 3;
+  static constexpr int k_cpu_threads = 0;
+};
+
+template <class Cfg, class = void>
+struct TunablesOf {
+  using type = DefaultTunables;
+};
+template <class Cfg>
+struct TunablesOf<Cfg, std::void_t<typename Cfg::Tunables>> {
+  using type = typename Cfg::Tunables;
+};
+
+template <class Cfg>
+struct Tune {
+  using T = typename TunablesOf<Cfg>::type;
+  // Most stacked rows (rows x G) per phase-1 task; a row's G heads are never split.
+  static constexpr int kMaxTileRows = T::k_cpu_tile_rows;
+  // Smallest tile phase 1 splits down to when there are fewer tasks than threads.
+  static constexpr int kMinTileRows = kMaxTileRows < 16 ? kMaxTileRows : 16;
+  // Phase-1 tiles of fewer stacked rows than this read K/V straight from the pool with the
+  // phase-2 kernels, in blocks of kDirectRows: converting a chunk once (and transposing K) only
+  // pays off for taller tiles. Measured on Zen 5: f16 direct wins up to ~16-24 rows and loses at
+  // 32; the bf16 pair path's PV (vdpbf16ps) wins from 4 rows (fixed, not tuned).
+  static constexpr int kDirectBelowRows = T::k_cpu_direct_below;
+  static constexpr int kDirectBelowRowsBf16 = 4;
+  // Bit 0: phase 1 prefetches the next chunk of its run while it computes the current one.
+  // Bit 1: phase 2 prefetches the next chunk's K and V into L2 (and the next task's first).
+  static constexpr bool kPhase1Prefetch = (T::k_cpu_prefetch & 1) != 0;
+  static constexpr bool kPhase2Prefetch = (T::k_cpu_prefetch & 2) != 0;
+  // Worker threads when the call passes 0 (0 here too: every core).
+  static constexpr int kThreads = T::k_cpu_threads;
+  static_assert(kMaxTileRows > 0 && kDirectBelowRows >= 0 && kThreads >= 0, "bad cpu tunables");
+};
 inline constexpr int kDirectRows = 8;
-// Smallest tile phase 1 splits down to when there are fewer tasks than threads.
-inline constexpr int kPhase1MinTileRows = 16;
 
 template <class Cfg>
 struct Dims {
@@ -130,7 +150,8 @@ struct Dims {
   static_assert(kHeadDim % 16 == 0 && kHeadDim > 0, "head dim must be a multiple of 16");
   static_assert(kChunk % 16 == 0 && kChunk > 0, "chunk size must be a multiple of 16");
   static constexpr int kGroup = kQHeads / kKvHeads;
-  static constexpr int kTileCap = kGroup > kPhase1MaxTileRows ? kGroup : kPhase1MaxTileRows;
+  static constexpr int kTileCap =
+      kGroup > Tune<Cfg>::kMaxTileRows ? kGroup : Tune<Cfg>::kMaxTileRows;
   static constexpr size_t round16(size_t n) { return (n + 15) / 16 * 16; }
   // Scratch layout (floats).
   static constexpr int kScoreRows = kGroup > kern::kTileRows ? kGroup : kern::kTileRows;
@@ -306,7 +327,7 @@ struct Phase1 {
   };
 
   // One block of R stacked rows over the chunk. kDirect: short tiles read K/V straight from the
-  // pool with the phase-2 kernels (see kPhase1DirectBelowRows).
+  // pool with the phase-2 kernels (see Tune::kDirectBelowRows).
   template <int R, bool kDirect>
   static void block(const Tile& t, int i0, int keys) {
     const ScratchView<Cfg>& sv = *t.sv;
@@ -472,13 +493,14 @@ struct Phase1 {
       const size_t base = (size_t(c.run_slots()[run.chunk_begin + j]) * Hkv + kvh) * chunk_elems;
       // The next chunk's K and V stream into L2 while this one computes, a slice per block.
       kern::PrefetchRange next_k, next_v;
-      if (kPhase1Prefetch && j + 1 < run.num_chunks && token0 + C < max_len) {
+      if (Tune<Cfg>::kPhase1Prefetch && j + 1 < run.num_chunks && token0 + C < max_len) {
         const size_t next =
             (size_t(c.run_slots()[run.chunk_begin + j + 1]) * Hkv + kvh) * chunk_elems;
         next_k.reset(k_pool + next, int(chunk_elems * sizeof(KvT)));
         next_v.reset(v_pool + next, int(chunk_elems * sizeof(KvT)));
       }
-      const bool direct = M < (A::kDotBf16 ? kPhase1DirectBelowRowsBf16 : kPhase1DirectBelowRows);
+      const bool direct =
+          M < (A::kDotBf16 ? Tune<Cfg>::kDirectBelowRowsBf16 : Tune<Cfg>::kDirectBelowRows);
       const float* vsrc = sv.vf;
       if (!direct) {
 #if defined(CA_CPU_DPBF16)
@@ -607,7 +629,7 @@ struct Phase2 {
       const size_t base = (size_t(c.chunk_slots()[c0 + ci]) * Hkv + kvh) * chunk_elems;
       const KvT* kp = k_pool + base;
       const KvT* vp = v_pool + base;
-      if (kPhase2Prefetch && ci + 1 < num_chunks && token0 + C < len) {
+      if (Tune<Cfg>::kPhase2Prefetch && ci + 1 < num_chunks && token0 + C < len) {
         const size_t next = (size_t(c.chunk_slots()[c0 + ci + 1]) * Hkv + kvh) * chunk_elems;
         const int bytes = (len - token0 - C < C ? len - token0 - C : C) * D * int(sizeof(KvT));
         kern::prefetch_l2(k_pool + next, bytes);
@@ -740,7 +762,7 @@ struct DecodeJob {
     for (int i; (i = next2.fetch_add(1, std::memory_order_relaxed)) < num_tasks2;) {
       // Tasks go round-robin between the threads, so i + threads is likely this thread's next.
       const int ahead = i + num_threads;
-      if (kPhase2Prefetch && ahead < num_tasks2)
+      if (Tune<Cfg>::kPhase2Prefetch && ahead < num_tasks2)
         Phase2<Cfg, Variant>::prefetch_task(*p, ctx.request_row(ahead / Dm::kKvHeads),
                                             ahead % Dm::kKvHeads);
       Phase2<Cfg, Variant>::run_task(*p, ctx.request_row(i / Dm::kKvHeads), i % Dm::kKvHeads,
@@ -749,14 +771,14 @@ struct DecodeJob {
   }
 };
 
-// Splits every run into row tiles of at most kPhase1MaxTileRows stacked rows (finer when there
+// Splits every run into row tiles of at most Tune::kMaxTileRows stacked rows (finer when there
 // are fewer tasks than threads), one task per (tile, KV head), largest first.
 template <class Cfg>
 inline void plan_phase1(const CaDecodeParams& p, int num_threads, std::vector<Phase1Task>& tasks) {
   const KernelContext c{p.context};
   constexpr int G = Dims<Cfg>::kGroup, Hkv = Cfg::kKvHeads;
   tasks.clear();
-  int max_tile = kPhase1MaxTileRows;
+  int max_tile = Tune<Cfg>::kMaxTileRows;
   for (;;) {
     int64_t count = 0;
     for (int i = 0; i < c.num_runs(); ++i) {
@@ -764,7 +786,7 @@ inline void plan_phase1(const CaDecodeParams& p, int num_threads, std::vector<Ph
       const int rows_per_tile = max_tile / G > 0 ? max_tile / G : 1;
       count += int64_t((rows + rows_per_tile - 1) / rows_per_tile) * Hkv;
     }
-    if (count >= num_threads || max_tile / 2 < kPhase1MinTileRows || max_tile / 2 < G) break;
+    if (count >= num_threads || max_tile / 2 < Tune<Cfg>::kMinTileRows || max_tile / 2 < G) break;
     max_tile /= 2;
   }
   const int rows_per_tile_cap = max_tile / G > 0 ? max_tile / G : 1;
@@ -798,7 +820,7 @@ inline int decode(const CaDecodeParams& p) noexcept {
     const KernelContext c{p.context};
     if (c.num_requests() == 0) return CA_OK;
     thread_local std::vector<Phase1Task> tasks1;
-    int threads = resolve_num_threads(p.num_threads);
+    int threads = resolve_num_threads(p.num_threads > 0 ? p.num_threads : Tune<Cfg>::kThreads);
     if (c.num_runs() > 0)
       plan_phase1<Cfg>(p, threads, tasks1);
     else

@@ -4,7 +4,8 @@
 //   struct Cfg { kQHeads, kKvHeads, kHeadDim, kChunk; QT, KvT, OutT in {ca::cpu::f16,
 //   ca::cpu::bf16, float} }; struct Variant { kHasScoreMod, kHasMask, score_mod(), mask() }   (see
 //   chunkattn/variant.h)
-// and exports the C ABI of chunkattn/abi.h through:
+// and exports the C ABI of chunkattn/abi.h as one-liners over ca::cpu::entry (below: argument
+// checks, launch/copy counting, host "device" memory), which call:
 //   int      ca::cpu::decode<Cfg, Variant>(const CaDecodeParams&)      CaStatus
 //   uint64_t ca::cpu::workspace_bytes<Cfg>(const CaDecodeParams&)
 //   int      ca::cpu::write_kv<Cfg>(const CaWriteKvParams&)            CaStatus
@@ -26,7 +27,13 @@
 #error "chunkattn cpu kernels need IEEE inf/NaN semantics: build without -ffast-math"
 #endif
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "chunkattn/abi.h"
+#include "chunkattn/context.h"
+#include "chunkattn/counters.h"
+#include "chunkattn/module_status.h"
 #include "chunkattn/softmax_state.h"
 #include "chunkattn/variant.h"
 #include "chunkattn/cpu/types.h"
@@ -40,6 +47,96 @@
 namespace ca {
 namespace cpu {
 inline const char* isa() { return CA_CPU_ISA; }
+
+// The generated configuration with its rendered tunables attached (decode.h reads
+// Cfg::Tunables): `using Cfg = ca::cpu::Tuned<ca_gen::Cfg, ca_gen::Tunables>;`.
+template <class Base, class TunablesT>
+struct Tuned : Base {
+  using Tunables = TunablesT;
+};
+
+// The C ABI's bodies on the cpu target. Work runs on the calling thread, in order, so streams
+// are tokens and "device" memory is host memory; launches and copies are counted as the cuda
+// target issues them (chunkattn/counters.h).
+namespace entry {
+
+template <class Cfg, class Variant>
+inline int decode(const CaDecodeParams* p) {
+  if (!p) return ca::fail(CA_ERR_INVALID, "ca_decode: null params");
+  const int status = ca::cpu::decode<Cfg, Variant>(*p);
+  if (status == CA_OK && ca::ctx::check_layout(p->context, p->context_words, nullptr)) {
+    const ca::KernelContext c{p->context};
+    if (c.num_runs() > 0)
+      ca::counters::launch("cpu_phase1", uint64_t(c.num_runs()) * Cfg::kKvHeads);
+    ca::counters::launch("cpu_phase2", uint64_t(c.num_requests()) * Cfg::kKvHeads);
+  }
+  return status;
+}
+
+template <class Cfg>
+inline uint64_t workspace_bytes(const CaDecodeParams* p) {
+  return p ? ca::cpu::workspace_bytes<Cfg>(*p) : 0;
+}
+
+template <class Cfg>
+inline int write_kv(const CaWriteKvParams* p) {
+  if (!p) return ca::fail(CA_ERR_INVALID, "ca_write_kv: null params");
+  ca::counters::launch("write_kv", uint64_t(p->num_tokens > 0 ? p->num_tokens : 0));
+  return ca::cpu::write_kv<Cfg>(*p);
+}
+
+template <class Cfg>
+inline int copy_chunks(void* k_pool, void* v_pool, int32_t num_slots, const int32_t* copies,
+                       int32_t num_copies) {
+  ca::counters::launch("copy_chunks", uint64_t(num_copies > 0 ? num_copies : 0));
+  return ca::cpu::copy_chunks<Cfg>(k_pool, v_pool, num_slots, copies, num_copies);
+}
+
+inline int malloc_(void** ptr, uint64_t bytes) {
+  if (ptr == nullptr) return ca::fail(CA_ERR_INVALID, "ca_malloc: null output pointer");
+  *ptr = bytes == 0 ? nullptr : aligned_alloc(64, (bytes + 63) / 64 * 64);
+  return bytes == 0 || *ptr ? CA_OK : ca::fail(CA_ERR_NO_MEMORY, "ca_malloc: out of host memory");
+}
+
+inline int free_(void* ptr) {
+  free(ptr);
+  return CA_OK;
+}
+
+inline int memcpy_(void* dst, const void* src, uint64_t bytes, int32_t kind) {
+  if (kind < CA_COPY_H2D || kind > CA_COPY_CONTEXT)
+    return ca::fail(CA_ERR_INVALID, "ca_memcpy: bad kind");
+  if (bytes == 0) return CA_OK;
+  ca::counters::copy(kind, bytes);
+  memmove(dst, src, bytes);
+  return CA_OK;
+}
+
+inline int memset_(void* dst, int32_t value, uint64_t bytes) {
+  if (bytes) memset(dst, value, bytes);
+  return CA_OK;
+}
+
+inline int stream_create(void** stream) {
+  static int host_stream;  // work runs on the calling thread, in order
+  if (stream == nullptr) return ca::fail(CA_ERR_INVALID, "ca_stream_create: null output");
+  *stream = &host_stream;
+  return CA_OK;
+}
+
+inline int get_stats(CaStats* out) {
+  if (out == nullptr) return ca::fail(CA_ERR_INVALID, "ca_get_stats: null output");
+  *out = CaStats{};  // the cpu target does not count kernel traffic bytes
+  ca::counters::snapshot(out);
+  return CA_OK;
+}
+
+inline int reset_stats() {
+  ca::counters::reset();
+  return CA_OK;
+}
+
+}  // namespace entry
 }  // namespace cpu
 }  // namespace ca
 
