@@ -18,7 +18,9 @@
 
 import { freemem } from 'node:os';
 import { isPlainObject, validateSpec } from '../dsl/attention.ts';
+import type { SparseSpec } from '../dsl/sparse.ts';
 import { ARCHS, type BuildTarget, type KernelSpec, PARTITIONS, type Partition } from '../dsl/spec.ts';
+import type { ChunkMetadataStats } from './chunk-metadata.ts';
 import { ArgumentError, BusyError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
 import { ContextPlanner, type KernelContext } from './kernel-context.ts';
 import { bytesPerChunk, type KvShape, type KvStats } from './kv-stats.ts';
@@ -33,6 +35,8 @@ import {
   type TensorData,
 } from './native-module.ts';
 import { type InsertResult, PrefixTree } from './prefix-tree.ts';
+import { resolveSparse, type SparseOverride } from './psa-options.ts';
+import { SparseDecoder, type SparseSelection } from './sparse-decode.ts';
 
 export type RuntimeTarget = BuildTarget;
 
@@ -57,10 +61,14 @@ export interface AttentionOptions {
   readonly maxRunChunks?: number;
   /** How to get a module for a spec (default: the package's codegen builder). */
   readonly loader?: ModuleLoader;
+  /** Progressive sparse attention: overrides of the spec's `sparse` options, or false for dense. */
+  readonly sparse?: SparseOverride;
 }
 
 export interface AttentionStats extends KvStats {
   readonly kernel: KernelStats;
+  /** PSA chunk metadata (present when sparse attention is on). */
+  readonly sparseMetadata?: ChunkMetadataStats;
 }
 
 interface PendingStep {
@@ -229,8 +237,17 @@ export class Attention {
   readonly #planner = new ContextPlanner();
   #inFlight: Promise<void> | null = null;
   #closed = false;
+  /** PSA options in force (undefined: dense). */
+  readonly sparse: SparseSpec | undefined;
+  readonly #sparse: SparseDecoder | undefined;
 
-  private constructor(spec: KernelSpec, module: NativeModule, options: AttentionOptions, mode: Partition) {
+  private constructor(
+    spec: KernelSpec,
+    module: NativeModule,
+    options: AttentionOptions,
+    mode: Partition,
+    sparse: SparseSpec | undefined,
+  ) {
     this.spec = spec;
     this.module = module;
     this.target = module.info.target;
@@ -249,6 +266,22 @@ export class Attention {
     this.#pools = [];
     try {
       for (let layer = 0; layer < options.layers; layer++) this.#pools.push(module.allocPool(slots));
+    } catch (error) {
+      for (const pool of this.#pools) module.free(pool);
+      throw error;
+    }
+    this.sparse = sparse && module.hasPsa ? sparse : undefined;
+    try {
+      this.#sparse = this.sparse
+        ? new SparseDecoder(module, this.sparse, {
+            layers: options.layers,
+            slots,
+            kvHeads: spec.heads.kv,
+            headDim: spec.headDim,
+            chunkSize: spec.chunkSize,
+            dtype: spec.dtype.kv,
+          })
+        : undefined;
     } catch (error) {
       for (const pool of this.#pools) module.free(pool);
       throw error;
@@ -280,6 +313,7 @@ export class Attention {
       const spec = validateSpec(isSpec(source) ? source : source.spec);
       const target = chooseTarget(spec, options.target);
       paramValues(spec, options.params); // fail before building
+      resolveSparse(spec, options.sparse);
       loadable = await resolveLoader(options.loader)(spec, target);
     }
     const spec = loadable.manifest.spec;
@@ -298,7 +332,13 @@ export class Attention {
       );
     const warning = module.info.target === 'cuda' ? undefined : poolMemoryWarning(spec, options, freemem());
     if (warning) process.emitWarning(warning, { code: 'CHUNKATTN_MEMORY' });
-    return new Attention(spec, module, options, mode);
+    const sparse = resolveSparse(spec, options.sparse);
+    if (sparse && !module.hasPsa)
+      process.emitWarning(
+        `spec "${spec.name}" asks for sparse attention, which the ${module.info.target} module lacks (cpu only so far): it runs dense`,
+        { code: 'CHUNKATTN_DENSE' },
+      );
+    return new Attention(spec, module, options, mode, sparse);
   }
 
   get kvShape(): KvShape {
@@ -358,6 +398,7 @@ export class Attention {
     this.cache.checkKvWrites(layer, slots, offsets);
     this.module.writeKv(pool, slots, offsets, k, v);
     this.cache.markKvWritten(layer, slots, offsets);
+    this.#sparse?.metadata.afterWrite(layer, pool, slots, offsets, this.#written);
   }
 
   /** One decode step: appends one token to each sequence; then writeDecodeKV and decode per layer. */
@@ -389,6 +430,7 @@ export class Attention {
     this.cache.checkKvWrites(layer, step.slots, step.offsets);
     this.module.writeKv(pool, step.slots, step.offsets, k, v);
     this.cache.markKvWritten(layer, step.slots, step.offsets);
+    this.#sparse?.metadata.afterWrite(layer, pool, step.slots, step.offsets, this.#written);
   }
 
   /**
@@ -400,9 +442,32 @@ export class Attention {
   decode(layer: number, q: TensorData, out: DeviceTensor, seqs?: ArrayLike<number>): DeviceTensor;
   decode(layer: number, q: TensorData, out?: TensorData, seqs?: ArrayLike<number>): TensorData {
     const call = this.#decodeCall(layer, q, out, seqs);
-    this.module.decode(call.pool, call.args);
+    this.#run(layer, call);
     return call.args.out;
   }
+
+  /** One layer's decode: sparse (PSA) past the dense layers when it is on, else dense. */
+  #run(layer: number, call: { pool: KvPool; args: DecodeArgs; ioSeqs: Int32Array }): void {
+    const sparse = this.#sparse;
+    if (!sparse || sparse.isDenseLayer(layer)) {
+      sparse?.clearLast();
+      this.module.decode(call.pool, call.args);
+      return;
+    }
+    sparse.decode(layer, call.pool, call.args, this.context(), call.ioSeqs, this.#written);
+  }
+
+  /** What the last decode selected when it ran sparse (a view, valid until the next decode). */
+  get selection(): SparseSelection | undefined {
+    return this.#sparse?.last;
+  }
+
+  /** The chunk metadata of PSA (undefined when it is off). */
+  get chunkMetadata() {
+    return this.#sparse?.metadata;
+  }
+
+  readonly #written = (layer: number, slot: number): number => this.cache.writtenTokens(layer, slot);
 
   /**
    * decode on a worker thread, so the event loop stays free: arguments are checked and the step
@@ -423,7 +488,11 @@ export class Attention {
     seqs?: ArrayLike<number>,
   ): Promise<TensorData> {
     const call = this.#decodeCall(layer, q, out, seqs);
-    const done = this.module.decodeAsync(call.pool, call.args);
+    // Sparse decode runs on the calling thread (no async entry point yet).
+    const done =
+      this.#sparse && !this.#sparse.isDenseLayer(layer)
+        ? Promise.resolve().then(() => this.#run(layer, call))
+        : this.module.decodeAsync(call.pool, call.args);
     this.#inFlight = done;
     try {
       await done;
@@ -438,7 +507,7 @@ export class Attention {
     q: TensorData,
     out: TensorData | undefined,
     seqs: ArrayLike<number> | undefined,
-  ): { pool: KvPool; args: DecodeArgs } {
+  ): { pool: KvPool; args: DecodeArgs; ioSeqs: Int32Array } {
     this.#checkOpen();
     const pool = this.#pool(layer);
     const ioSeqs = seqs ? Int32Array.from(seqs) : this.#pending?.seqs;
@@ -466,6 +535,7 @@ export class Attention {
     const packed = this.#planner.plan(this.context(), ioSeqs);
     return {
       pool,
+      ioSeqs,
       args: {
         q,
         out: result,
@@ -489,7 +559,8 @@ export class Attention {
   }
 
   stats(): AttentionStats {
-    return { ...this.cache.stats(this.kvShape), kernel: this.module.stats() };
+    const sparse = this.#sparse ? { sparseMetadata: this.#sparse.metadata.stats() } : {};
+    return { ...this.cache.stats(this.kvShape), kernel: this.module.stats(), ...sparse };
   }
 
   /** Frees the pools at once (a dropped object frees them when collected). Unusable afterwards. */
@@ -499,6 +570,7 @@ export class Attention {
     this.#closed = true;
     dropped.unregister(this);
     for (const pool of this.#pools) this.module.free(pool);
+    this.#sparse?.close();
   }
 
   /** `using attn = await Attention.create(...)` closes it at the end of the scope. */
@@ -590,5 +662,6 @@ export class Attention {
       list.set([copy.srcSlot, copy.dstSlot, copy.tokens], i * 3);
     });
     for (const pool of this.#pools) this.module.copyChunks(pool, list);
+    this.#sparse?.metadata.afterCopies(copies);
   }
 }

@@ -138,6 +138,16 @@ class ModuleCore {
   void CheckIdle() const;
   uint64_t WorkspaceBytes(const PoolArg& pool, const DecodeArgs& args);
 
+  // Progressive sparse attention (chunkattn/psa_abi.h; modules exporting it: cpu). `meta` is a
+  // DeviceTensor of the KV dtype holding [numSlots, Hkv, 4, D]; `slots` the full chunks to
+  // summarize. PsaDecode is Decode through ca_psa_decode; `config` a Float64Array of
+  // PsaConfigField values; lists/counts/guardAdded host Int32Arrays the module fills.
+  bool HasPsa() const { return lib_->api().psa_meta && lib_->api().psa_decode; }
+  void PsaMeta(const PoolArg& pool, DeviceBuffer* meta, const ArrayArg& slots);
+  void PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
+                 const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
+                 const ArrayArg& guard_added);
+
   CaStats Stats() const;
   std::string KernelStats() const;
   void ResetStats();
