@@ -124,6 +124,11 @@ export class ChunkMetadata {
     this.#compute(layer, pool, missing);
   }
 
+  /** One layer's metadata as host data [slots, Hkv, 4, D] (one download). */
+  readLayer(layer: number): Float32Array | Uint16Array {
+    return this.#module.download(this.#tensors[layer]!);
+  }
+
   /** One slot's metadata as host data [Hkv, 4, D] (tests and debugging). */
   read(layer: number, slot: number): Float32Array | Uint16Array {
     const all = this.#module.download(this.#tensors[layer]!);

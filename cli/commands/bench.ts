@@ -15,6 +15,7 @@ const REPORTS: Record<string, () => Promise<BenchRunner>> = {
   build: async () => (await import('../../bench/build.ts')).runBuildBench,
   memory: async () => (await import('../../bench/memory.ts')).runMemoryBench,
   model: async () => (await import('../../bench/model.ts')).runModelBench,
+  psa: async () => (await import('../../bench/psa.ts')).runPsaBench,
   tpp: async () => (await import('../../bench/tpp.ts')).runTppBench,
   traffic: async () => (await import('../../bench/traffic.ts')).runTrafficBench,
 };

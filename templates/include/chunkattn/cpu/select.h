@@ -22,6 +22,7 @@
 
 #include <vector>
 
+#include "chunkattn/cpu/simd.h"
 #include "chunkattn/cpu/types.h"
 #include "chunkattn/psa_abi.h"
 
@@ -133,29 +134,27 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
   }
   const float ln_c = logf(float(C));
   // Scores of the full chunks from their metadata.
-  float q2[G][D];
+  alignas(64) float q2[G][D];
   for (int g = 0; g < G; ++g)
     for (int d = 0; d < D; ++d) q2[g][d] = 0.5f * q[g * D + d] * q[g * D + d];
+  // Per chunk, per head: q·μ, ½ Σ q² v and Σ max(q m, q M), W lanes at a time.
   for (int j = 0; j < tail; ++j) {
     const KvT* m = meta + (int64_t(slots[j]) * Hkv + kvh) * CA_PSA_META_VECTORS * D;
-    float mu[D], var[D], lo[D], hi[D];
-    for (int d = 0; d < D; ++d) {
-      mu[d] = to_f32(m[d]);
-      var[d] = to_f32(m[D + d]);
-      lo[d] = to_f32(m[2 * D + d]);
-      hi[d] = to_f32(m[3 * D + d]);
+    simd::V dot[G], quad[G], box[G];
+    for (int g = 0; g < G; ++g) dot[g] = quad[g] = box[g] = simd::zero();
+    for (int d = 0; d < D; d += simd::kWidth) {
+      const simd::V mu = simd::load(m + d), var = simd::load(m + D + d),
+                    lo = simd::load(m + 2 * D + d), hi = simd::load(m + 3 * D + d);
+      for (int g = 0; g < G; ++g) {
+        const simd::V qv = simd::load(q + g * D + d);
+        dot[g] = simd::fmadd(qv, mu, dot[g]);
+        quad[g] = simd::fmadd(simd::load(&q2[g][d]), var, quad[g]);
+        box[g] = simd::add(box[g], simd::max(simd::mul(qv, lo), simd::mul(qv, hi)));
+      }
     }
     for (int g = 0; g < G; ++g) {
-      const float* qg = q + g * D;
-      float dot = 0.f, quad = 0.f, box = 0.f;
-      for (int d = 0; d < D; ++d) {
-        dot += qg[d] * mu[d];
-        quad += q2[g][d] * var[d];
-        const float x = qg[d] * lo[d], y = qg[d] * hi[d];
-        box += x > y ? x : y;
-      }
-      float e = ln_c + dot + quad;
-      const float cap = ln_c + box;
+      float e = ln_c + simd::reduce_add(dot[g]) + simd::reduce_add(quad[g]);
+      const float cap = ln_c + simd::reduce_add(box[g]);
       if (a.use_box) {
         e = e < cap ? e : cap;
         sc.bound[j] = cap > sc.bound[j] ? cap : sc.bound[j];

@@ -8,12 +8,15 @@
 // Step 1, select: one task per (requested row, KV head) (select.h); writes the row's byte mask
 // and its compacted list. When every requested list holds all of its row's chunks, the dense
 // two-phase kernel runs instead (so mass 1 is dense, bit for bit).
-// Step 2, phase 1: one task per (shared run, KV head, tile of ≤ kSparseTileRows sharers). Chunk
-// by chunk, a chunk that any sharer of the tile selected is loaded once and attended by exactly
-// the sharers that selected it (the others mask it out, so a row's result never depends on who
-// else is in the batch); every sharer's softmax state over the run becomes its partial.
-// Step 3, phase 2: one task per (requested row, KV head): the row's own selected chunks, then
-// its run partials merged, then (guard) the progressive step, then the output.
+// Step 2 (no guard): the dense two-phase kernel (decode.h) run with the selection as an extra
+// mask (Selected<Variant>): a chunk no row of a task selected is skipped unread; a shared chunk
+// is loaded once per phase-1 tile when any of the tile's sharers selected it and masked out for
+// the sharers that did not, so a row's result never depends on who else is in the batch.
+// Step 2 (guard): list-driven phases of this header. Phase 1, one task per (shared run, KV head,
+// tile of ≤ kSparseTileRows sharers): chunk by chunk, a chunk any sharer of the tile selected is
+// loaded once and attended by exactly those sharers; each sharer's state becomes its partial.
+// Phase 2, one task per (requested row, KV head): the row's own selected chunks, its run
+// partials merged, the progressive step, the output.
 //
 // Guard (the progressive step): with the per-head estimates of the mass left out, a head whose
 // exact covered mass Z_sel falls short, Z_sel / (Z_sel + Z_left) < mass, attends the next batch
@@ -42,6 +45,41 @@ namespace psa {
 
 inline constexpr int kSparseTileRows = 32;
 inline constexpr int kGuardBatch = 4;
+
+// What the selection mask of one call looks like to Selected<Variant>::mask.
+struct SelectionView {
+  const float* user_params;   // the spec's params (what Variant sees)
+  const uint8_t* mask;        // [num_rows, Hkv, max_chunks]
+  const int32_t* row_of_seq;  // sequence handle -> DFS row
+  int32_t num_seqs;           // entries of row_of_seq
+  int32_t max_chunks;
+};
+
+// The spec's Variant with the selection as an extra mask: a (row, KV head) sees a token only if
+// it selected the token's chunk. The dense two-phase kernel run with it skips every chunk no row
+// of a task selected (its K/V is never read), loads a shared chunk once per phase-1 tile when
+// any sharer of the tile selected it, and masks it out for the sharers that did not. The view
+// travels in the `params` pointer the kernel hands to every mask / score_mod call.
+template <class Variant, int C, int Hkv>
+struct Selected {
+  static constexpr bool kHasScoreMod = Variant::kHasScoreMod;
+  static constexpr bool kHasMask = true;
+  static CA_HD const SelectionView& view(const float* params) {
+    return *reinterpret_cast<const SelectionView*>(params);
+  }
+  CA_HD static float score_mod(float score, const Pos& pos, const float* params) {
+    return Variant::score_mod(score, pos, view(params).user_params);
+  }
+  CA_HD static bool mask(const Pos& pos, const float* params) {
+    const SelectionView& v = view(params);
+    if (pos.seq < 0 || pos.seq >= v.num_seqs) return false;
+    const int32_t row = v.row_of_seq[pos.seq];
+    if (row < 0) return false;
+    const uint8_t selected =
+        v.mask[(size_t(row) * Hkv + pos.kv_head) * size_t(v.max_chunks) + pos.kv / C];
+    return selected && (!Variant::kHasMask || Variant::mask(pos, v.user_params));
+  }
+};
 
 struct RunTask {
   int32_t run, kv_head, row_begin, row_end;
@@ -405,18 +443,23 @@ inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept
     // Every list complete (mass 1, short rows, dense fallbacks): the dense kernel, exactly.
     if (job.incomplete.load() == 0) return decode<Cfg, Variant>(p);
 
-    thread_local std::vector<RunTask> tasks1;
-    tasks1.clear();
-    for (int i = 0; i < c.num_runs(); ++i) {
-      const CaSharedRun& run = c.run(i);
-      for (int r0 = run.row_begin; r0 < run.row_end; r0 += kSparseTileRows) {
-        const int r1 = r0 + kSparseTileRows < run.row_end ? r0 + kSparseTileRows : run.row_end;
-        bool any = false;
-        for (int r = r0; r < r1; ++r) any |= c.row_io(r) >= 0;
-        if (!any) continue;
-        for (int kvh = 0; kvh < Hkv; ++kvh) tasks1.push_back(RunTask{i, kvh, r0, r1});
-      }
+    if (!s.guard) {
+      // The dense two-phase kernel with the selection as a mask (see Selected).
+      int32_t max_seq = -1;
+      for (int r = 0; r < c.num_rows(); ++r)
+        max_seq = c.row_seq(r) > max_seq ? c.row_seq(r) : max_seq;
+      if (max_seq >= (1 << 26))
+        return fail(CA_ERR_INVALID, "ca_psa_decode: sequence handle too large");
+      thread_local std::vector<int32_t> row_of_seq;
+      row_of_seq.assign(size_t(max_seq + 1), -1);
+      for (int r = 0; r < c.num_rows(); ++r) row_of_seq[size_t(c.row_seq(r))] = r;
+      const SelectionView view{p.params, mask.data(), row_of_seq.data(), max_seq + 1, s.max_chunks};
+      CaDecodeParams masked = p;
+      masked.params = reinterpret_cast<const float*>(&view);
+      return decode<Cfg, Selected<Variant, Cfg::kChunk, Hkv>>(masked);
     }
+    // Guard: the list-driven phases below, with the progressive step in phase 2.
+    thread_local std::vector<RunTask> tasks1;
     job.part_o = c.num_runs() > 0 ? static_cast<float*>(p.workspace) : nullptr;
     job.part_lse = c.num_runs() > 0
                        ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
