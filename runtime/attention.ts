@@ -354,7 +354,12 @@ export class Attention {
   insert(tokens: ArrayLike<number>): InsertResult {
     this.#checkOpen();
     this.#pending = null;
-    return this.cache.insert(tokens);
+    const result = this.cache.insert(tokens);
+    // The chunks past the matched prefix are new (their slots may be reused): no metadata yet.
+    this.#sparse?.metadata.drop(
+      this.cache.chunksOf(result.seq).subarray(result.matchedTokens / this.spec.chunkSize),
+    );
+    return result;
   }
 
   /** n new sequences sharing everything of `seq` (parallel sampling, beam search). */
@@ -406,6 +411,8 @@ export class Attention {
     this.#checkOpen();
     const result = this.cache.appendBatch(seqs, tokens);
     this.#applyCopies(result.copies);
+    // A token at offset 0 opens a new chunk in a (maybe reused) slot.
+    if (this.#sparse) this.#sparse.metadata.drop(result.slots.filter((_, i) => result.offsets[i] === 0));
     this.#pending = { seqs: Int32Array.from(seqs), slots: result.slots, offsets: result.offsets };
   }
 

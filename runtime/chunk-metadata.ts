@@ -9,8 +9,8 @@
 //   - computed by the write that fills the chunk (writeKV / writeDecodeKV: the write reaching
 //     token C - 1 of the slot, K/V being written in token order), one ca_psa_meta launch per
 //     write call for all the chunks it filled;
-//   - invalidated by any write that leaves the slot partial (a reused slot starts unwritten, so
-//     its first write drops the previous chunk's metadata) and by a copy-on-write into the slot;
+//   - dropped when the slot is allocated to a new chunk (insert, a decode step opening a chunk),
+//     by any write that leaves the slot partial, and by a copy-on-write into the slot;
 //   - freed with the pools (close()).
 // ensure() recomputes whatever a decode needs and is missing (full chunks only); after the write
 // hooks it finds nothing to do, which the `late` counter shows.
@@ -104,6 +104,11 @@ export class ChunkMetadata {
       else if (offsets[i] === this.shape.chunkSize - 1 && !filled.includes(slot)) filled.push(slot);
     }
     this.#compute(layer, pool, filled);
+  }
+
+  /** Slots (re)allocated to new chunks: whatever metadata they held belonged to a freed chunk. */
+  drop(slots: ArrayLike<number>): void {
+    for (const valid of this.#valid) for (let i = 0; i < slots.length; i++) valid[slots[i]!] = 0;
   }
 
   /** After copy-on-write of chunks (every layer): the destinations hold other K/V now. */

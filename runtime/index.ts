@@ -7,6 +7,7 @@ export {
   type RuntimeTarget,
   type SpecSource,
 } from './attention.ts';
+export { ChunkMetadata, type ChunkMetadataStats } from './chunk-metadata.ts';
 export { ChunkPool } from './chunk-pool.ts';
 export * from './errors.ts';
 export { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, fromHost, toHost } from './half.ts';
@@ -42,6 +43,7 @@ export {
   type InsertResult,
   PrefixTree,
 } from './prefix-tree.ts';
+export type { SparseOverride } from './psa-options.ts';
 export {
   type ReferenceRow,
   type ReferenceShape,
@@ -50,3 +52,4 @@ export {
   relativeError,
   TOLERANCE,
 } from './reference.ts';
+export type { SparseSelection } from './sparse-decode.ts';

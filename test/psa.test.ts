@@ -81,6 +81,11 @@ async function twoLayers(
   return attn;
 }
 
+/** Releases every live sequence (a failed property run may leave one behind). */
+function reset(...attns: Attention[]) {
+  for (const attn of attns) for (const seq of attn.cache.sequences()) attn.release(seq);
+}
+
 function write(attn: Attention, seq: number, from: number, k: Float32Array, v: Float32Array) {
   const dtype = attn.spec.dtype.kv;
   for (let layer = 0; layer < attn.layers; layer++)
@@ -142,18 +147,23 @@ describe(`PSA decode on the cpu target (seed ${SEED})`, () => {
     for (const dtype of ['f32', 'bf16'] as const) {
       const attn = await twoLayers(dtype, { mass: 1 });
       await fc.assert(
-        fc.asyncProperty(fc.integer({ min: 2, max: 600 }), fc.integer(), async (length, seed) => {
-          const { seq } = attn.insert(Array.from({ length }, (_, i) => seed + i * 3));
-          const { k, v } = makeKv(length, seed);
-          write(attn, seq, 0, k, v);
-          const q = toHost(makeQ(1, seed + 1), dtype);
-          const dense = attn.decode(0, q, poisoned(attn, 1), [seq]);
-          const sparse = attn.decode(1, q, poisoned(attn, 1), [seq]);
-          const sel = attn.selection!;
-          for (let h = 0; h < HKV; h++) expect(sel.chunksOf(seq, h).length).toBe(Math.ceil(length / C));
-          expect(Buffer.from(sparse.buffer).equals(Buffer.from(dense.buffer))).toBe(true);
-          attn.release(seq);
-        }),
+        fc.asyncProperty(
+          fc.integer({ min: 2, max: 600 }),
+          fc.integer({ min: 0, max: 1_000_000 }),
+          async (length, seed) => {
+            reset(attn);
+            const { seq } = attn.insert(Array.from({ length }, (_, i) => seed + i * 3));
+            const { k, v } = makeKv(length, seed);
+            write(attn, seq, 0, k, v);
+            const q = toHost(makeQ(1, seed + 1), dtype);
+            const dense = attn.decode(0, q, poisoned(attn, 1), [seq]);
+            const sparse = attn.decode(1, q, poisoned(attn, 1), [seq]);
+            const sel = attn.selection!;
+            for (let h = 0; h < HKV; h++) expect(sel.chunksOf(seq, h).length).toBe(Math.ceil(length / C));
+            expect(Buffer.from(sparse.buffer).equals(Buffer.from(dense.buffer))).toBe(true);
+            attn.release(seq);
+          },
+        ),
         { seed: SEED, numRuns: 8 },
       );
     }
@@ -170,8 +180,14 @@ describe(`PSA decode on the cpu target (seed ${SEED})`, () => {
         const { seq } = attn.insert(Array.from({ length }, (_, i) => length * 10_000 + i));
         const { k, v } = makeKv(length, SEED + length);
         write(attn, seq, 0, k, v);
-        const q = stored(makeQ(1, SEED + length + 1), dtype);
-        const out = fromHost(attn.decode(1, toHost(q, dtype), poisoned(attn, 1), [seq]), dtype);
+        // A query aligned with the keys of one strong chunk (chunk 5): a sharp distribution.
+        const q = new Float32Array(HQ * D);
+        const noise = rng(SEED + length);
+        for (let h = 0; h < HQ; h++)
+          for (let i = 0; i < D; i++)
+            q[h * D + i] = k[((5 * C + 3) * HKV + Math.floor(h / G)) * D + i]! * 0.8 + noise() * 0.3;
+        const qStored = stored(q, dtype);
+        const out = fromHost(attn.decode(1, toHost(qStored, dtype), poisoned(attn, 1), [seq]), dtype);
         const sel = attn.selection!;
         const chunks = Math.ceil(length / C);
         const counts = [0, 1].map((h) => sel.chunksOf(seq, h).length);
@@ -179,7 +195,7 @@ describe(`PSA decode on the cpu target (seed ${SEED})`, () => {
         const ref = restrictedReference(
           sel,
           seq,
-          q,
+          qStored,
           stored(k, dtype),
           stored(v, dtype),
           length,
@@ -196,20 +212,25 @@ describe(`PSA decode on the cpu target (seed ${SEED})`, () => {
   test('forced chunks (sink, recent window, tail) are always selected, whatever kMax (fast-check)', async () => {
     const attn = await twoLayers('f32', { mass: 0.5, recentTokens: 48, kMax: 1, safetyNet: 0 });
     await fc.assert(
-      fc.asyncProperty(fc.integer({ min: 100, max: 900 }), fc.integer(), async (length, seed) => {
-        const { seq } = attn.insert(Array.from({ length }, (_, i) => seed * 7 + i));
-        const { k, v } = makeKv(length, seed);
-        write(attn, seq, 0, k, v);
-        attn.decode(1, makeQ(1, seed), undefined, [seq]);
-        const chunks = Math.ceil(length / C);
-        const forced = new Set([0, chunks - 3, chunks - 2, chunks - 1]); // ⌈48 / 16⌉ recent chunks
-        for (let h = 0; h < HKV; h++) {
-          const got = attn.selection!.chunksOf(seq, h);
-          expect([...forced].every((j) => got.includes(j))).toBe(true);
-          expect(got.length).toBe(forced.size); // kMax 1 leaves only the forced chunks
-        }
-        attn.release(seq);
-      }),
+      fc.asyncProperty(
+        fc.integer({ min: 100, max: 900 }),
+        fc.integer({ min: 0, max: 1_000_000 }),
+        async (length, seed) => {
+          reset(attn);
+          const { seq } = attn.insert(Array.from({ length }, (_, i) => seed * 7 + i));
+          const { k, v } = makeKv(length, seed);
+          write(attn, seq, 0, k, v);
+          attn.decode(1, makeQ(1, seed), undefined, [seq]);
+          const chunks = Math.ceil(length / C);
+          const forced = new Set([0, chunks - 3, chunks - 2, chunks - 1]); // ⌈48 / 16⌉ recent chunks
+          for (let h = 0; h < HKV; h++) {
+            const got = attn.selection!.chunksOf(seq, h);
+            expect([...forced].every((j) => got.includes(j))).toBe(true);
+            expect(got.length).toBe(forced.size); // kMax 1 leaves only the forced chunks
+          }
+          attn.release(seq);
+        },
+      ),
       { seed: SEED, numRuns: 10 },
     );
   });
@@ -218,30 +239,35 @@ describe(`PSA decode on the cpu target (seed ${SEED})`, () => {
     const masses = [0.5, 0.7, 0.85, 0.95, 0.99];
     const attns = await Promise.all(masses.map((mass) => twoLayers('f32', { mass })));
     await fc.assert(
-      fc.asyncProperty(fc.integer({ min: 400, max: 1500 }), fc.integer(), async (length, seed) => {
-        const { k, v } = makeKv(length, seed);
-        const q = makeQ(1, seed ^ 0x5bd1e995);
-        let previous: Int32Array[] | null = null;
-        let previousRecall = -1;
-        for (const attn of attns) {
-          const { seq } = attn.insert(Array.from({ length }, (_, i) => seed + i));
-          write(attn, seq, 0, k, v);
-          attn.decode(1, q, undefined, [seq]);
-          const lists = [0, 1].map((h) => attn.selection!.chunksOf(seq, h));
-          let recall = 0;
-          for (let head = 0; head < HQ; head++) {
-            const masses = chunkMasses(q, k, length, head);
-            for (const j of lists[Math.floor(head / G)]!) recall += masses[j]! / HQ;
+      fc.asyncProperty(
+        fc.integer({ min: 400, max: 1500 }),
+        fc.integer({ min: 0, max: 1_000_000 }),
+        async (length, seed) => {
+          reset(...attns);
+          const { k, v } = makeKv(length, seed);
+          const q = makeQ(1, seed ^ 0x5bd1e995);
+          let previous: Int32Array[] | null = null;
+          let previousRecall = -1;
+          for (const attn of attns) {
+            const { seq } = attn.insert(Array.from({ length }, (_, i) => seed + i));
+            write(attn, seq, 0, k, v);
+            attn.decode(1, q, undefined, [seq]);
+            const lists = [0, 1].map((h) => attn.selection!.chunksOf(seq, h));
+            let recall = 0;
+            for (let head = 0; head < HQ; head++) {
+              const masses = chunkMasses(q, k, length, head);
+              for (const j of lists[Math.floor(head / G)]!) recall += masses[j]! / HQ;
+            }
+            expect(recall).toBeGreaterThanOrEqual(previousRecall - 1e-12);
+            if (previous)
+              for (let h = 0; h < HKV; h++) for (const j of previous[h]!) expect(lists[h]).toContain(j);
+            previous = lists;
+            previousRecall = recall;
+            attn.release(seq);
+            attn.cache.evict();
           }
-          expect(recall).toBeGreaterThanOrEqual(previousRecall - 1e-12);
-          if (previous)
-            for (let h = 0; h < HKV; h++) for (const j of previous[h]!) expect(lists[h]).toContain(j);
-          previous = lists;
-          previousRecall = recall;
-          attn.release(seq);
-          attn.cache.evict();
-        }
-      }),
+        },
+      ),
       { seed: SEED, numRuns: 6 },
     );
   });
@@ -370,31 +396,39 @@ describe('chunk metadata', () => {
   });
 
   test('is freed and reused with its slot: no stale metadata after reuse (fast-check)', async () => {
-    const attn = await twoLayers('bf16', { mass: 0.9 }, 4 * C); // 4 slots: every new prompt reuses them
+    const attn = await twoLayers('bf16', { mass: 0.9 }, 6 * C); // 6 slots: new prompts reuse them
     const meta = attn.chunkMetadata!;
     await fc.assert(
-      fc.asyncProperty(fc.integer(), fc.integer({ min: 1, max: 4 }), async (seed, chunks) => {
-        const length = chunks * C;
-        const { seq } = attn.insert(Array.from({ length }, (_, i) => seed * 31 + i * 1_000_003));
-        const slots = attn.cache.chunksOf(seq);
-        for (const slot of slots)
-          for (let layer = 0; layer < 2; layer++) expect(meta.has(layer, slot)).toBe(false);
-        const { k, v } = makeKv(length, seed);
-        // Half a chunk first: still no metadata for the slot being filled.
-        const half = (chunks - 1) * C + C / 2;
-        write(attn, seq, 0, k.subarray(0, half * HKV * D), v.subarray(0, half * HKV * D));
-        expect(meta.has(1, slots[chunks - 1]!)).toBe(false);
-        write(attn, seq, half, k.subarray(half * HKV * D), v.subarray(half * HKV * D));
-        const kb = stored(k, 'bf16');
-        for (let j = 0; j < chunks; j++) {
-          const got = fromHost(meta.read(1, slots[j]!), 'bf16');
-          expect(relativeError(got.subarray(0, META_VECTORS * D), summary(kb, j, 0))).toBeLessThan(
-            TOLERANCE.bf16,
+      fc.asyncProperty(
+        fc.integer({ min: 0, max: 1_000_000 }),
+        fc.integer({ min: 1, max: 4 }),
+        async (seed, chunks) => {
+          reset(attn);
+          attn.cache.evict();
+          const length = chunks * C;
+          const { seq } = attn.insert(
+            Array.from({ length }, (_, i) => (seed * 31 + i * 1_000_003) % 2 ** 31),
           );
-        }
-        attn.release(seq);
-        attn.cache.evict();
-      }),
+          const slots = attn.cache.chunksOf(seq);
+          for (const slot of slots)
+            for (let layer = 0; layer < 2; layer++) expect(meta.has(layer, slot)).toBe(false);
+          const { k, v } = makeKv(length, seed);
+          // Half a chunk first: still no metadata for the slot being filled.
+          const half = (chunks - 1) * C + C / 2;
+          write(attn, seq, 0, k.subarray(0, half * HKV * D), v.subarray(0, half * HKV * D));
+          expect(meta.has(1, slots[chunks - 1]!)).toBe(false);
+          write(attn, seq, half, k.subarray(half * HKV * D), v.subarray(half * HKV * D));
+          const kb = stored(k, 'bf16');
+          for (let j = 0; j < chunks; j++) {
+            const got = fromHost(meta.read(1, slots[j]!), 'bf16');
+            expect(relativeError(got.subarray(0, META_VECTORS * D), summary(kb, j, 0))).toBeLessThan(
+              TOLERANCE.bf16,
+            );
+          }
+          attn.release(seq);
+          attn.cache.evict();
+        },
+      ),
       { seed: SEED, numRuns: 10 },
     );
   });
