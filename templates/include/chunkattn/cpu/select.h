@@ -74,10 +74,12 @@ inline void mark_top_k(const int32_t* key, const uint8_t* eligible, int n, int k
 
 // Scratch of one select call (thread-local, grows only).
 struct SelectScratch {
-  std::vector<float> ell;                  // [G, n] estimated log-mass per head
-  std::vector<float> best;                 // [n] max over heads of log π
-  std::vector<float> bound;                // [n] max over heads of the Quest bound
-  std::vector<double> w;                   // [n] exp(ℓ - max ℓ) of one head
+  std::vector<float> ell;         // [G, n] estimated log-mass per head
+  std::vector<float> best;        // [n] max over heads of log π
+  std::vector<float> bound;       // [n] max over heads of the Quest bound
+  std::vector<float> w;           // [n] exp(ℓ - max ℓ) of one head
+  std::vector<int32_t> cand_key;  // [n] the bisection's undecided chunks
+  std::vector<float> cand_w;
   std::vector<int32_t> key;                // [n]
   std::vector<uint8_t> forced, elig, add;  // [n]
   void ensure(int g, int n) {
@@ -86,6 +88,8 @@ struct SelectScratch {
       bound.resize(n);
       key.resize(n);
       w.resize(n);
+      cand_key.resize(n);
+      cand_w.resize(n);
       forced.resize(n);
       elig.resize(n);
       add.resize(n);
@@ -168,10 +172,11 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
     float mx = -INFINITY;
     float s[C];
     for (int t = 0; t < valid_tail; ++t) {
-      float dot = 0.f;
-      for (int d = 0; d < D; ++d) dot += qg[d] * to_f32(k_tail[t * D + d]);
-      s[t] = dot;
-      mx = dot > mx ? dot : mx;
+      simd::V acc = simd::zero();
+      for (int d = 0; d < D; d += simd::kWidth)
+        acc = simd::fmadd(simd::load(qg + d), simd::load(k_tail + t * D + d), acc);
+      s[t] = simd::reduce_add(acc);
+      mx = s[t] > mx ? s[t] : mx;
     }
     float sum = 0.f;
     for (int t = 0; t < valid_tail; ++t) sum += expf(s[t] - mx);
@@ -186,45 +191,71 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
     const float* e = ell + g * n;
     float mx = -INFINITY;
     for (int j = 0; j < n; ++j) mx = e[j] > mx ? e[j] : mx;
-    double total = 0, covered = 0;
+    // Weights w_j = e^(ℓ_j - max) (0 for forced chunks, whose mass is `covered`); forced keys
+    // are INT32_MIN, below every threshold, so the coverage sum is one branch-free pass.
+    float* w = sc.w.data();
+    int32_t* key = sc.key.data();
+    float total = 0.f, covered = 0.f;
     int64_t lo = INT64_MAX, hi = INT64_MIN;
     for (int j = 0; j < n; ++j) {
-      const double w = exp(double(e[j]) - mx);
-      sc.w[j] = w;
-      total += w;
+      const float wj = expf(e[j] - mx);
+      total += wj;
       if (forced[j]) {
-        covered += w;
+        covered += wj;
+        w[j] = 0.f;
+        key[j] = INT32_MIN;
       } else {
-        const int32_t k = order_key(e[j]);
-        sc.key[j] = k;
-        lo = k < lo ? k : lo;
-        hi = k > hi ? k : hi;
+        w[j] = wj;
+        key[j] = order_key(e[j]);
+        lo = key[j] < lo ? key[j] : lo;
+        hi = key[j] > hi ? key[j] : hi;
       }
     }
-    const float log_total = mx + float(log(total));
+    const float log_total = mx + logf(total);
     for (int j = 0; j < n; ++j) {
       const float lp = e[j] - log_total;
       sc.best[j] = lp > sc.best[j] ? lp : sc.best[j];
     }
-    const double target = double(a.mass) * total;
+    const float target = a.mass * total;
     if (covered >= target || lo > hi) continue;
-    auto coverage = [&](int64_t threshold) {
-      double c = covered;
-      for (int j = 0; j < n; ++j)
-        if (!forced[j] && sc.key[j] >= threshold) c += sc.w[j];
-      return c;
-    };
-    if (coverage(lo) < target) {  // rounding: everything it can add
-      for (int j = 0; j < n; ++j) add[j] = 1;
+    // Bisection on the threshold over a shrinking candidate set (the undecided chunks, keys in
+    // [lo, hi1)): coverage(lo) ≥ target > coverage(hi1) throughout; each step decides every
+    // candidate on one side of mid, so the passes total O(n) on average. No sort.
+    int32_t* ck = sc.cand_key.data();
+    float* cw = sc.cand_w.data();
+    int m = 0;
+    float all = covered;
+    for (int j = 0; j < n; ++j)
+      if (!forced[j]) {
+        ck[m] = key[j];
+        cw[m++] = w[j];
+        all += w[j];
+      }
+    if (all < target) {  // rounding: everything it can add
+      for (int j = 0; j < n; ++j) add[j] |= !forced[j];
       continue;
     }
-    int64_t hi1 = hi + 1;  // coverage(hi + 1) = covered < target
-    while (hi1 - lo > 1) {
+    float fixed = covered;  // mass of the chunks decided in (keys ≥ hi1) and the forced ones
+    int64_t hi1 = hi + 1;
+    while (hi1 - lo > 1 && m > 0) {
       const int64_t mid = lo + (hi1 - lo) / 2;
-      if (coverage(mid) >= target)
+      const int32_t t = int32_t(mid);
+      float ge = 0.f;
+      for (int i = 0; i < m; ++i) ge += ck[i] >= t ? cw[i] : 0.f;
+      const bool reaches = fixed + ge >= target;
+      int kept = 0;
+      for (int i = 0; i < m; ++i)
+        if ((ck[i] >= t) == reaches) {
+          ck[kept] = ck[i];
+          cw[kept++] = cw[i];
+        }
+      m = kept;
+      if (reaches) {
         lo = mid;
-      else
+      } else {
         hi1 = mid;
+        fixed += ge;
+      }
     }
     for (int j = 0; j < n; ++j)
       if (!forced[j] && sc.key[j] >= lo) add[j] = 1;

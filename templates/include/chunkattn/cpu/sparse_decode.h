@@ -70,6 +70,14 @@ struct Selected {
   CA_HD static float score_mod(float score, const Pos& pos, const float* params) {
     return Variant::score_mod(score, pos, view(params).user_params);
   }
+  // Whether the (row, KV head) of pos selected the chunk holding token pos.kv.
+  CA_HD static bool mask_chunk(const Pos& pos, const float* params) {
+    const SelectionView& v = view(params);
+    if (pos.seq < 0 || pos.seq >= v.num_seqs) return false;
+    const int32_t row = v.row_of_seq[pos.seq];
+    return row >= 0 &&
+           v.mask[(size_t(row) * Hkv + pos.kv_head) * size_t(v.max_chunks) + pos.kv / C] != 0;
+  }
   CA_HD static bool mask(const Pos& pos, const float* params) {
     const SelectionView& v = view(params);
     if (pos.seq < 0 || pos.seq >= v.num_seqs) return false;
@@ -84,6 +92,68 @@ struct Selected {
 struct RunTask {
   int32_t run, kv_head, row_begin, row_end;
 };
+
+}  // namespace psa
+
+// Attend for a Selected variant: the selection is per chunk, so the mask of a (row, chunk) is
+// one lookup and a memset (then the spec's own mask, if any, per token) instead of a call per
+// token. Same members as the generic Attend of decode.h.
+template <class Cfg, class Inner, int CS, int HS>
+struct Attend<Cfg, psa::Selected<Inner, CS, HS>> {
+  using Variant = psa::Selected<Inner, CS, HS>;
+  using Dm = Dims<Cfg>;
+  using KvT = typename Cfg::KvT;
+  static constexpr int G = Dm::kGroup, D = Dm::kHeadDim, C = Dm::kChunk, Hq = Dm::kQHeads,
+                       Hkv = Dm::kKvHeads;
+  static constexpr bool kVariant = true;
+#if defined(CA_CPU_DPBF16)
+  static constexpr bool kDotBf16 = std::is_same<KvT, bf16>::value && D % 32 == 0;
+#else
+  static constexpr bool kDotBf16 = false;
+#endif
+  static_assert(CS == C && HS == Hkv, "Selected must match the module's chunk size and KV heads");
+
+  static CA_CPU_INLINE void apply_variant(float* s, const uint8_t* vis, int valid, Pos pos,
+                                          int token0, const float* params) {
+    const float* user = Variant::view(params).user_params;
+    for (int t = 0; t < valid; ++t) {
+      if (!vis[t]) {
+        s[t] = -INFINITY;
+        continue;
+      }
+      if constexpr (Inner::kHasScoreMod) {
+        pos.kv = token0 + t;
+        s[t] = Inner::score_mod(s[t], pos, user);
+      }
+    }
+  }
+
+  static CA_CPU_INLINE bool eval_mask(uint8_t* vis, int valid, Pos pos, int token0,
+                                      const float* params) {
+    if (valid <= 0) return false;
+    pos.kv = token0;
+    if (!Variant::mask_chunk(pos, params)) {
+      memset(vis, 0, size_t(valid));
+      return false;
+    }
+    if constexpr (Inner::kHasMask) {
+      const float* user = Variant::view(params).user_params;
+      bool any = false;
+      for (int t = 0; t < valid; ++t) {
+        pos.kv = token0 + t;
+        const bool v = Inner::mask(pos, user);
+        vis[t] = v;
+        any |= v;
+      }
+      return any;
+    } else {
+      memset(vis, 1, size_t(valid));
+      return true;
+    }
+  }
+};
+
+namespace psa {
 
 template <class Cfg, class Variant>
 struct SparseJob {
