@@ -323,6 +323,21 @@ describe(`PSA decode on the cpu target (seed ${SEED})`, () => {
     expect(relativeError(alone, outShared.subarray(HQ * D, 2 * HQ * D))).toBeLessThan(1e-6);
   });
 
+  test("decodeAsync of a sparse layer gives decode's output and selection", async () => {
+    const attn = await twoLayers('f32', { mass: 0.7 });
+    const length = 900;
+    const { seq } = attn.insert(Array.from({ length }, (_, i) => 5_000_000 + i));
+    const { k, v } = makeKv(length, SEED + 21);
+    write(attn, seq, 0, k, v);
+    const q = makeQ(1, SEED + 22);
+    const sync = attn.decode(1, q, poisoned(attn, 1), [seq]) as Float32Array;
+    const lists = [0, 1].map((h) => Array.from(attn.selection!.chunksOf(seq, h)));
+    const viaAsync = (await attn.decodeAsync(1, q, poisoned(attn, 1) as Float32Array, [seq])) as Float32Array;
+    expect(Buffer.from(viaAsync.buffer).equals(Buffer.from(sync.buffer))).toBe(true);
+    expect([0, 1].map((h) => Array.from(attn.selection!.chunksOf(seq, h)))).toEqual(lists);
+    attn.release(seq);
+  });
+
   test('guard: the progressive step adds chunks when the covered mass falls short, and the output follows', async () => {
     const attn = await twoLayers('f32', { mass: 0.99, kMax: 6, recentTokens: 16, safetyNet: 0, guard: true });
     const length = 1200;
