@@ -23,6 +23,8 @@ export interface BenchReport {
   readonly notes: readonly string[];
   readonly json: Record<string, unknown>;
   readonly chart: { readonly title: string; readonly unit: string; readonly series: readonly ChartSeries[] };
+  /** A ready SVG that replaces the bar chart of `chart` (e.g. a line plot). */
+  readonly svg?: string;
 }
 
 /** Default report folder: bench/out under the current directory (never inside the package). */
@@ -45,6 +47,6 @@ export function writeReportFiles(
   const json = join(outDir, `${report.name}.json`);
   const svg = join(outDir, `${report.name}.svg`);
   writeFileSync(json, JSON.stringify(report.json, null, 2) + '\n');
-  writeFileSync(svg, barChartSvg(report.chart.title, report.chart.unit, report.chart.series));
+  writeFileSync(svg, report.svg ?? barChartSvg(report.chart.title, report.chart.unit, report.chart.series));
   return { json, svg };
 }

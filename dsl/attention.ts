@@ -6,6 +6,7 @@ import { callSiteFromStack, captureStack, displayPath } from './call-site.ts';
 import { irProblem } from './check-ir.ts';
 import { exprToCpp } from './emit-cpp.ts';
 import { DslError } from './errors.ts';
+import { type ProgressiveOptions, validateSparse } from './sparse.ts';
 import {
   CHUNK_SIZES,
   type ChunkSize,
@@ -60,6 +61,8 @@ export interface AttentionInput<P extends Record<string, number> = Record<never,
   >;
   /** Default ['sm_80', 'sm_90a', 'cpu']. */
   readonly targets?: readonly Target[];
+  /** Progressive sparse attention: `progressive({ mass: 0.95, ... })` (dsl/sparse.ts). Default dense. */
+  readonly sparse?: { readonly kind: 'progressive' } & ProgressiveOptions;
 }
 
 export const DEFAULT_TARGETS: readonly Target[] = ['sm_80', 'sm_90a', 'cpu'];
@@ -79,6 +82,7 @@ const FIELDS = [
   'mask',
   'tunables',
   'targets',
+  'sparse',
 ] as const;
 
 const NAME_RE = /^[A-Za-z][A-Za-z0-9_-]*$/;
@@ -320,6 +324,10 @@ function buildSpec(input: unknown, ctx: Context, translated?: Translated): Kerne
   }
 
   const params = validateParams(ctx, input['params']);
+  const sparse =
+    input['sparse'] === undefined
+      ? undefined
+      : validateSparse(input['sparse'], (p, m, a) => ctx.fail(p, m, a));
   const tunables = validateTunables(ctx, input['tunables']);
 
   let scoreMod: VariantFn | null;
@@ -344,6 +352,7 @@ function buildSpec(input: unknown, ctx: Context, translated?: Translated): Kerne
     mask,
     tunables,
     targets,
+    ...(sparse ? { sparse } : {}),
   };
   Object.defineProperty(spec, BRAND, { value: true, enumerable: false });
   return deepFreeze(spec);
@@ -633,6 +642,7 @@ export function withOverrides(spec: KernelSpec, overrides: SpecOverrides): Kerne
       spec.tunables.map((t) => [t.name, { values: [...t.values], default: t.default }]),
     ),
     targets: overrides.targets ? [...overrides.targets] : [...spec.targets],
+    ...(spec.sparse ? { sparse: { ...spec.sparse } } : {}),
   };
   const copy = (fn: VariantFn | null | undefined): VariantFn | null => (fn ? structuredClone(fn) : null);
   return buildSpec(input, ctx, { scoreMod: copy(spec.scoreMod), mask: copy(spec.mask) });

@@ -20,4 +20,12 @@ export { type DslDiagnostic, DslError } from './errors.ts';
 export { type EvalEnv, evaluateExpr, type VariantFunctions, variantFunctions } from './evaluate.ts';
 export { formatDiagnostic, formatDslError, formatLoc } from './format-error.ts';
 export { loadSpecs } from './load-specs.ts';
+export {
+  MAX_SPARSE_CHUNKS,
+  type ProgressiveOptions,
+  progressive,
+  SPARSE_DEFAULTS,
+  type SparseSpec,
+  validateSparse,
+} from './sparse.ts';
 export * from './spec.ts';

@@ -1,6 +1,8 @@
 // The normalized kernel description. Plain, readonly, JSON-serializable data: every later stage
 // (plan, manifest, cache key) is a function of it, so it can be printed, diffed and hashed.
 
+import type { SparseSpec } from './sparse.ts';
+
 export const DTYPES = ['f16', 'bf16', 'f32'] as const;
 export type DType = (typeof DTYPES)[number];
 
@@ -112,4 +114,6 @@ export interface KernelSpec {
   readonly mask: VariantFn | null;
   readonly tunables: readonly TunableSpec[];
   readonly targets: readonly Target[];
+  /** Progressive sparse attention (dsl/sparse.ts); absent: dense. */
+  readonly sparse?: SparseSpec;
 }

@@ -24,7 +24,9 @@
 
 import { freemem } from 'node:os';
 import { isPlainObject, validateSpec } from '../dsl/attention.ts';
+import type { SparseSpec } from '../dsl/sparse.ts';
 import { ARCHS, type BuildTarget, type KernelSpec, PARTITIONS, type Partition } from '../dsl/spec.ts';
+import type { ChunkMetadataStats } from './chunk-metadata.ts';
 import {
   type Dispatcher,
   type DispatchRulesSource,
@@ -47,7 +49,9 @@ import {
   type TensorData,
 } from './native-module.ts';
 import { type InsertResult, PrefixTree, type RollbackResult } from './prefix-tree.ts';
+import { resolveSparse, type SparseOverride } from './psa-options.ts';
 import { isSingleToken, QueryPlanner, type QueryRows, totalQueryRows } from './query-rows.ts';
+import { SparseDecoder, type SparseSelection } from './sparse-decode.ts';
 
 export type RuntimeTarget = BuildTarget;
 
@@ -72,6 +76,8 @@ export interface AttentionOptions {
   readonly maxRunChunks?: number;
   /** How to get a module for a spec (default: the package's codegen builder). */
   readonly loader?: ModuleLoader;
+  /** Progressive sparse attention: overrides of the spec's `sparse` options, or false for dense. */
+  readonly sparse?: SparseOverride;
   /**
    * Where per-call dispatch rules come from (default: the tuning DB, registered by the package
    * entry); false: always the default instance and threshold. See runtime/dispatch.ts.
@@ -89,11 +95,15 @@ export interface AttendRows {
 
 export interface AttentionStats extends KvStats {
   readonly kernel: KernelStats;
+  /** PSA chunk metadata (present when sparse attention is on). */
+  readonly sparseMetadata?: ChunkMetadataStats;
 }
 
 /** One kernel call, ready to run: the dispatched module, the layer's pool and the arguments. */
 interface AttendCall {
   readonly module: NativeModule;
+  /** The query rows (io order) the call computes. */
+  readonly rows: QueryRows;
   readonly pool: KvPool;
   readonly args: DecodeArgs;
 }
@@ -269,12 +279,16 @@ export class Attention {
   #closed = false;
   readonly #dispatcher: Dispatcher;
   #stepShape: { step: PendingStep; shape: DispatchShape } | null = null;
+  /** PSA options in force (undefined: dense). */
+  readonly sparse: SparseSpec | undefined;
+  readonly #sparse: SparseDecoder | undefined;
 
   private constructor(
     spec: KernelSpec,
     module: NativeModule,
     options: AttentionOptions,
     dispatcher: Dispatcher,
+    sparse: SparseSpec | undefined,
   ) {
     this.spec = spec;
     this.module = module;
@@ -295,6 +309,22 @@ export class Attention {
     this.#pools = [];
     try {
       for (let layer = 0; layer < options.layers; layer++) this.#pools.push(module.allocPool(slots));
+    } catch (error) {
+      for (const pool of this.#pools) module.free(pool);
+      throw error;
+    }
+    this.sparse = sparse && module.hasPsa ? sparse : undefined;
+    try {
+      this.#sparse = this.sparse
+        ? new SparseDecoder(module, this.sparse, {
+            layers: options.layers,
+            slots,
+            kvHeads: spec.heads.kv,
+            headDim: spec.headDim,
+            chunkSize: spec.chunkSize,
+            dtype: spec.dtype.kv,
+          })
+        : undefined;
     } catch (error) {
       for (const pool of this.#pools) module.free(pool);
       throw error;
@@ -327,6 +357,7 @@ export class Attention {
       const spec = validateSpec(isSpec(source) ? source : source.spec);
       const target = chooseTarget(spec, options.target);
       paramValues(spec, options.params); // fail before building
+      resolveSparse(spec, options.sparse); // fail before building
       loader = resolveLoader(options.loader);
       loadable = await loader(spec, target);
     }
@@ -346,6 +377,12 @@ export class Attention {
       );
     const warning = module.info.target === 'cuda' ? undefined : poolMemoryWarning(spec, options, freemem());
     if (warning) process.emitWarning(warning, { code: 'CHUNKATTN_MEMORY' });
+    const sparse = resolveSparse(spec, options.sparse);
+    if (sparse && !module.hasPsa)
+      process.emitWarning(
+        `spec "${spec.name}" asks for sparse attention, which the ${module.info.target} module lacks (cpu only so far): it runs dense`,
+        { code: 'CHUNKATTN_DENSE' },
+      );
     // Every instance the dispatch rules may pick is built and loaded now, never per call.
     const dispatcher = await prepareDispatch({
       spec,
@@ -355,7 +392,7 @@ export class Attention {
       ...(options.dispatch !== undefined && { dispatch: options.dispatch }),
       ...(options.shapes !== undefined && { shapes: options.shapes }),
     });
-    return new Attention(spec, module, options, dispatcher);
+    return new Attention(spec, module, options, dispatcher, sparse);
   }
 
   get kvShape(): KvShape {
@@ -371,7 +408,12 @@ export class Attention {
   insert(tokens: ArrayLike<number>): InsertResult {
     this.#checkOpen();
     this.#pending = null;
-    return this.cache.insert(tokens);
+    const result = this.cache.insert(tokens);
+    // The chunks past the matched prefix are new (their slots may be reused): no metadata yet.
+    this.#sparse?.metadata.drop(
+      this.cache.chunksOf(result.seq).subarray(result.matchedTokens / this.spec.chunkSize),
+    );
+    return result;
   }
 
   /** n new sequences sharing everything of `seq` (parallel sampling, beam search). */
@@ -415,6 +457,7 @@ export class Attention {
     this.cache.checkKvWrites(layer, slots, offsets);
     this.module.writeKv(pool, slots, offsets, k, v);
     this.cache.markKvWritten(layer, slots, offsets);
+    this.#sparse?.metadata.afterWrite(layer, pool, slots, offsets, this.#written);
   }
 
   /** One decode step: appends one token to each sequence; then writeDecodeKV and decode per layer. */
@@ -422,8 +465,14 @@ export class Attention {
     this.#checkOpen();
     const result = this.cache.appendBatch(seqs, tokens);
     this.#applyCopies(result.copies);
+    this.#dropOpenedChunks(result);
     const ioSeqs = Int32Array.from(seqs);
     this.#pending = { seqs: ioSeqs, counts: new Int32Array(ioSeqs.length).fill(1), ...result };
+  }
+
+  // PSA: a token at offset 0 opens a new chunk in a (maybe reused) slot, which has no summary yet.
+  #dropOpenedChunks(step: { readonly slots: Int32Array; readonly offsets: Int32Array }): void {
+    if (this.#sparse) this.#sparse.metadata.drop(step.slots.filter((_, i) => step.offsets[i] === 0));
   }
 
   /**
@@ -435,6 +484,7 @@ export class Attention {
     this.#checkOpen();
     const result = this.cache.extendBatch(seqs, tokens);
     this.#applyCopies(result.copies);
+    this.#dropOpenedChunks(result);
     const counts = Int32Array.from({ length: seqs.length }, (_, i) => tokens[i]!.length);
     this.#pending = { seqs: Int32Array.from(seqs), counts, slots: result.slots, offsets: result.offsets };
   }
@@ -447,6 +497,11 @@ export class Attention {
     this.#checkOpen();
     const result = this.cache.rollback(seq, n);
     this.#applyCopies(result.copies);
+    // PSA: a tail chunk cut short is partial again, and its summary no longer describes it.
+    const c = this.spec.chunkSize;
+    const length = this.cache.length(seq);
+    if (this.#sparse && length % c !== 0)
+      this.#sparse.metadata.drop(this.cache.chunksOf(seq).subarray(Math.floor(length / c)));
     this.#pending = null;
     return result;
   }
@@ -486,6 +541,7 @@ export class Attention {
     this.cache.checkKvWrites(layer, step.slots, step.offsets);
     this.module.writeKv(pool, step.slots, step.offsets, k, v);
     this.cache.markKvWritten(layer, step.slots, step.offsets);
+    this.#sparse?.metadata.afterWrite(layer, pool, step.slots, step.offsets, this.#written);
   }
 
   /**
@@ -497,7 +553,7 @@ export class Attention {
   decode(layer: number, q: TensorData, out: DeviceTensor, seqs?: ArrayLike<number>): DeviceTensor;
   decode(layer: number, q: TensorData, out?: TensorData, seqs?: ArrayLike<number>): TensorData {
     const call = this.#attendCall(layer, q, out, this.#oneTokenRows(seqs), seqs === undefined);
-    call.module.decode(call.pool, call.args);
+    this.#run(layer, call);
     return call.args.out;
   }
 
@@ -507,14 +563,42 @@ export class Attention {
    * in token order, then seqs[1]'s, … (default: the sequences and token counts of the last
    * extend / appendStep). After insert, `{ seqs: [seq], counts: [length − matchedTokens] }`
    * computes the prefill of the unmatched suffix. All those tokens' K/V must be written.
+   * Sparse attention (PSA) applies to one-token rows only: a multi-token call runs dense.
    */
   attend(layer: number, q: TensorData, out?: HostData, rows?: AttendRows): HostData;
   attend(layer: number, q: TensorData, out: DeviceTensor, rows?: AttendRows): DeviceTensor;
   attend(layer: number, q: TensorData, out?: TensorData, rows?: AttendRows): TensorData {
     const call = this.#attendCall(layer, q, out, this.#queryRows(rows), rows === undefined);
-    call.module.decode(call.pool, call.args);
+    this.#run(layer, call);
     return call.args.out;
   }
+
+  /** One layer's decode: sparse (PSA) past the dense layers when it is on, else dense. */
+  #run(layer: number, call: AttendCall): void {
+    const sparse = this.#sparse;
+    if (!this.#runsSparse(layer, call)) {
+      sparse?.clearLast();
+      call.module.decode(call.pool, call.args);
+      return;
+    }
+    sparse!.decode(layer, call.pool, call.args, this.context(), call.rows.seqs, this.#written);
+  }
+
+  #runsSparse(layer: number, call: AttendCall): boolean {
+    return !!this.#sparse && !this.#sparse.isDenseLayer(layer) && isSingleToken(call.rows);
+  }
+
+  /** What the last decode selected when it ran sparse (a view, valid until the next decode). */
+  get selection(): SparseSelection | undefined {
+    return this.#sparse?.last;
+  }
+
+  /** The chunk metadata of PSA (undefined when it is off). */
+  get chunkMetadata() {
+    return this.#sparse?.metadata;
+  }
+
+  readonly #written = (layer: number, slot: number): number => this.cache.writtenTokens(layer, slot);
 
   /**
    * decode on a worker thread, so the event loop stays free: arguments are checked and the step
@@ -534,18 +618,24 @@ export class Attention {
     out?: TensorData,
     seqs?: ArrayLike<number>,
   ): Promise<TensorData> {
-    return this.#runAsync(this.#attendCall(layer, q, out, this.#oneTokenRows(seqs), seqs === undefined));
+    return this.#runAsync(
+      layer,
+      this.#attendCall(layer, q, out, this.#oneTokenRows(seqs), seqs === undefined),
+    );
   }
 
   /** attend on a worker thread, with decodeAsync's rules (BusyError until it settles). */
   attendAsync(layer: number, q: TensorData, out?: HostData, rows?: AttendRows): Promise<HostData>;
   attendAsync(layer: number, q: TensorData, out: DeviceTensor, rows?: AttendRows): Promise<DeviceTensor>;
   async attendAsync(layer: number, q: TensorData, out?: TensorData, rows?: AttendRows): Promise<TensorData> {
-    return this.#runAsync(this.#attendCall(layer, q, out, this.#queryRows(rows), rows === undefined));
+    return this.#runAsync(layer, this.#attendCall(layer, q, out, this.#queryRows(rows), rows === undefined));
   }
 
-  async #runAsync(call: AttendCall): Promise<TensorData> {
-    const done = call.module.decodeAsync(call.pool, call.args);
+  async #runAsync(layer: number, call: AttendCall): Promise<TensorData> {
+    // Sparse decode runs on the calling thread (no async entry point yet).
+    const done = this.#runsSparse(layer, call)
+      ? Promise.resolve().then(() => this.#run(layer, call))
+      : call.module.decodeAsync(call.pool, call.args);
     this.#inFlight = done;
     try {
       await done;
@@ -648,6 +738,7 @@ export class Attention {
     return {
       module,
       pool,
+      rows,
       args: {
         q,
         out: result,
@@ -685,7 +776,8 @@ export class Attention {
   }
 
   stats(): AttentionStats {
-    return { ...this.cache.stats(this.kvShape), kernel: this.module.stats() };
+    const sparse = this.#sparse ? { sparseMetadata: this.#sparse.metadata.stats() } : {};
+    return { ...this.cache.stats(this.kvShape), kernel: this.module.stats(), ...sparse };
   }
 
   /** Frees the pools at once (a dropped object frees them when collected). Unusable afterwards. */
@@ -695,6 +787,7 @@ export class Attention {
     this.#closed = true;
     dropped.unregister(this);
     for (const pool of this.#pools) this.module.free(pool);
+    this.#sparse?.close();
   }
 
   /** `using attn = await Attention.create(...)` closes it at the end of the scope. */
@@ -786,5 +879,6 @@ export class Attention {
       list.set([copy.srcSlot, copy.dstSlot, copy.tokens], i * 3);
     });
     for (const pool of this.#pools) this.module.copyChunks(pool, list);
+    this.#sparse?.metadata.afterCopies(copies);
   }
 }

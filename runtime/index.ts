@@ -8,6 +8,7 @@ export {
   type RuntimeTarget,
   type SpecSource,
 } from './attention.ts';
+export { ChunkMetadata, type ChunkMetadataStats } from './chunk-metadata.ts';
 export { ChunkPool } from './chunk-pool.ts';
 export {
   type DispatchChoice,
@@ -57,6 +58,7 @@ export {
   PrefixTree,
   type RollbackResult,
 } from './prefix-tree.ts';
+export type { SparseOverride } from './psa-options.ts';
 export { expandQueryRows, type QueryRows } from './query-rows.ts';
 export {
   type ReferenceRow,
@@ -66,3 +68,4 @@ export {
   relativeError,
   TOLERANCE,
 } from './reference.ts';
+export type { SparseSelection } from './sparse-decode.ts';

@@ -221,6 +221,18 @@ interface NativeAddon {
   workspaceBytes(module: NativeHandle, pool: KvPool, args: unknown): number;
   stats(module: NativeHandle): KernelStats;
   resetStats(module: NativeHandle): void;
+  hasPsa(module: NativeHandle): boolean;
+  psaMeta(module: NativeHandle, pool: KvPool, meta: NativeHandle, slots: unknown): void;
+  psaDecode(
+    module: NativeHandle,
+    pool: KvPool,
+    args: unknown,
+    meta: NativeHandle,
+    config: unknown,
+    lists: unknown,
+    counts: unknown,
+    guardAdded: unknown,
+  ): void;
 }
 
 let addon: NativeAddon | undefined;
@@ -539,6 +551,47 @@ export class NativeModule {
   /** The workspace this decode would need (validates args like decode). */
   workspaceBytes(pool: KvPool, args: DecodeArgs): number {
     return call(() => nativeAddon().workspaceBytes(this.#handle, pool, nativeDecodeArgs(args)));
+  }
+
+  /** Whether the module exports the PSA kernels (chunkattn/psa_abi.h: the cpu target). */
+  get hasPsa(): boolean {
+    return call(() => nativeAddon().hasPsa(this.#handle));
+  }
+
+  /**
+   * PSA metadata of full chunks: meta[slot] (a DeviceTensor of dtype.kv, [numSlots, kvHeads, 4,
+   * headDim]: mean, variance, min, max) for every listed slot, from the pool's K.
+   */
+  psaMeta(pool: KvPool, meta: DeviceTensor, slots: Int32Array): void {
+    call(() => nativeAddon().psaMeta(this.#handle, pool, meta.handle, slots));
+  }
+
+  /**
+   * Sparse decode (select, then two-phase decode over the selected chunks). config: a
+   * Float64Array in runtime/psa-options.ts order; lists [numRows, kvHeads, maxChunks] and counts
+   * [numRows, kvHeads] (Int32Array) receive each (DFS row, KV head)'s selection.
+   */
+  psaDecode(
+    pool: KvPool,
+    args: DecodeArgs,
+    meta: DeviceTensor,
+    config: Float64Array,
+    lists: Int32Array,
+    counts: Int32Array,
+    guardAdded?: Int32Array,
+  ): void {
+    call(() =>
+      nativeAddon().psaDecode(
+        this.#handle,
+        pool,
+        nativeDecodeArgs(args),
+        meta.handle,
+        config,
+        lists,
+        counts,
+        guardAdded,
+      ),
+    );
   }
 
   stats(): KernelStats {

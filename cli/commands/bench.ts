@@ -16,6 +16,7 @@ const REPORTS: Record<string, () => Promise<BenchRunner>> = {
   memory: async () => (await import('../../bench/memory.ts')).runMemoryBench,
   model: async () => (await import('../../bench/model.ts')).runModelBench,
   prefill: async () => (await import('../../bench/prefill.ts')).runPrefillBench,
+  psa: async () => (await import('../../bench/psa.ts')).runPsaBench,
   tpp: async () => (await import('../../bench/tpp.ts')).runTppBench,
   traffic: async () => (await import('../../bench/traffic.ts')).runTrafficBench,
 };

@@ -5,6 +5,7 @@
       "sources": [
         "src/addon.cc",
         "src/core.cc",
+        "src/core_psa.cc",
         "src/json.cc",
         "src/library.cc"
       ],

@@ -559,6 +559,34 @@ Napi::Value WorkspaceBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, double(bytes));
 }
 
+// hasPsa(mod): whether the module exports the PSA kernels (chunkattn/psa_abi.h).
+Napi::Value HasPsa(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), AnyModule(info).HasPsa());
+}
+
+// psaMeta(mod, pool, meta: DeviceTensor handle, slots: Int32Array)
+Napi::Value PsaMeta(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PoolValues pool = ReadPoolValues(env, info[1]);
+  ModuleCore& core = Module(info);
+  const TensorArg meta = ReadTensor(env, info[2]);
+  core.PsaMeta(ToPoolArg(env, pool), meta.device, ReadArray(env, info[3]));
+  return env.Undefined();
+}
+
+// psaDecode(mod, pool, args, meta, config: Float64Array, lists, counts, guardAdded?: Int32Array)
+Napi::Value PsaDecode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PoolValues pool = ReadPoolValues(env, info[1]);
+  DecodeValues values = ReadDecodeValues(env, info[2]);
+  ModuleCore& core = Module(info);
+  const TensorArg meta = ReadTensor(env, info[3]);
+  core.PsaDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device,
+                 ReadArray(env, info[4]), ReadArray(env, info[5]), ReadArray(env, info[6]),
+                 ReadArray(env, info[7]));
+  return env.Undefined();
+}
+
 // stats(mod): { bytesRead: {q, kv, partial, out, context}, bytesWritten: {...}, launches,
 //   memcpy: {h2d: {calls, bytes}, d2h: {...}, d2d: {...}}, contextUploads, kernels: {name: {...}} }
 Napi::Value Stats(const Napi::CallbackInfo& info) {
@@ -671,6 +699,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("decodeAsync", Napi::Function::New<Guarded<DecodeAsync>>(env, "decodeAsync"));
   exports.Set("workspaceBytes",
               Napi::Function::New<Guarded<WorkspaceBytes>>(env, "workspaceBytes"));
+  exports.Set("hasPsa", Napi::Function::New<Guarded<HasPsa>>(env, "hasPsa"));
+  exports.Set("psaMeta", Napi::Function::New<Guarded<PsaMeta>>(env, "psaMeta"));
+  exports.Set("psaDecode", Napi::Function::New<Guarded<PsaDecode>>(env, "psaDecode"));
   exports.Set("stats", Napi::Function::New<Guarded<Stats>>(env, "stats"));
   exports.Set("resetStats", Napi::Function::New<Guarded<ResetStats>>(env, "resetStats"));
   return exports;

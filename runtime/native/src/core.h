@@ -143,6 +143,15 @@ class ModuleCore {
   // target and q/kv layout; Fail(kForeign) otherwise. Allocation, writes and frees stay with the
   // owner. On cuda each use waits for the owner's stream (streams are per module handle).
   void ShareMemoryWith(const std::shared_ptr<ModuleCore>& owner);
+  // Progressive sparse attention (chunkattn/psa_abi.h; modules exporting it: cpu). `meta` is a
+  // DeviceTensor of the KV dtype holding [numSlots, Hkv, 4, D]; `slots` the full chunks to
+  // summarize. PsaDecode is Decode through ca_psa_decode; `config` a Float64Array of
+  // PsaConfigField values; lists/counts/guardAdded host Int32Arrays the module fills.
+  bool HasPsa() const { return lib_->api().psa_meta && lib_->api().psa_decode; }
+  void PsaMeta(const PoolArg& pool, DeviceBuffer* meta, const ArrayArg& slots);
+  void PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
+                 const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
+                 const ArrayArg& guard_added);
 
   CaStats Stats() const;
   std::string KernelStats() const;

@@ -188,6 +188,8 @@ std::shared_ptr<Library> Library::Open(const std::string& path_in) {
     Resolve(handle, "ca_get_stats", api.get_stats, missing);
     Resolve(handle, "ca_kernel_stats", api.kernel_stats, missing);
     Resolve(handle, "ca_reset_stats", api.reset_stats, missing);
+    api.psa_meta = reinterpret_cast<decltype(api.psa_meta)>(dlsym(handle, "ca_psa_meta"));
+    api.psa_decode = reinterpret_cast<decltype(api.psa_decode)>(dlsym(handle, "ca_psa_decode"));
     if (!missing.empty()) {
       std::string names;
       for (const auto& name : missing) names += (names.empty() ? "" : ", ") + name;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "chunkattn/abi.h"
+#include "chunkattn/psa_abi.h"
 #include "json.h"
 
 namespace chunkattn {
@@ -77,6 +78,9 @@ struct Api {
   int (*get_stats)(CaStats*) = nullptr;
   const char* (*kernel_stats)(void) = nullptr;
   int (*reset_stats)(void) = nullptr;
+  // Optional (chunkattn/psa_abi.h): null when the module has no PSA kernels.
+  int (*psa_meta)(const CaPsaMetaParams*, void*) = nullptr;
+  int (*psa_decode)(const CaDecodeParams*, const CaPsaParams*, void*) = nullptr;
 };
 
 class Library {

@@ -41,6 +41,8 @@
 #include "chunkattn/cpu/kernels.h"
 #include "chunkattn/cpu/thread_pool.h"
 #include "chunkattn/cpu/decode.h"
+#include "chunkattn/cpu/chunk_meta.h"
+#include "chunkattn/cpu/sparse_decode.h"
 #include "chunkattn/cpu/kv_write.h"
 #include "chunkattn/cpu/host_memory.h"
 
@@ -70,6 +72,25 @@ inline int decode(const CaDecodeParams* p) {
       ca::counters::launch("cpu_phase1", uint64_t(c.num_runs()) * Cfg::kKvHeads);
     ca::counters::launch("cpu_phase2", uint64_t(c.num_requests()) * Cfg::kKvHeads);
   }
+  return status;
+}
+
+// Progressive sparse attention (chunkattn/psa_abi.h): per-chunk key summaries, and decode driven
+// by the selection lists (select runs inside, counted as one launch per request and KV head).
+template <class Cfg>
+inline int psa_meta(const CaPsaMetaParams* p) {
+  if (!p) return ca::fail(CA_ERR_INVALID, "ca_psa_meta: null params");
+  ca::counters::launch("psa_meta", uint64_t(p->num_chunks > 0 ? p->num_chunks : 0));
+  return ca::cpu::chunk_meta<Cfg>(*p);
+}
+
+template <class Cfg, class Variant>
+inline int psa_decode(const CaDecodeParams* p, const CaPsaParams* s) {
+  if (!p || !s) return ca::fail(CA_ERR_INVALID, "ca_psa_decode: null params");
+  const int status = ca::cpu::psa::sparse_decode<Cfg, Variant>(*p, *s);
+  if (status == CA_OK && ca::ctx::check_layout(p->context, p->context_words, nullptr))
+    ca::counters::launch("psa_select",
+                         uint64_t(ca::KernelContext{p->context}.num_requests()) * Cfg::kKvHeads);
   return status;
 }
 

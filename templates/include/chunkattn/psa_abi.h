@@ -1,0 +1,64 @@
+// chunkattn/psa_abi.h — the C ABI of progressive sparse attention (PSA, shared/design/PSA.md).
+//
+// Optional entry points: a module that exports them (the cpu target so far) says "psa":true in
+// ca_info(); the addon resolves them only then. Shapes as in chunkattn/abi.h, plus
+//
+//   meta      [num_slots, Hkv, CA_PSA_META_VECTORS, D]   dtype.kv   (one layer's chunk metadata)
+//             per (slot, KV head): mean key, per-channel variance (≥ 0), per-channel min, max,
+//             accumulated in f32 over the chunk's C tokens; valid for full chunks only.
+//   lists     [num_rows, Hkv, max_chunks] int32   selected chunks of each (DFS row, KV head), as
+//             indices into the row's chunk list (token order), ascending
+//   counts    [num_rows, Hkv] int32               entries of each list; -1 for unrequested rows
+//
+// ca_psa_decode runs `select` (scores every full chunk with the corrected log-mass estimate
+// capped by the Quest bound, forces chunk 0 + the recent window + the tail, finds each head's
+// threshold by bisection, unions the GQA group, adds the safety net, clamps to [k_min, k_max],
+// compacts) and then the decode driven by those lists inside two-phase: a shared chunk is loaded
+// once for all the sharers that selected it; a sharer that did not select it skips it. When
+// every requested list is complete it runs ca_decode itself, so mass 1 equals dense exactly.
+#ifndef CHUNKATTN_PSA_ABI_H_
+#define CHUNKATTN_PSA_ABI_H_
+
+#include <stdint.h>
+
+#include "chunkattn/abi.h"
+
+#define CA_PSA_META_VECTORS 4
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Summarize full chunks of one layer: meta[slots[i]] for every KV head, from k_pool.
+typedef struct CaPsaMetaParams {
+  const void* k_pool;  // [num_slots, Hkv, C, D]
+  int32_t num_slots;
+  void* meta;  // [num_slots, Hkv, CA_PSA_META_VECTORS, D] dtype.kv
+  int32_t num_chunks;
+  const int32_t* slots;  // [num_chunks], each slot a full chunk
+} CaPsaMetaParams;
+
+typedef struct CaPsaParams {
+  uint32_t struct_bytes;       // sizeof(CaPsaParams)
+  const void* meta;            // this layer's metadata, module memory
+  float mass;                  // (0, 1]; ≥ 1 selects everything
+  int32_t k_min, k_max;        // chunks per list, forced included (forced chunks always stay)
+  int32_t recent_chunks;       // the last recent_chunks chunks are forced (the tail always is)
+  float safety_net;            // fraction of the non-forced chunks added by their Quest bound
+  int32_t use_box;             // 1: cap by the Quest bound and run the safety net; 0: mean/var only
+  int32_t dense_below_tokens;  // rows of at most this many tokens select every chunk
+  int32_t guard;               // 1: the progressive step (see sparse_decode.h)
+  int32_t max_chunks;          // list capacity per (row, KV head): ≥ every row's chunk count
+  int32_t* lists;              // [num_rows, Hkv, max_chunks], host memory (cpu)
+  int32_t* counts;             // [num_rows, Hkv], host memory (cpu)
+  int32_t* guard_added;  // [num_rows, Hkv] chunks the guard added (0 without guard); may be null
+} CaPsaParams;
+
+int ca_psa_meta(const CaPsaMetaParams* p, void* stream);
+int ca_psa_decode(const CaDecodeParams* p, const CaPsaParams* s, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif  // CHUNKATTN_PSA_ABI_H_
