@@ -447,4 +447,36 @@ describe('chunk metadata', () => {
       { seed: SEED, numRuns: 10 },
     );
   });
+
+  test('rollback into a full chunk drops its summary; extend refills it (multi-token queries)', async () => {
+    const attn = await twoLayers('bf16', { mass: 0.9 }, 8 * C);
+    const meta = attn.chunkMetadata!;
+    reset(attn);
+    const length = 2 * C;
+    const { seq } = attn.insert(Array.from({ length }, (_, i) => 7 + i));
+    const { k, v } = makeKv(length + 3, 99);
+    write(attn, seq, 0, k.subarray(0, length * HKV * D), v.subarray(0, length * HKV * D));
+    const tail = attn.cache.chunksOf(seq)[1]!;
+    expect(meta.has(1, tail)).toBe(true);
+    // Three rejected drafts cut the full tail chunk short: its summary no longer describes it.
+    attn.rollback(seq, 3);
+    expect(attn.cache.chunksOf(seq)[1]).toBe(tail); // truncated in place (sole owner)
+    expect(meta.has(1, tail)).toBe(false);
+    // Re-extending to a full chunk writes a summary again, of the new keys.
+    attn.extend([seq], [[1, 2, 3]]);
+    const redo = k.subarray((length - 3) * HKV * D, length * HKV * D);
+    const dtype = attn.spec.dtype.kv;
+    for (let layer = 0; layer < attn.layers; layer++)
+      attn.writeDecodeKV(layer, toHost(redo, dtype), toHost(v.subarray(0, 3 * HKV * D), dtype));
+    expect(meta.has(1, tail)).toBe(true);
+    // A multi-token attend runs dense (PSA selects for one-token rows), over every token.
+    const q = makeQ(3, 5);
+    const out = fromHost(
+      attn.attend(1, toHost(q, attn.spec.dtype.q), poisoned(attn, 3)),
+      attn.spec.dtype.out,
+    );
+    expect(attn.selection).toBeUndefined();
+    expect(Array.from(out).every(Number.isFinite)).toBe(true);
+    attn.release(seq);
+  });
 });
