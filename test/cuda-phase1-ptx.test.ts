@@ -5,15 +5,12 @@
 // emu-phase1.test.ts). And a PTX lint: tensor cores (mma.sync m16n8k16) fed by ldmatrix, K/V by
 // cp.async with a wait_group ≥ 1 in the loop, no 2-byte shared loads, no local loads or stores.
 
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parsePtxasReport } from '../codegen/index.ts';
 import { phase1Geometry } from '../codegen/plan.ts';
 import { attention } from '../dsl/index.ts';
-import { haveNvcc, nvccPath, repoRoot } from '../runtime/cucpu/tools/test-harness.ts';
+import { haveNvcc } from '../runtime/cucpu/tools/test-harness.ts';
+import { buildPtxMatrix, PTX_ARCHS, type PtxMatrix, ptxEntry } from './ptx-matrix.ts';
 
 const MATRIX = [
   ...[64, 128, 256].flatMap((d) =>
@@ -21,7 +18,7 @@ const MATRIX = [
   ),
   { d: 128, g: 2, dtype: 'bf16', variant: 'SoftcapWindow' },
 ];
-const ARCHS = ['sm_80', 'sm_90a'] as const;
+const ARCHS = PTX_ARCHS;
 
 function plan(i: number) {
   const { d, g, dtype } = MATRIX[i]!;
@@ -61,48 +58,16 @@ ${cfgs.join('\n')}
 `;
 }
 
-let dir = '';
+let matrix: PtxMatrix | undefined;
 let report = '';
-const ptx = new Map<string, string>();
-
-/** The body of one .entry in a PTX file, by a substring of its mangled name. */
-function entry(text: string, name: string): string {
-  const start = text.search(new RegExp(`\\.entry\\s+\\S*${name}`));
-  if (start < 0) return '';
-  const next = text.indexOf('.entry', start + 6);
-  return text.slice(start, next < 0 ? undefined : next);
-}
+let ptx: PtxMatrix['ptx'] = new Map();
 
 describe.skipIf(!haveNvcc)('nvcc: the phase-1 kernel per arch', () => {
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'phase1-ptx-'));
-    writeFileSync(join(dir, 'matrix.cu'), source());
-    const r = await execa(
-      nvccPath,
-      [
-        '-std=c++17',
-        '-O3',
-        '-c',
-        '-Xptxas',
-        '-v',
-        '--keep',
-        '--keep-dir',
-        dir,
-        `-I${join(repoRoot, 'templates/include')}`,
-        ...ARCHS.flatMap((a) => ['-gencode', `arch=${a.replace('sm_', 'compute_')},code=${a}`]),
-        'matrix.cu',
-        '-o',
-        'matrix.o',
-      ],
-      { cwd: dir, all: true },
-    );
-    report = r.all ?? '';
-    for (const f of readdirSync(dir).filter((f) => f.endsWith('.ptx')))
-      ptx.set(/compute_90a|sm_90a/.test(f) ? 'sm_90a' : 'sm_80', readFileSync(join(dir, f), 'utf8'));
+    matrix = await buildPtxMatrix(source(), 'phase1-ptx-');
+    ({ report, ptx } = matrix);
   }, 600_000);
-  afterAll(() => {
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => matrix?.dispose());
 
   test.each(ARCHS)(
     '%s: every instance has 0 spill bytes, no local memory, registers within the plan, no static smem',
@@ -128,7 +93,7 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-1 kernel per arch', () => {
       const text = ptx.get(arch) ?? '';
       expect(text.length).toBeGreaterThan(0);
       for (const [i, { variant }] of MATRIX.entries()) {
-        const body = entry(text, `decode_phase1_kernelI4Cfg${i}${variant.length}${variant}`);
+        const body = ptxEntry(text, `decode_phase1_kernelI4Cfg${i}${variant.length}${variant}`);
         expect(body.length, `decode_phase1 Cfg${i}`).toBeGreaterThan(0);
         expect(body).toMatch(/mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(f16|bf16)\.(f16|bf16)\.f32/);
         expect(body).toMatch(/ldmatrix\.sync\.aligned\.m8n8\.x4\.shared\.b16/);

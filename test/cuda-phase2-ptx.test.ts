@@ -5,20 +5,17 @@
 // cp.async.wait_group ≥ 1 and has no 2-byte shared loads, which the lane = token reference kernel
 // (decode_sequence_first.cuh) does have — the lint catches that.
 
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parsePtxasReport } from '../codegen/index.ts';
 import { phase2Geometry } from '../codegen/plan.ts';
 import { attention } from '../dsl/index.ts';
-import { haveNvcc, nvccPath, repoRoot } from '../runtime/cucpu/tools/test-harness.ts';
+import { haveNvcc } from '../runtime/cucpu/tools/test-harness.ts';
+import { buildPtxMatrix, PTX_ARCHS, type PtxMatrix, ptxEntry } from './ptx-matrix.ts';
 
 const MATRIX = [64, 128, 256].flatMap((d) =>
   [1, 8].map((g) => ({ d, g, dtype: d === 128 ? 'bf16' : 'f16' })),
 );
-const ARCHS = ['sm_80', 'sm_90a'] as const;
+const ARCHS = PTX_ARCHS;
 /** The plan's register budget of matrix instance i. */
 function registerBudget(i: number): number {
   const { d, g, dtype } = MATRIX[i]!;
@@ -56,48 +53,16 @@ template __global__ void ca::decode_sequence_first_kernel<Cfg2, Plain>(const CaD
 `;
 }
 
-let dir = '';
+let matrix: PtxMatrix | undefined;
 let report = '';
-const ptx = new Map<string, string>();
-
-/** The body of one .entry in a PTX file, by a substring of its mangled name. */
-function entry(text: string, name: string): string {
-  const start = text.search(new RegExp(`\\.entry\\s+\\S*${name}`));
-  if (start < 0) return '';
-  const next = text.indexOf('.entry', start + 6);
-  return text.slice(start, next < 0 ? undefined : next);
-}
+let ptx: PtxMatrix['ptx'] = new Map();
 
 describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'phase2-ptx-'));
-    writeFileSync(join(dir, 'matrix.cu'), source());
-    const r = await execa(
-      nvccPath,
-      [
-        '-std=c++17',
-        '-O3',
-        '-c',
-        '-Xptxas',
-        '-v',
-        '--keep',
-        '--keep-dir',
-        dir,
-        `-I${join(repoRoot, 'templates/include')}`,
-        ...ARCHS.flatMap((a) => ['-gencode', `arch=${a.replace('sm_', 'compute_')},code=${a}`]),
-        'matrix.cu',
-        '-o',
-        'matrix.o',
-      ],
-      { cwd: dir, all: true },
-    );
-    report = r.all ?? '';
-    for (const f of readdirSync(dir).filter((f) => f.endsWith('.ptx')))
-      ptx.set(/compute_90a|sm_90a/.test(f) ? 'sm_90a' : 'sm_80', readFileSync(join(dir, f), 'utf8'));
+    matrix = await buildPtxMatrix(source(), 'phase2-ptx-');
+    ({ report, ptx } = matrix);
   }, 600_000);
-  afterAll(() => {
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => matrix?.dispose());
 
   test.each(ARCHS)(
     '%s: every instance has 0 spill bytes, no local memory, registers within the plan, no static smem',
@@ -123,7 +88,7 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
       const text = ptx.get(arch) ?? '';
       expect(text.length).toBeGreaterThan(0);
       for (let i = 0; i < MATRIX.length; i++) {
-        const body = entry(text, `decode_phase2_kernelI4Cfg${i}5Plain`);
+        const body = ptxEntry(text, `decode_phase2_kernelI4Cfg${i}5Plain`);
         expect(body.length, `decode_phase2 Cfg${i}`).toBeGreaterThan(0);
         const waits = [...body.matchAll(/cp\.async\.wait_group\s+(\d+)/g)].map((m) => Number(m[1]));
         expect(
@@ -134,7 +99,7 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
         expect(body).not.toMatch(/ld\.shared\.(u16|b16|s16)/);
       }
       // The lane = token reference kernel trips the lint.
-      expect(entry(text, 'decode_sequence_first_kernel')).toMatch(/ld\.shared\.(u16|b16)/);
+      expect(ptxEntry(text, 'decode_sequence_first_kernel')).toMatch(/ld\.shared\.(u16|b16)/);
     },
   );
 });

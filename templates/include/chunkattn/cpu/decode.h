@@ -571,6 +571,28 @@ struct Phase2 {
     }
   }
 
+  // Merges the phase-1 partials (o, lse) of row r's shared runs into the running state sv of
+  // its G heads of KV head kvh. part_o: [partials, Hq, D]; part_lse: [partials, Hq].
+  static void merge_partials(const KernelContext& c, int r, int kvh, const float* part_o,
+                             const float* part_lse, const ScratchView<Cfg>& sv) {
+    for (int k = c.row_partial_offsets()[r]; k < c.row_partial_offsets()[r + 1]; ++k) {
+      const size_t partial = size_t(c.partials()[k]);
+      for (int g = 0; g < G; ++g) {
+        const int h = kvh * G + g;
+        SoftmaxState st{sv.m[g], sv.l[g]};
+        const SoftmaxState::Rescale f = st.merge_lse(part_lse[partial * Hq + h]);
+        sv.m[g] = st.m;
+        sv.l[g] = st.l;
+        if (f.other == 0.f && f.self == 1.f) continue;
+        const simd::V a = simd::bcast(f.self), b = simd::bcast(f.other);
+        const float* src = part_o + (partial * Hq + h) * D;
+        float* o = sv.o + g * D;
+        for (int d = 0; d < D; d += kern::W)
+          simd::store(o + d, simd::fmadd(simd::load(src + d), b, simd::mul(simd::load(o + d), a)));
+      }
+    }
+  }
+
   // Prefetches the first own chunk (K and V) of task (r, kvh) into L2: called for the task this
   // thread will likely take next, so a task does not start with a full memory latency.
   static void prefetch_task(const CaDecodeParams& p, int r, int kvh) {
@@ -658,22 +680,7 @@ struct Phase2 {
     // Partials of the shared runs, merged last (merging commutes), so the row's own chunks above
     // could run while phase 1 was still computing them.
     if (c.row_partial_offsets()[r + 1] > c.row_partial_offsets()[r]) wait_phase1();
-    for (int k = c.row_partial_offsets()[r]; k < c.row_partial_offsets()[r + 1]; ++k) {
-      const size_t partial = size_t(c.partials()[k]);
-      for (int g = 0; g < G; ++g) {
-        const int h = kvh * G + g;
-        SoftmaxState st{sv.m[g], sv.l[g]};
-        const SoftmaxState::Rescale f = st.merge_lse(part_lse[partial * Hq + h]);
-        sv.m[g] = st.m;
-        sv.l[g] = st.l;
-        if (f.other == 0.f && f.self == 1.f) continue;
-        const simd::V a = simd::bcast(f.self), b = simd::bcast(f.other);
-        const float* src = part_o + (partial * Hq + h) * D;
-        float* o = sv.o + g * D;
-        for (int d = 0; d < D; d += kern::W)
-          simd::store(o + d, simd::fmadd(simd::load(src + d), b, simd::mul(simd::load(o + d), a)));
-      }
-    }
+    merge_partials(c, r, kvh, part_o, part_lse, sv);
 
     for (int g = 0; g < G; ++g) {
       const int h = kvh * G + g;

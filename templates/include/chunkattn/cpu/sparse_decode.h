@@ -414,22 +414,7 @@ struct SparseJob {
     };
     for (int j = c.row_shared_chunks(r); j < n; ++j)
       if (sel[j]) attend(j);
-    for (int k = c.row_partial_offsets()[r]; k < c.row_partial_offsets()[r + 1]; ++k) {
-      const size_t partial = size_t(c.partials()[k]);
-      for (int g = 0; g < G; ++g) {
-        const int h = kvh * G + g;
-        SoftmaxState st{sv.m[g], sv.l[g]};
-        const SoftmaxState::Rescale f = st.merge_lse(part_lse[partial * Hq + h]);
-        sv.m[g] = st.m;
-        sv.l[g] = st.l;
-        if (f.other == 0.f && f.self == 1.f) continue;
-        const simd::V a = simd::bcast(f.self), b = simd::bcast(f.other);
-        const float* src = part_o + (partial * Hq + h) * D;
-        float* o = sv.o + g * D;
-        for (int d = 0; d < D; d += kern::W)
-          simd::store(o + d, simd::fmadd(simd::load(src + d), b, simd::mul(simd::load(o + d), a)));
-      }
-    }
+    Phase2<Cfg, Variant>::merge_partials(c, r, kvh, part_o, part_lse, sv);
     if (s->guard && s->counts[size_t(r) * Hkv + kvh] < n) {
       float left[G];
       thread_local std::vector<int32_t> batch;
