@@ -2,7 +2,7 @@
 //
 // The options are plain, JSON-serializable data; they enter the normalized KernelSpec (so a spec
 // with PSA hashes to its own cache key) and can be overridden per Attention.create. They are run-
-// time parameters of the module's select and sparse decode (design: shared/design/PSA.md):
+// time parameters of the module's select and sparse decode (design: dsl/README.md, runtime/README.md):
 //
 //   mass             attention mass each query head must cover (0 < mass ≤ 1; 1 = dense)
 //   kMin, kMax       chunks selected per (sequence, KV head), forced chunks included
