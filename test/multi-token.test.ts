@@ -318,4 +318,39 @@ describe(`the CUDA source on the CPU (emu): one context row per query token (see
       }
     },
   );
+
+  test('two-phase: the shared prompt K/V is read once for all stacked query rows (one m-tile)', async () => {
+    const spec = tinySpec('f16', 'plain', ['emu']); // Hq 8 / Hkv 2 (G = 4), d = 64, c = 16
+    const attn = await Attention.create(spec, { layers: 1, capacityTokens: C * 200, target: 'emu' });
+    try {
+      // Phase-1 K/V bytes of one extend of 5 tokens by `sharers` sequences of one 4-chunk prompt.
+      const phase1KvBytes = (sharers: number, seed: number): number => {
+        const model = new MultiTokenModel(attn, spec, new Rng(seed));
+        const prompt = tokens(model.rng, 4 * C);
+        // Each sequence diverges after the prompt, so all 4 prompt chunks are shared.
+        const seqs = Array.from({ length: sharers }, () =>
+          model.insert([...prompt, ...tokens(model.rng, 3)]),
+        );
+        attn.module.resetStats();
+        // At most 4 sequences × 5 query tokens × G = 4: 80 stacked rows, one m-tile of 128.
+        model.extendStep(
+          seqs,
+          seqs.map(() => 5),
+        );
+        const p1 = attn.module.stats().kernels['decode_phase1'];
+        expect(p1?.launches).toBe(1);
+        for (const seq of seqs) attn.release(seq);
+        attn.cache.evict();
+        return p1!.requestedBytes.kv;
+      };
+      const prompt = 4 * C * spec.heads.kv * spec.headDim * 2 * 2; // K and V, f16
+      const alone = phase1KvBytes(1, SEED + 29);
+      const shared = phase1KvBytes(4, SEED + 31);
+      // alone = prompt + own; shared = prompt + 4 × own: the prompt is read once, whoever shares it.
+      expect(alone).toBeGreaterThan(prompt);
+      expect(shared).toBe(prompt + 4 * (alone - prompt));
+    } finally {
+      attn.close();
+    }
+  });
 });
