@@ -1,4 +1,4 @@
-// chunkattn/psa_abi.h — the C ABI of progressive sparse attention (PSA; its options: dsl/README.md).
+// chunkattn/psa_abi.h — the C ABI of progressive sparse attention (PSA; options: dsl/README.md).
 //
 // Optional entry points: a module that exports them (the cpu target so far) says "psa":true in
 // ca_info(); the addon resolves them only then. Shapes as in chunkattn/abi.h, plus
