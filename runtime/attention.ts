@@ -26,6 +26,14 @@ import { freemem } from 'node:os';
 import { isPlainObject, validateSpec } from '../dsl/attention.ts';
 import type { SparseSpec } from '../dsl/sparse.ts';
 import { ARCHS, type BuildTarget, type KernelSpec, PARTITIONS, type Partition } from '../dsl/spec.ts';
+import {
+  type Capacity,
+  type CapacityOptions,
+  checkContextCapacity,
+  checkWriteCapacity,
+  resolveCapacity,
+  scratchBounds,
+} from './capacity.ts';
 import type { ChunkMetadataStats } from './chunk-metadata.ts';
 import {
   type Dispatcher,
@@ -34,7 +42,14 @@ import {
   prepareDispatch,
   sharedPrefixTokens,
 } from './dispatch.ts';
-import { ArgumentError, BusyError, ShapeError, UnknownSequenceError, UnwrittenKvError } from './errors.ts';
+import {
+  ArgumentError,
+  BusyError,
+  ReservedCapacityError,
+  ShapeError,
+  UnknownSequenceError,
+  UnwrittenKvError,
+} from './errors.ts';
 import { ContextPlanner, type KernelContext } from './kernel-context.ts';
 import { type KvReadback, readSequenceKv } from './kv-readback.ts';
 import { bytesPerChunk, type KvShape, type KvStats } from './kv-stats.ts';
@@ -85,6 +100,12 @@ export interface AttentionOptions {
   readonly dispatch?: DispatchRulesSource | false;
   /** Decode shapes to prebuild instances for (default: every instance the rules list). */
   readonly shapes?: readonly DispatchShape[];
+  /**
+   * Bounds of one kernel call (rows, partials, writeTokens, sequenceTokens; runtime/capacity.ts):
+   * create reserves every scratch buffer for them once, so no later call allocates module memory
+   * (CUDA-graph safe). A call past them throws ReservedCapacityError naming the field to raise.
+   */
+  readonly capacity?: CapacityOptions;
 }
 
 /** The query rows of one attend call: the last counts[i] tokens of seqs[i], in this order. */
@@ -210,6 +231,8 @@ function checkOptions(options: AttentionOptions): void {
     throw new ArgumentError(`loader must be a function, got ${shown(options.loader)}`);
   if (options.params !== undefined && !isPlainObject(options.params))
     throw new ArgumentError(`params must be an object of name: number, got ${shown(options.params)}`);
+  if (options.capacity !== undefined && !isPlainObject(options.capacity))
+    throw new ArgumentError(`capacity must be an object, got ${shown(options.capacity)}`);
 }
 
 /** The kernel parameter values: the spec's defaults, with given values matched by own property. */
@@ -281,6 +304,8 @@ export class Attention {
   #stepShape: { step: PendingStep; shape: DispatchShape } | null = null;
   /** PSA options in force (undefined: dense). */
   readonly sparse: SparseSpec | undefined;
+  /** The bounds every kernel call stays within (options.capacity with its defaults). */
+  readonly capacity: Capacity;
   readonly #sparse: SparseDecoder | undefined;
 
   private constructor(
@@ -297,6 +322,7 @@ export class Attention {
     this.mode = dispatcher.mode;
     this.layers = options.layers;
     const slots = Math.ceil(options.capacityTokens / spec.chunkSize);
+    this.capacity = resolveCapacity(options.capacity, { numSlots: slots, chunkSize: spec.chunkSize });
     this.cache = new PrefixTree({
       chunkSize: spec.chunkSize,
       maxCapacity: slots,
@@ -309,6 +335,9 @@ export class Attention {
     this.#pools = [];
     try {
       for (let layer = 0; layer < options.layers; layer++) this.#pools.push(module.allocPool(slots));
+      // Scratch at its bounds, once, on every module a call may run on: no call allocates later.
+      for (const instance of dispatcher.modules())
+        instance.reserve(scratchBounds(instance.info, slots, this.capacity));
     } catch (error) {
       for (const pool of this.#pools) module.free(pool);
       throw error;
@@ -433,6 +462,7 @@ export class Attention {
     if (this.#tokenRows('v', v) !== n)
       throw new ShapeError(`k holds ${n} tokens but v holds ${v.length / this.#rowElems()}`);
     if (!this.cache.has(seq)) throw new UnknownSequenceError(seq);
+    checkWriteCapacity(n, this.capacity, 'writeKV');
     const length = this.cache.length(seq);
     if (!Number.isInteger(fromPos) || fromPos < 0 || fromPos + n > length)
       throw new ArgumentError(
@@ -463,6 +493,7 @@ export class Attention {
   /** One decode step: appends one token to each sequence; then writeDecodeKV and decode per layer. */
   appendStep(seqs: ArrayLike<number>, tokens: ArrayLike<number>): void {
     this.#checkOpen();
+    this.#checkStepCapacity(seqs.length);
     const result = this.cache.appendBatch(seqs, tokens);
     this.#applyCopies(result.copies);
     this.#dropOpenedChunks(result);
@@ -482,6 +513,9 @@ export class Attention {
    */
   extend(seqs: ArrayLike<number>, tokens: ArrayLike<ArrayLike<number>>): void {
     this.#checkOpen();
+    let total = 0; // extendBatch validates the shapes; this only sums what is there
+    for (let i = 0; i < (tokens?.length ?? 0); i++) total += tokens[i]?.length ?? 0;
+    this.#checkStepCapacity(total);
     const result = this.cache.extendBatch(seqs, tokens);
     this.#applyCopies(result.copies);
     this.#dropOpenedChunks(result);
@@ -537,6 +571,7 @@ export class Attention {
         throw new ShapeError(
           `${name} holds ${data.length / this.#rowElems()} tokens; the step has ${step.slots.length}`,
         );
+    checkWriteCapacity(step.slots.length, this.capacity, 'writeDecodeKV');
     this.#checkFinite(k, v);
     this.cache.checkKvWrites(layer, step.slots, step.offsets);
     this.module.writeKv(pool, step.slots, step.offsets, k, v);
@@ -735,6 +770,7 @@ export class Attention {
           rows,
           minSharers,
         );
+    checkContextCapacity(packed, this.capacity, this.cache.capacity, this.spec.chunkSize);
     return {
       module,
       pool,
@@ -777,7 +813,29 @@ export class Attention {
 
   stats(): AttentionStats {
     const sparse = this.#sparse ? { sparseMetadata: this.#sparse.metadata.stats() } : {};
-    return { ...this.cache.stats(this.kvShape), kernel: this.module.stats(), ...sparse };
+    const kernel = this.module.stats();
+    // Scratch is per module handle: count every instance a call may run on.
+    let { calls, bytes } = kernel.scratchAllocations;
+    for (const instance of this.#dispatcher.modules().slice(1)) {
+      const more = instance.stats().scratchAllocations;
+      calls += more.calls;
+      bytes += more.bytes;
+    }
+    return {
+      ...this.cache.stats(this.kvShape),
+      kernel: { ...kernel, scratchAllocations: { calls, bytes } },
+      ...sparse,
+    };
+  }
+
+  /** A step of `tokens` new tokens within capacity (checked before the tree changes). */
+  #checkStepCapacity(tokens: number): void {
+    checkWriteCapacity(tokens, this.capacity, 'this step');
+    if (tokens > this.capacity.rows)
+      throw new ReservedCapacityError(
+        `this step has ${tokens} query rows, more than capacity.rows = ${this.capacity.rows}: raise capacity.rows in Attention.create`,
+        'capacity.rows',
+      );
   }
 
   /** Frees the pools at once (a dropped object frees them when collected). Unusable afterwards. */

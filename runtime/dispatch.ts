@@ -142,6 +142,13 @@ export class Dispatcher {
     return this.#options.killSwitch ? 'sequence-first' : this.#options.mode;
   }
 
+  /** Every module a call may run on: the primary, then the prebuilt tuned instances. */
+  modules(): NativeModule[] {
+    const all = [this.#options.primary];
+    for (const module of this.#options.instances.values()) if (module !== all[0]) all.push(module);
+    return all;
+  }
+
   /** Every decision made so far, by bucket (for tests and stats). */
   decisions(): ReadonlyMap<string, Dispatched> {
     return this.#decided;

@@ -29,6 +29,21 @@ export class ShapeError extends ChunkattnError {
   override name = 'ShapeError';
 }
 
+/**
+ * A call needs more kernel scratch than was reserved (Attention.create sizes every scratch buffer
+ * once from `options.capacity`, so that no call allocates): raise `option`. Nothing was done.
+ */
+export class ReservedCapacityError extends ChunkattnError {
+  override name = 'ReservedCapacityError';
+  constructor(
+    message: string,
+    /** The `options.capacity` field to raise ('capacity.rows', …), when known. */
+    readonly option?: string,
+  ) {
+    super(message);
+  }
+}
+
 /** An argument outside its allowed range (layer index, token id, count, option). */
 export class ArgumentError extends ChunkattnError {
   override name = 'ArgumentError';

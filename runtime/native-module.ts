@@ -16,6 +16,7 @@
 //                  ERR_CA_NO_MEMORY, ERR_CA_STATUS — with .kernel / .location parsed from the
 //                  module's ca_last_error() text when it names them
 //   BusyError      ERR_CA_BUSY (a decodeAsync of the same handle is in flight)
+//   ReservedCapacityError  ERR_CA_CAPACITY (a call needs more scratch than reserve() set)
 //
 // Host arrays: f32 data is a Float32Array, f16/bf16 data a Uint16Array of raw bits; indices are
 // Int32Array. Every target is driven alike (module memory is device memory on cuda, host memory on
@@ -25,12 +26,14 @@
 
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
+import type { ScratchBounds } from './capacity.ts';
 import {
   ArgumentError,
   BusyError,
   type ChunkattnError,
   KernelError,
   ModuleError,
+  ReservedCapacityError,
   ShapeError,
 } from './errors.ts';
 import { findNativeAddon, NATIVE_DIR } from './native-status.ts';
@@ -110,6 +113,11 @@ export interface KernelStats {
   readonly memcpy: Readonly<Record<CopyDirection, { readonly calls: number; readonly bytes: number }>>;
   /** Packed contexts uploaded (each also counts as one h2d copy). */
   readonly contextUploads: number;
+  /**
+   * ca_malloc calls this module handle made for scratch (context, workspace, params, staging) and
+   * their bytes: growth on demand, or reserve(). After reserve, calls within it add none.
+   */
+  readonly scratchAllocations: { readonly calls: number; readonly bytes: number };
   /** Per kernel name, since the last reset (ca_kernel_stats): launches, blocks and the emu shim's figures. */
   readonly kernels: Readonly<Record<string, KernelFigures>>;
 }
@@ -154,11 +162,15 @@ export type NativeErrorCode =
   | 'ERR_CA_DEVICE'
   | 'ERR_CA_NO_MEMORY'
   | 'ERR_CA_STATUS'
-  | 'ERR_CA_BUSY';
+  | 'ERR_CA_BUSY'
+  | 'ERR_CA_CAPACITY';
 
 /** Which typed error each addon code becomes. */
 export const NATIVE_ERROR_CLASSES: Readonly<
-  Record<NativeErrorCode, 'ShapeError' | 'ArgumentError' | 'ModuleError' | 'KernelError' | 'BusyError'>
+  Record<
+    NativeErrorCode,
+    'ShapeError' | 'ArgumentError' | 'ModuleError' | 'KernelError' | 'BusyError' | 'ReservedCapacityError'
+  >
 > = {
   ERR_CA_SHAPE: 'ShapeError',
   ERR_CA_DTYPE: 'ShapeError',
@@ -179,6 +191,7 @@ export const NATIVE_ERROR_CLASSES: Readonly<
   ERR_CA_NO_MEMORY: 'KernelError',
   ERR_CA_STATUS: 'KernelError',
   ERR_CA_BUSY: 'BusyError',
+  ERR_CA_CAPACITY: 'ReservedCapacityError',
 };
 
 /** A typed error that came from the addon: its stable code and, for module failures, the module's text. */
@@ -221,6 +234,7 @@ interface NativeAddon {
   workspaceBytes(module: NativeHandle, pool: KvPool, args: unknown): number;
   stats(module: NativeHandle): KernelStats;
   resetStats(module: NativeHandle): void;
+  reserve(module: NativeHandle, bounds: ScratchBounds): void;
   hasPsa(module: NativeHandle): boolean;
   psaMeta(module: NativeHandle, pool: KvPool, meta: NativeHandle, slots: unknown): void;
   psaDecode(
@@ -315,6 +329,9 @@ export function toTypedError(error: unknown): unknown {
       break;
     case 'BusyError':
       typed = new BusyError(error.message);
+      break;
+    case 'ReservedCapacityError':
+      typed = new ReservedCapacityError(error.message);
       break;
     case 'KernelError': {
       const { kernel, location } = parseKernelDiagnostic(source.moduleMessage ?? error.message);
@@ -604,5 +621,15 @@ export class NativeModule {
 
   resetStats(): void {
     call(() => nativeAddon().resetStats(this.#handle));
+  }
+
+  /**
+   * Allocates every scratch buffer of this handle at the given bounds (runtime/capacity.ts
+   * computes them), once. From then on no call allocates module memory for scratch (CUDA-graph
+   * safe), and a call that needs more throws ReservedCapacityError (ERR_CA_CAPACITY) with nothing
+   * done. Without reserve, scratch grows on demand.
+   */
+  reserve(bounds: ScratchBounds): void {
+    call(() => nativeAddon().reserve(this.#handle, bounds));
   }
 }

@@ -15,6 +15,7 @@ import {
   ChunkattnError,
   KernelError,
   ModuleError,
+  ReservedCapacityError,
   ShapeError,
 } from '../runtime/errors.ts';
 import { packContext } from '../runtime/kernel-context.ts';
@@ -49,7 +50,14 @@ import {
 } from '../runtime/native-module.ts';
 import { relativeError, TOLERANCE } from '../runtime/reference.ts';
 
-const CLASSES = { ShapeError, ArgumentError, ModuleError, KernelError, BusyError } as const;
+const CLASSES = {
+  ShapeError,
+  ArgumentError,
+  ModuleError,
+  KernelError,
+  BusyError,
+  ReservedCapacityError,
+} as const;
 type ErrorClass = (typeof CLASSES)[keyof typeof CLASSES];
 
 function thrownBy(f: () => unknown): unknown {

@@ -10,6 +10,7 @@
 // module. A getter therefore cannot free, detach or resize anything between a check and its use.
 #include <napi.h>
 
+#include <cmath>
 #include <new>
 #include <optional>
 #include <string>
@@ -588,7 +589,8 @@ Napi::Value PsaDecode(const Napi::CallbackInfo& info) {
 }
 
 // stats(mod): { bytesRead: {q, kv, partial, out, context}, bytesWritten: {...}, launches,
-//   memcpy: {h2d: {calls, bytes}, d2h: {...}, d2d: {...}}, contextUploads, kernels: {name: {...}} }
+//   memcpy: {h2d: {calls, bytes}, d2h: {...}, d2d: {...}}, contextUploads,
+//   scratchAllocations: {calls, bytes} (this handle's), kernels: {name: {...}} }
 Napi::Value Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   ModuleCore& core = AnyModule(info);
@@ -614,6 +616,11 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   result.Set("launches", Napi::Number::New(env, double(stats.launches)));
   result.Set("memcpy", memcpy);
   result.Set("contextUploads", Napi::Number::New(env, double(stats.context_uploads)));
+  const ScratchAllocations allocations = core.Allocations();
+  Napi::Object scratch = Napi::Object::New(env);
+  scratch.Set("calls", Napi::Number::New(env, double(allocations.calls)));
+  scratch.Set("bytes", Napi::Number::New(env, double(allocations.bytes)));
+  result.Set("scratchAllocations", scratch);
   const Json* by_name = kernels.kind == Json::Kind::kObject ? kernels.Find("kernels") : nullptr;
   result.Set("kernels", by_name ? JsonToJs(env, *by_name) : Napi::Object::New(env));
   return result;
@@ -671,6 +678,32 @@ Napi::Value DownloadTensor(const Napi::CallbackInfo& info) {
   return Napi::Value(env, out);
 }
 
+// reserve(mod, { context, workspace, q, out, kv, copies }): bytes of each scratch buffer
+// (runtime/capacity.ts); allocates them all, after which no call allocates scratch.
+Napi::Value Reserve(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[1].IsObject()) Fail(code::kType, "reserve: bounds must be an object of byte counts");
+  Napi::Object bounds = info[1].As<Napi::Object>();
+  auto field = [&](const char* name) {
+    const NumberArg value = ReadNumber(env, bounds.Get(name));
+    if (!value.is_number || !(value.value >= 0) || value.value > 9007199254740991.0 ||
+        value.value != std::floor(value.value))
+      Fail(code::kRange, std::string("reserve: ") + name +
+                             " must be a whole number of bytes (a safe integer >= 0), got " +
+                             value.what);
+    return uint64_t(value.value);
+  };
+  Reservation r;
+  r.context = field("context");
+  r.workspace = field("workspace");
+  r.q = field("q");
+  r.out = field("out");
+  r.kv = field("kv");
+  r.copies = field("copies");
+  Module(info).Reserve(r);  // after the reads: no JS getter runs between check and use
+  return env.Undefined();
+}
+
 // resetStats(mod)
 Napi::Value ResetStats(const Napi::CallbackInfo& info) {
   Module(info).ResetStats();
@@ -704,6 +737,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("psaDecode", Napi::Function::New<Guarded<PsaDecode>>(env, "psaDecode"));
   exports.Set("stats", Napi::Function::New<Guarded<Stats>>(env, "stats"));
   exports.Set("resetStats", Napi::Function::New<Guarded<ResetStats>>(env, "resetStats"));
+  exports.Set("reserve", Napi::Function::New<Guarded<Reserve>>(env, "reserve"));
   return exports;
 }
 

@@ -124,15 +124,66 @@ void ModuleCore::CheckHostBytes(uint64_t bytes, const std::string& what) const {
                            Num(physical) + " bytes of memory");
 }
 
-void ModuleCore::Ensure(Scratch& scratch, uint64_t bytes) {
-  if (scratch.ptr && scratch.capacity >= bytes) return;
-  uint64_t capacity = std::max<uint64_t>({bytes, scratch.capacity + scratch.capacity / 2, 256});
+ModuleCore::Scratch ModuleCore::Allocate(uint64_t bytes) {
   void* ptr = nullptr;
-  lib_->Check(lib_->api().malloc_(&ptr, capacity), "ca_malloc");
+  lib_->Check(lib_->api().malloc_(&ptr, bytes), "ca_malloc");
   if (!ptr) Fail(code::kNoMemory, "ca_malloc returned CA_OK and a null pointer");
+  ++allocations_.calls;
+  allocations_.bytes += bytes;
+  return {ptr, bytes};
+}
+
+void ModuleCore::CheckFits(const Scratch& scratch, uint64_t bytes, const char* what) const {
+  if (fixed_ && bytes > scratch.capacity)
+    Fail(code::kCapacity, std::string(what) + " needs " + Num(bytes) + " bytes, more than the " +
+                              Num(scratch.capacity) +
+                              " reserved (NativeModule.reserve; Attention.create sizes it from "
+                              "options.capacity): nothing was done");
+}
+
+void ModuleCore::Ensure(Scratch& scratch, uint64_t bytes, const char* what) {
+  CheckFits(scratch, bytes, what);
+  if (scratch.ptr && scratch.capacity >= bytes) return;
+  const Scratch grown =
+      Allocate(std::max<uint64_t>({bytes, scratch.capacity + scratch.capacity / 2, 256}));
   ReleaseScratch(scratch);
-  scratch.ptr = ptr;
-  scratch.capacity = capacity;
+  scratch = grown;
+}
+
+void ModuleCore::Reserve(const Reservation& b) {
+  const ModuleInfo& mi = info();
+  if (mi.target != Target::kCuda)
+    CheckHostBytes(b.context + b.workspace + b.q + b.out + b.kv + b.copies,
+                   "the reserved scratch buffers");
+  const struct {
+    Scratch* scratch;
+    uint64_t bytes;
+  } plan[] = {{&context_.device, b.context},
+              {&workspace_, b.workspace},
+              {&params_device_, uint64_t(mi.num_params) * sizeof(float)},
+              {&q_staging_, b.q},
+              {&out_staging_, b.out},
+              {&kv_staging_, b.kv},
+              {&copies_staging_, b.copies}};
+  constexpr size_t kBuffers = sizeof(plan) / sizeof(plan[0]);
+  Scratch fresh[kBuffers];
+  try {
+    for (size_t i = 0; i < kBuffers; ++i)
+      fresh[i] = Allocate(std::max<uint64_t>(plan[i].bytes, 256));
+  } catch (...) {
+    for (Scratch& s : fresh) ReleaseScratch(s);
+    throw;
+  }
+  lib_->Check(lib_->api().synchronize(stream_), "ca_synchronize");  // nothing queued uses the old
+  for (size_t i = 0; i < kBuffers; ++i) {
+    ReleaseScratch(*plan[i].scratch);
+    *plan[i].scratch = fresh[i];
+  }
+  kv_host_staging_.resize(std::max<uint64_t>(kv_host_staging_.size(), b.kv));
+  context_.host.reserve(b.context / sizeof(int32_t));
+  context_.num_slots = -1;  // the device copy is gone: the next decode uploads again
+  params_valid_ = false;
+  fixed_ = true;
 }
 
 ModuleCore::Pool ModuleCore::ResolvePool(const PoolArg& pool, bool sibling_ok) const {
@@ -338,6 +389,7 @@ void ModuleCore::WriteKv(const PoolArg& pool_arg, const ArrayArg& slots_arg,
   const uint64_t k_at = 2 * index_bytes, v_at = k_at + (k_device ? 0 : data_bytes);
   const uint64_t total = v_at + (v_device ? 0 : data_bytes);
   if (info().target != Target::kCuda) CheckHostBytes(total, "the K/V staging buffer");
+  CheckFits(kv_staging_, total, "the K/V staging of this write");
   kv_host_staging_.resize(std::max<uint64_t>(kv_host_staging_.size(), total));
   uint8_t* host = kv_host_staging_.data();
   std::memcpy(host, slots.data, num_tokens * 4);
@@ -345,7 +397,7 @@ void ModuleCore::WriteKv(const PoolArg& pool_arg, const ArrayArg& slots_arg,
   const uint64_t raw = num_tokens * token_elements * DTypeBytes(src);
   if (!k_device) std::memcpy(host + k_at, k.host.data, raw);
   if (!v_device) std::memcpy(host + v_at, v.host.data, raw);
-  Ensure(kv_staging_, total);
+  Ensure(kv_staging_, total, "the K/V staging of this write");
   const Api& api = lib_->api();
   lib_->Check(api.memcpy_(kv_staging_.ptr, host, total, CA_COPY_H2D, stream_), "ca_memcpy");
   uint8_t* device = static_cast<uint8_t*>(kv_staging_.ptr);
@@ -392,7 +444,7 @@ void ModuleCore::CopyChunks(const PoolArg& pool_arg, const ArrayArg& copies_arg)
       Fail(code::kRange, "copies[" + Num(i) + "]: source slot " + std::to_string(copies[3 * i]) +
                              " is written by another copy of the same call");
   if (n == 0) return;
-  Ensure(copies_staging_, copies.size * 4);
+  Ensure(copies_staging_, copies.size * 4, "the copy-on-write list");
   const Api& api = lib_->api();
   lib_->Check(api.memcpy_(copies_staging_.ptr, copies.data, copies.size * 4, CA_COPY_H2D, stream_),
               "ca_memcpy");
@@ -466,20 +518,25 @@ const ModuleCore::UploadedContext& ModuleCore::PlanContext(const Pool& pool,
     }
     Fail(kind, error.message);
   }
-  up.num_slots = -1;  // invalid until the upload below succeeds
-  Ensure(up.device, count * 4);
-  lib_->Check(lib_->api().memcpy_(up.device.ptr, host.data(), count * 4, CA_COPY_CONTEXT, stream_),
-              "ca_memcpy");
-  up.host = std::move(host);
+  // The workspace is sized from the host copy (ca_workspace_bytes reads context_host only), so
+  // both capacities are checked before anything changes.
   CaDecodeParams probe{};
   probe.abi_version = CA_ABI_VERSION;
   probe.struct_bytes = sizeof(CaDecodeParams);
-  probe.context = static_cast<const int32_t*>(up.device.ptr);
-  probe.context_host = up.host.data();
+  probe.context = host.data();
+  probe.context_host = host.data();
   probe.context_words = count;
-  up.workspace_bytes = lib_->api().workspace_bytes(&probe);
-  if (info().target != Target::kCuda) CheckHostBytes(up.workspace_bytes, "the decode workspace");
-  Ensure(workspace_, std::max<uint64_t>(up.workspace_bytes, 1));
+  const uint64_t workspace_bytes = lib_->api().workspace_bytes(&probe);
+  if (info().target != Target::kCuda) CheckHostBytes(workspace_bytes, "the decode workspace");
+  CheckFits(up.device, count * 4, "the kernel context");
+  CheckFits(workspace_, std::max<uint64_t>(workspace_bytes, 1), "the decode workspace");
+  up.num_slots = -1;  // invalid until the upload below succeeds
+  Ensure(up.device, count * 4, "the kernel context");
+  lib_->Check(lib_->api().memcpy_(up.device.ptr, host.data(), count * 4, CA_COPY_CONTEXT, stream_),
+              "ca_memcpy");
+  up.host = std::move(host);
+  up.workspace_bytes = workspace_bytes;
+  Ensure(workspace_, std::max<uint64_t>(up.workspace_bytes, 1), "the decode workspace");
   up.num_slots = pool.num_slots;
   return up;
 }
@@ -500,7 +557,7 @@ const float* ModuleCore::PlanParams(const ArrayArg& params) {
   if (params_valid_ && (bytes == 0 || std::memcmp(params_host_.data(), data, bytes) == 0))
     return static_cast<const float*>(params_device_.ptr);
   params_valid_ = false;
-  Ensure(params_device_, std::max<uint64_t>(bytes, 64));
+  Ensure(params_device_, std::max<uint64_t>(bytes, 64), "the kernel parameters");
   if (bytes > 0)
     lib_->Check(lib_->api().memcpy_(params_device_.ptr, data, bytes, CA_COPY_H2D, stream_),
                 "ca_memcpy");
@@ -546,9 +603,12 @@ ModuleCore::DecodeRun ModuleCore::StartDecode(const PoolArg& pool_arg, const Dec
   if (host_ctx.num_requests() == 0) return run;  // nothing to compute; io rows are left alone
   const uint64_t q_bytes = pr.io_elements * DTypeBytes(mi.dtype_q);
   const Api& api = lib_->api();
+  const uint64_t out_bytes = pr.io_elements * DTypeBytes(mi.dtype_out);
+  if (!pr.q_device) CheckFits(q_staging_, q_bytes, "the q staging");
+  if (!pr.out_device) CheckFits(out_staging_, out_bytes, "the out staging");
   const void* q_device = pr.q_device;
   if (!q_device) {
-    Ensure(q_staging_, q_bytes);
+    Ensure(q_staging_, q_bytes, "the q staging");
     lib_->Check(api.memcpy_(q_staging_.ptr, a.q.host.data, q_bytes, CA_COPY_H2D, stream_),
                 "ca_memcpy");
     q_device = q_staging_.ptr;
@@ -556,8 +616,8 @@ ModuleCore::DecodeRun ModuleCore::StartDecode(const PoolArg& pool_arg, const Dec
   void* out_device = pr.out_device;
   if (!out_device) {
     run.out_host = a.out.host.data;
-    run.out_bytes = pr.io_elements * DTypeBytes(mi.dtype_out);
-    Ensure(out_staging_, run.out_bytes);
+    run.out_bytes = out_bytes;
+    Ensure(out_staging_, run.out_bytes, "the out staging");
     out_device = out_staging_.ptr;
     // Io rows no request names keep their contents: start from the caller's out unless every
     // io row is written.
@@ -616,6 +676,9 @@ std::string ModuleCore::KernelStats() const {
   return text ? text : "{\"kernels\":{}}";
 }
 
-void ModuleCore::ResetStats() { lib_->Check(lib_->api().reset_stats(), "ca_reset_stats"); }
+void ModuleCore::ResetStats() {
+  lib_->Check(lib_->api().reset_stats(), "ca_reset_stats");
+  allocations_ = {};
+}
 
 }  // namespace chunkattn

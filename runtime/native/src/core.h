@@ -5,7 +5,10 @@
 // first, then calls the module; a failure throws Failure and leaves pools unchanged.
 //
 // Memory: all module memory (pools, tensors, workspace, staging) comes from ca_malloc and goes
-// back through ca_free. Every target is driven alike, so the module's counters agree: the packed
+// back through ca_free. Scratch (context, workspace, params, staging) grows on demand until
+// Reserve sizes every scratch buffer once (runtime/capacity.ts computes the bounds); from then on
+// no call allocates (CUDA-graph safe), and one that needs more fails with ERR_CA_CAPACITY before
+// it changes anything. Every target is driven alike, so the module's counters agree: the packed
 // context is validated and uploaded only when its bytes differ from the last upload (once per
 // step), host q/out/k/v are staged through buffers kept per module, DeviceTensors are used in
 // place. Module memory is host memory on cpu/emu, device memory on cuda.
@@ -86,6 +89,21 @@ struct DecodeArgs {
   NumberArg softmax_scale, num_threads;
 };
 
+// Upper bounds in bytes of every scratch buffer (runtime/capacity.ts).
+struct Reservation {
+  uint64_t context = 0;     // the packed kernel context
+  uint64_t workspace = 0;   // ca_workspace_bytes of any context within the bounds
+  uint64_t q = 0, out = 0;  // staging of host q / out
+  uint64_t kv = 0;          // staging of one write: [slots | offsets | k | v]
+  uint64_t copies = 0;      // copy-on-write lists and PSA metadata slot lists
+};
+
+// ca_malloc calls made for scratch (growth on demand, or Reserve) and the bytes they took.
+struct ScratchAllocations {
+  uint64_t calls = 0;
+  uint64_t bytes = 0;
+};
+
 class ModuleCore {
  public:
   explicit ModuleCore(std::shared_ptr<Library> library);
@@ -153,7 +171,13 @@ class ModuleCore {
                  const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
                  const ArrayArg& guard_added);
 
+  // Allocates every scratch buffer at its bound (replacing what is there), then fixes them: no
+  // later call allocates scratch. On failure nothing changes.
+  void Reserve(const Reservation& bounds);
+  bool Fixed() const { return fixed_; }
+
   CaStats Stats() const;
+  ScratchAllocations Allocations() const { return allocations_; }
   std::string KernelStats() const;
   void ResetStats();
 
@@ -199,7 +223,11 @@ class ModuleCore {
                       bool allow_f32, const char* layout, CaDType* held, bool sibling_ok = false);
   const UploadedContext& PlanContext(const Pool& pool, const ArrayArg& context);
   const float* PlanParams(const ArrayArg& params);
-  void Ensure(Scratch& scratch, uint64_t bytes);
+  // Grows `scratch` to `bytes` unless Reserve fixed it; then CheckFits.
+  void Ensure(Scratch& scratch, uint64_t bytes, const char* what);
+  // After Reserve: Fail(kCapacity) when `bytes` exceed the reservation (a no-op before).
+  void CheckFits(const Scratch& scratch, uint64_t bytes, const char* what) const;
+  Scratch Allocate(uint64_t bytes);
   void ReleaseScratch(Scratch& scratch) noexcept;
   void CheckHostBytes(uint64_t bytes, const std::string& what) const;
 
@@ -214,6 +242,8 @@ class ModuleCore {
   Scratch q_staging_, out_staging_, kv_staging_, copies_staging_;
   std::vector<uint8_t> kv_host_staging_;
   bool busy_ = false;
+  bool fixed_ = false;  // Reserve ran: scratch never grows
+  ScratchAllocations allocations_;
   std::vector<std::weak_ptr<ModuleCore>> siblings_;
 };
 

@@ -65,7 +65,7 @@ void ModuleCore::PsaMeta(const PoolArg& pool_arg, DeviceBuffer* meta, const Arra
                              " is outside [0, " + std::to_string(pool.num_slots) + ")");
   if (slots.length == 0) return;
   const uint64_t bytes = slots.length * 4;
-  Ensure(copies_staging_, bytes);
+  Ensure(copies_staging_, bytes, "the PSA metadata slot list");
   const Api& api = lib_->api();
   lib_->Check(api.memcpy_(copies_staging_.ptr, s, bytes, CA_COPY_H2D, stream_), "ca_memcpy");
   CaPsaMetaParams p{};

@@ -13,6 +13,8 @@
 //   ERR_CA_STATUS                                    → KernelError   (the module failed at run
 //   time)
 //   ERR_CA_BUSY                                      → BusyError     (a decodeAsync is in flight)
+//   ERR_CA_CAPACITY                                  → ReservedCapacityError (a call needs more
+//                                                      scratch than NativeModule.reserve set)
 #ifndef CHUNKATTN_NATIVE_FAILURE_H_
 #define CHUNKATTN_NATIVE_FAILURE_H_
 
@@ -41,6 +43,7 @@ inline constexpr const char* kDevice = "ERR_CA_DEVICE";
 inline constexpr const char* kNoMemory = "ERR_CA_NO_MEMORY";
 inline constexpr const char* kStatus = "ERR_CA_STATUS";
 inline constexpr const char* kBusy = "ERR_CA_BUSY";
+inline constexpr const char* kCapacity = "ERR_CA_CAPACITY";
 }  // namespace code
 
 struct Failure : std::exception {

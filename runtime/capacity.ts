@@ -1,0 +1,183 @@
+// The capacity plan: upper bounds, in bytes, of every scratch buffer a module handle uses for one
+// kernel call (the packed context, the decode workspace, host q/out staging, K/V write staging,
+// copy lists), from the pool and the caller's `capacity` option. Attention.create reserves them
+// once (NativeModule.reserve), so that no later call allocates module memory (CUDA-graph safe);
+// a call past a bound throws ReservedCapacityError naming the option to raise, with nothing done.
+//
+// Symbols: S = pool slots, C = chunk size, R = rows, P = partials, K = chunks a row may hold
+// (min(S, ⌈sequenceTokens / C⌉)), T = write tokens, Hq / Hkv query / KV heads, D head dim.
+
+import { ArgumentError, ReservedCapacityError } from './errors.ts';
+import { CONTEXT_HEADER_WORDS, CONTEXT_WORD, RUN_FIELDS } from './kernel-context.ts';
+import type { ModuleInfo } from './native-module.ts';
+
+/** What the caller bounds (Attention.create `options.capacity`); every field has a pool-derived default. */
+export interface CapacityOptions {
+  /**
+   * Rows of one kernel call's context: the live sequences at a decode (every live sequence is a
+   * row, requested or not), Σ n_i at a multi-token attend. Also bounds q/out rows. Default:
+   * min(S, 1024) — a decoding sequence owns at least its private tail chunk, so live sequences ≤ S.
+   */
+  readonly rows?: number;
+  /**
+   * Phase-1 partials of one call: one per (shared run, row it covers); a row gets one per nested
+   * shared prefix it belongs to. Default: 2 × rows (one shared prompt level, plus as many again).
+   */
+  readonly partials?: number;
+  /** Tokens one writeKV / writeDecodeKV writes (a prefill chunk, or a step's Σ n_i). Default: max(rows, C). */
+  readonly writeTokens?: number;
+  /** The longest sequence a call attends over, in tokens. Default: the pool's S × C. */
+  readonly sequenceTokens?: number;
+}
+
+/** CapacityOptions with every default applied. */
+export type Capacity = Required<CapacityOptions>;
+
+/** Byte bounds of a module handle's scratch buffers (the argument of NativeModule.reserve). */
+export interface ScratchBounds {
+  /** The packed kernel context. */
+  readonly context: number;
+  /** ca_workspace_bytes of any context within the bounds. */
+  readonly workspace: number;
+  /** Staging of host q / out. */
+  readonly q: number;
+  readonly out: number;
+  /** Staging of one K/V write: [slots | offsets | k | v]. */
+  readonly kv: number;
+  /** Copy-on-write lists and PSA metadata slot lists. */
+  readonly copies: number;
+}
+
+/**
+ * Split caps of the cuda/emu kernels (decode_phase1.cuh Phase1Plan::kMaxSplits and
+ * decode_phase2.cuh Phase2Plan::kMaxSplits; test/capacity.test.ts checks they still match).
+ */
+export const PHASE1_MAX_SPLITS = 8;
+export const PHASE2_MAX_SPLITS = 16;
+
+const DTYPE_BYTES = { f16: 2, bf16: 2, f32: 4 } as const;
+const DEFAULT_MAX_ROWS = 1024;
+
+const alignUp = (bytes: number, to: number) => Math.ceil(bytes / to) * to;
+
+/** Applies the defaults and checks every field (ArgumentError naming `capacity.<field>`). */
+export function resolveCapacity(
+  given: CapacityOptions | undefined,
+  pool: { readonly numSlots: number; readonly chunkSize: number },
+): Capacity {
+  if (given !== undefined && (typeof given !== 'object' || given === null))
+    throw new ArgumentError(`capacity must be an object, got ${String(given)}`);
+  const field = (name: keyof CapacityOptions, fallback: number): number => {
+    const value = given?.[name];
+    if (value === undefined) return fallback;
+    if (!Number.isSafeInteger(value) || value < 1)
+      throw new ArgumentError(`capacity.${name} must be a positive integer, got ${String(value)}`);
+    return value;
+  };
+  const rows = field('rows', Math.min(pool.numSlots, DEFAULT_MAX_ROWS));
+  return {
+    rows,
+    partials: field('partials', 2 * rows),
+    writeTokens: field('writeTokens', Math.max(rows, pool.chunkSize)),
+    sequenceTokens: field('sequenceTokens', pool.numSlots * pool.chunkSize),
+  };
+}
+
+/** Chunks one row may list: a row's chunks are distinct slots (≤ S) covering its tokens. */
+function rowChunks(capacity: Capacity, numSlots: number, chunkSize: number): number {
+  return Math.min(numSlots, Math.ceil(capacity.sequenceTokens / chunkSize));
+}
+
+/**
+ * Words of the packed context (kernel-context.ts packContext) of any call within the capacity:
+ * the header; per row rowSeq, rowLength, rowChunkOffsets (+1), rowSharedChunks,
+ * rowPartialOffsets (+1), rowIo and requestRow (≤ 1 each), seqRowOffsets (≤ 1, +1); the chunk
+ * lists (≤ K per row); rowPartials (P); runs (6 each: every run covers ≥ 1 row, so runs ≤ P, and
+ * holds ≥ 1 chunk, each live chunk in at most one run, so runs ≤ S); runSlots (≤ S, same reason).
+ */
+export function contextWordsBound(capacity: Capacity, numSlots: number, chunkSize: number): number {
+  const r = capacity.rows;
+  const p = capacity.partials;
+  return (
+    CONTEXT_HEADER_WORDS +
+    8 * r +
+    3 +
+    r * rowChunks(capacity, numSlots, chunkSize) +
+    p +
+    RUN_FIELDS * Math.min(p, numSlots) +
+    numSlots
+  );
+}
+
+/**
+ * Bytes of ca_workspace_bytes for any context within the capacity. cpu: o [P, Hq, D] and lse
+ * [P, Hq] f32, each rounded to 64 bytes (cpu/decode.h). cuda/emu: the phase-1 partials o and
+ * lse [P × splits₁, Hq, D + 1] f32 with splits₁ ≤ PHASE1_MAX_SPLITS, plus phase 2's split
+ * scratch [requests × splits₂, Hq, D + 1] f32 with requests ≤ R and splits₂ ≤ PHASE2_MAX_SPLITS
+ * (module_cuda.cuh workspace_plan). No phase-1 kernel: no partials.
+ */
+export function workspaceBound(info: ModuleInfo, capacity: Capacity): number {
+  const { qHeads: hq, headDim: d } = info;
+  const p = info.phase1 ? capacity.partials : 0;
+  if (info.target === 'cpu') return alignUp(p * hq * d * 4, 64) + alignUp(p * hq * 4, 64);
+  return (p * PHASE1_MAX_SPLITS + capacity.rows * PHASE2_MAX_SPLITS) * hq * (d + 1) * 4;
+}
+
+/** Every scratch bound of one module handle over a pool of `numSlots` slots. */
+export function scratchBounds(info: ModuleInfo, numSlots: number, capacity: Capacity): ScratchBounds {
+  const { qHeads: hq, kvHeads: hkv, headDim: d, chunkSize: c } = info;
+  const ioElements = capacity.rows * hq * d;
+  const t = capacity.writeTokens;
+  return {
+    context: 4 * contextWordsBound(capacity, numSlots, c),
+    workspace: workspaceBound(info, capacity),
+    // io rows ≤ rows: q/out are [numIoRows, Hq, D].
+    q: ioElements * DTYPE_BYTES[info.dtype.q],
+    out: ioElements * DTYPE_BYTES[info.dtype.out],
+    // Sections aligned to 256 bytes (core.cc WriteKv); k/v may arrive as f32 whatever dtype.kv is.
+    kv: 2 * alignUp(4 * t, 256) + 2 * alignUp(t * hkv * d * 4, 256),
+    // A copy list names each destination slot once (≤ S copies of 3 ints); a PSA metadata list
+    // names each full chunk once (≤ S ints).
+    copies: 4 * 3 * numSlots,
+  };
+}
+
+/**
+ * The capacity check of one kernel call, before it reaches the module: a packed context (its
+ * header: rows, io rows, partials, words) within `capacity`, or ReservedCapacityError naming the
+ * option to raise.
+ */
+export function checkContextCapacity(
+  packed: Int32Array,
+  capacity: Capacity,
+  numSlots: number,
+  chunkSize: number,
+): void {
+  const rows = Math.max(packed[CONTEXT_WORD.numRows]!, packed[CONTEXT_WORD.numIoRows]!);
+  const partials = packed[CONTEXT_WORD.numPartials]!;
+  if (rows > capacity.rows)
+    throw new ReservedCapacityError(
+      `this call's kernel context has ${rows} rows (live sequences at a decode, Σ query tokens at an attend), more than capacity.rows = ${capacity.rows}: raise capacity.rows in Attention.create`,
+      'capacity.rows',
+    );
+  if (partials > capacity.partials)
+    throw new ReservedCapacityError(
+      `this call's kernel context has ${partials} phase-1 partials (one per shared run and row it covers), more than capacity.partials = ${capacity.partials}: raise capacity.partials in Attention.create`,
+      'capacity.partials',
+    );
+  const bound = contextWordsBound(capacity, numSlots, chunkSize);
+  if (packed.length > bound)
+    throw new ReservedCapacityError(
+      `this call's kernel context takes ${packed.length} words, more than the ${bound} reserved: its rows attend over more than capacity.sequenceTokens = ${capacity.sequenceTokens} tokens; raise capacity.sequenceTokens in Attention.create`,
+      'capacity.sequenceTokens',
+    );
+}
+
+/** A K/V write of `tokens` tokens within capacity.writeTokens, or ReservedCapacityError. */
+export function checkWriteCapacity(tokens: number, capacity: Capacity, what: string): void {
+  if (tokens > capacity.writeTokens)
+    throw new ReservedCapacityError(
+      `${what} writes ${tokens} tokens, more than capacity.writeTokens = ${capacity.writeTokens}: raise capacity.writeTokens in Attention.create (or write in pieces)`,
+      'capacity.writeTokens',
+    );
+}
