@@ -24,7 +24,10 @@ export interface CapacityOptions {
    * shared prefix it belongs to. Default: 2 × rows (one shared prompt level, plus as many again).
    */
   readonly partials?: number;
-  /** Tokens one writeKV / writeDecodeKV writes (a prefill chunk, or a step's Σ n_i). Default: max(rows, C). */
+  /**
+   * Tokens one writeKV / writeDecodeKV writes (a prompt suffix, or a step's Σ n_i). Default:
+   * max(rows, 4096), at most the pool's S × C (a write fills distinct positions).
+   */
   readonly writeTokens?: number;
   /** The longest sequence a call attends over, in tokens. Default: the pool's S × C. */
   readonly sequenceTokens?: number;
@@ -57,6 +60,7 @@ export const PHASE2_MAX_SPLITS = 16;
 
 const DTYPE_BYTES = { f16: 2, bf16: 2, f32: 4 } as const;
 const DEFAULT_MAX_ROWS = 1024;
+const DEFAULT_WRITE_TOKENS = 4096;
 
 const alignUp = (bytes: number, to: number) => Math.ceil(bytes / to) * to;
 
@@ -78,7 +82,10 @@ export function resolveCapacity(
   return {
     rows,
     partials: field('partials', 2 * rows),
-    writeTokens: field('writeTokens', Math.max(rows, pool.chunkSize)),
+    writeTokens: field(
+      'writeTokens',
+      Math.min(pool.numSlots * pool.chunkSize, Math.max(rows, DEFAULT_WRITE_TOKENS)),
+    ),
     sequenceTokens: field('sequenceTokens', pool.numSlots * pool.chunkSize),
   };
 }
