@@ -493,8 +493,7 @@ export class Attention {
   /** One decode step: appends one token to each sequence; then writeDecodeKV and decode per layer. */
   appendStep(seqs: ArrayLike<number>, tokens: ArrayLike<number>): void {
     this.#checkOpen();
-    this.#checkStepCapacity(seqs.length);
-    const result = this.cache.appendBatch(seqs, tokens);
+    const result = this.cache.appendBatch(seqs, tokens, this.#checkStepCapacity);
     this.#applyCopies(result.copies);
     this.#dropOpenedChunks(result);
     const ioSeqs = Int32Array.from(seqs);
@@ -513,10 +512,7 @@ export class Attention {
    */
   extend(seqs: ArrayLike<number>, tokens: ArrayLike<ArrayLike<number>>): void {
     this.#checkOpen();
-    let total = 0; // extendBatch validates the shapes; this only sums what is there
-    for (let i = 0; i < (tokens?.length ?? 0); i++) total += tokens[i]?.length ?? 0;
-    this.#checkStepCapacity(total);
-    const result = this.cache.extendBatch(seqs, tokens);
+    const result = this.cache.extendBatch(seqs, tokens, this.#checkStepCapacity);
     this.#applyCopies(result.copies);
     this.#dropOpenedChunks(result);
     const counts = Int32Array.from({ length: seqs.length }, (_, i) => tokens[i]!.length);
@@ -828,15 +824,15 @@ export class Attention {
     };
   }
 
-  /** A step of `tokens` new tokens within capacity (checked before the tree changes). */
-  #checkStepCapacity(tokens: number): void {
+  /** A step of `tokens` new tokens within capacity (the tree calls it after its own checks, before it changes). */
+  readonly #checkStepCapacity = (tokens: number): void => {
     checkWriteCapacity(tokens, this.capacity, 'this step');
     if (tokens > this.capacity.rows)
       throw new ReservedCapacityError(
         `this step has ${tokens} query rows, more than capacity.rows = ${this.capacity.rows}: raise capacity.rows in Attention.create`,
         'capacity.rows',
       );
-  }
+  };
 
   /** Frees the pools at once (a dropped object frees them when collected). Unusable afterwards. */
   close(): void {

@@ -8,7 +8,12 @@
 // (min(S, ⌈sequenceTokens / C⌉)), T = write tokens, Hq / Hkv query / KV heads, D head dim.
 
 import { ArgumentError, ReservedCapacityError } from './errors.ts';
-import { CONTEXT_HEADER_WORDS, CONTEXT_WORD, RUN_FIELDS } from './kernel-context.ts';
+import {
+  CONTEXT_HEADER_WORDS,
+  CONTEXT_SECTION_EXTENT,
+  CONTEXT_SECTIONS,
+  CONTEXT_WORD,
+} from './kernel-context.ts';
 import type { ModuleInfo } from './native-module.ts';
 
 /** What the caller bounds (Attention.create `options.capacity`); every field has a pool-derived default. */
@@ -97,23 +102,27 @@ function rowChunks(capacity: Capacity, numSlots: number, chunkSize: number): num
 
 /**
  * Words of the packed context (kernel-context.ts packContext) of any call within the capacity:
- * the header; per row rowSeq, rowLength, rowChunkOffsets (+1), rowSharedChunks,
- * rowPartialOffsets (+1), rowIo and requestRow (≤ 1 each), seqRowOffsets (≤ 1, +1); the chunk
- * lists (≤ K per row); rowPartials (P); runs (6 each: every run covers ≥ 1 row, so runs ≤ P, and
- * holds ≥ 1 chunk, each live chunk in at most one run, so runs ≤ S); runSlots (≤ S, same reason).
+ * the header, then each section at its extent (CONTEXT_SECTION_EXTENT) with rows ≤ R, chunks
+ * listed per row ≤ K, partials ≤ P, runs ≤ min(P, S) (every run covers ≥ 1 row, so gives ≥ 1
+ * partial, and holds ≥ 1 live chunk, each in at most one run) and live chunks ≤ S.
  */
 export function contextWordsBound(capacity: Capacity, numSlots: number, chunkSize: number): number {
-  const r = capacity.rows;
-  const p = capacity.partials;
-  return (
-    CONTEXT_HEADER_WORDS +
-    8 * r +
-    3 +
-    r * rowChunks(capacity, numSlots, chunkSize) +
-    p +
-    RUN_FIELDS * Math.min(p, numSlots) +
-    numSlots
-  );
+  const rows = capacity.rows;
+  const rowChunkWords = rows * rowChunks(capacity, numSlots, chunkSize);
+  const partials = capacity.partials;
+  const runs = Math.min(partials, numSlots);
+  let words = CONTEXT_HEADER_WORDS;
+  for (const name of CONTEXT_SECTIONS) {
+    const e = CONTEXT_SECTION_EXTENT[name];
+    words +=
+      (e.perRow ?? 0) * rows +
+      (e.perRowChunk ?? 0) * rowChunkWords +
+      (e.perPartial ?? 0) * partials +
+      (e.perRun ?? 0) * runs +
+      (e.perSlot ?? 0) * numSlots +
+      (e.plus ?? 0);
+  }
+  return words;
 }
 
 /**

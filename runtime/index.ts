@@ -8,6 +8,15 @@ export {
   type RuntimeTarget,
   type SpecSource,
 } from './attention.ts';
+export {
+  type Capacity,
+  type CapacityOptions,
+  contextWordsBound,
+  resolveCapacity,
+  type ScratchBounds,
+  scratchBounds,
+  workspaceBound,
+} from './capacity.ts';
 export { ChunkMetadata, type ChunkMetadataStats } from './chunk-metadata.ts';
 export { ChunkPool } from './chunk-pool.ts';
 export {

@@ -49,6 +49,38 @@ export const CONTEXT_SECTIONS = [
 ] as const;
 export type ContextSection = (typeof CONTEXT_SECTIONS)[number];
 
+/**
+ * The most words each section can take, for the capacity plan (capacity.ts): so many per row,
+ * per chunk listed by a row, per partial, per run, per live chunk (slot), plus a constant (the
+ * CSR offsets' extra entry). A new section states its extent here, and the plan follows.
+ */
+export interface SectionExtent {
+  readonly perRow?: number;
+  readonly perRowChunk?: number;
+  readonly perPartial?: number;
+  readonly perRun?: number;
+  readonly perSlot?: number;
+  readonly plus?: number;
+}
+
+export const CONTEXT_SECTION_EXTENT: Readonly<Record<ContextSection, SectionExtent>> = {
+  rowSeq: { perRow: 1 },
+  rowLength: { perRow: 1 },
+  rowChunkOffsets: { perRow: 1, plus: 1 },
+  rowChunkSlots: { perRowChunk: 1 },
+  rowSharedChunks: { perRow: 1 },
+  rowPartialOffsets: { perRow: 1, plus: 1 },
+  rowPartials: { perPartial: 1 },
+  runs: { perRun: 6 }, // RUN_FIELDS
+  // Each live chunk lies in at most one run.
+  runSlots: { perSlot: 1 },
+  rowIo: { perRow: 1 },
+  // Requested rows are distinct rows.
+  requestRow: { perRow: 1 },
+  // Query-row groups: at most one per row (query-rows.ts), plus the CSR's extra entry.
+  seqRowOffsets: { perRow: 1, plus: 1 },
+};
+
 /** Header words of the packed context (chunkattn/context.h, enum Word). */
 export const CONTEXT_MAGIC = 0x58544341;
 export const CONTEXT_LAYOUT = 2;

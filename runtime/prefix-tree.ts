@@ -500,7 +500,12 @@ export class PrefixTree {
    * Appends tokens[i] to seqs[i] for every i (one decode step). Sequences must be distinct.
    * A sequence whose tail chunk is full (or that is empty) gets a new private chunk.
    */
-  appendBatch(seqs: ArrayLike<number>, newTokens: ArrayLike<number>): AppendResult {
+  appendBatch(
+    seqs: ArrayLike<number>,
+    newTokens: ArrayLike<number>,
+    /** Runs after every check and before any change (a caller's own check of the step). */
+    beforeChange?: (tokens: number) => void,
+  ): AppendResult {
     if (typeof seqs?.length !== 'number' || typeof newTokens?.length !== 'number') {
       throw new ArgumentError('appendBatch: seqs and tokens must be arrays');
     }
@@ -527,6 +532,7 @@ export class PrefixTree {
       if (rec.tail === ROOT || fill[rec.tail] === c) need++;
     }
     this.requireChunks(need, 0, 'appendBatch');
+    beforeChange?.(n);
 
     // New chunks first (allocation may grow the node arrays), then the writes with the arrays
     // held in locals.
@@ -575,7 +581,12 @@ export class PrefixTree {
    * appendBatch (a full or shared tail gets a new private chunk); everything is checked (handles,
    * tokens, capacity for every chunk the step opens) before anything changes.
    */
-  extendBatch(seqs: ArrayLike<number>, newTokens: ArrayLike<ArrayLike<number>>): AppendResult {
+  extendBatch(
+    seqs: ArrayLike<number>,
+    newTokens: ArrayLike<ArrayLike<number>>,
+    /** Runs after every check and before any change (a caller's own check of Σ tokens). */
+    beforeChange?: (tokens: number) => void,
+  ): AppendResult {
     if (typeof seqs?.length !== 'number' || typeof newTokens?.length !== 'number')
       throw new ArgumentError('extend: seqs and tokens must be arrays');
     const n = seqs.length;
@@ -601,6 +612,7 @@ export class PrefixTree {
       rounds = Math.max(rounds, list.length);
     }
     this.requireChunks(need, 0, 'extend');
+    beforeChange?.(base[n]!);
 
     // Token j of every sequence that has one, as one appendBatch per position (capacity for all
     // of them is reserved above, so none of these can fail).
