@@ -33,6 +33,7 @@ import {
   checkWriteCapacity,
   resolveCapacity,
   scratchBounds,
+  writeStagingBytes,
 } from './capacity.ts';
 import type { ChunkMetadataStats } from './chunk-metadata.ts';
 import {
@@ -306,6 +307,8 @@ export class Attention {
   readonly sparse: SparseSpec | undefined;
   /** The bounds every kernel call stays within (options.capacity with its defaults). */
   readonly capacity: Capacity;
+  /** The primary module's reserved K/V write staging (bytes). */
+  readonly #kvStagingBytes: number;
   readonly #sparse: SparseDecoder | undefined;
 
   private constructor(
@@ -338,6 +341,7 @@ export class Attention {
       // Scratch at its bounds, once, on every module a call may run on: no call allocates later.
       for (const instance of dispatcher.modules())
         instance.reserve(scratchBounds(instance.info, slots, this.capacity));
+      this.#kvStagingBytes = scratchBounds(module.info, slots, this.capacity).kv;
     } catch (error) {
       for (const pool of this.#pools) module.free(pool);
       throw error;
@@ -462,7 +466,6 @@ export class Attention {
     if (this.#tokenRows('v', v) !== n)
       throw new ShapeError(`k holds ${n} tokens but v holds ${v.length / this.#rowElems()}`);
     if (!this.cache.has(seq)) throw new UnknownSequenceError(seq);
-    checkWriteCapacity(n, this.capacity, 'writeKV');
     const length = this.cache.length(seq);
     if (!Number.isInteger(fromPos) || fromPos < 0 || fromPos + n > length)
       throw new ArgumentError(
@@ -485,7 +488,7 @@ export class Attention {
     }
     this.#checkFinite(k, v);
     this.cache.checkKvWrites(layer, slots, offsets);
-    this.module.writeKv(pool, slots, offsets, k, v);
+    this.#writeKvPieces(pool, slots, offsets, k, v);
     this.cache.markKvWritten(layer, slots, offsets);
     this.#sparse?.metadata.afterWrite(layer, pool, slots, offsets, this.#written);
   }
@@ -567,7 +570,6 @@ export class Attention {
         throw new ShapeError(
           `${name} holds ${data.length / this.#rowElems()} tokens; the step has ${step.slots.length}`,
         );
-    checkWriteCapacity(step.slots.length, this.capacity, 'writeDecodeKV');
     this.#checkFinite(k, v);
     this.cache.checkKvWrites(layer, step.slots, step.offsets);
     this.module.writeKv(pool, step.slots, step.offsets, k, v);
@@ -822,6 +824,39 @@ export class Attention {
       kernel: { ...kernel, scratchAllocations: { calls, bytes } },
       ...sparse,
     };
+  }
+
+  /**
+   * One writeKv per at most capacity.writeTokens tokens of host K/V (a long prompt costs a launch
+   * per piece, never an allocation); DeviceTensors are read in place, so their write stages the
+   * index lists only and goes whole, when that fits the reserved staging.
+   */
+  #writeKvPieces(pool: KvPool, slots: Int32Array, offsets: Int32Array, k: TensorData, v: TensorData): void {
+    const n = slots.length;
+    const piece = this.capacity.writeTokens;
+    if (k instanceof DeviceTensor || v instanceof DeviceTensor) {
+      const hostBytes = [k, v]
+        .filter((t) => !(t instanceof DeviceTensor))
+        .map((t) => (t as HostData).byteLength);
+      if (writeStagingBytes(n, hostBytes) > this.#kvStagingBytes)
+        throw new ReservedCapacityError(
+          `writeKV of ${n} tokens needs ${writeStagingBytes(n, hostBytes)} bytes of staging, more than the ${this.#kvStagingBytes} reserved: raise capacity.writeTokens in Attention.create (or write in pieces)`,
+          'capacity.writeTokens',
+        );
+      this.module.writeKv(pool, slots, offsets, k, v);
+      return;
+    }
+    const e = this.#rowElems();
+    for (let at = 0; at < n; at += piece) {
+      const end = Math.min(n, at + piece);
+      this.module.writeKv(
+        pool,
+        slots.subarray(at, end),
+        offsets.subarray(at, end),
+        k.subarray(at * e, end * e),
+        v.subarray(at * e, end * e),
+      );
+    }
   }
 
   /** A step of `tokens` new tokens within capacity (the tree calls it after its own checks, before it changes). */

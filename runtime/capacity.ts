@@ -139,6 +139,15 @@ export function workspaceBound(info: ModuleInfo, capacity: Capacity): number {
   return (p * PHASE1_MAX_SPLITS + capacity.rows * PHASE2_MAX_SPLITS) * hq * (d + 1) * 4;
 }
 
+/**
+ * Bytes core.cc WriteKv stages for one write of `tokens` tokens: the slots and offsets, then each
+ * host k/v array (`hostBytes`: their byte lengths; DeviceTensors are read in place), every
+ * section aligned to 256 bytes.
+ */
+export function writeStagingBytes(tokens: number, hostBytes: readonly number[]): number {
+  return 2 * alignUp(4 * tokens, 256) + hostBytes.reduce((sum, bytes) => sum + alignUp(bytes, 256), 0);
+}
+
 /** Every scratch bound of one module handle over a pool of `numSlots` slots. */
 export function scratchBounds(info: ModuleInfo, numSlots: number, capacity: Capacity): ScratchBounds {
   const { qHeads: hq, kvHeads: hkv, headDim: d, chunkSize: c } = info;
@@ -150,8 +159,9 @@ export function scratchBounds(info: ModuleInfo, numSlots: number, capacity: Capa
     // io rows ≤ rows: q/out are [numIoRows, Hq, D].
     q: ioElements * DTYPE_BYTES[info.dtype.q],
     out: ioElements * DTYPE_BYTES[info.dtype.out],
-    // Sections aligned to 256 bytes (core.cc WriteKv); k/v may arrive as f32 whatever dtype.kv is.
-    kv: 2 * alignUp(4 * t, 256) + 2 * alignUp(t * hkv * d * 4, 256),
+    // Host k and v of writeTokens tokens, which may arrive as f32 whatever dtype.kv is. A longer
+    // host write goes in pieces (Attention.writeKV); DeviceTensors need the index lists only.
+    kv: writeStagingBytes(t, [t * hkv * d * 4, t * hkv * d * 4]),
     // A copy list names each destination slot once (≤ S copies of 3 ints); a PSA metadata list
     // names each full chunk once (≤ S ints).
     copies: 4 * 3 * numSlots,
@@ -189,11 +199,11 @@ export function checkContextCapacity(
     );
 }
 
-/** A K/V write of `tokens` tokens within capacity.writeTokens, or ReservedCapacityError. */
+/** A step (or write) of `tokens` tokens within capacity.writeTokens, or ReservedCapacityError. */
 export function checkWriteCapacity(tokens: number, capacity: Capacity, what: string): void {
   if (tokens > capacity.writeTokens)
     throw new ReservedCapacityError(
-      `${what} writes ${tokens} tokens, more than capacity.writeTokens = ${capacity.writeTokens}: raise capacity.writeTokens in Attention.create (or write in pieces)`,
+      `${what} writes ${tokens} tokens, more than capacity.writeTokens = ${capacity.writeTokens}: raise capacity.writeTokens in Attention.create`,
       'capacity.writeTokens',
     );
 }
