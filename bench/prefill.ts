@@ -94,7 +94,13 @@ export async function runPrefillBench(opts: BenchOptions): Promise<BenchReport> 
   ] as const;
   for (const [index, { name, shared, mode }] of multi.entries()) {
     opts.progress(1 + index, 5, name);
-    const attn = await Attention.create(module, { layers: 1, capacityTokens: capacity, mode });
+    // One query row per suffix token of every sequence; no sequence is longer than total.
+    const attn = await Attention.create(module, {
+      layers: 1,
+      capacityTokens: capacity,
+      mode,
+      capacity: { rows: BATCH * SUFFIX, sequenceTokens: total },
+    });
     try {
       const seqs = shared
         ? loadPrompts(attn, { batch: BATCH, sharedTokens: PROMPT, privateTokens: 0 }, kv)
