@@ -1,11 +1,12 @@
-// chunkattn demo: a shared-system-prompt workload through the real runtime on the cpu target.
+// chunkattn demo: a shared-system-prompt workload through the real runtime, on the cpu target
+// (timed) or the emu target (the CUDA kernels run by the cucpu shim: counted, small shapes).
 // 32 sequences share a 2048-token prompt and each adds a unique 64-token suffix; both modes
 // decode the same steps side by side, and sampled steps are checked against float64 attention.
 
 import { buildModule } from '../codegen/index.ts';
 import { attention } from '../dsl/attention.ts';
 import type { KernelSpec, Partition } from '../dsl/spec.ts';
-import { Attention } from '../runtime/attention.ts';
+import { Attention, type RuntimeTarget } from '../runtime/attention.ts';
 import { fromHost } from '../runtime/half.ts';
 import { bytesPerChunk, type KvShape } from '../runtime/kv-stats.ts';
 import { referenceDecode, relativeError } from '../runtime/reference.ts';
@@ -17,6 +18,7 @@ export interface DemoOptions {
   readonly suffixTokens: number;
   readonly steps: number;
   readonly heads: number;
+  readonly target: RuntimeTarget;
   readonly progress: (done: number, total: number, label: string) => void;
 }
 
@@ -30,7 +32,34 @@ export const DEMO_DEFAULTS = {
   heads: 32,
 } as const;
 
+/**
+ * The emu target runs the CUDA source instruction by instruction on the CPU, thousands of times
+ * slower than a GPU: its demo is small, and it reports counted K/V bytes instead of a speed.
+ */
+export const EMU_DEMO_DEFAULTS = {
+  batch: 8,
+  sharedTokens: 256,
+  suffixTokens: 16,
+  steps: 8,
+  heads: 2,
+} as const;
+
+export function demoDefaults(target: RuntimeTarget): typeof DEMO_DEFAULTS | typeof EMU_DEMO_DEFAULTS {
+  return target === 'emu' ? EMU_DEMO_DEFAULTS : DEMO_DEFAULTS;
+}
+
+/** What the emu target counted per mode over all decode steps (zeros elsewhere). */
+export interface DemoCounts {
+  /** K/V bytes the decode kernels read from global memory. */
+  readonly kvBytesRead: number;
+  /** Launches of the phase-1 (chunk-first, tensor-core) kernel. */
+  readonly phase1Launches: number;
+}
+
 export interface DemoResult {
+  readonly target: RuntimeTarget;
+  /** The partition each runtime really ran (two-phase falls back when a module has no phase 1). */
+  readonly ranAs: Readonly<Record<'two-phase' | 'sequence-first', Partition>>;
   readonly shape: {
     readonly heads: number;
     readonly headDim: number;
@@ -43,8 +72,11 @@ export interface DemoResult {
     readonly savedPercent: number;
     readonly llama2Scale: { readonly storedGiB: number; readonly unsharedGiB: number };
   };
+  /** Decode token rate; on emu that of the emulator, not of any GPU. */
   readonly tokensPerSecond: Readonly<Record<Partition, number>>;
   readonly speedup: number;
+  /** Counted on emu only (null on cpu and cuda). */
+  readonly counts: Readonly<Record<'two-phase' | 'sequence-first', DemoCounts>> | null;
   readonly maxRelativeError: Readonly<Record<Partition, number>>;
   readonly tolerance: number;
   readonly sampledSteps: readonly number[];
@@ -55,22 +87,23 @@ const CHUNK = 64;
 const LLAMA2_7B: KvShape = { layers: 32, kvHeads: 32, headDim: 128, dtypeBytes: 2 };
 
 /** The demo's kernel: Llama2-7B attention (d = 128, f16, chunk 64) with `heads` heads. */
-export function demoSpec(heads: number): KernelSpec {
+export function demoSpec(heads: number, target: RuntimeTarget = 'cpu'): KernelSpec {
   return attention({
     name: `demo-${heads}h`,
     heads: { q: heads, kv: heads },
     headDim: HEAD_DIM,
     dtype: 'f16',
     chunkSize: CHUNK,
-    targets: ['cpu'],
+    // cuda builds for the archs of this spec; the cpu and emu names are their own targets.
+    targets: target === 'cuda' ? ['sm_80', 'sm_90a'] : [target],
   });
 }
 
 export async function runDemo(options: DemoOptions): Promise<DemoResult> {
-  const { batch, sharedTokens, suffixTokens, steps, heads } = options;
-  const spec = demoSpec(heads);
+  const { batch, sharedTokens, suffixTokens, steps, heads, target } = options;
+  const spec = demoSpec(heads, target);
   // A first run builds the kernel: codegen announces it and draws its own spinner.
-  const module = await buildModule(spec, { target: 'cpu' });
+  const module = await buildModule(spec, { target });
   const capacity = sharedTokens + batch * (suffixTokens + steps + 2 * CHUNK);
   const modes: Partition[] = ['two-phase', 'sequence-first'];
   const runtimes = await Promise.all(
@@ -88,6 +121,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const stepHistory: Float32Array[] = [];
     const seconds = runtimes.map(() => 0);
     const maxError = runtimes.map(() => 0);
+    const counted = runtimes.map(() => ({ kvBytesRead: 0, phase1Launches: 0 }));
     const out = runtimes.map(() => new Uint16Array(batch * rowElems));
     for (let step = 1; step <= steps; step++) {
       if (step % 8 === 0 || step === 1) options.progress(step, steps, `decode step ${step}/${steps}`);
@@ -100,9 +134,14 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
           seqs[m]!.map(() => 7),
         );
         attn.writeDecodeKV(0, stepKv, stepKv);
+        attn.module.resetStats(); // both runtimes share the module and its counters
+        out[m]!.fill(0x7e00); // f16 NaN: a row the kernel does not write fails the check
         const started = performance.now();
         attn.decode(0, q, out[m]);
         seconds[m]! += (performance.now() - started) / 1000;
+        const stats = attn.module.stats();
+        counted[m]!.kvBytesRead += stats.bytesRead.kv;
+        counted[m]!.phase1Launches += stats.kernels['decode_phase1']?.launches ?? 0;
       });
       if (sampled.has(step)) {
         options.progress(step, steps, `checking step ${step} against float64 attention`);
@@ -122,6 +161,8 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     );
     const llamaChunkBytes = bytesPerChunk(LLAMA2_7B, CHUNK);
     return {
+      target,
+      ranAs: { 'two-phase': runtimes[0]!.mode, 'sequence-first': runtimes[1]!.mode },
       shape: { heads, headDim: HEAD_DIM, chunkSize: CHUNK, dtype: 'f16' },
       memory: {
         storedBytes: chunksInUse * demoChunkBytes,
@@ -138,6 +179,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
         'chunk-first': 0,
       },
       speedup: seconds[1]! / seconds[0]!,
+      counts: target === 'emu' ? { 'two-phase': counted[0]!, 'sequence-first': counted[1]! } : null,
       maxRelativeError: { 'two-phase': maxError[0]!, 'sequence-first': maxError[1]!, 'chunk-first': 0 },
       tolerance: 2e-3,
       sampledSteps: [...sampled],

@@ -6,10 +6,13 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import Table from 'cli-table3';
+import type { RuntimeTarget } from '../runtime/attention.ts';
 import { barChartSvg, type ChartSeries } from './svg-chart.ts';
 
 export interface BenchOptions {
   readonly quick: boolean;
+  /** `--target`, for the reports that run on more than one (see cli/commands/bench.ts). */
+  readonly target?: RuntimeTarget;
   /** Called with a short status line while the report runs (the CLI draws a progress bar). */
   readonly progress: (done: number, total: number, label: string) => void;
 }
@@ -23,6 +26,8 @@ export interface BenchReport {
   readonly notes: readonly string[];
   readonly json: Record<string, unknown>;
   readonly chart: { readonly title: string; readonly unit: string; readonly series: readonly ChartSeries[] };
+  /** Set when a correctness gate of the report failed: the CLI exits non-zero after printing it. */
+  readonly gateFailure?: string;
   /** A ready SVG that replaces the bar chart of `chart` (e.g. a line plot). */
   readonly svg?: string;
 }

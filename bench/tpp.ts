@@ -12,6 +12,7 @@ import type { Partition } from '../dsl/spec.ts';
 import { Attention } from '../runtime/attention.ts';
 import type { HostData } from '../runtime/native-module.ts';
 import type { BenchOptions, BenchReport } from './report.ts';
+import { runTppEmuBench } from './tpp-emu.ts';
 import { loadPrompts, median, randomHost } from './workload.ts';
 
 // Llama2-7B attention shapes, heads not scaled down: with fewer heads one layer's shared prefix
@@ -67,6 +68,8 @@ function integrate(samples: readonly { step: number; seconds: number }[], nc: nu
 }
 
 export async function runTppBench(opts: BenchOptions): Promise<BenchReport> {
+  // The emulator's times mean nothing for a GPU: that report counts instead (bench/tpp-emu.ts).
+  if (opts.target === 'emu') return runTppEmuBench(opts);
   const spec = attention({
     name: 'tpp-bench',
     heads: { q: HEADS, kv: HEADS },

@@ -57,13 +57,15 @@ program
 
 program
   .command('demo')
-  .description(
-    'a shared-system-prompt workload on the cpu target: memory saved, two-phase vs sequence-first, error vs float64',
+  .description('a shared-system-prompt workload: memory saved, two-phase vs sequence-first, error vs float64')
+  .option(
+    '--target <target>',
+    'cpu (default, timed), emu (CUDA kernels emulated, counted, small shapes) or cuda',
   )
-  .option('--batch <n>', 'sequences (default 32)')
-  .option('--shared <n>', 'shared prompt tokens (default 2048)')
-  .option('--steps <n>', 'decode steps (default 256)')
-  .option('--heads <n>', 'attention heads (default 32, as Llama2-7B; 8 runs 4× lighter)')
+  .option('--batch <n>', 'sequences (default 32; emu 8)')
+  .option('--shared <n>', 'shared prompt tokens (default 2048; emu 256)')
+  .option('--steps <n>', 'decode steps (default 256; emu 8)')
+  .option('--heads <n>', 'attention heads (default 32, as Llama2-7B; 8 runs 4× lighter; emu 2)')
   .option('--json', 'print one JSON object as the last line of stdout')
   .action(async (flags) => demoCommand(flags, makeOutput(!!flags.json)));
 
@@ -71,6 +73,7 @@ program
   .command('bench <name>')
   .description(`run a benchmark report (${BENCH_NAMES.join(', ')}) and write bench/out/<name>.{json,svg}`)
   .option('--quick', 'a reduced grid (under a minute on 2 cores)')
+  .option('--target <target>', 'tpp only: cpu (default, timed) or emu (CUDA kernels emulated, counted)')
   .option('--out <dir>', 'where to write the report files (default: bench/out under the current directory)')
   .option('--json', 'print one JSON object as the last line of stdout (the table goes to stderr)')
   .action(async (name: string, flags) => benchCommand(name, flags, makeOutput(!!flags.json)));

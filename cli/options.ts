@@ -21,6 +21,13 @@ export const parseArchs = (value: string): Arch[] => parseList('--arch', value, 
 export const parseBuildTargets = (value: string): BuildTarget[] =>
   parseList('--target', value, BUILD_TARGETS);
 
+/** One target to run on (`demo --target`, `bench tpp --target`). */
+export function parseRunTarget(value: string): BuildTarget {
+  const targets = parseBuildTargets(value);
+  if (targets.length !== 1) throw new UsageError(`--target: give one target, not '${value}'`);
+  return targets[0]!;
+}
+
 export function parseInteger(flag: string, value: string): number {
   if (!/^\d+$/.test(value)) throw new UsageError(`${flag}: '${value}' is not a positive integer`);
   return Number(value);

@@ -100,4 +100,64 @@ describe('chunkattn CLI', () => {
     expect(bad.exitCode).toBe(1);
     expect(bad.stderr).toContain('--steps');
   });
+
+  test('demo --target emu runs two-phase for real on the CUDA kernels: counted bytes, phase-1 launches, float64 gate', async () => {
+    const args = [
+      'demo',
+      '--target',
+      'emu',
+      '--batch',
+      '4',
+      '--shared',
+      '128',
+      '--steps',
+      '4',
+      '--heads',
+      `${DEMO_TEST_HEADS}`,
+    ];
+    const result = await runCli([...args, '--json']);
+    expect(result.exitCode, result.stderr).toBe(0);
+    const demo = result.json as DemoResult;
+    expect(demo.target).toBe('emu');
+    expect(demo.ranAs).toEqual({ 'two-phase': 'two-phase', 'sequence-first': 'sequence-first' });
+    for (const mode of ['two-phase', 'sequence-first'] as const)
+      expect(demo.maxRelativeError[mode]).toBeLessThanOrEqual(demo.tolerance);
+    const counts = demo.counts!;
+    expect(counts['two-phase'].phase1Launches).toBeGreaterThan(0);
+    expect(counts['sequence-first'].phase1Launches).toBe(0);
+    // 4 sequences share 128 tokens (2 chunks): sequence-first reads them 4 times, two-phase once.
+    const chunkKv = 2 * 64 * DEMO_TEST_HEADS * 128 * 2; // K and V of one chunk, f16
+    expect(counts['sequence-first'].kvBytesRead - counts['two-phase'].kvBytesRead).toBe(4 * 3 * 2 * chunkKv);
+    expect(result.stderr).toContain('fewer K/V bytes');
+  });
+
+  test('bench tpp --target emu counts both modes and gates their error; other reports refuse --target', async () => {
+    const out = mkdtempSync(join(tmpdir(), 'chunkattn-tpp-emu-'));
+    const result = await runCli(['bench', 'tpp', '--target', 'emu', '--quick', '--out', out, '--json']);
+    expect(result.exitCode, result.stderr).toBe(0);
+    const report = result.json as {
+      target: string;
+      errorGate: { pass: boolean; worst: number; tolerance: number };
+      results: { ns: number; kvReadRatio: number; phase1Launches: number }[];
+    };
+    expect(report.target).toBe('emu');
+    expect(report.errorGate.pass).toBe(true);
+    expect(report.errorGate.worst).toBeGreaterThan(0);
+    const [shared, unshared] = report.results;
+    expect(shared!.ns).toBeGreaterThan(0);
+    expect(shared!.kvReadRatio).toBeGreaterThan(2);
+    expect(shared!.phase1Launches).toBeGreaterThan(0);
+    expect(unshared!.ns).toBe(0);
+    expect(unshared!.kvReadRatio).toBe(1);
+    expect(unshared!.phase1Launches).toBe(0);
+    for (const [args, message] of [
+      [['bench', 'traffic', '--target', 'emu'], 'has no --target'],
+      [['bench', 'tpp', '--target', 'cuda'], 'runs on cpu or emu'],
+      [['demo', '--target', 'tpu'], "'tpu' is not allowed"],
+    ] as const) {
+      const bad = await runCli([...args]);
+      expect(bad.exitCode, args.join(' ')).toBe(1);
+      expect(bad.stderr).toContain(message);
+    }
+  });
 });

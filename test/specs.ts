@@ -63,7 +63,7 @@ export function emuTrafficSpec(): KernelSpec {
   });
 }
 
-/** Heads of the small `chunkattn demo` run in test/cli.test.ts. */
+/** Heads of the small `chunkattn demo` runs in test/cli.test.ts (cpu and emu; also `bench tpp --target emu`). */
 export const DEMO_TEST_HEADS = 2;
 
 /** Every (spec, target) the suites build, for the global setup. */
@@ -88,5 +88,6 @@ export function precompiledModules(): ModuleRequest[] {
   for (const sanitize of ['address', 'thread'] as const)
     out.push({ spec: tinySpec('f16', 'plain', ['emu']), target: 'emu', sanitize });
   out.push({ spec: demoSpec(DEMO_TEST_HEADS), target: 'cpu' });
+  out.push({ spec: demoSpec(DEMO_TEST_HEADS, 'emu'), target: 'emu' });
   return out;
 }
