@@ -74,6 +74,7 @@ export function phase2Geometry(spec: KernelSpec) {
     lanesPerRow,
     groups,
     tileTokens,
+    minBlocks,
     maxRegisters,
     smemBytes: Math.max(ringBytes, mergeBytes),
     mergeSplitsSmemBytes: group * 16 * 4,
@@ -103,6 +104,7 @@ export function phase1Geometry(spec: KernelSpec) {
     threads,
     mTile,
     tileTokens,
+    minBlocks,
     maxRegisters,
     smemBytes: Math.max(loopBytes, mergeBytes),
   };
