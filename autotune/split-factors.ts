@@ -40,6 +40,16 @@ export interface SplitFactors {
 }
 
 const group = (spec: KernelSpec) => spec.heads.q / spec.heads.kv;
+const KV_BYTES = { f16: 2, bf16: 2, f32: 4 } as const;
+
+/** Phase1Plan::kMinBlocks: one 8-warp CTA (or two 4-warp CTAs) per SM. */
+const phase1MinBlocks = (spec: KernelSpec) => 256 / phase1Geometry(spec).threads;
+
+/** Phase2Plan::kMinBlocks: 2 when q and o alone need more than 64 registers (2·G·kVec), else 4. */
+function phase2MinBlocks(spec: KernelSpec): number {
+  const vec = phase2Geometry(spec).laneBytes / KV_BYTES[spec.dtype.kv];
+  return 2 * group(spec) * vec > 64 ? 2 : 4;
+}
 
 /** phase1_items: Σ over runs of 1 + the m-tile boundaries its partials cross. */
 export function phase1Items(spec: KernelSpec, ctx: SplitContext): number {
@@ -58,7 +68,7 @@ export function splitFactors(spec: KernelSpec, ctx: SplitContext, smCount: numbe
   const items = ctx.runs.length ? phase1Items(spec, ctx) : 0;
   if (ctx.runs.length) {
     const ctas = items * kvHeads;
-    const fill = Math.floor((smCount * p1.minBlocks) / Math.max(ctas, 1));
+    const fill = Math.floor((smCount * phase1MinBlocks(spec)) / Math.max(ctas, 1));
     let worth = 1;
     for (const run of ctx.runs) {
       const m = Math.min(run.rows * g, p1.mTile);
@@ -70,7 +80,7 @@ export function splitFactors(spec: KernelSpec, ctx: SplitContext, smCount: numbe
   }
   let phase2Splits = 1;
   const ctas = ctx.rows * kvHeads;
-  const slots = smCount * p2.minBlocks;
+  const slots = smCount * phase2MinBlocks(spec);
   if (ctas > 0 && ctas * 2 <= slots) {
     const tiles = Math.ceil(ctx.maxRowTokens / p2.tileTokens);
     const useful = Math.ceil(tiles / Math.ceil(PHASE2_MIN_SPLIT_TOKENS / p2.tileTokens));

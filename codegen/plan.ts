@@ -74,7 +74,6 @@ export function phase2Geometry(spec: KernelSpec) {
     lanesPerRow,
     groups,
     tileTokens,
-    minBlocks,
     maxRegisters,
     smemBytes: Math.max(ringBytes, mergeBytes),
     mergeSplitsSmemBytes: group * 16 * 4,
@@ -104,7 +103,6 @@ export function phase1Geometry(spec: KernelSpec) {
     threads,
     mTile,
     tileTokens,
-    minBlocks,
     maxRegisters,
     smemBytes: Math.max(loopBytes, mergeBytes),
   };
