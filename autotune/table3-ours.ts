@@ -10,7 +10,7 @@
 
 import { buildModule, findToolchain } from '../codegen/index.ts';
 import { attention } from '../dsl/attention.ts';
-import type { KernelSpec } from '../dsl/spec.ts';
+import { ARCHS, type KernelSpec } from '../dsl/spec.ts';
 import {
   countDecodeStep,
   type DecodeStepShape,
@@ -62,7 +62,8 @@ export async function ptxasOccupancy(
   spec: KernelSpec,
   gpus: readonly GpuSpec[],
 ): Promise<Map<string, CtasPerSm>> {
-  const archs = [...new Set(gpus.map((g) => g.limits.arch))];
+  // The spec's archs plus the GPUs': one build serves every report, whichever GPUs it asks for.
+  const archs = ARCHS.filter((a) => spec.targets.includes(a) || gpus.some((g) => g.limits.arch === a));
   const module = await buildModule(spec, { target: 'cuda', archs });
   const out = new Map<string, CtasPerSm>();
   for (const gpu of gpus)
