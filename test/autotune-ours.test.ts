@@ -77,6 +77,23 @@ describe('one decode step counted on the emulator', () => {
     expect(split.kernels.decode_merge_splits?.ctas).toBe(2);
   });
 
+  test('GQA: stacked rows past one m-tile make two phase-1 items, each reading the shared chunks once (grids checked against the split mirror)', async () => {
+    const gqa = attention({
+      name: 'ours-count-g4',
+      heads: { q: 4, kv: 1 },
+      headDim: D,
+      dtype: 'f16',
+      chunkSize: 64,
+      targets: ['emu'],
+    });
+    // 40 sharers x G = 4 = 160 stacked rows: m-tiles of 128 and 32.
+    const shape = { batch: 40, sharedTokens: 256, privateTokens: 9 };
+    const c = await countDecodeStep(gqa, shape, 1, { cache: false });
+    expect(c.splits.phase1Items).toBe(2);
+    expect(c.kernels.decode_phase1!.bytes.kv).toBe(2 * 256 * D * 2 * 2);
+    expect(c.kernels.decode_phase1!.ctas).toBe(2 * c.splits.phase1Splits);
+  });
+
   test('the model launches carry the counted CTAs and bytes exactly', async () => {
     const shape = { batch: 4, sharedTokens: 192, privateTokens: 9 };
     const counts = await count(shape, 2);
