@@ -135,6 +135,7 @@ export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
       us(r.ours?.modelUs ?? null),
       us(r.oursDesign.modelUs),
       r.kernels.chunkAttn.launches.map((l) => `${l.kernel.replace('chunk_attn_', '')} ${l.bound}`).join(', '),
+      r.ours?.launches.map((l) => `${l.kernel.replace('decode_', '')} ${l.bound}`).join(', ') ?? '-',
     ]),
   );
   const { eta, launchOverheadUs } = params.fitted;
@@ -156,6 +157,7 @@ export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
       'ours model µs (counted inputs)',
       'ours (design) model µs',
       'ChunkAttn bound by',
+      'ours bound by',
     ],
     rows,
     notes: [
