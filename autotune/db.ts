@@ -7,7 +7,7 @@
 // A lookup prefers, among fresh entries for the key: measured over model, then user over
 // shipped, then the newest. An entry is stale, and ignored, when the chunkattn version or the
 // compiler it was made with differs from the current one (a model entry also when the model
-// version changed). Writes are incremental merges under a lock, published with one rename, so a
+// version changed), or when its key has no head counts (written before the key had them). Writes are incremental merges under a lock, published with one rename, so a
 // reader never sees a half-written file and concurrent tuners lose no entries.
 
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
@@ -41,8 +41,12 @@ export interface TuningKey {
   readonly headDim: number;
   /** q/kv/out, e.g. `f16/f16/f16`. */
   readonly dtypes: `${DType}/${DType}/${DType}`;
-  /** Query heads per KV head. */
-  readonly group: number;
+  /**
+   * Query and KV heads: the grids and the split factors depend on them, not on the group alone
+   * (entries written before the key had them are stale).
+   */
+  readonly qHeads: number;
+  readonly kvHeads: number;
   readonly chunkSize: number;
   readonly batchBucket: number;
   readonly sharedBucket: number;
@@ -52,7 +56,7 @@ export interface TuningShape {
   readonly gpu: string;
   readonly headDim: number;
   readonly dtype: { readonly q: DType; readonly kv: DType; readonly out: DType };
-  readonly group: number;
+  readonly heads: { readonly q: number; readonly kv: number };
   readonly chunkSize: number;
   readonly batch: number;
   readonly sharedTokens: number;
@@ -63,7 +67,8 @@ export function tuningKey(shape: TuningShape): TuningKey {
     gpu: shape.gpu,
     headDim: shape.headDim,
     dtypes: `${shape.dtype.q}/${shape.dtype.kv}/${shape.dtype.out}`,
-    group: shape.group,
+    qHeads: shape.heads.q,
+    kvHeads: shape.heads.kv,
     chunkSize: shape.chunkSize,
     batchBucket: batchBucket(shape.batch),
     sharedBucket: sharedBucket(shape.sharedTokens, shape.chunkSize),
@@ -71,7 +76,7 @@ export function tuningKey(shape: TuningShape): TuningKey {
 }
 
 export function keyString(key: TuningKey): string {
-  return `${key.gpu} d${key.headDim} ${key.dtypes} g${key.group} c${key.chunkSize} b${key.batchBucket} s${key.sharedBucket}`;
+  return `${key.gpu} d${key.headDim} h${key.qHeads}/${key.kvHeads} ${key.dtypes} c${key.chunkSize} b${key.batchBucket} s${key.sharedBucket}`;
 }
 
 /** What an entry was made with; a difference from the current one makes it stale. */
@@ -129,7 +134,13 @@ export function currentMeta(target: BuildTarget, toolchain: Toolchain, modelVers
   return { chunkattn: version, compiler, modelVersion };
 }
 
+/** Whether an entry's key predates the head counts (it then says nothing about this spec's heads). */
+export function hasLegacyKey(entry: TuningEntry): boolean {
+  return !Number.isInteger(entry.key.qHeads) || !Number.isInteger(entry.key.kvHeads);
+}
+
 export function isStale(entry: TuningEntry, current: DbMeta): boolean {
+  if (hasLegacyKey(entry)) return true;
   if (entry.meta.chunkattn !== current.chunkattn || entry.meta.compiler !== current.compiler) return true;
   return entry.source === 'model' && entry.meta.modelVersion !== current.modelVersion;
 }
@@ -147,8 +158,11 @@ function checkEntry(value: unknown, where: string): TuningEntry {
   if (!isObject(value)) return fail('not an object');
   const { key, source, tunables, predictedUs, measuredUs, meta, at } = value;
   if (!isObject(key)) return fail('key is not an object');
-  for (const field of ['headDim', 'group', 'chunkSize', 'batchBucket', 'sharedBucket'])
+  for (const field of ['headDim', 'chunkSize', 'batchBucket', 'sharedBucket'])
     if (!Number.isInteger(key[field])) fail(`key.${field} must be an integer`);
+  // Head counts: absent in entries written before the key had them (read, then stale: isStale).
+  for (const field of ['qHeads', 'kvHeads'])
+    if (key[field] !== undefined && !Number.isInteger(key[field])) fail(`key.${field} must be an integer`);
   if (typeof key.gpu !== 'string') fail('key.gpu must be a string');
   if (typeof key.dtypes !== 'string' || !/^(f16|bf16|f32)\/(f16|bf16|f32)\/(f16|bf16|f32)$/.test(key.dtypes))
     fail('key.dtypes must be q/kv/out dtypes, e.g. f16/f16/f16');

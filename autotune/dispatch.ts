@@ -4,7 +4,7 @@
 //
 // Which DB: `cpu` for the cpu target; for cuda the GPU named by the `gpu` option or
 // CHUNKATTN_GPU (a GPU id or alias from gpus.ts; without one there are no rules: the defaults
-// run). emu has no rules. Among fresh entries of the kernel's key (head dim, dtypes, group, chunk
+// run). emu has no rules. Among fresh entries of the kernel's key (head dim, dtypes, heads, chunk
 // size), a shape takes its own bucket's best entry (db.ts `lookup`: measured over model, user over
 // shipped); a bucket without one takes the nearest tuned bucket (in log2 steps of batch and
 // shared length), so a call never waits for a build.
@@ -93,7 +93,7 @@ export async function dbDispatchRules(
       gpu,
       headDim: spec.headDim,
       dtype: spec.dtype,
-      group: spec.heads.q / spec.heads.kv,
+      heads: spec.heads,
       chunkSize: spec.chunkSize,
       batch: Math.max(1, shape.batch),
       sharedTokens: shape.sharedTokens,
@@ -102,7 +102,8 @@ export async function dbDispatchRules(
   const sameKernel = (e: TuningEntry) =>
     e.key.headDim === mine.headDim &&
     e.key.dtypes === mine.dtypes &&
-    e.key.group === mine.group &&
+    e.key.qHeads === mine.qHeads &&
+    e.key.kvHeads === mine.kvHeads &&
     e.key.chunkSize === mine.chunkSize;
 
   // The best usable entry of every tuned bucket.

@@ -43,6 +43,10 @@ export const TABLE3: readonly Table3Row[] = [
 
 export type PaperKernel = 'chunkAttn' | 'pagedAttn';
 
+/** A row's name, "np/ns". */
+export const rowKey = (row: Pick<Table3Row, 'promptTokens' | 'sharedTokens'>) =>
+  `${row.promptTokens}/${row.sharedTokens}`;
+
 const { batch, heads, headDim: d, chunkSize: c, elementBytes: E } = TABLE3_SHAPE;
 const SOFTMAX_FLOPS = 5;
 const ceilDiv = (a: number, b: number) => Math.ceil(a / b);

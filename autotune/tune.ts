@@ -214,7 +214,7 @@ export async function tune(options: TuneOptions): Promise<TuneReport> {
           gpu: options.gpu,
           headDim: spec.headDim,
           dtype: spec.dtype,
-          group: spec.heads.q / spec.heads.kv,
+          heads: spec.heads,
           chunkSize: spec.chunkSize,
           batch: shape.batch,
           sharedTokens: shape.sharedTokens,

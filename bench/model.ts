@@ -1,14 +1,19 @@
 // bench model: the static performance model against the ChunkAttention paper's Table 3. Every
 // "model" number here is a prediction of the model (autotune/model.ts), not a measurement; the
 // "paper" numbers are the paper authors' measurements on an A100-80GB. The A100 report is fitted
-// on the unshared rows and predicts the shared ones; the H100 report is prediction only. The
-// "ours (design)" column is the model's prediction for our two-phase design with the review
-// prototype's resources (autotune/design-kernels.ts), until the product kernels are counted.
+// on the unshared rows and predicts the shared ones; the H100 report is prediction only.
+// "ours": the model's prediction for our CUDA kernels from counted inputs: launches, CTAs and
+// bytes of one decode step counted on the emulator, registers and shared memory from ptxas
+// (sm_80 / sm_90a), FLOPs computed from the context, latency chains modelled
+// (autotune/table3-ours.ts). "ours (design)": the same model on the design's hand-written figures
+// (autotune/design-kernels.ts), for comparison. --quick counts the shared rows only.
 
+import { findGpu } from '../autotune/gpus.ts';
 import type { LaunchPrediction } from '../autotune/model.ts';
 import { loadModelParams } from '../autotune/model-params.ts';
-import type { PaperKernel } from '../autotune/paper-kernels.ts';
-import { type Table3Model, table3Model } from '../autotune/table3.ts';
+import { type PaperKernel, TABLE3 } from '../autotune/paper-kernels.ts';
+import { type Table3Model, type Table3ModelRow, table3Model } from '../autotune/table3.ts';
+import { type OursCountedResult, oursOnTable3 } from '../autotune/table3-ours.ts';
 import type { BenchOptions, BenchReport } from './report.ts';
 
 const GPUS = ['a100-80', 'h100-sxm'] as const;
@@ -28,6 +33,22 @@ const launchJson = (l: LaunchPrediction) => ({
   bound: l.bound,
 });
 
+function oursJson(ours: Table3ModelRow['ours']) {
+  if (!ours) return null;
+  const { counts, emulatedKvHeads } = ours.counted;
+  return {
+    modelUs: ours.modelUs,
+    emulatedKvHeads,
+    kvHeads: counts.kvHeads,
+    splits: counts.splits,
+    launches: ours.launches.map((l) => ({
+      ...launchJson(l),
+      countedCtas: counts.kernels[l.kernel]?.ctas,
+      countedBytes: counts.kernels[l.kernel]?.bytes,
+    })),
+  };
+}
+
 function gpuJson(model: Table3Model) {
   const shared = model.rows.filter((r) => r.sharedTokens > 0);
   return {
@@ -44,13 +65,18 @@ function gpuJson(model: Table3Model) {
       pagedAttn: r.kernels.pagedAttn.modelUs,
       chunkAttn: r.kernels.chunkAttn.modelUs,
       paperChunkAttn: r.kernels.chunkAttn.paperUs,
+      ours: r.ours?.modelUs ?? null,
       oursDesign: r.oursDesign.modelUs,
     })),
+    oursBelowPaperChunkAttn: model.predictionOnly
+      ? null
+      : shared.every((r) => r.ours !== null && r.ours.modelUs < (r.kernels.chunkAttn.paperUs ?? 0)),
     rows: model.rows.map((r) => ({
       promptTokens: r.promptTokens,
       sharedTokens: r.sharedTokens,
       role: r.role,
       uniqueKvBytes: r.uniqueKvBytes,
+      ours: oursJson(r.ours),
       oursDesign: { modelUs: r.oursDesign.modelUs, launches: r.oursDesign.launches.map(launchJson) },
       ...Object.fromEntries(
         KERNELS.map((k) => {
@@ -72,11 +98,27 @@ function gpuJson(model: Table3Model) {
 
 export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
   const params = loadModelParams();
-  const models = GPUS.map((gpu, i) => {
-    opts.progress(i, GPUS.length, gpu);
-    return table3Model(gpu, params);
+  const countedRows = TABLE3.filter((r) => !opts.quick || r.sharedTokens > 0);
+  const ours: Map<string, OursCountedResult> = await oursOnTable3(
+    GPUS.map((g) => findGpu(g)),
+    countedRows,
+    opts.progress,
+  );
+  const models = GPUS.map((gpu) => {
+    const counted = ours.get(findGpu(gpu).id);
+    return table3Model(gpu, params, counted?.ok ? counted.rows : new Map());
   });
-  opts.progress(GPUS.length, GPUS.length, 'done');
+  opts.progress(1, 1, 'done');
+  const unavailable = [...ours.values()].find((o) => !o.ok);
+  const occupancyNote = [...ours.entries()]
+    .map(([id, o]) =>
+      o.ok
+        ? `${id}: ${Object.entries(o.ctasPerSm)
+            .map(([k, n]) => `${k.replace('decode_', '')} ${n}`)
+            .join(', ')} CTAs/SM`
+        : `${id}: -`,
+    )
+    .join('; ');
   const [a100, h100] = models as [Table3Model, Table3Model];
 
   const rows = models.flatMap((m) =>
@@ -90,8 +132,10 @@ export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
       us(r.kernels.chunkAttn.paperUs),
       us(r.kernels.chunkAttn.modelUs),
       percent(r.kernels.chunkAttn.relativeError),
+      us(r.ours?.modelUs ?? null),
       us(r.oursDesign.modelUs),
       r.kernels.chunkAttn.launches.map((l) => `${l.kernel.replace('chunk_attn_', '')} ${l.bound}`).join(', '),
+      r.ours?.launches.map((l) => `${l.kernel.replace('decode_', '')} ${l.bound}`).join(', ') ?? '-',
     ]),
   );
   const { eta, launchOverheadUs } = params.fitted;
@@ -110,8 +154,10 @@ export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
       'ChunkAttn paper µs',
       'ChunkAttn model µs',
       'error',
+      'ours model µs (counted inputs)',
       'ours (design) model µs',
       'ChunkAttn bound by',
+      'ours bound by',
     ],
     rows,
     notes: [
@@ -119,7 +165,15 @@ export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
         `assumed DRAM round trip ${params.dramLatencyUs.sm_80} µs (sm_80), ${params.dramLatencyUs.sm_90a} µs (sm_90a); model version ${params.modelVersion}`,
       `A100 unshared max |error| ${percent(a100.unsharedMaxError)} (fit), shared rows max |error| ${percent(a100.sharedMaxError)} (predicted, not fitted)`,
       `${h100.gpu.name}: prediction only, labelled so: the paper publishes no H100 numbers.`,
-      'ours (design): our two-phase design with the review prototype\u2019s ptxas resources (KERNELS.md); a prediction with no measurement behind it.',
+      unavailable && !unavailable.ok
+        ? `ours: not counted (${unavailable.reason}); only the design figures are shown.`
+        : 'ours: the model on our CUDA kernels (decode_phase1 + decode_phase2, split-KV merge when launched) from COUNTED inputs: ' +
+          'launches, CTAs and global bytes of one decode step counted by the emulator (heads scaled down at equal split factors, scaled back exactly), ' +
+          `registers/smem from ptxas (sm_80, sm_90a) through the occupancy rules (${occupancyNote}); ` +
+          'FLOPs computed from the context (the emulator counts none); dependent DRAM round trips MODELLED from the loop structure. ' +
+          'A prediction, not a measurement.',
+      ...(opts.quick ? ['--quick: our kernels counted on the shared rows only (unshared rows: -).'] : []),
+      'ours (design): the design\u2019s hand-written figures with the review prototype\u2019s ptxas resources (KERNELS.md), for comparison; a prediction.',
     ],
     json: {
       predictionNotMeasurement: true,
@@ -129,7 +183,12 @@ export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
       fit: { gpu: params.fit.gpu, method: params.fit.method },
       unsharedMaxError: a100.unsharedMaxError,
       sharedMaxError: a100.sharedMaxError,
+      oursSource:
+        unavailable && !unavailable.ok
+          ? `not counted: ${unavailable.reason}`
+          : 'emulator counts (launches, CTAs, bytes) + ptxas occupancy; FLOPs computed; latency chains modelled',
       sharedPredictedUs: gpuJson(a100).sharedPredictedUs,
+      oursBelowPaperChunkAttn: gpuJson(a100).oursBelowPaperChunkAttn,
       a100: gpuJson(a100),
       h100: gpuJson(h100),
     },
@@ -146,6 +205,10 @@ export async function runModelBench(opts: BenchOptions): Promise<BenchReport> {
             label: `${k} model (${m.gpu.id})`,
             values: m.rows.map((r) => ({ category: rowName(r), value: r.kernels[k].modelUs })),
           })),
+          {
+            label: `ours model (${m.gpu.id})`,
+            values: m.rows.map((r) => ({ category: rowName(r), value: r.ours?.modelUs ?? 0 })),
+          },
           {
             label: `ours (design) model (${m.gpu.id})`,
             values: m.rows.map((r) => ({ category: rowName(r), value: r.oursDesign.modelUs })),

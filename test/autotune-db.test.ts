@@ -6,6 +6,7 @@ import { describe, expect, test } from 'vitest';
 import {
   batchBucket,
   type DbMeta,
+  hasLegacyKey,
   isStale,
   keyString,
   loadDbs,
@@ -28,7 +29,7 @@ const key = (batch: number, sharedTokens = 0) =>
     gpu: 'a100-80',
     headDim: 128,
     dtype: { q: 'f16', kv: 'f16', out: 'f16' },
-    group: 1,
+    heads: { q: 32, kv: 32 },
     chunkSize: 64,
     batch,
     sharedTokens,
@@ -59,7 +60,7 @@ describe('keys', () => {
 
   test('shapes in one bucket share a key; others do not', () => {
     expect(keyString(key(17, 1500))).toBe(keyString(key(32, 2048)));
-    expect(keyString(key(17, 1500))).toBe('a100-80 d128 f16/f16/f16 g1 c64 b32 s2048');
+    expect(keyString(key(17, 1500))).toBe('a100-80 d128 h32/32 f16/f16/f16 c64 b32 s2048');
     expect(keyString(key(33, 1500))).not.toBe(keyString(key(32, 1500)));
   });
 });
@@ -124,6 +125,33 @@ describe('merge', () => {
     expect(result.db.entries).toEqual([fresh]);
   });
 
+  test('entries whose key has no head counts (written before it had them) read, then count as stale: dropped, never looked up', () => {
+    const { qHeads: _q, kvHeads: _kv, ...legacyKey } = key(32, 1024);
+    const legacy = { ...entry(), key: { ...legacyKey, group: 1 } } as unknown as TuningEntry;
+    const path = join(tempDir(), 'a100-80.json');
+    writeFileSync(path, JSON.stringify({ format: 1, gpu: 'a100-80', entries: [legacy] }));
+    const db = readDb(path, 'a100-80');
+    expect(hasLegacyKey(db.entries[0]!)).toBe(true);
+    expect(isStale(db.entries[0]!, META)).toBe(true);
+    expect(lookup({ shipped: db }, key(32, 1024), META)).toBeNull();
+    expect(mergeDb(db, [entry({ key: key(8) })], META)).toMatchObject({ droppedStale: 1, added: 1 });
+    // Head counts are part of the key: another head count is another kernel.
+    const llama3 = tuningKey({
+      gpu: 'a100-80',
+      headDim: 128,
+      dtype: { q: 'f16', kv: 'f16', out: 'f16' },
+      heads: { q: 32, kv: 8 },
+      chunkSize: 64,
+      batch: 32,
+      sharedTokens: 1024,
+    });
+    expect(keyString(llama3)).not.toBe(keyString(key(32, 1024)));
+    expect(lookup({ shipped: { format: 1, gpu: 'a100-80', entries: [entry()] } }, llama3, META)).toBeNull();
+    const half = { ...entry(), key: { ...key(32, 1024), kvHeads: 'x' } };
+    writeFileSync(path, JSON.stringify({ format: 1, gpu: 'a100-80', entries: [half] }));
+    expect(() => readDb(path, 'a100-80')).toThrow(/key\.kvHeads must be an integer/);
+  });
+
   test('an entry for another GPU is refused', () => {
     expect(() => mergeDb(emptyDb('l4'), [entry()], META)).toThrow(/'a100-80' into the l4 DB/);
   });
@@ -144,9 +172,9 @@ describe('merge', () => {
           `import { updateDb, tuningKey } from './autotune/db.ts';
            const meta = ${JSON.stringify(META)};
            while (Date.now() < ${startAt}) await new Promise((r) => setTimeout(r, 5));
-           for (let group = ${first}; group < ${first + 30}; group++) {
+           for (let kv = ${first}; kv < ${first + 30}; kv++) {
              const key = tuningKey({ gpu: 'a100-80', headDim: 128, dtype: { q: 'f16', kv: 'f16', out: 'f16' },
-                                     group, chunkSize: 64, batch: 1, sharedTokens: 0 });
+                                     heads: { q: kv, kv }, chunkSize: 64, batch: 1, sharedTokens: 0 });
              await updateDb(${JSON.stringify(path)}, 'a100-80', [{ key, source: 'model', tunables: {},
                predictedUs: 1, measuredUs: null, meta, at: new Date().toISOString() }], meta);
            }`,
@@ -154,7 +182,7 @@ describe('merge', () => {
         { cwd: join(import.meta.dirname, '..') },
       );
     await Promise.all([writer(1), writer(31), writer(61)]);
-    const groups = readDb(path, 'a100-80').entries.map((e) => e.key.group);
+    const groups = readDb(path, 'a100-80').entries.map((e) => e.key.kvHeads);
     expect(groups.sort((x, y) => x - y)).toEqual(Array.from({ length: 90 }, (_, i) => i + 1));
     const again = await updateDb(path, 'a100-80', [entry({ key: key(1, 0), predictedUs: 1 })], META);
     expect(again).toEqual({ added: 0, replaced: 1, droppedStale: 0 });

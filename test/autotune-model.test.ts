@@ -12,6 +12,7 @@ import {
   uniqueKvBytes,
 } from '../autotune/paper-kernels.ts';
 import { runModelBench } from '../bench/model.ts';
+import { haveNvcc } from '../runtime/cucpu/tools/test-harness.ts';
 import { runCli } from './cli-harness.ts';
 
 // A toy GPU with round numbers: 2 SMs, 1 GB/s, 1 TFLOPS tensor and CUDA-core peaks.
@@ -180,7 +181,9 @@ describe('the fit', () => {
 });
 
 describe('bench model', () => {
-  test('the report: fitted constants, unshared error within 15%, shared predictions, H100 labelled prediction only', async () => {
+  test('the report: fitted constants, unshared error within 15%, shared predictions, H100 labelled prediction only', {
+    timeout: 900_000,
+  }, async () => {
     const report = await runModelBench({ quick: true, progress: () => {} });
     const json = report.json as {
       predictionNotMeasurement: boolean;
@@ -190,8 +193,16 @@ describe('bench model', () => {
         sharedTokens: number;
         chunkAttn: number;
         paperChunkAttn: number;
+        ours: number | null;
         oursDesign: number;
       }[];
+      oursSource: string;
+      a100: {
+        rows: {
+          sharedTokens: number;
+          ours: { emulatedKvHeads: number; launches: { kernel: string; countedBytes: unknown }[] } | null;
+        }[];
+      };
       h100: { label: string; sharedPredictedUs: { paperChunkAttn: number | null }[] };
     };
     expect(json.predictionNotMeasurement).toBe(true);
@@ -200,6 +211,20 @@ describe('bench model', () => {
     expect(json.sharedPredictedUs.map((r) => r.sharedTokens)).toEqual([1024, 2048, 4096]);
     expect(json.sharedPredictedUs.map((r) => r.paperChunkAttn)).toEqual([56.0, 110.5, 206.2]);
     expect(json.sharedPredictedUs.every((r) => r.oursDesign > 0)).toBe(true);
+    if (haveNvcc) {
+      // Our kernels from emulator counts and ptxas: a prediction per shared row, with its counts.
+      expect(json.oursSource).toMatch(/^emulator counts/);
+      expect(json.sharedPredictedUs.every((r) => r.ours !== null && r.ours > 0)).toBe(true);
+      const shared = json.a100.rows.filter((r) => r.sharedTokens > 0);
+      for (const r of shared) {
+        expect(r.ours!.launches.map((l) => l.kernel)).toEqual(['decode_phase1', 'decode_phase2']);
+        expect(r.ours!.launches.every((l) => l.countedBytes !== undefined)).toBe(true);
+      }
+      // --quick counts the shared rows only.
+      expect(json.a100.rows.filter((r) => r.sharedTokens === 0).every((r) => r.ours === null)).toBe(true);
+    } else {
+      expect(json.oursSource).toMatch(/^not counted: nvcc not found/);
+    }
     expect(json.h100.label).toMatch(/^prediction only/);
     expect(json.h100.sharedPredictedUs.every((r) => r.paperChunkAttn === null)).toBe(true);
     // Every table row says whether it is a fit point or a prediction.
@@ -213,8 +238,10 @@ describe('bench model', () => {
     ]);
   });
 
-  test('`chunkattn bench model --json` prints the JSON object last', async () => {
-    const result = await runCli(['bench', 'model', '--json']);
+  test('`chunkattn bench model --quick --json` prints the JSON object last', {
+    timeout: 900_000,
+  }, async () => {
+    const result = await runCli(['bench', 'model', '--quick', '--json']);
     expect(result.exitCode, result.stderr).toBe(0);
     expect(result.json).toMatchObject({ report: 'model', predictionNotMeasurement: true });
     expect(result.stderr).toMatch(/NOT a measurement/);

@@ -249,7 +249,7 @@ describe('DB-backed rules (autotune/dispatch.ts)', () => {
         gpu: 'cpu',
         headDim: s.headDim,
         dtype: s.dtype,
-        group: s.heads.q / s.heads.kv,
+        heads: s.heads,
         chunkSize: s.chunkSize,
         batch,
         sharedTokens,
