@@ -222,6 +222,7 @@ interface NativeAddon {
   stats(module: NativeHandle): KernelStats;
   resetStats(module: NativeHandle): void;
   hasPsa(module: NativeHandle): boolean;
+  hasPsaKernels(module: NativeHandle): boolean;
   psaMeta(module: NativeHandle, pool: KvPool, meta: NativeHandle, slots: unknown): void;
   psaDecode(
     module: NativeHandle,
@@ -232,6 +233,15 @@ interface NativeAddon {
     lists: unknown,
     counts: unknown,
     guardAdded: unknown,
+  ): void;
+  psaSelect(
+    module: NativeHandle,
+    pool: KvPool,
+    args: unknown,
+    meta: NativeHandle,
+    config: unknown,
+    lists: unknown,
+    counts: unknown,
   ): void;
 }
 
@@ -553,9 +563,14 @@ export class NativeModule {
     return call(() => nativeAddon().workspaceBytes(this.#handle, pool, nativeDecodeArgs(args)));
   }
 
-  /** Whether the module exports the PSA kernels (chunkattn/psa_abi.h: the cpu target). */
+  /** Whether the module decodes sparse through ca_psa_decode (chunkattn/psa_abi.h: the cpu target). */
   get hasPsa(): boolean {
     return call(() => nativeAddon().hasPsa(this.#handle));
+  }
+
+  /** Whether the module exports the PSA metadata and select kernels (cpu, cuda and emu). */
+  get hasPsaKernels(): boolean {
+    return call(() => nativeAddon().hasPsaKernels(this.#handle));
   }
 
   /**
@@ -591,6 +606,23 @@ export class NativeModule {
         counts,
         guardAdded,
       ),
+    );
+  }
+
+  /**
+   * The select of psaDecode alone (every target with PSA kernels; `out` is not written): lists
+   * [numRows, kvHeads, maxChunks] and counts [numRows, kvHeads] as psaDecode fills them.
+   */
+  psaSelect(
+    pool: KvPool,
+    args: DecodeArgs,
+    meta: DeviceTensor,
+    config: Float64Array,
+    lists: Int32Array,
+    counts: Int32Array,
+  ): void {
+    call(() =>
+      nativeAddon().psaSelect(this.#handle, pool, nativeDecodeArgs(args), meta.handle, config, lists, counts),
     );
   }
 

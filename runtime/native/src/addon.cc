@@ -559,9 +559,14 @@ Napi::Value WorkspaceBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, double(bytes));
 }
 
-// hasPsa(mod): whether the module exports the PSA kernels (chunkattn/psa_abi.h).
+// hasPsa(mod): whether the module decodes sparse (chunkattn/psa_abi.h; the cpu target).
 Napi::Value HasPsa(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), AnyModule(info).HasPsa());
+}
+
+// hasPsaKernels(mod): whether the module exports the PSA meta and select kernels (every target).
+Napi::Value HasPsaKernels(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), AnyModule(info).HasPsaKernels());
 }
 
 // psaMeta(mod, pool, meta: DeviceTensor handle, slots: Int32Array)
@@ -584,6 +589,19 @@ Napi::Value PsaDecode(const Napi::CallbackInfo& info) {
   core.PsaDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device,
                  ReadArray(env, info[4]), ReadArray(env, info[5]), ReadArray(env, info[6]),
                  ReadArray(env, info[7]));
+  return env.Undefined();
+}
+
+// psaSelect(mod, pool, args, meta, config, lists, counts): the select of psaDecode alone.
+Napi::Value PsaSelect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PoolValues pool = ReadPoolValues(env, info[1]);
+  DecodeValues values = ReadDecodeValues(env, info[2]);
+  ModuleCore& core = Module(info);
+  const TensorArg meta = ReadTensor(env, info[3]);
+  core.PsaDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device,
+                 ReadArray(env, info[4]), ReadArray(env, info[5]), ReadArray(env, info[6]),
+                 ArrayArg{}, true);
   return env.Undefined();
 }
 
@@ -702,6 +720,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("hasPsa", Napi::Function::New<Guarded<HasPsa>>(env, "hasPsa"));
   exports.Set("psaMeta", Napi::Function::New<Guarded<PsaMeta>>(env, "psaMeta"));
   exports.Set("psaDecode", Napi::Function::New<Guarded<PsaDecode>>(env, "psaDecode"));
+  exports.Set("hasPsaKernels", Napi::Function::New<Guarded<HasPsaKernels>>(env, "hasPsaKernels"));
+  exports.Set("psaSelect", Napi::Function::New<Guarded<PsaSelect>>(env, "psaSelect"));
   exports.Set("stats", Napi::Function::New<Guarded<Stats>>(env, "stats"));
   exports.Set("resetStats", Napi::Function::New<Guarded<ResetStats>>(env, "resetStats"));
   return exports;
