@@ -233,15 +233,7 @@ interface NativeAddon {
     lists: unknown,
     counts: unknown,
     guardAdded: unknown,
-  ): void;
-  psaSelect(
-    module: NativeHandle,
-    pool: KvPool,
-    args: unknown,
-    meta: NativeHandle,
-    config: unknown,
-    lists: unknown,
-    counts: unknown,
+    selectOnly?: boolean,
   ): void;
 }
 
@@ -582,9 +574,11 @@ export class NativeModule {
   }
 
   /**
-   * Sparse decode (select, then two-phase decode over the selected chunks). config: a
-   * Float64Array in runtime/psa-options.ts order; lists [numRows, kvHeads, maxChunks] and counts
-   * [numRows, kvHeads] (Int32Array) receive each (DFS row, KV head)'s selection.
+   * Sparse decode (select, then two-phase decode over the selected chunks; the cpu target, see
+   * hasPsa). config: a Float64Array in runtime/psa-options.ts order; lists [numRows, kvHeads,
+   * maxChunks] and counts [numRows, kvHeads] (Int32Array) receive each (DFS row, KV head)'s
+   * selection. With `selectOnly` it runs the select alone and leaves `out` untouched: what every
+   * target with PSA kernels runs (hasPsaKernels), cuda/emu included.
    */
   psaDecode(
     pool: KvPool,
@@ -594,6 +588,7 @@ export class NativeModule {
     lists: Int32Array,
     counts: Int32Array,
     guardAdded?: Int32Array,
+    selectOnly = false,
   ): void {
     call(() =>
       nativeAddon().psaDecode(
@@ -605,24 +600,8 @@ export class NativeModule {
         lists,
         counts,
         guardAdded,
+        selectOnly,
       ),
-    );
-  }
-
-  /**
-   * The select of psaDecode alone (every target with PSA kernels; `out` is not written): lists
-   * [numRows, kvHeads, maxChunks] and counts [numRows, kvHeads] as psaDecode fills them.
-   */
-  psaSelect(
-    pool: KvPool,
-    args: DecodeArgs,
-    meta: DeviceTensor,
-    config: Float64Array,
-    lists: Int32Array,
-    counts: Int32Array,
-  ): void {
-    call(() =>
-      nativeAddon().psaSelect(this.#handle, pool, nativeDecodeArgs(args), meta.handle, config, lists, counts),
     );
   }
 

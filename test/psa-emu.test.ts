@@ -288,13 +288,15 @@ function runCase(c: Case, beforeEmuSelect?: () => void): void {
     const lists = new Int32Array(ctx.numRows * HKV * maxChunks).fill(-7);
     const counts = new Int32Array(ctx.numRows * HKV).fill(-7);
     if (name === 'emu') beforeEmuSelect?.();
-    m.psaSelect(
+    m.psaDecode(
       name === 'cpu' ? pools.cpu : pools.emu,
       args(m),
       name === 'cpu' ? metas.cpu : metas.emu,
       cfg,
       lists,
       counts,
+      undefined,
+      true,
     );
     got[name] = { lists, counts };
   }
@@ -414,7 +416,20 @@ describe('PSA on emu against cpu', () => {
     expect(kernels['psa_fill_counts']?.launches).toBe(1);
   });
 
-  test('emu decode through ca_psa_decode without select_only is unsupported; hasPsa stays cpu-only', () => {
+  test('emu decode through ca_psa_decode without selectOnly is unsupported; hasPsa stays cpu-only', () => {
+    const ctx = new PrefixTree({ chunkSize: C, maxCapacity: SLOTS });
+    const seq = ctx.insert(Array.from({ length: 40 }, (_, i) => i)).seq;
+    const context = ctx.context();
+    const args = {
+      q: toHost(new Float32Array(HQ * D), 'f16'),
+      out: toHost(new Float32Array(HQ * D), 'f16'),
+      context: packContext({ ...context, rowIo: ioRowMap(context, [seq]), numIoRows: 1 }),
+      softmaxScale: SCALE,
+    };
+    const lists = new Int32Array(HKV * 8);
+    const counts = new Int32Array(HKV);
+    const cfg = config({ mass: 0.9, kMin: 1, kMax: 8, recent: 0, safetyNet: 0, box: true, denseBelow: 0 }, 8);
+    expect(() => emu.psaDecode(pools.emu, args, metas.emu, cfg, lists, counts)).toThrow(/cpu target only/);
     expect(emu.hasPsaKernels).toBe(true);
     expect(emu.hasPsa).toBe(false);
     expect(cpu.hasPsa).toBe(true);

@@ -579,7 +579,8 @@ Napi::Value PsaMeta(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// psaDecode(mod, pool, args, meta, config: Float64Array, lists, counts, guardAdded?: Int32Array)
+// psaDecode(mod, pool, args, meta, config: Float64Array, lists, counts, guardAdded?: Int32Array,
+//   selectOnly?: boolean): selectOnly runs the select alone (out untouched; cuda/emu need it)
 Napi::Value PsaDecode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   PoolValues pool = ReadPoolValues(env, info[1]);
@@ -588,20 +589,8 @@ Napi::Value PsaDecode(const Napi::CallbackInfo& info) {
   const TensorArg meta = ReadTensor(env, info[3]);
   core.PsaDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device,
                  ReadArray(env, info[4]), ReadArray(env, info[5]), ReadArray(env, info[6]),
-                 ReadArray(env, info[7]));
-  return env.Undefined();
-}
-
-// psaSelect(mod, pool, args, meta, config, lists, counts): the select of psaDecode alone.
-Napi::Value PsaSelect(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  PoolValues pool = ReadPoolValues(env, info[1]);
-  DecodeValues values = ReadDecodeValues(env, info[2]);
-  ModuleCore& core = Module(info);
-  const TensorArg meta = ReadTensor(env, info[3]);
-  core.PsaDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device,
-                 ReadArray(env, info[4]), ReadArray(env, info[5]), ReadArray(env, info[6]),
-                 ArrayArg{}, true);
+                 ReadArray(env, info[7]),
+                 info[8].IsBoolean() && info[8].As<Napi::Boolean>().Value());
   return env.Undefined();
 }
 
@@ -721,7 +710,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("psaMeta", Napi::Function::New<Guarded<PsaMeta>>(env, "psaMeta"));
   exports.Set("psaDecode", Napi::Function::New<Guarded<PsaDecode>>(env, "psaDecode"));
   exports.Set("hasPsaKernels", Napi::Function::New<Guarded<HasPsaKernels>>(env, "hasPsaKernels"));
-  exports.Set("psaSelect", Napi::Function::New<Guarded<PsaSelect>>(env, "psaSelect"));
   exports.Set("stats", Napi::Function::New<Guarded<Stats>>(env, "stats"));
   exports.Set("resetStats", Napi::Function::New<Guarded<ResetStats>>(env, "resetStats"));
   return exports;
