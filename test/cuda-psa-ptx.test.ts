@@ -1,6 +1,6 @@
 // The PSA kernels of cuda/emu (chunkattn/chunk_meta.cuh, chunkattn/select.cuh) compiled by nvcc
 // for sm_80 and sm_90a, each arch checked on its own, over a matrix of D ∈ {64, 128, 256} ×
-// G ∈ {1, 8} (f16 / bf16): no spills, no local memory (stack frame 0), no static shared memory
+// G ∈ {1, 8} (f16 / bf16) plus D 96 × G 6: no spills, no local memory (stack frame 0), no static shared memory
 // (the select's arena is dynamic: SelectPlan::kSmemBytes).
 
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';

@@ -12,15 +12,15 @@
 //   psa_fill_counts_kernel  grid ⌈num_rows·Hkv / 128⌉, 128 threads: counts = -1
 //   psa_select_kernel       grid (num_requests, Hkv), SelectPlan::kThreads threads: one block
 //                           per (requested row, KV head)
-// In a block, warp w scores full chunks w, w + W, … from their metadata (lanes over channels, G
-// heads at once) and warp w computes the exact log-sum-exp of the tail chunk for heads w, w + W…;
-// every later step is block-wide with thread i owning chunks i, i + kThreads, …: per head the
-// softmax normalisation and the threshold bisection over the order-preserving keys (32 block
-// reductions, no sort), the union over the group, the safety net and the [k_min, k_max] clamp
-// (top-k by bisection on the keys, ties to the lower index by an ordered block scan), and the
-// compaction (an ordered block scan). Per-chunk state lives in the block's scratch slice, read
-// and written with plain accesses by the thread that owns the chunk (after a __syncthreads for
-// the scores the warps wrote); it is not part of the traffic proxy.
+// In a block, warp w scores full chunks w, w + W, … from their metadata (lane l over channels
+// l, l + 32, … of any D; G heads at once) and warp w computes the exact log-sum-exp of the tail
+// chunk for heads w, w + W…; every later step is block-wide with thread i owning chunks i, i +
+// kThreads, …: per head the softmax normalisation and the threshold bisection over the
+// order-preserving keys (32 block reductions, no sort), the union over the group, the safety net
+// and the [k_min, k_max] clamp (top-k by bisection on the keys, ties to the lower index by an
+// ordered block scan), and the compaction (an ordered block scan). Per-chunk state lives in the
+// block's scratch slice, read and written with plain accesses by the thread that owns the chunk
+// (after a __syncthreads for the scores the warps wrote); it is not part of the traffic proxy.
 //
 // What differs from the cpu select is the order of float sums (the dot products, the per-head
 // normaliser, the coverage at a threshold): a chunk whose decision sits within rounding of its
@@ -45,7 +45,6 @@ struct SelectPlan {
   static constexpr int kGroup = Cfg::kQHeads / Cfg::kKvHeads;
   // q [G, D] f32, then one reduction word per warp.
   static constexpr int kSmemBytes = (kGroup * Cfg::kHeadDim + kWarps) * 4;
-  static_assert(Cfg::kHeadDim % 32 == 0, "select: lanes split the head dimension");
 };
 
 // The select's outputs and options (from CaPsaParams).
