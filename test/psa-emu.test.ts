@@ -275,8 +275,8 @@ function caseArb(maxPrefix: number, maxPrivate: number, maxSeqs: number): fc.Arb
   });
 }
 
-/** One case; beforeEmuSelect runs just before the emu select. */
-function runCase(p: Pair, c: Case, beforeEmuSelect?: () => void): void {
+/** One case; beforeEmuSelect runs just before the emu select. Returns the requests (rows) made. */
+function runCase(p: Pair, c: Case, beforeEmuSelect?: () => void): number {
   const { hq: HQ, hkv: HKV, g: G, d: D, c: C } = p;
   const rng: Rng = seededRng(c.seed);
   const tree = new PrefixTree({ chunkSize: C, maxCapacity: p.slots });
@@ -325,14 +325,17 @@ function runCase(p: Pair, c: Case, beforeEmuSelect?: () => void): void {
   p.emu.upload(p.metas.emu, p.cpu.download(p.metas.cpu));
 
   const seqs = tree.sequences();
-  const ioSeqs = shuffle(rng, [...seqs]);
+  // A random non-empty subset is requested: the other rows' counts must be -1.
+  const ioSeqs = shuffle(rng, [...seqs]).slice(0, 1 + Math.floor(rng() * seqs.length));
   const rowIo = ioRowMap(ctx, ioSeqs);
   const qValues = Float32Array.from({ length: ioSeqs.length * HQ * D }, () => (rng() * 2 - 1) * 1.5);
   const q = toHost(qValues, p.dtype);
   const qStored = fromHost(q, p.dtype);
+  const poison = () => toHost(new Float32Array(ioSeqs.length * HQ * D).fill(Number.NaN), p.dtype);
+  const outs = { cpu: poison(), emu: poison() };
   const args = (m: NativeModule) => ({
     q,
-    out: toHost(new Float32Array(ioSeqs.length * HQ * D), p.dtype),
+    out: m === p.cpu ? outs.cpu : outs.emu,
     context: packContext({ ...ctx, rowIo, numIoRows: ioSeqs.length }),
     softmaxScale: p.scale,
     ...(m === p.cpu ? { numThreads: 1 } : {}),
@@ -348,6 +351,8 @@ function runCase(p: Pair, c: Case, beforeEmuSelect?: () => void): void {
     if (name === 'emu') beforeEmuSelect?.();
     p[name].psaDecode(p.pools[name], args(p[name]), p.metas[name], cfg, lists, counts, undefined, true);
     got[name] = { lists, counts };
+    // Select only: out is never written.
+    expect([...fromHost(outs[name], p.dtype)].every(Number.isNaN), `${name} out`).toBe(true);
   }
   expect(got.emu.counts).toEqual(got.cpu.counts);
 
@@ -437,6 +442,7 @@ function runCase(p: Pair, c: Case, beforeEmuSelect?: () => void): void {
     }
   }
   for (const seq of seqs) tree.release(seq);
+  return ioSeqs.length;
 }
 
 /** Most (row, KV head)s are decided with a margin and sparse: the property cannot pass on ties alone. */
@@ -453,7 +459,7 @@ describe('PSA on emu against cpu', () => {
     (name) => {
       const p = PAIRS[name];
       fc.assert(
-        fc.property(caseArb(10 * p.c, 8 * p.c, 3), (c) => runCase(p, c)),
+        fc.property(caseArb(10 * p.c, 8 * p.c, 3), (c) => void runCase(p, c)),
         { seed: SEED, numRuns: 30 },
       );
       expectDecisive(p, 30);
@@ -468,7 +474,7 @@ describe('PSA on emu against cpu', () => {
     const p = PAIRS.g4;
     const before = { ...p.tally };
     fc.assert(
-      fc.property(caseArb(3000, 1800, 2), (c) => runCase(p, { ...c, prefix: c.prefix + 1200 })),
+      fc.property(caseArb(3000, 1800, 2), (c) => void runCase(p, { ...c, prefix: c.prefix + 1200 })),
       { seed: SEED, numRuns: 8 },
     );
     expect(p.tally.pairs - before.pairs - (p.tally.tied - before.tied)).toBeGreaterThanOrEqual(4);
@@ -478,7 +484,7 @@ describe('PSA on emu against cpu', () => {
   test('the emu select launches with fixed shapes: one fill, one select block per (request, KV head)', () => {
     const p = PAIRS.g4;
     // Launch counters are process-wide across loaded modules: reset right before the emu select.
-    runCase(
+    const requests = runCase(
       p,
       {
         seed: 5,
@@ -490,7 +496,7 @@ describe('PSA on emu against cpu', () => {
       () => p.emu.resetStats(),
     );
     const kernels = p.emu.stats().kernels;
-    expect(kernels['psa_select']).toMatchObject({ launches: 1, blocks: 2 * p.hkv });
+    expect(kernels['psa_select']).toMatchObject({ launches: 1, blocks: requests * p.hkv });
     expect(kernels['psa_fill_counts']?.launches).toBe(1);
   });
 
