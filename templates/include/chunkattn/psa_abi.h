@@ -62,8 +62,8 @@ typedef struct CaPsaParams {
 // head's estimate, the Quest bound, the best log π) and one int32 of flags per chunk.
 static inline uint64_t ca_psa_scratch_bytes(int32_t num_requests, int32_t kv_heads, int32_t q_heads,
                                             int32_t max_chunks) {
-  const uint64_t group = uint64_t(q_heads / kv_heads);
-  return uint64_t(num_requests) * uint64_t(kv_heads) * (group + 3) * uint64_t(max_chunks) * 4;
+  const uint64_t group = (uint64_t)(q_heads / kv_heads);
+  return (uint64_t)num_requests * (uint64_t)kv_heads * (group + 3) * (uint64_t)max_chunks * 4;
 }
 
 int ca_psa_meta(const CaPsaMetaParams* p, void* stream);
