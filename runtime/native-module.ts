@@ -236,6 +236,7 @@ interface NativeAddon {
   resetStats(module: NativeHandle): void;
   reserve(module: NativeHandle, bounds: ScratchBounds): void;
   hasPsa(module: NativeHandle): boolean;
+  hasPsaKernels(module: NativeHandle): boolean;
   psaMeta(module: NativeHandle, pool: KvPool, meta: NativeHandle, slots: unknown): void;
   psaDecode(
     module: NativeHandle,
@@ -246,6 +247,7 @@ interface NativeAddon {
     lists: unknown,
     counts: unknown,
     guardAdded: unknown,
+    selectOnly?: boolean,
   ): void;
 }
 
@@ -570,9 +572,14 @@ export class NativeModule {
     return call(() => nativeAddon().workspaceBytes(this.#handle, pool, nativeDecodeArgs(args)));
   }
 
-  /** Whether the module exports the PSA kernels (chunkattn/psa_abi.h: the cpu target). */
+  /** Whether the module decodes sparse through ca_psa_decode (chunkattn/psa_abi.h: the cpu target). */
   get hasPsa(): boolean {
     return call(() => nativeAddon().hasPsa(this.#handle));
+  }
+
+  /** Whether the module exports the PSA metadata and select kernels (cpu, cuda and emu). */
+  get hasPsaKernels(): boolean {
+    return call(() => nativeAddon().hasPsaKernels(this.#handle));
   }
 
   /**
@@ -584,9 +591,11 @@ export class NativeModule {
   }
 
   /**
-   * Sparse decode (select, then two-phase decode over the selected chunks). config: a
-   * Float64Array in runtime/psa-options.ts order; lists [numRows, kvHeads, maxChunks] and counts
-   * [numRows, kvHeads] (Int32Array) receive each (DFS row, KV head)'s selection.
+   * Sparse decode (select, then two-phase decode over the selected chunks; the cpu target, see
+   * hasPsa). config: a Float64Array in runtime/psa-options.ts order; lists [numRows, kvHeads,
+   * maxChunks] and counts [numRows, kvHeads] (Int32Array) receive each (DFS row, KV head)'s
+   * selection. With `selectOnly` it runs the select alone and leaves `out` untouched: what every
+   * target with PSA kernels runs (hasPsaKernels), cuda/emu included.
    */
   psaDecode(
     pool: KvPool,
@@ -596,6 +605,7 @@ export class NativeModule {
     lists: Int32Array,
     counts: Int32Array,
     guardAdded?: Int32Array,
+    selectOnly = false,
   ): void {
     call(() =>
       nativeAddon().psaDecode(
@@ -607,6 +617,7 @@ export class NativeModule {
         lists,
         counts,
         guardAdded,
+        selectOnly,
       ),
     );
   }

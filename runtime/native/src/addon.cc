@@ -560,9 +560,14 @@ Napi::Value WorkspaceBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, double(bytes));
 }
 
-// hasPsa(mod): whether the module exports the PSA kernels (chunkattn/psa_abi.h).
+// hasPsa(mod): whether the module decodes sparse (chunkattn/psa_abi.h; the cpu target).
 Napi::Value HasPsa(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), AnyModule(info).HasPsa());
+}
+
+// hasPsaKernels(mod): whether the module exports the PSA meta and select kernels (every target).
+Napi::Value HasPsaKernels(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), AnyModule(info).HasPsaKernels());
 }
 
 // psaMeta(mod, pool, meta: DeviceTensor handle, slots: Int32Array)
@@ -575,7 +580,8 @@ Napi::Value PsaMeta(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// psaDecode(mod, pool, args, meta, config: Float64Array, lists, counts, guardAdded?: Int32Array)
+// psaDecode(mod, pool, args, meta, config: Float64Array, lists, counts, guardAdded?: Int32Array,
+//   selectOnly?: boolean): selectOnly runs the select alone (out untouched; cuda/emu need it)
 Napi::Value PsaDecode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   PoolValues pool = ReadPoolValues(env, info[1]);
@@ -584,7 +590,8 @@ Napi::Value PsaDecode(const Napi::CallbackInfo& info) {
   const TensorArg meta = ReadTensor(env, info[3]);
   core.PsaDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device,
                  ReadArray(env, info[4]), ReadArray(env, info[5]), ReadArray(env, info[6]),
-                 ReadArray(env, info[7]));
+                 ReadArray(env, info[7]),
+                 info[8].IsBoolean() && info[8].As<Napi::Boolean>().Value());
   return env.Undefined();
 }
 
@@ -735,6 +742,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("hasPsa", Napi::Function::New<Guarded<HasPsa>>(env, "hasPsa"));
   exports.Set("psaMeta", Napi::Function::New<Guarded<PsaMeta>>(env, "psaMeta"));
   exports.Set("psaDecode", Napi::Function::New<Guarded<PsaDecode>>(env, "psaDecode"));
+  exports.Set("hasPsaKernels", Napi::Function::New<Guarded<HasPsaKernels>>(env, "hasPsaKernels"));
   exports.Set("stats", Napi::Function::New<Guarded<Stats>>(env, "stats"));
   exports.Set("resetStats", Napi::Function::New<Guarded<ResetStats>>(env, "resetStats"));
   exports.Set("reserve", Napi::Function::New<Guarded<Reserve>>(env, "reserve"));

@@ -103,7 +103,7 @@ ModuleCore::ModuleCore(std::shared_ptr<Library> library) : lib_(std::move(librar
 
 ModuleCore::~ModuleCore() {
   for (Scratch* s : {&context_.device, &workspace_, &params_device_, &q_staging_, &out_staging_,
-                     &kv_staging_, &copies_staging_})
+                     &kv_staging_, &copies_staging_, &psa_staging_})
     ReleaseScratch(*s);
   if (stream_) lib_->api().stream_destroy(stream_);
 }

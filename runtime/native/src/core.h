@@ -161,15 +161,19 @@ class ModuleCore {
   // target and q/kv layout; Fail(kForeign) otherwise. Allocation, writes and frees stay with the
   // owner. On cuda each use waits for the owner's stream (streams are per module handle).
   void ShareMemoryWith(const std::shared_ptr<ModuleCore>& owner);
-  // Progressive sparse attention (chunkattn/psa_abi.h; modules exporting it: cpu). `meta` is a
-  // DeviceTensor of the KV dtype holding [numSlots, Hkv, 4, D]; `slots` the full chunks to
-  // summarize. PsaDecode is Decode through ca_psa_decode; `config` a Float64Array of
-  // PsaConfigField values; lists/counts/guardAdded host Int32Arrays the module fills.
-  bool HasPsa() const { return lib_->api().psa_meta && lib_->api().psa_decode; }
+  // Progressive sparse attention (chunkattn/psa_abi.h). `meta` is a DeviceTensor of the KV
+  // dtype holding [numSlots, Hkv, 4, D]; `slots` the full chunks to summarize. PsaDecode is
+  // Decode through ca_psa_decode; `config` a Float64Array of PsaConfigField values;
+  // lists/counts/guardAdded host Int32Arrays the module fills. With select_only it runs the
+  // select alone (out untouched): what cuda/emu modules run, through module-memory staging.
+  // HasPsaKernels: the module exports ca_psa_meta and ca_psa_decode (every target).
+  // HasPsa: it also decodes sparse (the cpu target so far).
+  bool HasPsaKernels() const { return lib_->api().psa_meta && lib_->api().psa_decode; }
+  bool HasPsa() const { return HasPsaKernels() && info().target == Target::kCpu; }
   void PsaMeta(const PoolArg& pool, DeviceBuffer* meta, const ArrayArg& slots);
   void PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
                  const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
-                 const ArrayArg& guard_added);
+                 const ArrayArg& guard_added, bool select_only = false);
 
   // Allocates every scratch buffer at its bound (replacing what is there), then fixes them: no
   // later call allocates scratch. On failure nothing changes.
@@ -239,7 +243,7 @@ class ModuleCore {
   std::vector<float> params_host_;
   bool params_valid_ = false;
   // Staging for host tensors and index lists (grown, never shrunk: no allocation per layer).
-  Scratch q_staging_, out_staging_, kv_staging_, copies_staging_;
+  Scratch q_staging_, out_staging_, kv_staging_, copies_staging_, psa_staging_;
   std::vector<uint8_t> kv_host_staging_;
   bool busy_ = false;
   bool fixed_ = false;  // Reserve ran: scratch never grows

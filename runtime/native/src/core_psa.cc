@@ -43,10 +43,13 @@ void CheckInt32Array(const ArrayArg& a, const char* name, uint64_t at_least) {
                            std::to_string(at_least) + " needed");
 }
 
+// Aligns staging sections to 256 bytes.
+uint64_t Align(uint64_t bytes) { return (bytes + 255) / 256 * 256; }
+
 }  // namespace
 
 void ModuleCore::PsaMeta(const PoolArg& pool_arg, DeviceBuffer* meta, const ArrayArg& slots) {
-  if (!HasPsa())
+  if (!HasPsaKernels())
     Fail(code::kUnsupported,
          "this " + std::string(TargetName(info().target)) + " module has no PSA kernels");
   const Pool pool = ResolvePool(pool_arg);
@@ -79,12 +82,13 @@ void ModuleCore::PsaMeta(const PoolArg& pool_arg, DeviceBuffer* meta, const Arra
 
 void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
                            const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
-                           const ArrayArg& guard_added) {
-  if (!HasPsa())
+                           const ArrayArg& guard_added, bool select_only) {
+  if (!HasPsaKernels())
     Fail(code::kUnsupported,
          "this " + std::string(TargetName(info().target)) + " module has no PSA kernels");
-  if (info().target != Target::kCpu)
-    Fail(code::kUnsupported, "PSA decode runs on the cpu target only");
+  const bool on_host = info().target == Target::kCpu;
+  if (!on_host && !select_only)
+    Fail(code::kUnsupported, "PSA decode runs on the cpu target only (cuda/emu: select only)");
   const ModuleInfo& mi = info();
   CheckTensor(meta, "meta");
   if (config.type != ArrayType::kFloat64 || config.length != kConfigFields)
@@ -105,6 +109,7 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
   s.dense_below_tokens = IntField(c, kDenseBelowTokens, "denseBelowTokens", 0, 2147483647.0);
   s.guard = IntField(c, kGuard, "guard", 0, 1);
   s.max_chunks = IntField(c, kMaxChunks, "maxChunks", 1, 1 << 24);
+  s.select_only = select_only ? 1 : 0;
 
   DecodeRun run = StartDecode(pool, args);
   const Pool p = ResolvePool(pool);
@@ -131,7 +136,29 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
     return;
   }
   const Api& api = lib_->api();
+  if (!on_host) {
+    // Module memory: the lists, the counts and the select's scratch, staged in one buffer;
+    // the lists and counts come back to the caller's arrays.
+    const uint64_t list_bytes = Align(rows * uint64_t(s.max_chunks) * 4);
+    const uint64_t count_bytes = Align(rows * 4);
+    const uint64_t scratch_bytes =
+        ca_psa_scratch_bytes(ctx.num_requests(), mi.kv_heads, mi.q_heads, s.max_chunks);
+    Ensure(psa_staging_, list_bytes + count_bytes + scratch_bytes);
+    unsigned char* base = static_cast<unsigned char*>(psa_staging_.ptr);
+    s.lists = reinterpret_cast<int32_t*>(base);
+    s.counts = reinterpret_cast<int32_t*>(base + list_bytes);
+    s.scratch = base + list_bytes + count_bytes;
+    s.guard_added = nullptr;
+    lib_->Check(api.psa_decode(&run.params, &s, stream_), "ca_psa_decode");
+    lib_->Check(
+        api.memcpy_(lists.data, s.lists, rows * uint64_t(s.max_chunks) * 4, CA_COPY_D2H, stream_),
+        "ca_memcpy");
+    lib_->Check(api.memcpy_(counts.data, s.counts, rows * 4, CA_COPY_D2H, stream_), "ca_memcpy");
+    if (guard_added.present) std::memset(guard_added.data, 0, rows * 4);
+    return;
+  }
   lib_->Check(api.psa_decode(&run.params, &s, stream_), "ca_psa_decode");
+  if (select_only) return;
   if (run.out_host)
     lib_->Check(api.memcpy_(run.out_host, run.params.out, run.out_bytes, CA_COPY_D2H, stream_),
                 "ca_memcpy");

@@ -1,7 +1,9 @@
 // chunkattn/psa_abi.h — the C ABI of progressive sparse attention (PSA; options: dsl/README.md).
 //
-// Optional entry points: a module that exports them (the cpu target so far) says "psa":true in
-// ca_info(); the addon resolves them only then. Shapes as in chunkattn/abi.h, plus
+// Optional entry points: the addon resolves them when a module exports them (every target). The
+// cpu target runs the whole of ca_psa_decode; cuda/emu run ca_psa_meta and the select of
+// ca_psa_decode (select_only = 1; chunkattn/select.cuh), not yet the list-driven decode, and
+// fail with CA_ERR_UNSUPPORTED without select_only. Shapes as in chunkattn/abi.h, plus
 //
 //   meta      [num_slots, Hkv, CA_PSA_META_VECTORS, D]   dtype.kv   (one layer's chunk metadata)
 //             per (slot, KV head): mean key, per-channel variance (≥ 0), per-channel min, max,
@@ -49,10 +51,20 @@ typedef struct CaPsaParams {
   int32_t dense_below_tokens;  // rows of at most this many tokens select every chunk
   int32_t guard;               // 1: the progressive step (see sparse_decode.h)
   int32_t max_chunks;          // list capacity per (row, KV head): ≥ every row's chunk count
-  int32_t* lists;              // [num_rows, Hkv, max_chunks], host memory (cpu)
-  int32_t* counts;             // [num_rows, Hkv], host memory (cpu)
+  int32_t* lists;              // [num_rows, Hkv, max_chunks]: host memory (cpu), module (cuda/emu)
+  int32_t* counts;             // [num_rows, Hkv]: host memory (cpu), module memory (cuda/emu)
   int32_t* guard_added;  // [num_rows, Hkv] chunks the guard added (0 without guard); may be null
+  int32_t select_only;   // 1: select alone (lists, counts); out is not written
+  void* scratch;         // cuda/emu: ca_psa_scratch_bytes() bytes of module memory; cpu: unused
 } CaPsaParams;
+
+// Scratch of the cuda/emu select kernel: per requested (row, KV head), G + 2 floats (every
+// head's estimate, the Quest bound, the best log π) and one int32 of flags per chunk.
+static inline uint64_t ca_psa_scratch_bytes(int32_t num_requests, int32_t kv_heads, int32_t q_heads,
+                                            int32_t max_chunks) {
+  const uint64_t group = (uint64_t)(q_heads / kv_heads);
+  return (uint64_t)num_requests * (uint64_t)kv_heads * (group + 3) * (uint64_t)max_chunks * 4;
+}
 
 int ca_psa_meta(const CaPsaMetaParams* p, void* stream);
 int ca_psa_decode(const CaDecodeParams* p, const CaPsaParams* s, void* stream);

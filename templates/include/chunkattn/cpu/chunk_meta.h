@@ -15,6 +15,7 @@
 #include "chunkattn/cpu/types.h"
 #include "chunkattn/module_status.h"
 #include "chunkattn/psa_abi.h"
+#include "chunkattn/psa_math.h"
 
 namespace ca {
 namespace cpu {
@@ -43,16 +44,15 @@ inline void summarize_chunk(typename Cfg::KvT* meta, const typename Cfg::KvT* k)
       lo[d] = x < lo[d] ? x : lo[d];
       hi[d] = x > hi[d] ? x : hi[d];
     }
-  for (int d = 0; d < D; ++d) mean[d] *= 1.f / C;
+  for (int d = 0; d < D; ++d) mean[d] = ca::psa::meta_mean(mean[d], C);
   for (int t = 0; t < C; ++t)
     for (int d = 0; d < D; ++d) {
       const float x = to_f32(k[t * D + d]) - mean[d];
       var[d] += x * x;
     }
   for (int d = 0; d < D; ++d) {
-    const float v = var[d] * (1.f / C);
     meta[0 * D + d] = from_f32<KvT>(mean[d]);
-    meta[1 * D + d] = from_f32<KvT>(v > 0.f ? v : 0.f);
+    meta[1 * D + d] = from_f32<KvT>(ca::psa::meta_variance(var[d], C));
     meta[2 * D + d] = from_f32<KvT>(lo[d]);
     meta[3 * D + d] = from_f32<KvT>(hi[d]);
   }

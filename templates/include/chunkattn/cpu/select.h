@@ -25,17 +25,14 @@
 #include "chunkattn/cpu/simd.h"
 #include "chunkattn/cpu/types.h"
 #include "chunkattn/psa_abi.h"
+#include "chunkattn/psa_math.h"
 
 namespace ca {
 namespace cpu {
 namespace psa {
 
-// Order-preserving map float -> int32 (a < b  <=>  key(a) < key(b); -0 == +0 up to one step).
-inline int32_t order_key(float x) {
-  int32_t i;
-  memcpy(&i, &x, 4);
-  return i >= 0 ? i : int32_t(uint32_t(i) ^ 0x7fffffffu);
-}
+using ca::psa::order_key;
+using ca::psa::SelectArgs;
 
 // Marks (in out, where eligible) the k entries of largest key; ties broken by lower index.
 // Bisection on the key: the largest T with count(key ≥ T) ≥ k. O(32 n), no sort.
@@ -57,7 +54,7 @@ inline void mark_top_k(const int32_t* key, const uint8_t* eligible, int n, int k
   // count(key ≥ lo) = count ≥ k holds; count(key ≥ hi + 1) = 0 < k.
   hi += 1;
   while (hi - lo > 1) {
-    const int64_t mid = lo + (hi - lo) / 2;
+    const int64_t mid = ca::psa::bisect_mid(lo, hi);
     int c = 0;
     for (int j = 0; j < n; ++j) c += eligible[j] && key[j] >= mid;
     if (c >= k)
@@ -103,13 +100,6 @@ inline SelectScratch& select_scratch() {
   return s;
 }
 
-struct SelectArgs {
-  float mass;
-  int k_min, k_max, recent_chunks;
-  float safety_net;
-  bool use_box;
-};
-
 // Selects the chunks of one (row, KV head). slots: the row's chunk slots (token order); len: its
 // tokens; q: [G, D] scaled queries; k_tail: the tail chunk's K [C, D] (its first `valid` tokens
 // are real). Returns the number selected; sel[j] = 1 for each.
@@ -121,7 +111,7 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
   constexpr int D = Cfg::kHeadDim, C = Cfg::kChunk, Hkv = Cfg::kKvHeads,
                 G = Cfg::kQHeads / Cfg::kKvHeads;
   if (n <= 0) return 0;
-  if (a.mass >= 1.f || n == 1) {
+  if (ca::psa::selects_all(a, n)) {
     for (int j = 0; j < n; ++j) sel[j] = 1;
     return n;
   }
@@ -130,9 +120,9 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
   float* ell = sc.ell.data();
   uint8_t* forced = sc.forced.data();
   const int tail = n - 1;
-  const int valid_tail = len - tail * C < C ? len - tail * C : C;
+  const int valid_tail = ca::psa::tail_tokens(len, n, C);
   for (int j = 0; j < n; ++j) {
-    forced[j] = j == 0 || j >= n - a.recent_chunks || j == tail;
+    forced[j] = ca::psa::is_forced(j, n, a.recent_chunks);
     sel[j] = forced[j];
     sc.bound[j] = -INFINITY;
   }
@@ -157,13 +147,11 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
       }
     }
     for (int g = 0; g < G; ++g) {
-      float e = ln_c + simd::reduce_add(dot[g]) + simd::reduce_add(quad[g]);
-      const float cap = ln_c + simd::reduce_add(box[g]);
-      if (a.use_box) {
-        e = e < cap ? e : cap;
-        sc.bound[j] = cap > sc.bound[j] ? cap : sc.bound[j];
-      }
-      ell[g * n + j] = e;
+      const float b = simd::reduce_add(box[g]);
+      const float cap = ca::psa::quest_bound(ln_c, b, a.use_box);
+      sc.bound[j] = cap > sc.bound[j] ? cap : sc.bound[j];
+      ell[g * n + j] = ca::psa::log_mass(ln_c, simd::reduce_add(dot[g]), simd::reduce_add(quad[g]),
+                                         b, a.use_box);
     }
   }
   // The tail: exact log-sum-exp of its scores.
@@ -238,7 +226,7 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
     float fixed = covered;  // mass of the chunks decided in (keys ≥ hi1) and the forced ones
     int64_t hi1 = hi + 1;
     while (hi1 - lo > 1 && m > 0) {
-      const int64_t mid = lo + (hi1 - lo) / 2;
+      const int64_t mid = ca::psa::bisect_mid(lo, hi1);
       const int32_t t = int32_t(mid);
       float ge = 0.f;
       for (int i = 0; i < m; ++i) ge += ck[i] >= t ? cw[i] : 0.f;
@@ -265,8 +253,7 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
   // Safety net: the top ⌈safety_net · non-forced⌉ by Quest bound.
   int free_chunks = 0;
   for (int j = 0; j < n; ++j) free_chunks += !forced[j];
-  if (a.use_box && a.safety_net > 0.f && free_chunks > 0) {
-    const int k = int(ceilf(a.safety_net * float(free_chunks)));
+  if (const int k = ca::psa::safety_count(a, free_chunks)) {
     for (int j = 0; j < n; ++j) {
       sc.elig[j] = !forced[j];
       sc.key[j] = order_key(sc.bound[j]);
@@ -285,7 +272,7 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
     for (int j = 0; j < n; ++j) sc.elig[j] = !sel[j];
     mark_top_k(sc.key.data(), sc.elig.data(), n, a.k_min - count, sel);
   } else if (count > a.k_max) {
-    const int keep = a.k_max > num_forced ? a.k_max - num_forced : 0;
+    const int keep = ca::psa::clamp_keep(a, num_forced);
     for (int j = 0; j < n; ++j) {
       sc.elig[j] = sel[j] && !forced[j];
       add[j] = 0;

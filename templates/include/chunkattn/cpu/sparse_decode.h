@@ -228,7 +228,7 @@ struct SparseJob {
     memset(sel, 0, size_t(s->max_chunks));
     int count = 0;
     if (n > 0) {
-      if (len <= s->dense_below_tokens) {
+      if (ca::psa::dense_row(args, len)) {
         for (int j = 0; j < n; ++j) sel[j] = 1;
         count = n;
       } else {
@@ -484,7 +484,7 @@ inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept
     SparseJob<Cfg, Variant> job;
     job.p = &p;
     job.s = &s;
-    job.args = SelectArgs{s.mass, s.k_min, s.k_max, s.recent_chunks, s.safety_net, s.use_box != 0};
+    job.args = SelectArgs::from(s);
     job.mask = mask.data();
     const int threads = resolve_num_threads(p.num_threads);
     auto run_stage = [&](int stage, int tasks) {
@@ -495,6 +495,7 @@ inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept
     };
     run_stage(0, c.num_requests() * Hkv);
     if (job.status.load() != CA_OK) return fail(job.status.load(), "ca_psa_decode: out of memory");
+    if (s.select_only) return CA_OK;  // the lists and counts only; out untouched
     // Every list complete (mass 1, short rows, dense fallbacks): the dense kernel, exactly.
     if (job.incomplete.load() == 0) return decode<Cfg, Variant>(p);
 
