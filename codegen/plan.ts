@@ -84,7 +84,7 @@ export function phase2Geometry(spec: KernelSpec) {
 export function phase1Geometry(spec: KernelSpec) {
   const kvBytes = DTYPE_BYTES[spec.dtype.kv];
   const d = spec.headDim;
-  const blocksPerWarp = d <= 64 ? 2 : 1;
+  const blocksPerWarp = d <= 96 ? 2 : 1;
   const warps = 8 / blocksPerWarp;
   const threads = 32 * warps;
   const mTile = 128;

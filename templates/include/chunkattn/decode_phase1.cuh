@@ -3,20 +3,29 @@
 // tokens, on tensor cores. Phase 2 (decode_phase2.cuh) merges these partials into each row.
 //
 // Work item = (an m-tile of a run's stacked rows, a KV head, a split of the run's chunks):
-//   - Stacked rows: sharer r and query head g of the KV head give stacked row (r - row_begin)·G +
-//   g;
-//     an m-tile is up to kMT = 128 of them, so b·G ≤ 128 sharers read each shared chunk once.
-//   - 8 warps laid out kWM × kWN: kWM warps of 16 stacked rows each (m16 blocks), kWN warps
-//     splitting every 64-token stage (the layout follows the tile's rows: 2×4, 4×2 or 8×1).
-//   - Q fragments stay in registers for the whole run; S = Q Kᵀ and O += P V run on
+//   - Stacked rows: sharer r and query head g of the KV head give stacked row
+//     (r - row_begin)·G + g; an m-tile is up to kMT = 128 of them, so b·G ≤ 128 sharers read each
+//     shared chunk once.
+//   - kWarps warps laid out kWM × kWN: kWM warps of kBlocksPerWarp m16 blocks (16 stacked rows
+//     each), kWN warps splitting every stage's tokens (the layout follows the tile's rows). Every
+//     K/V fragment a warp reads from shared memory serves all its blocks, so a 128-row tile reads
+//     the staged K/V 128 / (16·kBlocksPerWarp) times: up to D = 96, 4 warps of 2 blocks (4 reads);
+//     from D = 128, 8 warps of 1 block (8 reads: about 73 shared wavefronts per KB of K/V at
+//     D = 128, the copies' 8 included).
+//   - Q fragments stay in registers for the whole run up to D = 128; S = Q Kᵀ and O += P V run on
 //     mma.sync m16n8k16, B operands by ldmatrix (.trans for V) from shared rows padded to D + 8
-//     elements (a 16-byte shift per row: every 8-row ldmatrix phase hits 32 distinct banks).
+//     elements (a 16-byte shift per row: every 8-row ldmatrix phase hits 32 distinct banks). The
+//     K fragments are loaded one n8 tile at a time (x2, the same wavefronts as x4): ptxas then
+//     keeps fewer of them in flight next to the accumulators.
+//   - Few registers besides o and the Q fragments: each lane holds one stacked row's visible
+//     length, sequence, head and partial index, shuffled to the accumulator rows where needed.
 //   - K/V stream through a 2-stage cp.async ring of 64-token stages; tokens past the split's end
 //     are zero-filled (stale shared memory times P = 0 could be NaN). The chunk slots of a stage
 //     are read once per warp, one lane per chunk, and shuffled to the copying lanes.
-//   - Token-slice warps of one m16 block merge their states through shared memory after the loop,
-//     then the partials are written: o / l (f32) and lse (natural log), one per (partial, query
-//     head, split), in the layout phase 2 reads (Phase2Io::part_o / part_lse).
+//   - Token-slice warps of one m-block group merge their states through shared memory after the
+//     loop (blocks without a row in the tile skip it), then the partials are written: o / l (f32)
+//     and lse (natural log), one per (partial, query head, split), in the layout phase 2 reads
+//     (Phase2Io::part_o / part_lse).
 // The grid is computable on the host from the context's scalars (phase1_items).
 #ifndef CHUNKATTN_DECODE_PHASE1_CUH_
 #define CHUNKATTN_DECODE_PHASE1_CUH_
@@ -41,9 +50,11 @@ template <class Cfg>
 struct Phase1Plan {
   using KvT = typename Cfg::KvT;
   static constexpr int G = Cfg::kQHeads / Cfg::kKvHeads, D = Cfg::kHeadDim, C = Cfg::kChunk;
-  // m16 blocks a warp holds: 2 where o and the Q fragments of both fit in registers (D <= 64),
-  // so every K/V fragment a warp loads from shared memory serves 32 stacked rows; else 1.
-  static constexpr int kBlocksPerWarp = D <= 64 ? 2 : 1;
+  // m16 blocks a warp holds: 2 where o and the Q fragments of both fit in registers, so every K/V
+  // fragment a warp loads from shared memory serves 32 stacked rows; else 1. o takes D and Q D / 2
+  // registers a lane: 144 of 255 at D = 96; at D = 128 (192) the rest of the loop needs more
+  // than the 63 left, and ptxas spills 4-8 bytes on sm_80 and sm_90a.
+  static constexpr int kBlocksPerWarp = D <= 96 ? 2 : 1;
   static constexpr int kWarps = 8 / kBlocksPerWarp, kThreads = 32 * kWarps;
   static constexpr int kMT = 128;  // stacked rows per m-tile: b·G <= 128 read each chunk once
   // Q fragments live in registers up to D = 128; above, they are read from a Q tile kept in
@@ -156,8 +167,6 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
   const int wm = warp % kWM, wn = warp / kWM;
   const int kvh = blockIdx.y, split = blockIdx.z;
   const int gq = lane >> 2, tq = lane & 3;
-  // Local stacked row of accumulator half h of m16 block b of this warp.
-  auto local_row = [&](int b, int h) { return (wm * kMB + b) * 16 + gq + 8 * h; };
   // Whether any of this warp's stacked rows is in the tile (warp-uniform): a warp past the tile's
   // rows only takes part in the copies and barriers.
   const bool warp_live = wm * kMB * 16 < mcount;
@@ -170,22 +179,46 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
   const int ntok = nchunks * C;
   const int tok_pos0 = run.kv_begin + c_lo * C;  // key position of the split's first token
   const int ntiles = (ntok + kKT - 1) / kKT;
-  const int32_t* slots = ctx.run_slots() + run.chunk_begin + c_lo;
+  const int slot0 = run.chunk_begin + c_lo;  // the split's first chunk in ctx.run_slots()
 
-  // The stacked rows this lane's accumulators hold (g and g + 8 of each m16 block).
-  int r_len[kMB][2], r_seq[kMB][2], r_head[kMB][2];
-#pragma unroll
-  for (int b = 0; b < kMB; ++b)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int m = local_row(b, h);
-      const bool live = m < mcount;
-      const int sm = m0 + (live ? m : 0);
-      const int r = run.row_begin + sm / G;
-      r_len[b][h] = live ? ctx.row_length(r) : 0;  // 0: nothing visible
-      r_seq[b][h] = Variant::kHasMask || Variant::kHasScoreMod ? ctx.row_seq(r) : 0;
-      r_head[b][h] = kvh * G + sm % G;
-    }
+  // Lane l holds the visible tokens, the length, the sequence and the partial of the warp's local
+  // stacked row l (kMB · 16 <= 32 rows); the rows of accumulator half h of block b (g and g + 8)
+  // read them by shuffle, which keeps them (and the tile's scalars) out of the registers the
+  // accumulators need. A row past the tile has length 0 (nothing visible) and partial -1.
+  int my_vis, my_len, my_seq, my_head, my_part;
+  {
+    const int m = wm * kMB * 16 + (lane & (kMB * 16 - 1));
+    const bool live = m < mcount;
+    const int sm = m0 + (live ? m : 0);
+    const int r = run.row_begin + sm / G;
+    my_len = live ? ctx.row_length(r) : 0;
+    // The split's tokens [0, my_vis) are visible to the row: within the split and before the
+    // row's length (which also masks a chunk-first run's partial last chunk).
+    my_vis = min(ntok, my_len - tok_pos0);
+    my_seq = Variant::kHasMask || Variant::kHasScoreMod ? ctx.row_seq(r) : 0;
+    my_head = kvh * G + sm % G;
+    // Index of the row's partial (o: [.][D], lse: [.]) = (partial slot, query head).
+    my_part =
+        live ? ((run.partial_begin + sm / G) * io.splits + split) * Hq + kvh * G + sm % G : -1;
+  }
+
+  auto row_vis = [&](int b, int h) {
+    return __shfl_sync(0xffffffffu, my_vis, b * 16 + gq + 8 * h);
+  };
+  auto row_len = [&](int b, int h) {
+    return __shfl_sync(0xffffffffu, my_len, b * 16 + gq + 8 * h);
+  };
+  auto row_seq = [&](int b, int h) {
+    return __shfl_sync(0xffffffffu, my_seq, b * 16 + gq + 8 * h);
+  };
+  auto row_head = [&](int b, int h) {
+    return __shfl_sync(0xffffffffu, my_head, b * 16 + gq + 8 * h);
+  };
+  auto row_part = [&](int b, int h) {
+    return __shfl_sync(0xffffffffu, my_part, b * 16 + gq + 8 * h);
+  };
+  // Whether m16 block b of this warp has no row in the tile (warp-uniform).
+  auto block_dead = [&](int b) { return __shfl_sync(0xffffffffu, my_part, b * 16) < 0; };
 
   // Copies stage `i` (tokens [i·kKT, (i + 1)·kKT) of the split), K and V, into ring slot `stage`.
   // Called by every thread (the slot shuffle is warp-wide).
@@ -193,10 +226,11 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
     const int first = i * kKT / C;  // the stage's first chunk within the split
     int last = (i * kKT + kKT - 1) / C;
     if (last > nchunks - 1) last = nchunks - 1;
-    const int my_slot = lane <= last - first ? ctx.chunk_slot(slots, first + lane) : 0;
+    const int my_slot =
+        lane <= last - first ? ctx.chunk_slot(ctx.run_slots() + slot0, first + lane) : 0;
     KvT* ks = reinterpret_cast<KvT*>(smem + stage * Pl::kStageBytes);
     KvT* vs = reinterpret_cast<KvT*>(smem + stage * Pl::kStageBytes + Pl::kTileBytes);
-#pragma unroll
+#pragma unroll 1
     for (int e0 = 0; e0 < kKT * kPieces; e0 += Pl::kThreads) {
       const int e = e0 + tid;
       const int row = e / kPieces, piece = e % kPieces;
@@ -218,15 +252,13 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
 
   // A split without chunks (a short run next to a long one) has an empty state for every row.
   if (ntiles == 0) {
-    if (wn == 0 && tq == 0)
+    if (wn == 0)  // warp-uniform: the shuffles need every lane
 #pragma unroll
       for (int b = 0; b < kMB; ++b)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int m = local_row(b, h);
-          if (m >= mcount) continue;
-          const size_t slot = size_t(run.partial_begin + (m0 + m) / G) * io.splits + split;
-          stg<CA_TRAFFIC_PARTIAL>(io.part_lse + slot * Hq + r_head[b][h], -INFINITY);
+          const int part = row_part(b, h);
+          if (tq == 0 && part >= 0) stg<CA_TRAFFIC_PARTIAL>(io.part_lse + part, -INFINITY);
         }
     return;
   }
@@ -273,8 +305,8 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
     m_run[b][0] = m_run[b][1] = -INFINITY;
     l_run[b][0] = l_run[b][1] = 0.f;
   }
-  const float scale = Variant::kHasScoreMod ? t.softmax_scale : t.softmax_scale * kLog2e;
 
+#pragma unroll 1
   for (int i = 0; i < ntiles; ++i) {
     const int stage = i % Pl::kStages;
     if (i + 1 < ntiles) load_stage(i + 1, (i + 1) % Pl::kStages);
@@ -294,41 +326,61 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
       for (int b = 0; b < kMB; ++b)
 #pragma unroll
         for (int n = 0; n < kSub / 8; ++n) s[b][n][0] = s[b][n][1] = s[b][n][2] = s[b][n][3] = 0.f;
+      if constexpr (Pl::kQInSmem) {
+        // One K fragment of both n8 tiles per Q fragment read from shared memory.
 #pragma unroll
-      for (int kk = 0; kk < kNK; ++kk) {
-        uint32_t kb[4];
-        ldmatrix_x4(kb, kt + size_t(tok0 + (lane & 7) + ((lane >> 4) & 1) * 8) * kLd + kk * 16 +
-                            ((lane >> 3) & 1) * 8);
-        const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+        for (int kk = 0; kk < kNK; ++kk) {
+          uint32_t kb[4];
+          ldmatrix_x4(kb, kt + size_t(tok0 + (lane & 7) + ((lane >> 4) & 1) * 8) * kLd + kk * 16 +
+                              ((lane >> 3) & 1) * 8);
+          const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
 #pragma unroll
-        for (int b = 0; b < kMB; ++b) {
-          if constexpr (Pl::kQInSmem) {
+          for (int b = 0; b < kMB; ++b) {
             load_q(qa[b][0], b, kk);
             mma16816<KvT>(s[b][0], qa[b][0], b0);
             mma16816<KvT>(s[b][1], qa[b][0], b1);
-          } else {
-            mma16816<KvT>(s[b][0], qa[b][kk], b0);
-            mma16816<KvT>(s[b][1], qa[b][kk], b1);
           }
         }
+      } else {
+        // Q in registers: K fragments one n8 tile at a time (x2), which keeps fewer of them in
+        // flight next to the accumulators (the same wavefronts as x4).
+#pragma unroll
+        for (int n = 0; n < kSub / 8; ++n)
+#pragma unroll
+          for (int kk = 0; kk < kNK; ++kk) {
+            uint32_t kb[2];
+            ldmatrix_x2(
+                kb, kt + size_t(tok0 + n * 8 + (lane & 7)) * kLd + kk * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+            for (int b = 0; b < kMB; ++b) mma16816<KvT>(s[b][n], qa[b][kk], kb);
+          }
       }
 
+      // P straight from the S accumulators (the C layout of two n8 tiles is the A layout of one
+      // k16 step), packed as soon as a block's softmax is done.
+      uint32_t pa[kMB][4];
 #pragma unroll
       for (int b = 0; b < kMB; ++b) {
         // Scale, visibility, online softmax (rows g and g + 8; base-2 exponent).
         float mx[2] = {-INFINITY, -INFINITY};
+        // Token j of the block (split token u0 + j) is visible to row h iff j < lim[h].
+        const int u0 = i * kKT + tok0;
+        const int lim[2] = {row_vis(b, 0) - u0, row_vis(b, 1) - u0};
 #pragma unroll
         for (int n = 0; n < kSub / 8; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int h = e >> 1;
-            const int u = i * kKT + tok0 + n * 8 + 2 * tq + (e & 1);
-            const int kv = tok_pos0 + u;
-            // kv < length also masks a chunk-first run's partial last chunk.
-            bool visible = u < ntok && kv < r_len[b][h];
-            const Pos pos{r_seq[b][h], r_head[b][h], kvh, r_len[b][h] - 1, kv};
+            const int j = n * 8 + 2 * tq + (e & 1);
+            bool visible = j < lim[h];
+            const Pos pos{Variant::kHasMask || Variant::kHasScoreMod ? row_seq(b, h) : 0,
+                          Variant::kHasMask || Variant::kHasScoreMod ? row_head(b, h) : 0, kvh,
+                          Variant::kHasMask || Variant::kHasScoreMod ? row_len(b, h) - 1 : 0,
+                          tok_pos0 + u0 + j};
             if (Variant::kHasMask && visible) visible = Variant::mask(pos, t.params);
-            float x = s[b][n][e] * scale;
+            // (The scale is read where used: a register held through the loop is one too many.)
+            float x = s[b][n][e] * t.softmax_scale;
+            if (!Variant::kHasScoreMod) x *= kLog2e;
             if (Variant::kHasScoreMod && visible) x = Variant::score_mod(x, pos, t.params) * kLog2e;
             s[b][n][e] = visible ? x : -INFINITY;
             mx[h] = fmaxf(mx[h], s[b][n][e]);
@@ -356,18 +408,13 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
           o[b][n][0] *= alpha[0], o[b][n][1] *= alpha[0];
           o[b][n][2] *= alpha[1], o[b][n][3] *= alpha[1];
         }
-      }
-
-      // O += P V: P straight from the S accumulators (the C layout of two n8 tiles is the A
-      // layout of one k16 step); each V fragment serves the warp's kMB m16 blocks.
-      uint32_t pa[kMB][4];
-#pragma unroll
-      for (int b = 0; b < kMB; ++b) {
         pa[b][0] = pack_pair<KvT>(s[b][0][0], s[b][0][1]);
         pa[b][1] = pack_pair<KvT>(s[b][0][2], s[b][0][3]);
         pa[b][2] = pack_pair<KvT>(s[b][1][0], s[b][1][1]);
         pa[b][3] = pack_pair<KvT>(s[b][1][2], s[b][1][3]);
       }
+
+      // O += P V: each V fragment serves the warp's kMB m16 blocks.
 #pragma unroll
       for (int n = 0; n < D / 8; n += 2) {
         uint32_t vb[4];
@@ -402,7 +449,8 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
     __syncthreads();
     if (wn > 0 && warp_live) {
 #pragma unroll
-      for (int b = 0; b < kMB; ++b)
+      for (int b = 0; b < kMB; ++b) {
+        if (block_dead(b)) continue;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int row = arena_row(warp, b, h);
@@ -414,6 +462,7 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
             sts(reinterpret_cast<float2*>(ml + size_t(row) * 2),
                 make_float2(m_run[b][h], l_run[b][h]));
         }
+      }
     }
     __syncthreads();
     if (wn == 0 && warp_live) {  // the warps of one m-block group share wm, so their liveness
@@ -421,7 +470,8 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
       for (int other = 1; other < kWN; ++other) {
         const int ow = other * kWM + wm;
 #pragma unroll
-        for (int b = 0; b < kMB; ++b)
+        for (int b = 0; b < kMB; ++b) {
+          if (block_dead(b)) continue;
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int row = arena_row(ow, b, h);
@@ -439,6 +489,7 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
               o[b][n][2 * h + 1] = o[b][n][2 * h + 1] * fa + v.y * fb;
             }
           }
+        }
       }
     }
   }
@@ -450,20 +501,18 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
   for (int b = 0; b < kMB; ++b)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int m = local_row(b, h);
-      if (m >= mcount) continue;
-      const int sm = m0 + m;
-      const size_t slot = size_t(run.partial_begin + sm / G) * io.splits + split;
+      const int part = row_part(b, h);
+      if (part < 0) continue;
       const bool empty = l_run[b][h] == 0.f;
       const float inv = empty ? 0.f : 1.f / l_run[b][h];
-      float* dst = io.part_o + (slot * Hq + r_head[b][h]) * D;
+      float* dst = io.part_o + size_t(part) * D;
       if (!empty)
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
           stg<CA_TRAFFIC_PARTIAL>(reinterpret_cast<float2*>(dst + n * 8 + 2 * tq),
                                   make_float2(o[b][n][2 * h] * inv, o[b][n][2 * h + 1] * inv));
       if (tq == 0)
-        stg<CA_TRAFFIC_PARTIAL>(io.part_lse + slot * Hq + r_head[b][h],
+        stg<CA_TRAFFIC_PARTIAL>(io.part_lse + part,
                                 empty ? -INFINITY : (m_run[b][h] + log2f(l_run[b][h])) * kLn2);
     }
 }
@@ -486,7 +535,6 @@ template <class Cfg, class Variant>
 __global__ void __launch_bounds__(Phase1Plan<Cfg>::kThreads, Phase1Plan<Cfg>::kMinBlocks)
     decode_phase1_kernel(const DecodeView ctx, const DecodeTensors t, const Phase1Io io) {
   using Pl = Phase1Plan<Cfg>;
-  constexpr int G = Pl::G;
   // Thread 0 finds the item's run (the last whose first item is <= blockIdx.x: item_begin strictly
   // increases with the run) and shares it through the arena's first words.
   extern __shared__ __align__(128) unsigned char smem[];
@@ -520,7 +568,7 @@ __global__ void __launch_bounds__(Phase1Plan<Cfg>::kThreads, Phase1Plan<Cfg>::kM
   tile.run.partial_begin = lds(hdr + 5);
   const int64_t j = lds(hdr + 6);
   __syncthreads();  // the body's copies overwrite the header
-  const int m_total = (tile.run.row_end - tile.run.row_begin) * G;
+  const int m_total = (tile.run.row_end - tile.run.row_begin) * Pl::G;
   const int64_t m0 = j * Pl::kMT;
   if (m0 >= m_total) return;  // the spare item of a run (see phase1_item_begin)
   tile.m0 = int(m0);
