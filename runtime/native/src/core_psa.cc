@@ -143,7 +143,8 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
     const uint64_t count_bytes = Align(rows * 4);
     const uint64_t scratch_bytes =
         ca_psa_scratch_bytes(ctx.num_requests(), mi.kv_heads, mi.q_heads, s.max_chunks);
-    Ensure(psa_staging_, list_bytes + count_bytes + scratch_bytes);
+    Ensure(psa_staging_, list_bytes + count_bytes + scratch_bytes,
+           "the PSA select lists and scratch");
     unsigned char* base = static_cast<unsigned char*>(psa_staging_.ptr);
     s.lists = reinterpret_cast<int32_t*>(base);
     s.counts = reinterpret_cast<int32_t*>(base + list_bytes);
