@@ -7,7 +7,7 @@
 //           requested); guardAdded [numRows, Hkv]: how many of them the guard added.
 
 import type { SparseSpec } from '../dsl/sparse.ts';
-import { ChunkMetadata, type WrittenTokens } from './chunk-metadata.ts';
+import { ChunkMetadata, type ChunkMetadataShape, type WrittenTokens } from './chunk-metadata.ts';
 import type { KernelContext } from './kernel-context.ts';
 import type { DecodeArgs, KvPool, NativeModule } from './native-module.ts';
 import { psaConfig } from './psa-options.ts';
@@ -27,14 +27,8 @@ export interface SparseSelection {
   chunksOf(seq: number, kvHead: number): Int32Array;
 }
 
-export interface SparseDecoderShape {
-  readonly layers: number;
-  readonly slots: number;
-  readonly kvHeads: number;
-  readonly headDim: number;
-  readonly chunkSize: number;
-  readonly dtype: 'f16' | 'bf16' | 'f32';
-}
+/** The decoder sizes its metadata store from the same shape. */
+export type SparseDecoderShape = ChunkMetadataShape;
 
 export class SparseDecoder {
   readonly options: SparseSpec;
