@@ -1,11 +1,14 @@
 // Runs once per `vitest run`: points every test at one build cache inside the repo and builds
 // every kernel module the suites use, two at a time, before any test starts. Tests then hit the
-// cache (keyed by content, so local reruns rebuild only what changed).
+// cache (keyed by content, so local reruns rebuild only what changed). CHUNKATTN_PRECOMPILE=0
+// skips the up-front build: while iterating on one test file, each test then builds just the
+// modules it uses.
 
 import { join } from 'node:path';
 
 export default async function setup(): Promise<void> {
   process.env.CHUNKATTN_CACHE ??= join(import.meta.dirname, '..', '.cache', 'chunkattn');
+  if (process.env.CHUNKATTN_PRECOMPILE === '0') return;
   const { buildModule } = await import('../codegen/index.ts');
   const { loadSpecs } = await import('../dsl/index.ts');
   const { precompiledModules } = await import('./specs.ts');
