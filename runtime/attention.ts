@@ -336,17 +336,19 @@ export class Attention {
     this.#threads = options.threads ?? 0;
     this.#maxRunChunks = options.maxRunChunks ?? Number.POSITIVE_INFINITY;
     this.#pools = [];
+    // Sparse decode runs on the primary module: its reservation holds the PSA staging too.
+    const sparseOn = !!sparse && sparseRunsOn(module, sparse);
     try {
       for (let layer = 0; layer < options.layers; layer++) this.#pools.push(module.allocPool(slots));
       // Scratch at its bounds, once, on every module a call may run on: no call allocates later.
       for (const instance of dispatcher.modules())
-        instance.reserve(scratchBounds(instance.info, slots, this.capacity));
+        instance.reserve(scratchBounds(instance.info, slots, this.capacity, sparseOn && instance === module));
       this.#kvStagingBytes = scratchBounds(module.info, slots, this.capacity).kv;
     } catch (error) {
       for (const pool of this.#pools) module.free(pool);
       throw error;
     }
-    this.sparse = sparse && module.hasPsa ? sparse : undefined;
+    this.sparse = sparseOn ? sparse : undefined;
     try {
       this.#sparse = this.sparse
         ? new SparseDecoder(module, this.sparse, {
@@ -411,9 +413,11 @@ export class Attention {
     const warning = module.info.target === 'cuda' ? undefined : poolMemoryWarning(spec, options, freemem());
     if (warning) process.emitWarning(warning, { code: 'CHUNKATTN_MEMORY' });
     const sparse = resolveSparse(spec, options.sparse);
-    if (sparse && !module.hasPsa)
+    if (sparse && !sparseRunsOn(module, sparse))
       process.emitWarning(
-        `spec "${spec.name}" asks for sparse attention, which the ${module.info.target} module lacks (cpu only so far): it runs dense`,
+        module.hasPsa
+          ? `spec "${spec.name}" asks for sparse attention with the guard, which runs on the cpu target only: the ${module.info.target} module runs dense`
+          : `spec "${spec.name}" asks for sparse attention, which the ${module.info.target} module lacks: it runs dense`,
         { code: 'CHUNKATTN_DENSE' },
       );
     // Every instance the dispatch rules may pick is built and loaded now, never per call.
@@ -970,4 +974,9 @@ export class Attention {
     for (const pool of this.#pools) this.module.copyChunks(pool, list);
     this.#sparse?.metadata.afterCopies(copies);
   }
+}
+
+/** Whether `module` decodes these PSA options sparse: every target with the kernels; the guard on cpu only. */
+function sparseRunsOn(module: NativeModule, sparse: SparseSpec): boolean {
+  return module.hasPsa && (module.info.target === 'cpu' || !sparse.guard);
 }

@@ -54,6 +54,8 @@ export interface ScratchBounds {
   readonly kv: number;
   /** Copy-on-write lists and PSA metadata slot lists. */
   readonly copies: number;
+  /** cuda/emu sparse decode: the lists, counts and scratch of ca_psa_decode (0 without PSA). */
+  readonly psa?: number;
 }
 
 /**
@@ -148,8 +150,40 @@ export function writeStagingBytes(tokens: number, hostBytes: readonly number[]):
   return 2 * alignUp(4 * tokens, 256) + hostBytes.reduce((sum, bytes) => sum + alignUp(bytes, 256), 0);
 }
 
-/** Every scratch bound of one module handle over a pool of `numSlots` slots. */
-export function scratchBounds(info: ModuleInfo, numSlots: number, capacity: Capacity): ScratchBounds {
+/** Phase-1 stacked rows of a work item (decode_phase1.cuh kMT; psa_abi.h CA_PSA_PHASE1_TILE_ROWS). */
+const PHASE1_TILE_ROWS = 128;
+
+/**
+ * Bytes core_psa.cc stages for a cuda/emu ca_psa_decode within the capacity (the cpu target decodes
+ * in host memory: 0): lists [R, Hkv, K] and counts [R, Hkv] int32, then ca_psa_decode_scratch_bytes
+ * (psa_abi.h): the select's [requests ≤ R, Hkv, G + 3, K] words, row_sel [R, Hkv, K] bytes,
+ * private_begin [R, Hkv] int32 and tile_sel [items, Hkv, K] bytes with items = runs + ⌊P·G / 128⌋
+ * (runs ≤ min(P, S)); every section rounded up to 256 bytes.
+ */
+export function psaStagingBound(info: ModuleInfo, numSlots: number, capacity: Capacity): number {
+  if (info.target === 'cpu') return 0;
+  const { qHeads: hq, kvHeads: hkv, chunkSize: c } = info;
+  const k = rowChunks(capacity, numSlots, c);
+  const g = hq / hkv;
+  const rows = capacity.rows * hkv;
+  const items =
+    Math.min(capacity.partials, numSlots) + Math.floor((capacity.partials * g) / PHASE1_TILE_ROWS);
+  const a = (bytes: number) => alignUp(bytes, 256);
+  return (
+    a(rows * k * 4) + a(rows * 4) + a(rows * (g + 3) * k * 4) + a(rows * k) + a(rows * 4) + a(items * hkv * k)
+  );
+}
+
+/**
+ * Every scratch bound of one module handle over a pool of `numSlots` slots; `sparse`: the handle
+ * decodes PSA (reserves psaStagingBound).
+ */
+export function scratchBounds(
+  info: ModuleInfo,
+  numSlots: number,
+  capacity: Capacity,
+  sparse = false,
+): ScratchBounds {
   const { qHeads: hq, kvHeads: hkv, headDim: d, chunkSize: c } = info;
   const ioElements = capacity.rows * hq * d;
   const t = capacity.writeTokens;
@@ -165,6 +199,7 @@ export function scratchBounds(info: ModuleInfo, numSlots: number, capacity: Capa
     // A copy list names each destination slot once (≤ S copies of 3 ints); a PSA metadata list
     // names each full chunk once (≤ S ints).
     copies: 4 * 3 * numSlots,
+    psa: sparse ? psaStagingBound(info, numSlots, capacity) : 0,
   };
 }
 

@@ -572,7 +572,10 @@ export class NativeModule {
     return call(() => nativeAddon().workspaceBytes(this.#handle, pool, nativeDecodeArgs(args)));
   }
 
-  /** Whether the module decodes sparse through ca_psa_decode (chunkattn/psa_abi.h: the cpu target). */
+  /**
+   * Whether the module decodes sparse through ca_psa_decode (chunkattn/psa_abi.h): every target
+   * with PSA kernels; on cuda/emu without the guard (the progressive step runs on cpu only).
+   */
   get hasPsa(): boolean {
     return call(() => nativeAddon().hasPsa(this.#handle));
   }
@@ -591,8 +594,7 @@ export class NativeModule {
   }
 
   /**
-   * Sparse decode (select, then two-phase decode over the selected chunks; the cpu target, see
-   * hasPsa). config: a Float64Array in runtime/psa-options.ts order; lists [numRows, kvHeads,
+   * Sparse decode (select, then two-phase decode over the selected chunks; see hasPsa). config: a Float64Array in runtime/psa-options.ts order; lists [numRows, kvHeads,
    * maxChunks] and counts [numRows, kvHeads] (Int32Array) receive each (DFS row, KV head)'s
    * selection. With `selectOnly` it runs the select alone and leaves `out` untouched: what every
    * target with PSA kernels runs (hasPsaKernels), cuda/emu included.

@@ -18,6 +18,7 @@ import {
   workspaceBound,
 } from '../runtime/capacity.ts';
 import { ioRowMap, packContext } from '../runtime/kernel-context.ts';
+import { toHost } from '../runtime/native/fixtures/testing.ts';
 import { type HostData, NativeModule } from '../runtime/native-module.ts';
 import { PrefixTree } from '../runtime/prefix-tree.ts';
 import { expandQueryRows } from '../runtime/query-rows.ts';
@@ -305,42 +306,56 @@ describe('NativeModule without reserve grows scratch on demand; with it, never',
   });
 });
 
-describe('cpu: a PSA sparse decode allocates no scratch after create', () => {
-  test('dense and sparse layers of a step: 0 allocations', async () => {
-    const cpuSpec = tinySpec('f32', 'plain', ['cpu']);
-    const attn = await Attention.create(cpuSpec, {
-      layers: 2,
-      capacityTokens: 4096,
-      target: 'cpu',
-      threads: 2,
-      sparse: { denseLayers: 1, denseBelowTokens: 0 },
-    });
-    opened.push(attn);
-    expect(attn.sparse).toBeDefined();
-    const reserved = allocations(attn);
-    const kvElems = cpuSpec.heads.kv * cpuSpec.headDim;
-    const qElems = cpuSpec.heads.q * cpuSpec.headDim;
-    const f32 = (n: number, seed: number) =>
-      Float32Array.from(randomBits(n, seed), (b) => new Float32Array(new Uint32Array([b << 16]).buffer)[0]!);
-    const seqs: number[] = [];
-    for (let i = 0; i < 6; i++) {
-      const { seq } = attn.insert(Array.from({ length: 120 + 7 * i }, (_, t) => (t * 31 + i) % 500));
-      const n = attn.cache.length(seq);
-      for (let layer = 0; layer < 2; layer++)
-        attn.writeKV(layer, seq, 0, f32(n * kvElems, i + layer), f32(n * kvElems, i + layer + 3));
-      seqs.push(seq);
-    }
-    attn.appendStep(
-      seqs,
-      seqs.map(() => 1),
-    );
-    for (let layer = 0; layer < 2; layer++) {
-      attn.writeDecodeKV(layer, f32(6 * kvElems, 40 + layer), f32(6 * kvElems, 50 + layer));
-      attn.decode(layer, f32(6 * qElems, 60 + layer));
-    }
-    expect(attn.selection).toBeDefined();
-    expect(allocations(attn) - reserved).toBe(0);
-  });
+describe('a PSA sparse decode allocates no scratch after create', () => {
+  test.each(['cpu', 'emu'] as const)(
+    '%s: dense and sparse layers of a step: 0 allocations',
+    async (target) => {
+      const cpuSpec = tinySpec(target === 'cpu' ? 'f32' : 'f16', 'plain', [target]);
+      const attn = await Attention.create(cpuSpec, {
+        layers: 2,
+        capacityTokens: 4096,
+        target,
+        threads: 2,
+        sparse: { denseLayers: 1, denseBelowTokens: 0 },
+      });
+      opened.push(attn);
+      expect(attn.sparse).toBeDefined();
+      const reserved = allocations(attn);
+      const kvElems = cpuSpec.heads.kv * cpuSpec.headDim;
+      const qElems = cpuSpec.heads.q * cpuSpec.headDim;
+      const f32 = (n: number, seed: number) =>
+        Float32Array.from(
+          randomBits(n, seed),
+          (b) => new Float32Array(new Uint32Array([b << 16]).buffer)[0]!,
+        );
+      const seqs: number[] = [];
+      for (let i = 0; i < 6; i++) {
+        const { seq } = attn.insert(Array.from({ length: 120 + 7 * i }, (_, t) => (t * 31 + i) % 500));
+        const n = attn.cache.length(seq);
+        for (let layer = 0; layer < 2; layer++)
+          attn.writeKV(layer, seq, 0, f32(n * kvElems, i + layer), f32(n * kvElems, i + layer + 3));
+        seqs.push(seq);
+      }
+      attn.appendStep(
+        seqs,
+        seqs.map(() => 1),
+      );
+      for (let layer = 0; layer < 2; layer++) {
+        attn.writeDecodeKV(layer, f32(6 * kvElems, 40 + layer), f32(6 * kvElems, 50 + layer));
+        const q = f32(6 * qElems, 60 + layer);
+        attn.decode(layer, target === 'cpu' ? q : toHost(q, 'f16'));
+      }
+      expect(attn.selection).toBeDefined();
+      // Sparse on this target: some (row, KV head) attended fewer chunks than it holds.
+      const sel = attn.selection!;
+      let sparse = 0;
+      for (const seq of seqs)
+        for (let h = 0; h < sel.kvHeads; h++)
+          sparse += sel.chunksOf(seq, h).length < Math.ceil(attn.cache.length(seq) / 16) ? 1 : 0;
+      expect(sparse).toBeGreaterThan(0);
+      expect(allocations(attn) - reserved).toBe(0);
+    },
+  );
 });
 
 describe('the bounds are upper bounds', () => {

@@ -1,6 +1,7 @@
 // The phase-1 kernel (decode_phase1.cuh) compiled by nvcc for sm_80 and sm_90a, each arch checked
 // on its own (spills differ by arch), over a spec matrix of D ∈ {64, 128, 256} × G ∈ {1, 8} plus a
-// masked, score-modded variant: no spills, no local memory, registers within the plan's budget,
+// masked, score-modded variant, and the PSA list-driven instances (kListed: chunk_select_mask.cuh)
+// of three of them: no spills, no local memory, registers within the plan's budget,
 // no static shared memory (the plan's dynamic arena is checked against C++ in
 // emu-phase1.test.ts). And a PTX lint: tensor cores (mma.sync m16n8k16) fed by ldmatrix, K/V by
 // cp.async with a wait_group ≥ 1 in the loop, no 2-byte shared loads, no local loads or stores.
@@ -14,9 +15,12 @@ import { buildPtxMatrix, PTX_ARCHS, type PtxMatrix, ptxEntry } from './ptx-matri
 
 const MATRIX = [
   ...[64, 128, 256].flatMap((d) =>
-    [1, 8].map((g) => ({ d, g, dtype: d === 128 ? 'bf16' : 'f16', variant: 'Plain' })),
+    [1, 8].map((g) => ({ d, g, dtype: d === 128 ? 'bf16' : 'f16', variant: 'Plain', listed: false })),
   ),
-  { d: 128, g: 2, dtype: 'bf16', variant: 'SoftcapWindow' },
+  { d: 128, g: 2, dtype: 'bf16', variant: 'SoftcapWindow', listed: false },
+  { d: 128, g: 1, dtype: 'bf16', variant: 'Plain', listed: true },
+  { d: 256, g: 8, dtype: 'f16', variant: 'Plain', listed: true },
+  { d: 128, g: 2, dtype: 'bf16', variant: 'SoftcapWindow', listed: true },
 ];
 const ARCHS = PTX_ARCHS;
 
@@ -36,11 +40,11 @@ function plan(i: number) {
 
 function source(): string {
   const cfgs = MATRIX.map(
-    ({ d, g, dtype, variant }, i) => `struct Cfg${i} {
+    ({ d, g, dtype, variant, listed }, i) => `struct Cfg${i} {
   static constexpr int kQHeads = ${8 * g}, kKvHeads = 8, kHeadDim = ${d}, kChunk = 64;
   using QT = ca::${dtype}; using KvT = ca::${dtype}; using OutT = ca::${dtype};
 };
-template __global__ void ca::decode_phase1_kernel<Cfg${i}, ${variant}>(const ca::DecodeView, const ca::DecodeTensors, const ca::Phase1Io);`,
+template __global__ void ca::decode_phase1_kernel<Cfg${i}, ${variant}, ${listed}>(const ca::DecodeView, const ca::DecodeTensors, const ca::Phase1Io);`,
   );
   return `#define CA_TARGET_CUDA 1
 #include "chunkattn/decode_phase1.cuh"

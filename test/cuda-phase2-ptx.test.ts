@@ -1,5 +1,6 @@
 // The phase-2 kernels compiled by nvcc for sm_80 and sm_90a, each arch checked on its own (spills
-// differ by arch), over a spec matrix of D ∈ {64, 128, 256} × G ∈ {1, 8}: no spills, no local
+// differ by arch), over a spec matrix of D ∈ {64, 128, 256} × G ∈ {1, 8}, each dense and PSA
+// list-driven (kListed: chunk_select_mask.cuh): no spills, no local
 // memory, registers within the plan's budget, no static shared memory (the plan's dynamic arena
 // is checked against C++ in emu-phase2.test.ts). And a PTX lint: the pipelined kernel waits with
 // cp.async.wait_group ≥ 1 and has no 2-byte shared loads, which the lane = token reference kernel
@@ -37,7 +38,9 @@ function source(): string {
   using QT = ca::${dtype}; using KvT = ca::${dtype}; using OutT = ca::${dtype};
 };
 template __global__ void ca::decode_phase2_kernel<Cfg${i}, Plain>(const ca::DecodeView, const ca::DecodeTensors, const ca::Phase2Io);
-template __global__ void ca::decode_merge_splits_kernel<Cfg${i}>(const ca::DecodeView, const ca::DecodeTensors, const ca::Phase2Io);`,
+template __global__ void ca::decode_merge_splits_kernel<Cfg${i}>(const ca::DecodeView, const ca::DecodeTensors, const ca::Phase2Io);
+template __global__ void ca::decode_phase2_kernel<Cfg${i}, Plain, true>(const ca::DecodeView, const ca::DecodeTensors, const ca::Phase2Io);
+template __global__ void ca::decode_merge_splits_kernel<Cfg${i}, true>(const ca::DecodeView, const ca::DecodeTensors, const ca::Phase2Io);`,
   );
   return `#define CA_TARGET_CUDA 1
 #include "chunkattn/decode_phase2.cuh"
@@ -70,7 +73,7 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
       const records = parsePtxasReport(report).filter(
         (r) => r.arch === arch && /decode_phase2|decode_merge_splits/.test(r.symbol),
       );
-      expect(records.length).toBe(2 * MATRIX.length);
+      expect(records.length).toBe(4 * MATRIX.length);
       for (const r of records) {
         const what = `${r.symbol} ${arch}: ${r.registers} registers`;
         expect(r.spillStoreBytes + r.spillLoadBytes, what).toBe(0);
@@ -87,9 +90,9 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
     (arch) => {
       const text = ptx.get(arch) ?? '';
       expect(text.length).toBeGreaterThan(0);
-      for (let i = 0; i < MATRIX.length; i++) {
-        const body = ptxEntry(text, `decode_phase2_kernelI4Cfg${i}5Plain`);
-        expect(body.length, `decode_phase2 Cfg${i}`).toBeGreaterThan(0);
+      for (const [i, listed] of MATRIX.flatMap((_, i) => [0, 1].map((l) => [i, l] as const))) {
+        const body = ptxEntry(text, `decode_phase2_kernelI4Cfg${i}5PlainLb${listed}E`);
+        expect(body.length, `decode_phase2 Cfg${i} listed ${listed}`).toBeGreaterThan(0);
         const waits = [...body.matchAll(/cp\.async\.wait_group\s+(\d+)/g)].map((m) => Number(m[1]));
         expect(
           waits.some((n) => n >= 1),

@@ -11,7 +11,8 @@ import { buildPtxMatrix, PTX_ARCHS, type PtxMatrix } from './ptx-matrix.ts';
 const MATRIX = [64, 128, 256].flatMap((d) =>
   [1, 8].map((g) => ({ d, g, dtype: d === 128 ? 'bf16' : 'f16' })),
 );
-const KERNELS = /psa_meta_kernel|psa_select_kernel|psa_fill_counts_kernel/;
+const KERNELS =
+  /psa_meta_kernel|psa_select_kernel|psa_fill_counts_kernel|psa_row_select_kernel|psa_tile_select_kernel/;
 
 function source(): string {
   const cfgs = MATRIX.map(
@@ -20,10 +21,13 @@ function source(): string {
   using QT = ca::${dtype}; using KvT = ca::${dtype}; using OutT = ca::${dtype};
 };
 template __global__ void ca::psa_meta_kernel<Cfg${i}>(const void*, int32_t, void*, const int32_t*);
-template __global__ void ca::psa_select_kernel<Cfg${i}>(const ca::DecodeView, const ca::DecodeTensors, const ca::SelectIo);`,
+template __global__ void ca::psa_select_kernel<Cfg${i}>(const ca::DecodeView, const ca::DecodeTensors, const ca::SelectIo);
+template __global__ void ca::psa_row_select_kernel<Cfg${i}>(const ca::DecodeView, const ca::ChunkSelection, ca::ChunkSelectScratch);
+template __global__ void ca::psa_tile_select_kernel<Cfg${i}>(const ca::DecodeView, const ca::ChunkSelection, ca::ChunkSelectScratch);`,
   );
   return `#define CA_TARGET_CUDA 1
 #include "chunkattn/chunk_meta.cuh"
+#include "chunkattn/chunk_select_kernels.cuh"
 #include "chunkattn/select.cuh"
 ${cfgs.join('\n')}
 template __global__ void ca::psa_fill_counts_kernel<128>(int32_t*, int32_t);
@@ -42,7 +46,7 @@ describe.skipIf(!haveNvcc)('nvcc: the PSA kernels per arch', () => {
 
   test.each(PTX_ARCHS)('%s: every instance has 0 spill bytes, no local memory, no static smem', (arch) => {
     const records = parsePtxasReport(report).filter((r) => r.arch === arch && KERNELS.test(r.symbol));
-    expect(records.length).toBe(2 * MATRIX.length + 1);
+    expect(records.length).toBe(4 * MATRIX.length + 1);
     for (const r of records) {
       const what = `${r.symbol} ${arch}: ${r.registers} registers`;
       expect(r.spillStoreBytes + r.spillLoadBytes, what).toBe(0);

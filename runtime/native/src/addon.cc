@@ -685,7 +685,7 @@ Napi::Value DownloadTensor(const Napi::CallbackInfo& info) {
   return Napi::Value(env, out);
 }
 
-// reserve(mod, { context, workspace, q, out, kv, copies }): bytes of each scratch buffer
+// reserve(mod, { context, workspace, q, out, kv, copies, psa? }): bytes of each scratch buffer
 // (runtime/capacity.ts); allocates them all, after which no call allocates scratch.
 Napi::Value Reserve(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -707,6 +707,7 @@ Napi::Value Reserve(const Napi::CallbackInfo& info) {
   r.out = field("out");
   r.kv = field("kv");
   r.copies = field("copies");
+  r.psa = bounds.Get("psa").IsUndefined() ? 0 : field("psa");
   Module(info).Reserve(r);  // after the reads: no JS getter runs between check and use
   return env.Undefined();
 }

@@ -153,7 +153,7 @@ void ModuleCore::Ensure(Scratch& scratch, uint64_t bytes, const char* what) {
 void ModuleCore::Reserve(const Reservation& b) {
   const ModuleInfo& mi = info();
   if (mi.target != Target::kCuda)
-    CheckHostBytes(b.context + b.workspace + b.q + b.out + b.kv + b.copies,
+    CheckHostBytes(b.context + b.workspace + b.q + b.out + b.kv + b.copies + b.psa,
                    "the reserved scratch buffers");
   const struct {
     Scratch* scratch;
@@ -164,7 +164,8 @@ void ModuleCore::Reserve(const Reservation& b) {
               {&q_staging_, b.q},
               {&out_staging_, b.out},
               {&kv_staging_, b.kv},
-              {&copies_staging_, b.copies}};
+              {&copies_staging_, b.copies},
+              {&psa_staging_, b.psa}};
   constexpr size_t kBuffers = sizeof(plan) / sizeof(plan[0]);
   Scratch fresh[kBuffers];
   try {

@@ -96,6 +96,7 @@ struct Reservation {
   uint64_t q = 0, out = 0;  // staging of host q / out
   uint64_t kv = 0;          // staging of one write: [slots | offsets | k | v]
   uint64_t copies = 0;      // copy-on-write lists and PSA metadata slot lists
+  uint64_t psa = 0;         // cuda/emu PSA decode: lists, counts and ca_psa_decode_scratch_bytes
 };
 
 // ca_malloc calls made for scratch (growth on demand, or Reserve) and the bytes they took.
@@ -167,9 +168,9 @@ class ModuleCore {
   // lists/counts/guardAdded host Int32Arrays the module fills. With select_only it runs the
   // select alone (out untouched): what cuda/emu modules run, through module-memory staging.
   // HasPsaKernels: the module exports ca_psa_meta and ca_psa_decode (every target).
-  // HasPsa: it also decodes sparse (the cpu target so far).
+  // HasPsa: it also decodes sparse (every target with the kernels; the guard: cpu only).
   bool HasPsaKernels() const { return lib_->api().psa_meta && lib_->api().psa_decode; }
-  bool HasPsa() const { return HasPsaKernels() && info().target == Target::kCpu; }
+  bool HasPsa() const { return HasPsaKernels(); }
   void PsaMeta(const PoolArg& pool, DeviceBuffer* meta, const ArrayArg& slots);
   void PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
                  const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,

@@ -87,8 +87,6 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
     Fail(code::kUnsupported,
          "this " + std::string(TargetName(info().target)) + " module has no PSA kernels");
   const bool on_host = info().target == Target::kCpu;
-  if (!on_host && !select_only)
-    Fail(code::kUnsupported, "PSA decode runs on the cpu target only (cuda/emu: select only)");
   const ModuleInfo& mi = info();
   CheckTensor(meta, "meta");
   if (config.type != ArrayType::kFloat64 || config.length != kConfigFields)
@@ -110,6 +108,8 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
   s.guard = IntField(c, kGuard, "guard", 0, 1);
   s.max_chunks = IntField(c, kMaxChunks, "maxChunks", 1, 1 << 24);
   s.select_only = select_only ? 1 : 0;
+  if (!on_host && !select_only && s.guard)
+    Fail(code::kUnsupported, "the PSA guard runs on the cpu target only (cuda/emu: guard 0)");
 
   DecodeRun run = StartDecode(pool, args);
   const Pool p = ResolvePool(pool);
@@ -137,12 +137,17 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
   }
   const Api& api = lib_->api();
   if (!on_host) {
-    // Module memory: the lists, the counts and the select's scratch, staged in one buffer;
-    // the lists and counts come back to the caller's arrays.
+    // Module memory: the lists, the counts and the scratch (the select's, and the list-driven
+    // decode's unless select_only), staged in one buffer; the lists and counts come back to the
+    // caller's arrays (runtime/capacity.ts psaStagingBound mirrors this size).
     const uint64_t list_bytes = Align(rows * uint64_t(s.max_chunks) * 4);
     const uint64_t count_bytes = Align(rows * 4);
     const uint64_t scratch_bytes =
-        ca_psa_scratch_bytes(ctx.num_requests(), mi.kv_heads, mi.q_heads, s.max_chunks);
+        select_only
+            ? ca_psa_scratch_bytes(ctx.num_requests(), mi.kv_heads, mi.q_heads, s.max_chunks)
+            : ca_psa_decode_scratch_bytes(ctx.num_rows(), ctx.num_requests(), ctx.num_runs(),
+                                          ctx.num_partials(), mi.kv_heads, mi.q_heads,
+                                          s.max_chunks);
     Ensure(psa_staging_, list_bytes + count_bytes + scratch_bytes,
            "the PSA select lists and scratch");
     unsigned char* base = static_cast<unsigned char*>(psa_staging_.ptr);
@@ -156,6 +161,9 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
         "ca_memcpy");
     lib_->Check(api.memcpy_(counts.data, s.counts, rows * 4, CA_COPY_D2H, stream_), "ca_memcpy");
     if (guard_added.present) std::memset(guard_added.data, 0, rows * 4);
+    if (!select_only && run.out_host)
+      lib_->Check(api.memcpy_(run.out_host, run.params.out, run.out_bytes, CA_COPY_D2H, stream_),
+                  "ca_memcpy");
     return;
   }
   lib_->Check(api.psa_decode(&run.params, &s, stream_), "ca_psa_decode");

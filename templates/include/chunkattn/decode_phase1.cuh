@@ -37,6 +37,7 @@
 #include <type_traits>
 
 #include "chunkattn/abi.h"
+#include "chunkattn/chunk_select_mask.cuh"
 #include "chunkattn/decode_phase2.cuh"
 #include "chunkattn/decode_view.cuh"
 #include "chunkattn/dtype.cuh"
@@ -102,6 +103,7 @@ struct Phase1Io {
   float* part_o;    // [num_partials * splits][Hq][D] o / l
   float* part_lse;  // [num_partials * splits][Hq] natural log; -inf = empty
   int splits;       // CTAs per (m-tile, KV head), each over a contiguous share of the run's chunks
+  ChunkSelection sel;  // kListed kernels: the PSA selection (chunk_select_mask.cuh)
 };
 
 template <class T>
@@ -146,7 +148,9 @@ struct Phase1Tile {
   int m0, mcount;
 };
 
-template <class Cfg, class Variant, int kWM>
+// kListed: PSA, chunks no sharer of the tile selected are skipped and each sharer sees only the
+// chunks it selected (chunk_select_mask.cuh).
+template <class Cfg, class Variant, int kWM, bool kListed>
 CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const Phase1Io& io,
                            const Phase1Tile& tile) {
   using Pl = Phase1Plan<Cfg>;
@@ -185,13 +189,14 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
   // stacked row l (kMB · 16 <= 32 rows); the rows of accumulator half h of block b (g and g + 8)
   // read them by shuffle, which keeps them (and the tile's scalars) out of the registers the
   // accumulators need. A row past the tile has length 0 (nothing visible) and partial -1.
-  int my_vis, my_len, my_seq, my_head, my_part;
+  int my_vis, my_len, my_seq, my_head, my_part, my_row;
   {
     const int m = wm * kMB * 16 + (lane & (kMB * 16 - 1));
     const bool live = m < mcount;
     const int sm = m0 + (live ? m : 0);
     const int r = run.row_begin + sm / G;
     my_len = live ? ctx.row_length(r) : 0;
+    my_row = live ? r : -1;
     // The split's tokens [0, my_vis) are visible to the row: within the split and before the
     // row's length (which also masks a chunk-first run's partial last chunk).
     my_vis = min(ntok, my_len - tok_pos0);
@@ -228,6 +233,9 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
     if (last > nchunks - 1) last = nchunks - 1;
     const int my_slot =
         lane <= last - first ? ctx.chunk_slot(ctx.run_slots() + slot0, first + lane) : 0;
+    const bool my_live =
+        !kListed || (lane <= last - first &&
+                     chunk_select::tile_selects(io.sel, blockIdx.x, kvh, Hkv, c_lo + first + lane));
     KvT* ks = reinterpret_cast<KvT*>(smem + stage * Pl::kStageBytes);
     KvT* vs = reinterpret_cast<KvT*>(smem + stage * Pl::kStageBytes + Pl::kTileBytes);
 #pragma unroll 1
@@ -236,10 +244,11 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
       const int row = e / kPieces, piece = e % kPieces;
       const int u = i * kKT + row;  // token within the split
       const int slot = __shfl_sync(0xffffffffu, my_slot, (u / C - first) & 31);
+      const bool live = !kListed || __shfl_sync(0xffffffffu, my_live, (u / C - first) & 31);
       if (kKT * kPieces % Pl::kThreads != 0 && e >= kKT * kPieces) continue;
       KvT* kd = ks + size_t(row) * kLd + piece * 8;
       KvT* vd = vs + size_t(row) * kLd + piece * 8;
-      if (u < ntok) {
+      if (u < ntok && live) {
         const size_t off = ((size_t(slot) * Hkv + kvh) * C + u % C) * D + piece * 8;
         cp_async<CA_TRAFFIC_KV, 16>(kd, static_cast<const KvT*>(t.k_pool) + off);
         cp_async<CA_TRAFFIC_KV, 16>(vd, static_cast<const KvT*>(t.v_pool) + off);
@@ -316,8 +325,22 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
 
     const KvT* kt = reinterpret_cast<const KvT*>(smem + stage * Pl::kStageBytes);
     const KvT* vt = reinterpret_cast<const KvT*>(smem + stage * Pl::kStageBytes + Pl::kTileBytes);
+    // kListed: the stage's chunks [sel_first, ...) the lane's row selected (bit k: sel_first + k),
+    // and whether the tile selected any (warp-uniform: else the stage is all zero-filled).
+    uint32_t my_sel = 0;
+    bool stage_live = true;
+    const int sel_first = i * kKT / C;
+    if constexpr (kListed) {
+      const int n = min((i * kKT + kKT - 1) / C, nchunks - 1) - sel_first + 1;
+      stage_live = __any_sync(0xffffffffu,
+                              lane < n && chunk_select::tile_selects(io.sel, blockIdx.x, kvh, Hkv,
+                                                                     c_lo + sel_first + lane));
+      if (stage_live && my_row >= 0)
+        my_sel = chunk_select::row_stage_bits(io.sel, my_row, kvh, Hkv,
+                                              run.kv_begin / C + c_lo + sel_first, n);
+    }
 #pragma unroll 1
-    for (int sub = 0; sub < (warp_live ? kNT : 0); sub += kSub) {
+    for (int sub = 0; sub < (warp_live && stage_live ? kNT : 0); sub += kSub) {
       const int tok0 = wn * kNT + sub;  // this warp's token block of the stage
 
       // S = Q Kᵀ: each K fragment serves the warp's kMB m16 blocks.
@@ -366,6 +389,8 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
         // Token j of the block (split token u0 + j) is visible to row h iff j < lim[h].
         const int u0 = i * kKT + tok0;
         const int lim[2] = {row_vis(b, 0) - u0, row_vis(b, 1) - u0};
+        const uint32_t sel[2] = {kListed ? __shfl_sync(0xffffffffu, my_sel, b * 16 + gq) : 1u,
+                                 kListed ? __shfl_sync(0xffffffffu, my_sel, b * 16 + gq + 8) : 1u};
 #pragma unroll
         for (int n = 0; n < kSub / 8; ++n)
 #pragma unroll
@@ -373,6 +398,7 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
             const int h = e >> 1;
             const int j = n * 8 + 2 * tq + (e & 1);
             bool visible = j < lim[h];
+            if (kListed) visible = visible && ((sel[h] >> ((u0 + j) / C - sel_first)) & 1u);
             const Pos pos{Variant::kHasMask || Variant::kHasScoreMod ? row_seq(b, h) : 0,
                           Variant::kHasMask || Variant::kHasScoreMod ? row_head(b, h) : 0, kvh,
                           Variant::kHasMask || Variant::kHasScoreMod ? row_len(b, h) - 1 : 0,
@@ -518,20 +544,21 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
 }
 
 // Runs the body with the fewest warps along m (a power of two >= kWM) that hold warps_m.
-template <class Cfg, class Variant, int kWM>
+template <class Cfg, class Variant, int kWM, bool kListed>
 CA_DEVICE void phase1_dispatch(const DecodeView& ctx, const DecodeTensors& t, const Phase1Io& io,
                                const Phase1Tile& tile, int warps_m) {
   if constexpr (kWM < Phase1Plan<Cfg>::kWarps) {
     if (warps_m > kWM) {
-      phase1_dispatch<Cfg, Variant, 2 * kWM>(ctx, t, io, tile, warps_m);
+      phase1_dispatch<Cfg, Variant, 2 * kWM, kListed>(ctx, t, io, tile, warps_m);
       return;
     }
   }
-  phase1_body<Cfg, Variant, kWM>(ctx, t, io, tile);
+  phase1_body<Cfg, Variant, kWM, kListed>(ctx, t, io, tile);
 }
 
 // grid (phase1_items, Hkv, splits), block kThreads, dynamic shared memory kSmemBytes.
-template <class Cfg, class Variant>
+// kListed: the PSA decode (see phase1_body).
+template <class Cfg, class Variant, bool kListed = false>
 __global__ void __launch_bounds__(Phase1Plan<Cfg>::kThreads, Phase1Plan<Cfg>::kMinBlocks)
     decode_phase1_kernel(const DecodeView ctx, const DecodeTensors t, const Phase1Io io) {
   using Pl = Phase1Plan<Cfg>;
@@ -575,7 +602,7 @@ __global__ void __launch_bounds__(Phase1Plan<Cfg>::kThreads, Phase1Plan<Cfg>::kM
   tile.mcount = m_total - tile.m0 < Pl::kMT ? m_total - tile.m0 : Pl::kMT;
   // Warps along the m-tile: as few as hold its m16 blocks; the others split each stage's tokens.
   const int blocks = (tile.mcount + 15) / 16;
-  phase1_dispatch<Cfg, Variant, Pl::kWarps / Pl::kMaxWN>(
+  phase1_dispatch<Cfg, Variant, Pl::kWarps / Pl::kMaxWN, kListed>(
       ctx, t, io, tile, (blocks + Pl::kBlocksPerWarp - 1) / Pl::kBlocksPerWarp);
 }
 

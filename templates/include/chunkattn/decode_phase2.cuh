@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "chunkattn/abi.h"
+#include "chunkattn/chunk_select_mask.cuh"
 #include "chunkattn/decode_view.cuh"
 #include "chunkattn/dtype.cuh"
 #include "chunkattn/prims.cuh"
@@ -91,6 +92,7 @@ struct Phase2Io {
   const float* part_o;    // phase-1 partials [num_partials * part_splits][Hq][D], or null
   const float* part_lse;  // [num_partials * part_splits][Hq]
   int part_splits;
+  ChunkSelection sel;  // kListed kernels: the PSA selection (chunk_select_mask.cuh)
 };
 
 template <int kBytes>
@@ -162,7 +164,8 @@ CA_DEVICE SplitTiles split_tiles(int ntok, int splits) {
   return {all, per, all == 0 ? 1 : (all + per - 1) / per};
 }
 
-template <class Cfg, class Variant>
+// kListed: attend only the row's selected private chunks (PSA; chunk_select_mask.cuh).
+template <class Cfg, class Variant, bool kListed = false>
 __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kMinBlocks)
     decode_phase2_kernel(const DecodeView ctx, const DecodeTensors t, const Phase2Io io) {
   using Pl = Phase2Plan<Cfg>;
@@ -188,8 +191,8 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
                       : 0;
   const int32_t* slots =
       ctx.c.chunk_slots() + warp_uniform([&] { return ctx.row_chunk_offset(row); });
-  const int tok_begin = warp_uniform([&] { return ctx.row_shared_chunks(row); }) * C;
-  const int ntok = length > tok_begin ? length - tok_begin : 0;
+  const auto priv = PrivateChunks<C, kListed>::template of<Hkv>(ctx, io.sel, row, kvh, length);
+  const int ntok = priv.ntok;
 
   // This split's tiles of the row's tokens. A split past the row's last one has nothing to do.
   const SplitTiles sp = split_tiles<Pl>(ntok, io.splits);
@@ -237,8 +240,7 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
 #pragma unroll
     for (int j = 0; j < kRows; ++j) {
       const int u = token_of(i, j);
-      const int mine =
-          tx == 0 && i < ntiles && u < ntok ? ctx.chunk_slot(slots, (tok_begin + u) / C) : 0;
+      const int mine = tx == 0 && i < ntiles && u < ntok ? ctx.chunk_slot(slots, priv.chunk(u)) : 0;
       out[j] = __shfl_sync(0xffffffffu, mine, (tid & 31) / kTx * kTx);
     }
   };
@@ -251,10 +253,9 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
     for (int j = 0; j < kRows; ++j) {
       const int u = token_of(i, j);
       if (u >= ntok) continue;
-      const int pos = tok_begin + u;
       cp_async<CA_TRAFFIC_KV, Pl::kLaneBytes>(
           base + size_t(grp * kRows + j) * D + tx * kVec,
-          pool + ((size_t(slot[j]) * Hkv + kvh) * C + pos % C) * D + tx * kVec);
+          pool + ((size_t(slot[j]) * Hkv + kvh) * C + u % C) * D + tx * kVec);
     }
   };
 
@@ -311,7 +312,8 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
 #pragma unroll
         for (int off = kTx / 2; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
         bool visible = valid;
-        const Pos pos{seq, kvh * G + g, kvh, length - 1, tok_begin + u};
+        const Pos pos{seq, kvh * G + g, kvh, length - 1,
+                      Variant::kHasMask || Variant::kHasScoreMod ? priv.position(u) : 0};
         if (Variant::kHasMask && visible) visible = Variant::mask(pos, t.params);
         if (Variant::kHasScoreMod && visible) dot = Variant::score_mod(dot, pos, t.params) * kLog2e;
         s[j][g] = visible ? dot : -INFINITY;
@@ -396,7 +398,7 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
 
 // Split-KV merge: one CTA per (row, KV head) combines the splits' states and the row's phase-1
 // partials and writes the output. A separate launch, so the splits' results are visible to ldg.
-template <class Cfg>
+template <class Cfg, bool kListed = false>
 __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kMinBlocks)
     decode_merge_splits_kernel(const DecodeView ctx, const DecodeTensors t, const Phase2Io io) {
   using Pl = Phase2Plan<Cfg>;
@@ -405,8 +407,9 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
   const int req = blockIdx.x, kvh = blockIdx.y;
   const int row = warp_uniform([&] { return ctx.request_row(req); });
   const int length = warp_uniform([&] { return ctx.row_length(row); });
-  const int tok_begin = warp_uniform([&] { return ctx.row_shared_chunks(row); }) * Pl::C;
-  const SplitTiles tiles = split_tiles<Pl>(length > tok_begin ? length - tok_begin : 0, io.splits);
+  const SplitTiles tiles = split_tiles<Pl>(
+      PrivateChunks<Pl::C, kListed>::template of<Cfg::kKvHeads>(ctx, io.sel, row, kvh, length).ntok,
+      io.splits);
   if (tiles.used <= 1) return;  // phase 2 wrote this row's output itself
   const int io_row = warp_uniform([&] { return ctx.row_io(row); });
   const PartialRange partials =

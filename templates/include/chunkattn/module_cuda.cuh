@@ -263,9 +263,9 @@ uint64_t workspace_bytes(const CaDecodeParams& p) {
 
 // Two-phase / chunk-first: phase 1 over the context's shared runs writes partials, then phase 2
 // attends to each requested row's remaining tokens and merges them. Without runs: phase 2 alone
-// (sequence-first).
-template <class Cfg, class Variant>
-int decode(const CaDecodeParams& p, void* stream) {
+// (sequence-first). kListed: the PSA decode driven by `sel` (module_psa.cuh).
+template <class Cfg, class Variant, bool kListed = false>
+int decode(const CaDecodeParams& p, void* stream, const ChunkSelection& sel = {}) {
   if (p.abi_version != CA_ABI_VERSION || p.struct_bytes != sizeof(CaDecodeParams))
     return fail(CA_ERR_INVALID, "ca_decode: params from another ABI version");
   ctx::Error error;
@@ -287,13 +287,13 @@ int decode(const CaDecodeParams& p, void* stream) {
   const DecodeTensors tensors = DecodeTensors::from(p);
   const int requests = host.num_requests();
   unsigned char* ws = static_cast<unsigned char*>(p.workspace);
-  Phase2Io io{w.phase2_splits, nullptr, nullptr, nullptr, nullptr, 1};
+  Phase2Io io{w.phase2_splits, nullptr, nullptr, nullptr, nullptr, 1, sel};
   if (host.num_runs() > 0) {
     const uint64_t n = uint64_t(host.num_partials()) * w.phase1_splits * Cfg::kQHeads;
     const Phase1Io io1{reinterpret_cast<float*>(ws),
-                       reinterpret_cast<float*>(ws) + n * Cfg::kHeadDim, w.phase1_splits};
+                       reinterpret_cast<float*>(ws) + n * Cfg::kHeadDim, w.phase1_splits, sel};
     const int64_t items = phase1_items<Cfg>(host.num_runs(), host.num_partials());
-    if (int s = launch("decode_phase1", decode_phase1_kernel<Cfg, Variant>,
+    if (int s = launch("decode_phase1", decode_phase1_kernel<Cfg, Variant, kListed>,
                        dim3(unsigned(items), unsigned(Cfg::kKvHeads), unsigned(w.phase1_splits)),
                        dim3(Plan1::kThreads), Plan1::kSmemBytes, stream, ctx, tensors, io1))
       return s;
@@ -306,11 +306,11 @@ int decode(const CaDecodeParams& p, void* stream) {
     io.split_lse = io.split_o + uint64_t(requests) * w.phase2_splits * Cfg::kQHeads * Cfg::kHeadDim;
   }
   const dim3 grid(unsigned(requests), unsigned(Cfg::kKvHeads), unsigned(w.phase2_splits));
-  if (int s = launch("decode_phase2", decode_phase2_kernel<Cfg, Variant>, grid,
+  if (int s = launch("decode_phase2", decode_phase2_kernel<Cfg, Variant, kListed>, grid,
                      dim3(Plan::kThreads), Plan::kSmemBytes, stream, ctx, tensors, io))
     return s;
   if (w.phase2_splits == 1) return ok();
-  return launch("decode_merge_splits", decode_merge_splits_kernel<Cfg>,
+  return launch("decode_merge_splits", decode_merge_splits_kernel<Cfg, kListed>,
                 dim3(unsigned(requests), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
                 Plan::kMergeSplitsSmemBytes, stream, ctx, tensors, io);
 }

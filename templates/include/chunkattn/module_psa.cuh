@@ -1,14 +1,17 @@
-// chunkattn/module_psa.cuh — ca_psa_meta and ca_psa_decode (select only) of a module built from
-// the CUDA source (cuda and emu targets; ABI in chunkattn/psa_abi.h). Host code: checks the
-// arguments, then launches chunk_meta.cuh's and select.cuh's kernels on the stream, without a
-// host synchronisation. The list-driven decode is the cpu target's alone so far: without
-// select_only, ca_psa_decode answers CA_ERR_UNSUPPORTED (the runtime then decodes densely).
+// chunkattn/module_psa.cuh — ca_psa_meta and ca_psa_decode of a module built from the CUDA source
+// (cuda and emu targets; ABI in chunkattn/psa_abi.h). Host code: checks the arguments, then
+// launches on the stream, without a host synchronisation and in fixed shapes from the context's
+// scalars: chunk_meta.cuh's kernel (ca_psa_meta); select.cuh's (the lists and counts); unless
+// select_only, chunk_select_kernels.cuh's (the selection masks) and the two-phase kernels
+// instantiated with kListed (module_cuda.cuh decode). The guard (the progressive step) runs on the
+// cpu target only: guard = 1 without select_only answers CA_ERR_UNSUPPORTED.
 #ifndef CHUNKATTN_MODULE_PSA_CUH_
 #define CHUNKATTN_MODULE_PSA_CUH_
 
 #include <string>
 
 #include "chunkattn/chunk_meta.cuh"
+#include "chunkattn/chunk_select_kernels.cuh"
 #include "chunkattn/module_cuda.cuh"
 #include "chunkattn/psa_abi.h"
 #include "chunkattn/select.cuh"
@@ -26,16 +29,17 @@ int psa_meta(const CaPsaMetaParams* p, void* stream) {
                 stream, p->k_pool, p->num_slots, p->meta, p->slots);
 }
 
+static_assert(CA_PSA_PHASE1_TILE_ROWS == 128, "psa_abi.h sizes tile_sel with phase 1's kMT");
+
 template <class Cfg>
 int psa_select(const CaDecodeParams* p, const CaPsaParams* s, void* stream) {
   if (!p || !s) return fail(CA_ERR_INVALID, "ca_psa_decode: null params");
   if (p->abi_version != CA_ABI_VERSION || p->struct_bytes != sizeof(CaDecodeParams) ||
       s->struct_bytes != sizeof(CaPsaParams))
     return fail(CA_ERR_INVALID, "ca_psa_decode: params from another ABI version");
-  if (!s->select_only)
+  if (!s->select_only && s->guard)
     return fail(CA_ERR_UNSUPPORTED,
-                "ca_psa_decode: this module runs the PSA select only (select_only = 1); the "
-                "list-driven decode runs on the cpu target");
+                "ca_psa_decode: the guard (progressive step) runs on the cpu target only");
   ctx::Error error;
   if (!ctx::check_layout(p->context_host, p->context_words, &error))
     return fail(CA_ERR_INVALID, std::string("ca_psa_decode: ") + error.message);
@@ -63,6 +67,39 @@ int psa_select(const CaDecodeParams* p, const CaPsaParams* s, void* stream) {
   return launch("psa_select", psa_select_kernel<Cfg>,
                 dim3(unsigned(host.num_requests()), unsigned(Cfg::kKvHeads)), dim3(Plan::kThreads),
                 Plan::kSmemBytes, stream, DecodeView::from(*p), DecodeTensors::from(*p), io);
+}
+
+// ca_psa_decode: the select, then (without select_only) the selection masks and the list-driven
+// two-phase decode. Lists that hold every chunk make the decode the dense one, operation for
+// operation (the masks are all 1 and phase 2's token order is the dense order).
+template <class Cfg, class Variant>
+int psa_decode(const CaDecodeParams* p, const CaPsaParams* s, void* stream) {
+  if (int e = psa_select<Cfg>(p, s, stream)) return e;
+  if (s->select_only) return ok();
+  const KernelContext host{p->context_host};
+  if (host.num_requests() == 0) return ok();
+  unsigned char* base = static_cast<unsigned char*>(s->scratch);
+  const uint64_t rows = uint64_t(host.num_rows()) * Cfg::kKvHeads;
+  ChunkSelectScratch out;
+  out.row_sel = base + ca_psa_align(ca_psa_scratch_bytes(host.num_requests(), Cfg::kKvHeads,
+                                                         Cfg::kQHeads, s->max_chunks));
+  out.private_begin =
+      reinterpret_cast<int32_t*>(out.row_sel + ca_psa_align(rows * uint64_t(s->max_chunks)));
+  out.tile_sel = reinterpret_cast<uint8_t*>(out.private_begin) + ca_psa_align(rows * 4);
+  const ChunkSelection sel{s->lists,          s->counts,    out.row_sel,
+                           out.private_begin, out.tile_sel, s->max_chunks};
+  const DecodeView ctx = DecodeView::from(*p);
+  if (int e = launch("psa_row_select", psa_row_select_kernel<Cfg>,
+                     dim3(unsigned(host.num_rows()), unsigned(Cfg::kKvHeads)),
+                     dim3(kRowSelectThreads), 0, stream, ctx, sel, out))
+    return e;
+  if (host.num_runs() > 0)
+    if (int e = launch("psa_tile_select", psa_tile_select_kernel<Cfg>,
+                       dim3(unsigned(phase1_items<Cfg>(host.num_runs(), host.num_partials())),
+                            unsigned(Cfg::kKvHeads)),
+                       dim3(kRowSelectThreads), 0, stream, ctx, sel, out))
+      return e;
+  return decode<Cfg, Variant, true>(*p, stream, sel);
 }
 
 }  // namespace ca::cuda_module

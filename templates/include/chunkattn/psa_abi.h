@@ -1,9 +1,9 @@
 // chunkattn/psa_abi.h — the C ABI of progressive sparse attention (PSA; options: dsl/README.md).
 //
 // Optional entry points: the addon resolves them when a module exports them (every target). The
-// cpu target runs the whole of ca_psa_decode; cuda/emu run ca_psa_meta and the select of
-// ca_psa_decode (select_only = 1; chunkattn/select.cuh), not yet the list-driven decode, and
-// fail with CA_ERR_UNSUPPORTED without select_only. Shapes as in chunkattn/abi.h, plus
+// cpu target runs the whole of ca_psa_decode; cuda/emu run the select (chunkattn/select.cuh) and
+// the list-driven two-phase decode (chunkattn/chunk_select_mask.cuh), without the guard (guard = 1
+// answers CA_ERR_UNSUPPORTED there). Shapes as in chunkattn/abi.h, plus
 //
 //   meta      [num_slots, Hkv, CA_PSA_META_VECTORS, D]   dtype.kv   (one layer's chunk metadata)
 //             per (slot, KV head): mean key, per-channel variance (≥ 0), per-channel min, max,
@@ -55,7 +55,8 @@ typedef struct CaPsaParams {
   int32_t* counts;             // [num_rows, Hkv]: host memory (cpu), module memory (cuda/emu)
   int32_t* guard_added;  // [num_rows, Hkv] chunks the guard added (0 without guard); may be null
   int32_t select_only;   // 1: select alone (lists, counts); out is not written
-  void* scratch;         // cuda/emu: ca_psa_scratch_bytes() bytes of module memory; cpu: unused
+  void* scratch;         // cuda/emu: module memory of ca_psa_scratch_bytes() bytes (select_only) or
+                         // ca_psa_decode_scratch_bytes(); cpu: unused
 } CaPsaParams;
 
 // Scratch of the cuda/emu select kernel: per requested (row, KV head), G + 2 floats (every
@@ -64,6 +65,27 @@ static inline uint64_t ca_psa_scratch_bytes(int32_t num_requests, int32_t kv_hea
                                             int32_t max_chunks) {
   const uint64_t group = (uint64_t)(q_heads / kv_heads);
   return (uint64_t)num_requests * (uint64_t)kv_heads * (group + 3) * (uint64_t)max_chunks * 4;
+}
+
+#define CA_PSA_PHASE1_TILE_ROWS 128  // stacked rows of a phase-1 item (decode_phase1.cuh kMT)
+
+static inline uint64_t ca_psa_align(uint64_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// Scratch of the cuda/emu ca_psa_decode without select_only: the select's (above), then row_sel
+// [num_rows, Hkv, max_chunks] uint8, private_begin [num_rows, Hkv] int32 and tile_sel
+// [phase-1 items, Hkv, max_chunks] uint8 (chunk_select_mask.cuh), each rounded up to 256 bytes;
+// phase-1 items = num_runs + ⌊num_partials · G / CA_PSA_PHASE1_TILE_ROWS⌋ (phase1_items).
+static inline uint64_t ca_psa_decode_scratch_bytes(int32_t num_rows, int32_t num_requests,
+                                                   int32_t num_runs, int32_t num_partials,
+                                                   int32_t kv_heads, int32_t q_heads,
+                                                   int32_t max_chunks) {
+  const uint64_t group = (uint64_t)(q_heads / kv_heads);
+  const uint64_t items =
+      (uint64_t)num_runs + (uint64_t)num_partials * group / CA_PSA_PHASE1_TILE_ROWS;
+  const uint64_t rows = (uint64_t)num_rows * (uint64_t)kv_heads;
+  return ca_psa_align(ca_psa_scratch_bytes(num_requests, kv_heads, q_heads, max_chunks)) +
+         ca_psa_align(rows * (uint64_t)max_chunks) + ca_psa_align(rows * 4) +
+         ca_psa_align(items * (uint64_t)kv_heads * (uint64_t)max_chunks);
 }
 
 int ca_psa_meta(const CaPsaMetaParams* p, void* stream);
