@@ -337,7 +337,7 @@ export class Attention {
     this.#maxRunChunks = options.maxRunChunks ?? Number.POSITIVE_INFINITY;
     this.#pools = [];
     // Sparse decode runs on the primary module: its reservation holds the PSA staging too.
-    const sparseOn = !!sparse && sparseRunsOn(module, sparse);
+    const sparseOn = !!sparse && module.hasPsa;
     try {
       for (let layer = 0; layer < options.layers; layer++) this.#pools.push(module.allocPool(slots));
       // Scratch at its bounds, once, on every module a call may run on: no call allocates later.
@@ -413,11 +413,9 @@ export class Attention {
     const warning = module.info.target === 'cuda' ? undefined : poolMemoryWarning(spec, options, freemem());
     if (warning) process.emitWarning(warning, { code: 'CHUNKATTN_MEMORY' });
     const sparse = resolveSparse(spec, options.sparse);
-    if (sparse && !sparseRunsOn(module, sparse))
+    if (sparse && !module.hasPsa)
       process.emitWarning(
-        module.hasPsa
-          ? `spec "${spec.name}" asks for sparse attention with the guard, which runs on the cpu target only: the ${module.info.target} module runs dense`
-          : `spec "${spec.name}" asks for sparse attention, which the ${module.info.target} module lacks: it runs dense`,
+        `spec "${spec.name}" asks for sparse attention, which the ${module.info.target} module lacks: it runs dense`,
         { code: 'CHUNKATTN_DENSE' },
       );
     // Every instance the dispatch rules may pick is built and loaded now, never per call.
@@ -974,9 +972,4 @@ export class Attention {
     for (const pool of this.#pools) this.module.copyChunks(pool, list);
     this.#sparse?.metadata.afterCopies(copies);
   }
-}
-
-/** Whether `module` decodes these PSA options sparse: every target with the kernels; the guard on cpu only. */
-function sparseRunsOn(module: NativeModule, sparse: SparseSpec): boolean {
-  return module.hasPsa && (module.info.target === 'cpu' || !sparse.guard);
 }

@@ -155,7 +155,7 @@ const PHASE1_TILE_ROWS = 128;
 
 /**
  * Bytes core_psa.cc stages for a cuda/emu ca_psa_decode within the capacity (the cpu target decodes
- * in host memory: 0): lists [R, Hkv, K] and counts [R, Hkv] int32, then ca_psa_decode_scratch_bytes
+ * in host memory: 0): lists [R, Hkv, K], counts and guardAdded [R, Hkv] int32, then ca_psa_decode_scratch_bytes
  * (psa_abi.h): the select's [requests ≤ R, Hkv, G + 3, K] words, row_sel [R, Hkv, K] bytes,
  * private_begin [R, Hkv] int32 and tile_sel [items, Hkv, K] bytes with items = runs + ⌊P·G / 128⌋
  * (runs ≤ min(P, S)); every section rounded up to 256 bytes.
@@ -170,7 +170,12 @@ export function psaStagingBound(info: ModuleInfo, numSlots: number, capacity: Ca
     Math.min(capacity.partials, numSlots) + Math.floor((capacity.partials * g) / PHASE1_TILE_ROWS);
   const a = (bytes: number) => alignUp(bytes, 256);
   return (
-    a(rows * k * 4) + a(rows * 4) + a(rows * (g + 3) * k * 4) + a(rows * k) + a(rows * 4) + a(items * hkv * k)
+    a(rows * k * 4) +
+    2 * a(rows * 4) +
+    a(rows * (g + 3) * k * 4) +
+    a(rows * k) +
+    a(rows * 4) +
+    a(items * hkv * k)
   );
 }
 

@@ -574,7 +574,7 @@ export class NativeModule {
 
   /**
    * Whether the module decodes sparse through ca_psa_decode (chunkattn/psa_abi.h): every target
-   * with PSA kernels; on cuda/emu without the guard (the progressive step runs on cpu only).
+   * with PSA kernels (cpu, cuda, emu).
    */
   get hasPsa(): boolean {
     return call(() => nativeAddon().hasPsa(this.#handle));

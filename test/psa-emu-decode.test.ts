@@ -11,7 +11,9 @@
 //     (the same tree packed without shared runs);
 //   - shared chunks' K/V bytes are read once per step: phase 1 reads exactly the union of the
 //     sharers' selected shared chunks, phase 2 exactly each row's selected private tokens;
-//   - the guard (progressive step) stays cpu-only: CA_ERR_UNSUPPORTED on emu.
+//   - with the guard (the progressive step), emu grows the lists as the cpu target does (ties
+//     aside), and both outputs equal float64 attention over their grown lists (shared runs
+//     included: the cpu guard path's phase 1 too).
 
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -81,7 +83,7 @@ class Pair {
   emu!: NativeModule;
   pools!: { cpu: KvPool; emu: KvPool };
   metas!: { cpu: DeviceTensor; emu: DeviceTensor };
-  readonly tally = { rows: 0, sparse: 0, compared: 0 };
+  readonly tally = { rows: 0, sparse: 0, compared: 0, guarded: 0 };
 
   constructor(
     readonly spec: KernelSpec,
@@ -217,6 +219,7 @@ interface Decoded {
   out: Float64Array;
   lists: Int32Array;
   counts: Int32Array;
+  guardAdded: Int32Array;
 }
 
 /** One ca_psa_decode (or, dense, ca_decode) on `name` with a NaN-poisoned out. */
@@ -240,15 +243,18 @@ function decode(
   };
   const lists = new Int32Array(ctx.numRows * p.hkv * maxChunks).fill(-7);
   const counts = new Int32Array(ctx.numRows * p.hkv).fill(-7);
-  if (cfg) m.psaDecode(p.pools[name], args, p.metas[name], cfg, lists, counts);
+  const guardAdded = new Int32Array(ctx.numRows * p.hkv).fill(-7);
+  if (cfg) m.psaDecode(p.pools[name], args, p.metas[name], cfg, lists, counts, guardAdded);
   else m.decode(p.pools[name], args);
-  return { out: fromHost(out, p.dtype), lists, counts };
+  return { out: fromHost(out, p.dtype), lists, counts, guardAdded };
 }
 
-/** The chunks row r / KV head h listed. */
+/** The chunks row r / KV head h listed, ascending (the cpu guard appends its batch unsorted). */
 function listOf(p: Pair, d: Decoded, r: number, h: number, maxChunks: number): number[] {
   const at = r * p.hkv + h;
-  return [...d.lists.subarray(at * maxChunks, at * maxChunks + Math.max(0, d.counts[at]!))];
+  return [...d.lists.subarray(at * maxChunks, at * maxChunks + Math.max(0, d.counts[at]!))].sort(
+    (a, b) => a - b,
+  );
 }
 
 /** Float64 attention of io row `io` (sequence seq, length len), query head qh, over `chunks`. */
@@ -310,7 +316,10 @@ interface Case {
 }
 
 const optionsArb: fc.Arbitrary<Options> = fc.record({
-  mass: fc.oneof(fc.double({ min: 0.3, max: 0.95, noNaN: true }), fc.constant(1)),
+  mass: fc.oneof(
+    { arbitrary: fc.double({ min: 0.3, max: 0.95, noNaN: true }), weight: 5 },
+    { arbitrary: fc.constant(1), weight: 1 },
+  ),
   kMin: fc.integer({ min: 0, max: 4 }),
   kMax: fc.integer({ min: 2, max: 24 }),
   recent: fc.integer({ min: 0, max: 2 }),
@@ -318,14 +327,17 @@ const optionsArb: fc.Arbitrary<Options> = fc.record({
   box: fc.boolean(),
 });
 
-/** Emu sparse against float64 over its own lists, and against the cpu where the lists agree. */
-function runCase(p: Pair, c: Case, order: string): void {
+/**
+ * Emu sparse against float64 over its own lists, and against the cpu where the lists agree; with
+ * the guard, the cpu output against float64 over its lists too.
+ */
+function runCase(p: Pair, c: Case, order: string, guard = 0): void {
   const s = new Scene(p, c.seed, c.prefix, c.privates);
   const ctx = s.tree.context({ minSharers: c.minSharers });
   const maxChunks = s.meta(ctx);
   const ioSeqs = shuffle(s.rng, [...s.seqs]).slice(0, 1 + Math.floor(s.rng() * s.seqs.length));
   const { q, qStored } = queries(p, s.rng, ioSeqs.length);
-  const cfg = config(c.options, maxChunks);
+  const cfg = config(c.options, maxChunks, guard);
   const cpu = decode(p, 'cpu', ctx, ioSeqs, q, cfg, maxChunks);
   const emu = withOrder(order, () => decode(p, 'emu', ctx, ioSeqs, q, cfg, maxChunks));
   const { d: D, g: G } = p;
@@ -340,13 +352,21 @@ function runCase(p: Pair, c: Case, order: string): void {
       if (list.length < n) p.tally.sparse++;
       expect(list.length, `row ${r} head ${h}`).toBeGreaterThan(0);
       expect(list).toContain(n - 1); // the tail
-      same &&= list.join() === listOf(p, cpu, r, h, maxChunks).join();
+      const cpuList = listOf(p, cpu, r, h, maxChunks);
+      same &&= list.join() === cpuList.join();
+      const at = r * p.hkv + h;
+      p.tally.guarded += emu.guardAdded[at]! > 0 ? 1 : 0;
+      if (list.join() === cpuList.join()) expect(emu.guardAdded[at]).toBe(cpu.guardAdded[at]);
       for (let g = 0; g < G; g++) {
         const qh = h * G + g;
         const ref = reference(s, qStored, io, seq, len, qh, list);
         const got = emu.out.subarray((io * p.hq + qh) * D, (io * p.hq + qh + 1) * D);
         const err = maxDiff(got, ref, 0, D);
         expect(err, `emu row ${r} head ${qh} (${JSON.stringify(c.options)})`).toBeLessThanOrEqual(p.gate);
+        if (!guard) continue;
+        const refCpu = reference(s, qStored, io, seq, len, qh, cpuList);
+        const errCpu = maxDiff(cpu.out.subarray((io * p.hq + qh) * D), refCpu, 0, D);
+        expect(errCpu, `cpu row ${r} head ${qh} (guard)`).toBeLessThanOrEqual(p.gate);
       }
     }
     if (same) {
@@ -378,11 +398,39 @@ describe(`list-driven PSA decode on emu (seed ${SEED})`, () => {
     600_000,
   );
 
-  test('the properties were exercised: most lists sparse, most rows compared with the cpu', () => {
+  test.each(Object.keys(PAIRS).map((name, i) => ({ name, i, order: ORDERS[(i + 1) % 3]! })))(
+    '$name, CUCPU_ORDER=$order, guard: emu grows the lists as the cpu does; both equal float64 over them',
+    ({ name, i, order }) => {
+      const p = PAIRS[name as keyof typeof PAIRS];
+      const arb = fc.record({
+        seed: fc.integer({ min: 1, max: 2 ** 30 }),
+        prefix: fc.integer({ min: 2 * p.c, max: 8 * p.c }),
+        privates: fc.array(fc.integer({ min: 1, max: 6 * p.c }), { minLength: 1, maxLength: 4 }),
+        minSharers: fc.constantFrom(2, Number.POSITIVE_INFINITY),
+        options: fc.record({
+          mass: fc.double({ min: 0.9, max: 0.995, noNaN: true }),
+          kMin: fc.integer({ min: 0, max: 5 }),
+          kMax: fc.integer({ min: 2, max: 5 }),
+          recent: fc.integer({ min: 0, max: 1 }),
+          safetyNet: fc.constant(0),
+          box: fc.boolean(),
+        }),
+      });
+      const before = p.tally.guarded;
+      fc.assert(
+        fc.property(arb, (c) => runCase(p, c, order, 1)),
+        { seed: SEED + 307 * i, numRuns: 8 },
+      );
+      expect(p.tally.guarded - before).toBeGreaterThan(0);
+    },
+    600_000,
+  );
+
+  test('the properties were exercised: lists sparse, rows compared with the cpu', () => {
     for (const p of Object.values(PAIRS)) {
       expect(p.tally.rows).toBeGreaterThan(20);
-      expect(p.tally.sparse).toBeGreaterThan(p.tally.rows * 0.2);
-      expect(p.tally.compared).toBeGreaterThan(0);
+      expect(p.tally.sparse).toBeGreaterThan(p.tally.rows * 0.15);
+      expect(p.tally.compared).toBeGreaterThan(p.tally.rows / p.hkv / 4);
     }
   });
 
@@ -464,18 +512,4 @@ describe(`list-driven PSA decode on emu (seed ${SEED})`, () => {
       s.release();
     },
   );
-
-  test('the guard stays on the cpu target: emu answers unsupported', () => {
-    const p = PAIRS.f16g4d64;
-    const s = new Scene(p, 11, 3 * p.c, [p.c + 2]);
-    const ctx = s.tree.context();
-    const maxChunks = s.meta(ctx);
-    const { q } = queries(p, s.rng, 1);
-    const o: Options = { mass: 0.5, kMin: 1, kMax: 8, recent: 0, safetyNet: 0, box: true };
-    expect(() => decode(p, 'emu', ctx, s.seqs, q, config(o, maxChunks, 1), maxChunks)).toThrow(
-      /cpu target only/,
-    );
-    expect(p.emu.hasPsa).toBe(true);
-    s.release();
-  });
 });

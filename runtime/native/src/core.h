@@ -168,7 +168,7 @@ class ModuleCore {
   // lists/counts/guardAdded host Int32Arrays the module fills. With select_only it runs the
   // select alone (out untouched): what cuda/emu modules run, through module-memory staging.
   // HasPsaKernels: the module exports ca_psa_meta and ca_psa_decode (every target).
-  // HasPsa: it also decodes sparse (every target with the kernels; the guard: cpu only).
+  // HasPsa: it also decodes sparse (every target with the kernels).
   bool HasPsaKernels() const { return lib_->api().psa_meta && lib_->api().psa_decode; }
   bool HasPsa() const { return HasPsaKernels(); }
   void PsaMeta(const PoolArg& pool, DeviceBuffer* meta, const ArrayArg& slots);

@@ -108,8 +108,6 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
   s.guard = IntField(c, kGuard, "guard", 0, 1);
   s.max_chunks = IntField(c, kMaxChunks, "maxChunks", 1, 1 << 24);
   s.select_only = select_only ? 1 : 0;
-  if (!on_host && !select_only && s.guard)
-    Fail(code::kUnsupported, "the PSA guard runs on the cpu target only (cuda/emu: guard 0)");
 
   DecodeRun run = StartDecode(pool, args);
   const Pool p = ResolvePool(pool);
@@ -142,25 +140,31 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
     // caller's arrays (runtime/capacity.ts psaStagingBound mirrors this size).
     const uint64_t list_bytes = Align(rows * uint64_t(s.max_chunks) * 4);
     const uint64_t count_bytes = Align(rows * 4);
+    const uint64_t guard_bytes = select_only ? 0 : Align(rows * 4);
     const uint64_t scratch_bytes =
         select_only
             ? ca_psa_scratch_bytes(ctx.num_requests(), mi.kv_heads, mi.q_heads, s.max_chunks)
             : ca_psa_decode_scratch_bytes(ctx.num_rows(), ctx.num_requests(), ctx.num_runs(),
                                           ctx.num_partials(), mi.kv_heads, mi.q_heads,
                                           s.max_chunks);
-    Ensure(psa_staging_, list_bytes + count_bytes + scratch_bytes,
+    Ensure(psa_staging_, list_bytes + count_bytes + guard_bytes + scratch_bytes,
            "the PSA select lists and scratch");
     unsigned char* base = static_cast<unsigned char*>(psa_staging_.ptr);
     s.lists = reinterpret_cast<int32_t*>(base);
     s.counts = reinterpret_cast<int32_t*>(base + list_bytes);
-    s.scratch = base + list_bytes + count_bytes;
-    s.guard_added = nullptr;
+    s.guard_added =
+        select_only ? nullptr : reinterpret_cast<int32_t*>(base + list_bytes + count_bytes);
+    s.scratch = base + list_bytes + count_bytes + guard_bytes;
     lib_->Check(api.psa_decode(&run.params, &s, stream_), "ca_psa_decode");
     lib_->Check(
         api.memcpy_(lists.data, s.lists, rows * uint64_t(s.max_chunks) * 4, CA_COPY_D2H, stream_),
         "ca_memcpy");
     lib_->Check(api.memcpy_(counts.data, s.counts, rows * 4, CA_COPY_D2H, stream_), "ca_memcpy");
-    if (guard_added.present) std::memset(guard_added.data, 0, rows * 4);
+    if (guard_added.present && s.guard_added)
+      lib_->Check(api.memcpy_(guard_added.data, s.guard_added, rows * 4, CA_COPY_D2H, stream_),
+                  "ca_memcpy");
+    else if (guard_added.present)
+      std::memset(guard_added.data, 0, rows * 4);
     if (!select_only && run.out_host)
       lib_->Check(api.memcpy_(run.out_host, run.params.out, run.out_bytes, CA_COPY_D2H, stream_),
                   "ca_memcpy");

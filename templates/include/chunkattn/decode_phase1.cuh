@@ -388,9 +388,17 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
         float mx[2] = {-INFINITY, -INFINITY};
         // Token j of the block (split token u0 + j) is visible to row h iff j < lim[h].
         const int u0 = i * kKT + tok0;
-        const int lim[2] = {row_vis(b, 0) - u0, row_vis(b, 1) - u0};
-        const uint32_t sel[2] = {kListed ? __shfl_sync(0xffffffffu, my_sel, b * 16 + gq) : 1u,
-                                 kListed ? __shfl_sync(0xffffffffu, my_sel, b * 16 + gq + 8) : 1u};
+        int lim[2] = {row_vis(b, 0) - u0, row_vis(b, 1) - u0};
+        // kListed: the block lies in one chunk (C % kSub == 0); a row that did not select it sees
+        // none of its tokens.
+        static_assert(!kListed || C % kSub == 0, "an S block lies within one chunk");
+        if constexpr (kListed) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            if (!((__shfl_sync(0xffffffffu, my_sel, b * 16 + gq + 8 * h) >> (u0 / C - sel_first)) &
+                  1u))
+              lim[h] = 0;
+        }
 #pragma unroll
         for (int n = 0; n < kSub / 8; ++n)
 #pragma unroll
@@ -398,7 +406,6 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
             const int h = e >> 1;
             const int j = n * 8 + 2 * tq + (e & 1);
             bool visible = j < lim[h];
-            if (kListed) visible = visible && ((sel[h] >> ((u0 + j) / C - sel_first)) & 1u);
             const Pos pos{Variant::kHasMask || Variant::kHasScoreMod ? row_seq(b, h) : 0,
                           Variant::kHasMask || Variant::kHasScoreMod ? row_head(b, h) : 0, kvh,
                           Variant::kHasMask || Variant::kHasScoreMod ? row_len(b, h) - 1 : 0,

@@ -2,9 +2,9 @@
 // (cuda and emu targets; ABI in chunkattn/psa_abi.h). Host code: checks the arguments, then
 // launches on the stream, without a host synchronisation and in fixed shapes from the context's
 // scalars: chunk_meta.cuh's kernel (ca_psa_meta); select.cuh's (the lists and counts); unless
-// select_only, chunk_select_kernels.cuh's (the selection masks) and the two-phase kernels
-// instantiated with kListed (module_cuda.cuh decode). The guard (the progressive step) runs on the
-// cpu target only: guard = 1 without select_only answers CA_ERR_UNSUPPORTED.
+// select_only, psa_guard.cuh's when guard = 1 (the progressive step: it may grow the lists),
+// chunk_select_kernels.cuh's (the selection masks) and the two-phase kernels instantiated with
+// kListed (module_cuda.cuh decode).
 #ifndef CHUNKATTN_MODULE_PSA_CUH_
 #define CHUNKATTN_MODULE_PSA_CUH_
 
@@ -12,6 +12,7 @@
 
 #include "chunkattn/chunk_meta.cuh"
 #include "chunkattn/chunk_select_kernels.cuh"
+#include "chunkattn/psa_guard.cuh"
 #include "chunkattn/module_cuda.cuh"
 #include "chunkattn/psa_abi.h"
 #include "chunkattn/select.cuh"
@@ -37,9 +38,6 @@ int psa_select(const CaDecodeParams* p, const CaPsaParams* s, void* stream) {
   if (p->abi_version != CA_ABI_VERSION || p->struct_bytes != sizeof(CaDecodeParams) ||
       s->struct_bytes != sizeof(CaPsaParams))
     return fail(CA_ERR_INVALID, "ca_psa_decode: params from another ABI version");
-  if (!s->select_only && s->guard)
-    return fail(CA_ERR_UNSUPPORTED,
-                "ca_psa_decode: the guard (progressive step) runs on the cpu target only");
   ctx::Error error;
   if (!ctx::check_layout(p->context_host, p->context_words, &error))
     return fail(CA_ERR_INVALID, std::string("ca_psa_decode: ") + error.message);
@@ -69,17 +67,30 @@ int psa_select(const CaDecodeParams* p, const CaPsaParams* s, void* stream) {
                 Plan::kSmemBytes, stream, DecodeView::from(*p), DecodeTensors::from(*p), io);
 }
 
-// ca_psa_decode: the select, then (without select_only) the selection masks and the list-driven
-// two-phase decode. Lists that hold every chunk make the decode the dense one, operation for
-// operation (the masks are all 1 and phase 2's token order is the dense order).
+// ca_psa_decode: the select, then (without select_only) the guard when asked (psa_guard.cuh), the
+// selection masks and the list-driven two-phase decode. Lists that hold every chunk make the decode
+// the dense one, operation for operation (the masks are all 1 and phase 2's token order is the
+// dense order).
 template <class Cfg, class Variant>
 int psa_decode(const CaDecodeParams* p, const CaPsaParams* s, void* stream) {
   if (int e = psa_select<Cfg>(p, s, stream)) return e;
   if (s->select_only) return ok();
   const KernelContext host{p->context_host};
-  if (host.num_requests() == 0) return ok();
-  unsigned char* base = static_cast<unsigned char*>(s->scratch);
   const uint64_t rows = uint64_t(host.num_rows()) * Cfg::kKvHeads;
+  if (s->guard_added)
+    if (int e = launch("psa_fill", psa_fill_kernel<128>, dim3(unsigned((rows + 127) / 128)),
+                       dim3(128), 0, stream, s->guard_added, int32_t(rows), int32_t(0)))
+      return e;
+  if (host.num_requests() == 0) return ok();
+  if (s->guard)
+    if (int e = launch("psa_guard", psa_guard_kernel<Cfg>,
+                       dim3(unsigned(host.num_requests()), unsigned(Cfg::kKvHeads)),
+                       dim3(GuardPlan<Cfg>::kThreads), GuardPlan<Cfg>::kSmemBytes, stream,
+                       DecodeView::from(*p), DecodeTensors::from(*p),
+                       GuardIo{static_cast<int32_t*>(s->scratch), s->lists, s->counts,
+                               s->guard_added, s->max_chunks, psa::SelectArgs::from(*s)}))
+      return e;
+  unsigned char* base = static_cast<unsigned char*>(s->scratch);
   ChunkSelectScratch out;
   out.row_sel = base + ca_psa_align(ca_psa_scratch_bytes(host.num_requests(), Cfg::kKvHeads,
                                                          Cfg::kQHeads, s->max_chunks));

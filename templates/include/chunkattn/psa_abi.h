@@ -1,9 +1,9 @@
 // chunkattn/psa_abi.h — the C ABI of progressive sparse attention (PSA; options: dsl/README.md).
 //
 // Optional entry points: the addon resolves them when a module exports them (every target). The
-// cpu target runs the whole of ca_psa_decode; cuda/emu run the select (chunkattn/select.cuh) and
-// the list-driven two-phase decode (chunkattn/chunk_select_mask.cuh), without the guard (guard = 1
-// answers CA_ERR_UNSUPPORTED there). Shapes as in chunkattn/abi.h, plus
+// cpu target runs ca_psa_decode on the host (chunkattn/cpu/sparse_decode.h); cuda/emu run the
+// select (chunkattn/select.cuh), the guard (chunkattn/psa_guard.cuh) and the list-driven two-phase
+// decode (chunkattn/chunk_select_mask.cuh) on the stream. Shapes as in chunkattn/abi.h, plus
 //
 //   meta      [num_slots, Hkv, CA_PSA_META_VECTORS, D]   dtype.kv   (one layer's chunk metadata)
 //             per (slot, KV head): mean key, per-channel variance (≥ 0), per-channel min, max,
@@ -53,7 +53,8 @@ typedef struct CaPsaParams {
   int32_t max_chunks;          // list capacity per (row, KV head): ≥ every row's chunk count
   int32_t* lists;              // [num_rows, Hkv, max_chunks]: host memory (cpu), module (cuda/emu)
   int32_t* counts;             // [num_rows, Hkv]: host memory (cpu), module memory (cuda/emu)
-  int32_t* guard_added;  // [num_rows, Hkv] chunks the guard added (0 without guard); may be null
+  int32_t* guard_added;  // [num_rows, Hkv] chunks the guard added (0 without guard); may be null;
+                         // host memory (cpu), module memory (cuda/emu)
   int32_t select_only;   // 1: select alone (lists, counts); out is not written
   void* scratch;         // cuda/emu: module memory of ca_psa_scratch_bytes() bytes (select_only) or
                          // ca_psa_decode_scratch_bytes(); cpu: unused

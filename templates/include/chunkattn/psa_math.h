@@ -20,6 +20,10 @@
 namespace ca {
 namespace psa {
 
+// The guard's batch: max(k_min, kGuardBatch) unselected chunks (cpu/sparse_decode.h,
+// psa_guard.cuh).
+inline constexpr int kGuardBatch = 4;
+
 // The options of one select call (from CaPsaParams).
 struct SelectArgs {
   float mass;

@@ -44,7 +44,7 @@ namespace cpu {
 namespace psa {
 
 inline constexpr int kSparseTileRows = 32;
-inline constexpr int kGuardBatch = 4;
+using ca::psa::kGuardBatch;
 
 // What the selection mask of one call looks like to Selected<Variant>::mask.
 struct SelectionView {
@@ -514,8 +514,20 @@ inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept
       masked.params = reinterpret_cast<const float*>(&view);
       return decode<Cfg, Selected<Variant, Cfg::kChunk, Hkv>>(masked);
     }
-    // Guard: the list-driven phases below, with the progressive step in phase 2.
+    // Guard: the list-driven phases below, with the progressive step in phase 2. Phase 1: one
+    // task per (run, KV head, tile of sharers) with a requested row.
     thread_local std::vector<RunTask> tasks1;
+    tasks1.clear();
+    for (int i = 0; i < c.num_runs(); ++i) {
+      const CaSharedRun& run = c.run(i);
+      for (int r0 = run.row_begin; r0 < run.row_end; r0 += kSparseTileRows) {
+        const int r1 = r0 + kSparseTileRows < run.row_end ? r0 + kSparseTileRows : run.row_end;
+        bool any = false;
+        for (int r = r0; r < r1; ++r) any |= c.row_io(r) >= 0;
+        if (!any) continue;
+        for (int kvh = 0; kvh < Hkv; ++kvh) tasks1.push_back(RunTask{i, kvh, r0, r1});
+      }
+    }
     job.part_o = c.num_runs() > 0 ? static_cast<float*>(p.workspace) : nullptr;
     job.part_lse = c.num_runs() > 0
                        ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
