@@ -1,4 +1,5 @@
-// The PSA kernels of cuda/emu (chunkattn/chunk_meta.cuh, chunkattn/select.cuh) compiled by nvcc
+// The PSA kernels of cuda/emu (chunkattn/chunk_meta.cuh, select.cuh, chunk_select_kernels.cuh,
+// psa_guard.cuh) compiled by nvcc
 // for sm_80 and sm_90a, each arch checked on its own, over a matrix of D ∈ {64, 128, 256} ×
 // G ∈ {1, 8} (f16 / bf16) plus D 96 × G 6: no spills, no local memory (stack frame 0), no static shared memory
 // (the select's arena is dynamic: SelectPlan::kSmemBytes).
@@ -12,7 +13,7 @@ const MATRIX = [64, 128, 256].flatMap((d) =>
   [1, 8].map((g) => ({ d, g, dtype: d === 128 ? 'bf16' : 'f16' })),
 );
 const KERNELS =
-  /psa_meta_kernel|psa_select_kernel|psa_fill_counts_kernel|psa_row_select_kernel|psa_tile_select_kernel/;
+  /psa_meta_kernel|psa_select_kernel|psa_fill_counts_kernel|psa_row_select_kernel|psa_tile_select_kernel|psa_guard_kernel|psa_fill_kernel/;
 
 function source(): string {
   const cfgs = MATRIX.map(
@@ -23,14 +24,17 @@ function source(): string {
 template __global__ void ca::psa_meta_kernel<Cfg${i}>(const void*, int32_t, void*, const int32_t*);
 template __global__ void ca::psa_select_kernel<Cfg${i}>(const ca::DecodeView, const ca::DecodeTensors, const ca::SelectIo);
 template __global__ void ca::psa_row_select_kernel<Cfg${i}>(const ca::DecodeView, const ca::ChunkSelection, ca::ChunkSelectScratch);
-template __global__ void ca::psa_tile_select_kernel<Cfg${i}>(const ca::DecodeView, const ca::ChunkSelection, ca::ChunkSelectScratch);`,
+template __global__ void ca::psa_tile_select_kernel<Cfg${i}>(const ca::DecodeView, const ca::ChunkSelection, ca::ChunkSelectScratch);
+template __global__ void ca::psa_guard_kernel<Cfg${i}>(const ca::DecodeView, const ca::DecodeTensors, const ca::GuardIo);`,
   );
   return `#define CA_TARGET_CUDA 1
 #include "chunkattn/chunk_meta.cuh"
 #include "chunkattn/chunk_select_kernels.cuh"
+#include "chunkattn/psa_guard.cuh"
 #include "chunkattn/select.cuh"
 ${cfgs.join('\n')}
 template __global__ void ca::psa_fill_counts_kernel<128>(int32_t*, int32_t);
+template __global__ void ca::psa_fill_kernel<128>(int32_t*, int32_t, int32_t);
 `;
 }
 
@@ -46,7 +50,7 @@ describe.skipIf(!haveNvcc)('nvcc: the PSA kernels per arch', () => {
 
   test.each(PTX_ARCHS)('%s: every instance has 0 spill bytes, no local memory, no static smem', (arch) => {
     const records = parsePtxasReport(report).filter((r) => r.arch === arch && KERNELS.test(r.symbol));
-    expect(records.length).toBe(4 * MATRIX.length + 1);
+    expect(records.length).toBe(5 * MATRIX.length + 2);
     for (const r of records) {
       const what = `${r.symbol} ${arch}: ${r.registers} registers`;
       expect(r.spillStoreBytes + r.spillLoadBytes, what).toBe(0);

@@ -56,8 +56,9 @@ __global__ void __launch_bounds__(kThreads) psa_fill_kernel(int32_t* p, int32_t 
   if (i < n) stg<CA_TRAFFIC_OUT>(p + i, value);
 }
 
+// (The explicit minimum of 1 block per SM: without it ptxas spills at D = 256, G = 1 on sm_80.)
 template <class Cfg>
-__global__ void __launch_bounds__(GuardPlan<Cfg>::kThreads)
+__global__ void __launch_bounds__(GuardPlan<Cfg>::kThreads, 1)
     psa_guard_kernel(const DecodeView ctx, const DecodeTensors tensors, const GuardIo io) {
   using Plan = GuardPlan<Cfg>;
   using KvT = typename Cfg::KvT;
