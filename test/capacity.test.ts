@@ -316,7 +316,7 @@ describe('a PSA sparse decode allocates no scratch after create', () => {
         capacityTokens: 4096,
         target,
         threads: 2,
-        sparse: { denseLayers: 1, denseBelowTokens: 0 },
+        sparse: { denseLayers: 1, denseBelowTokens: 0, recentTokens: 16, mass: 0.5 },
       });
       opened.push(attn);
       expect(attn.sparse).toBeDefined();

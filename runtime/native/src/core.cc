@@ -170,7 +170,8 @@ void ModuleCore::Reserve(const Reservation& b) {
   Scratch fresh[kBuffers];
   try {
     for (size_t i = 0; i < kBuffers; ++i)
-      fresh[i] = Allocate(std::max<uint64_t>(plan[i].bytes, 256));
+      if (plan[i].bytes > 0 || plan[i].scratch != &psa_staging_)  // no PSA: no PSA staging
+        fresh[i] = Allocate(std::max<uint64_t>(plan[i].bytes, 256));
   } catch (...) {
     for (Scratch& s : fresh) ReleaseScratch(s);
     throw;
