@@ -69,11 +69,12 @@ async function twoLayers(
   sparse: AttentionOptions['sparse'],
   capacity = 4096,
   variant: 'plain' | 'softcap-window' = 'plain',
+  target: 'cpu' | 'emu' = 'cpu',
 ) {
-  const attn = await Attention.create(tinySpec(dtype, variant, ['cpu']), {
+  const attn = await Attention.create(tinySpec(dtype, variant, [target]), {
     layers: 2,
     capacityTokens: capacity,
-    target: 'cpu',
+    target,
     threads: 2,
     sparse: sparse === false ? false : { denseLayers: 1, denseBelowTokens: 0, ...sparse },
   });
@@ -352,6 +353,74 @@ describe(`PSA decode on the cpu target (seed ${SEED})`, () => {
     for (let h = 0; h < HKV; h++) expect(sel.chunksOf(seq, h).length).toBe(6 + added[h]!); // kMax, then the guard's batch
     expect(relativeError(out, restrictedReference(sel, seq, q, k, v, length))).toBeLessThan(TOLERANCE.f32);
   });
+});
+
+describe(`PSA decode through Attention on the emu target (seed ${SEED})`, () => {
+  test.each([
+    ['bf16', 'plain', false],
+    ['f16', 'softcap-window', false],
+    ['bf16', 'plain', true],
+  ] as const)(
+    '%s %s (guard %s): float64 attention over exactly the selected chunks, shared prefix included',
+    async (dtype, variant, guard) => {
+      const options = guard
+        ? { mass: 0.99, kMax: 6, recentTokens: 16, safetyNet: 0, guard: true }
+        : { mass: 0.8, safetyNet: 0.05, recentTokens: 32 };
+      const attn = await twoLayers(dtype, options, 4096, variant, 'emu');
+      expect(attn.sparse).toBeDefined();
+      // Two sequences over one 640-token prefix (phase 1 over a shared run), one alone.
+      const prefix = 640;
+      const lengths = [prefix + 137, prefix + 60, 500];
+      const seqs: number[] = [];
+      const kvs: { k: Float32Array; v: Float32Array }[] = [];
+      const shared = makeKv(prefix, SEED + 1);
+      lengths.forEach((length, i) => {
+        const tokens = Array.from({ length }, (_, t) => (i < 2 && t < prefix ? t : 1_000_000 * (i + 1) + t));
+        const { k, v } = makeKv(length, SEED + 10 + i);
+        if (i < 2) {
+          k.set(shared.k);
+          v.set(shared.v);
+        }
+        const a = attn.insert(tokens);
+        write(
+          attn,
+          a.seq,
+          a.matchedTokens,
+          k.subarray(a.matchedTokens * HKV * D),
+          v.subarray(a.matchedTokens * HKV * D),
+        );
+        seqs.push(a.seq);
+        kvs.push({ k, v });
+      });
+      const q = stored(makeQ(seqs.length, SEED + 3), dtype);
+      const out = fromHost(attn.decode(1, toHost(q, dtype), poisoned(attn, seqs.length), seqs), dtype);
+      const sel = attn.selection!;
+      expect(sel.context.numRuns).toBeGreaterThan(0);
+      let sparse = 0;
+      seqs.forEach((seq, i) => {
+        for (let h = 0; h < HKV; h++)
+          sparse += sel.chunksOf(seq, h).length < Math.ceil(lengths[i]! / C) ? 1 : 0;
+        const ref = restrictedReference(
+          sel,
+          seq,
+          q.subarray(i * HQ * D, (i + 1) * HQ * D),
+          stored(kvs[i]!.k, dtype),
+          stored(kvs[i]!.v, dtype),
+          lengths[i]!,
+          variant === 'plain'
+            ? undefined
+            : { scoreMod: (s) => 5 * Math.tanh(s / 5), mask: (pos) => pos.q - pos.kv < 37 },
+        );
+        expect(relativeError(out.subarray(i * HQ * D, (i + 1) * HQ * D), ref), `seq ${i}`).toBeLessThan(
+          TOLERANCE[dtype],
+        );
+      });
+      expect(sparse).toBeGreaterThan(0);
+      if (guard) expect(Math.max(...sel.guardAdded)).toBeGreaterThan(0);
+      reset(attn);
+    },
+    300_000,
+  );
 });
 
 describe('chunk metadata', () => {
