@@ -311,7 +311,10 @@ interface Case {
   seed: number;
   prefix: number;
   privates: number[];
+  /** 1: chunk-first (every chunk in phase 1); Infinity: sequence-first; 2: two-phase. */
   minSharers: number;
+  /** Cuts long runs (rows then merge several partials). */
+  maxRunChunks?: number;
   options: Options;
 }
 
@@ -333,7 +336,10 @@ const optionsArb: fc.Arbitrary<Options> = fc.record({
  */
 function runCase(p: Pair, c: Case, order: string, guard = 0): void {
   const s = new Scene(p, c.seed, c.prefix, c.privates);
-  const ctx = s.tree.context({ minSharers: c.minSharers });
+  const ctx = s.tree.context({
+    minSharers: c.minSharers,
+    maxRunChunks: c.maxRunChunks ?? Number.POSITIVE_INFINITY,
+  });
   const maxChunks = s.meta(ctx);
   const ioSeqs = shuffle(s.rng, [...s.seqs]).slice(0, 1 + Math.floor(s.rng() * s.seqs.length));
   const { q, qStored } = queries(p, s.rng, ioSeqs.length);
@@ -387,7 +393,8 @@ describe(`list-driven PSA decode on emu (seed ${SEED})`, () => {
         seed: fc.integer({ min: 1, max: 2 ** 30 }),
         prefix: fc.integer({ min: 0, max: 8 * p.c }),
         privates: fc.array(fc.integer({ min: 1, max: 6 * p.c }), { minLength: 1, maxLength: 4 }),
-        minSharers: fc.constantFrom(2, Number.POSITIVE_INFINITY),
+        minSharers: fc.constantFrom(1, 2, 2, Number.POSITIVE_INFINITY),
+        maxRunChunks: fc.constantFrom(Number.POSITIVE_INFINITY, 3),
         options: optionsArb,
       });
       fc.assert(
@@ -479,7 +486,8 @@ describe(`list-driven PSA decode on emu (seed ${SEED})`, () => {
     (name) => {
       const p = PAIRS[name as keyof typeof PAIRS];
       const { c: C, d: D, hkv: HKV } = p;
-      const s = new Scene(p, SEED + 9, 12 * C, [2 * C + 3, C + 1, 3 * C, 5]);
+      // A prefix long enough for phase 1 to split its chunks over several CTAs.
+      const s = new Scene(p, SEED + 9, 40 * C, [2 * C + 3, C + 1, 3 * C, 5]);
       const ctx = s.tree.context({ minSharers: 2 });
       expect(ctx.numRuns).toBe(1);
       const maxChunks = s.meta(ctx);
@@ -488,6 +496,7 @@ describe(`list-driven PSA decode on emu (seed ${SEED})`, () => {
       p.emu.resetStats();
       const got = decode(p, 'emu', ctx, s.seqs, q, config(o, maxChunks), maxChunks);
       const kernels = p.emu.stats().kernels;
+      expect(kernels['decode_phase1']!.blocks).toBeGreaterThan(HKV); // split
       const bytes = 2 * D * 2; // K and V of one token
       let sharedTokens = 0;
       let privateTokens = 0;
