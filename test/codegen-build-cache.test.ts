@@ -42,19 +42,22 @@ describe('compile for GPUs through nvcc', () => {
       expect(first.exitCode, first.stderr).toBe(0);
       const [module] = (first.json as { modules: ModuleResult[] }).modules;
       expect(module!.target).toBe('cuda');
-      // One ptxas record per decode kernel (phase 1, phase 2 and the split-KV merge) per arch; all
-      // on both archs.
+      // One ptxas record per decode kernel (phase 1, phase 2 and the split-KV merge), dense and PSA
+      // list-driven (kListed = true: mangled Lb1E), per arch; all on both archs.
       const records = module!.resources
         .filter((r) => /decode_\w+?_kernel/.test(r.symbol))
-        .map((r) => `${/decode_\w+?_kernel/.exec(r.symbol)?.[0]} ${r.arch}`);
-      expect(records.sort()).toEqual([
-        'decode_merge_splits_kernel sm_80',
-        'decode_merge_splits_kernel sm_90a',
-        'decode_phase1_kernel sm_80',
-        'decode_phase1_kernel sm_90a',
-        'decode_phase2_kernel sm_80',
-        'decode_phase2_kernel sm_90a',
-      ]);
+        .map(
+          (r) =>
+            `${/decode_\w+?_kernel/.exec(r.symbol)?.[0]}${/Lb1E/.test(r.symbol) ? ' listed' : ''} ${r.arch}`,
+        );
+      expect(records.sort()).toEqual(
+        ['decode_merge_splits_kernel', 'decode_phase1_kernel', 'decode_phase2_kernel'].flatMap((k) => [
+          `${k} listed sm_80`,
+          `${k} listed sm_90a`,
+          `${k} sm_80`,
+          `${k} sm_90a`,
+        ]),
+      );
       expect([...new Set(module!.resources.map((r) => r.arch))].sort()).toEqual(['sm_80', 'sm_90a']);
       expect(module!.resources.length % 2).toBe(0);
       for (const r of module!.resources) expect(r.spillStoreBytes + r.spillLoadBytes).toBe(0);
