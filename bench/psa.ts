@@ -244,7 +244,7 @@ function alternate(
   return { dense: median(dense), sparse: median(sparse) };
 }
 
-async function speed(spec: LoadableModule, data: Data, reps: number) {
+export async function psaSpeed(spec: LoadableModule, data: Data, reps: number) {
   const attn = await Attention.create(spec, {
     layers: 2,
     capacityTokens: data.tokens + CHUNK,
@@ -262,7 +262,7 @@ async function speed(spec: LoadableModule, data: Data, reps: number) {
   }
 }
 
-async function sharing(spec: LoadableModule, quick: boolean, seed: number, reps: number) {
+export async function psaSharing(spec: LoadableModule, quick: boolean, seed: number, reps: number) {
   const batch = 32;
   const prefix = quick ? 4096 : 16384;
   const own = quick ? 256 : 1024;
@@ -407,9 +407,9 @@ export async function runPsaBench(opts: BenchOptions): Promise<BenchReport> {
     results.push(await accuracy(module, data, mass, exact));
   }
   opts.progress(++step, total, 'decode speed, dense vs PSA (alternating)');
-  const speedResult = await speed(module, data, reps);
+  const speedResult = await psaSpeed(module, data, reps);
   opts.progress(++step, total, 'sharing: 32 sequences, shared prefix');
-  const shared = await sharing(module, quick, seed + 1, reps);
+  const shared = await psaSharing(module, quick, seed + 1, reps);
   opts.progress(total, total, 'done');
 
   const main = results.find((r) => r.mass === MAIN_MASS)!;
