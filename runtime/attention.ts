@@ -665,10 +665,20 @@ export class Attention {
   }
 
   async #runAsync(layer: number, call: AttendCall): Promise<TensorData> {
-    // Sparse decode runs on the calling thread (no async entry point yet).
-    const done = this.#runsSparse(layer, call)
-      ? Promise.resolve().then(() => this.#run(layer, call))
-      : call.module.decodeAsync(call.pool, call.args);
+    let done: Promise<void>;
+    if (this.#runsSparse(layer, call)) {
+      done = this.#sparse!.decodeAsync(
+        layer,
+        call.pool,
+        call.args,
+        this.context(),
+        call.rows.seqs,
+        this.#written,
+      ).then(() => undefined);
+    } else {
+      this.#sparse?.clearLast();
+      done = call.module.decodeAsync(call.pool, call.args);
+    }
     this.#inFlight = done;
     try {
       await done;

@@ -249,6 +249,16 @@ interface NativeAddon {
     guardAdded: unknown,
     selectOnly?: boolean,
   ): void;
+  psaDecodeAsync(
+    module: NativeHandle,
+    pool: KvPool,
+    args: unknown,
+    meta: NativeHandle,
+    config: unknown,
+    lists: unknown,
+    counts: unknown,
+    guardAdded: unknown,
+  ): Promise<void>;
 }
 
 let addon: NativeAddon | undefined;
@@ -620,6 +630,38 @@ export class NativeModule {
         selectOnly,
       ),
     );
+  }
+
+  /**
+   * psaDecode (not selectOnly) on a worker thread, with decodeAsync's rules: every check, the
+   * plan and the q upload happen now (errors throw at once); the select, the decode and the
+   * copies back run off the event loop. Until the promise settles every other call on this
+   * module handle throws BusyError, and q, out, lists, counts and guardAdded must not be touched.
+   */
+  psaDecodeAsync(
+    pool: KvPool,
+    args: DecodeArgs,
+    meta: DeviceTensor,
+    config: Float64Array,
+    lists: Int32Array,
+    counts: Int32Array,
+    guardAdded?: Int32Array,
+  ): Promise<void> {
+    const promise = call(() =>
+      nativeAddon().psaDecodeAsync(
+        this.#handle,
+        pool,
+        nativeDecodeArgs(args),
+        meta.handle,
+        config,
+        lists,
+        counts,
+        guardAdded,
+      ),
+    );
+    return promise.catch((error: unknown) => {
+      throw toTypedError(error);
+    });
   }
 
   stats(): KernelStats {

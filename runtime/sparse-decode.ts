@@ -70,6 +70,32 @@ export class SparseDecoder {
     ioSeqs: Int32Array,
     written: WrittenTokens,
   ): SparseSelection {
+    const call = this.#prepare(layer, pool, context, ioSeqs, written);
+    this.#module.psaDecode(pool, args, ...call.buffers);
+    return this.#finish(layer, context, call.maxChunks);
+  }
+
+  /**
+   * decode on a worker thread (ca_psa_decode through psaDecodeAsync): the metadata, the checks
+   * and the plan now; the select and the decode off the event loop. The selection is this
+   * decoder's `last` once the promise resolves.
+   */
+  async decodeAsync(
+    layer: number,
+    pool: KvPool,
+    args: DecodeArgs,
+    context: KernelContext,
+    ioSeqs: Int32Array,
+    written: WrittenTokens,
+  ): Promise<SparseSelection> {
+    const call = this.#prepare(layer, pool, context, ioSeqs, written);
+    this.#last = undefined; // its arrays are being rewritten
+    await this.#module.psaDecodeAsync(pool, args, ...call.buffers);
+    return this.#finish(layer, context, call.maxChunks);
+  }
+
+  /** The metadata a decode reads, the list buffers sized, and ca_psa_decode's arguments. */
+  #prepare(layer: number, pool: KvPool, context: KernelContext, ioSeqs: Int32Array, written: WrittenTokens) {
     const { rowChunkOffsets, rowChunkSlots } = context;
     // Metadata of every full chunk a requested row may score (all but its tail).
     for (const seq of ioSeqs) {
@@ -90,15 +116,19 @@ export class SparseDecoder {
       this.#guardAdded = new Int32Array(rows);
     }
     const config = psaConfig(this.options, this.#shape.chunkSize, maxChunks);
-    this.#module.psaDecode(
-      pool,
-      args,
+    const buffers = [
       this.metadata.tensor(layer),
       config,
       this.#lists,
       this.#counts,
       this.#guardAdded,
-    );
+    ] as const;
+    return { maxChunks, buffers };
+  }
+
+  /** The selection the last call made (a view of the list buffers). */
+  #finish(layer: number, context: KernelContext, maxChunks: number): SparseSelection {
+    const hkv = this.#shape.kvHeads;
     const lists = this.#lists;
     const counts = this.#counts;
     const selection: SparseSelection = {

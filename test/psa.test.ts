@@ -4,7 +4,7 @@
 import fc from 'fast-check';
 import { afterAll, describe, expect, test } from 'vitest';
 import type { DType } from '../dsl/spec.ts';
-import { Attention, type AttentionOptions } from '../index.ts';
+import { Attention, type AttentionOptions, BusyError } from '../index.ts';
 import { META_VECTORS } from '../runtime/chunk-metadata.ts';
 import { fromHost, toHost } from '../runtime/half.ts';
 import { referenceDecode, relativeError, TOLERANCE } from '../runtime/reference.ts';
@@ -272,68 +272,87 @@ describe(`PSA decode on the cpu target (seed ${SEED})`, () => {
     );
   });
 
-  test('a shared prefix gives the same selection and output as a copied one, whatever the batch', async () => {
-    const attn = await twoLayers('f32', { mass: 0.8 }, 16 * 400, 'plain');
-    const prefix = 640;
-    const own = 200;
-    const { k, v } = makeKv(prefix + 3 * own, SEED);
-    const rows = HKV * D;
-    const part = (x: Float32Array, from: number, to: number) => x.subarray(from * rows, to * rows);
-    const kvOf = (x: Float32Array, i: number) => {
-      const out = new Float32Array((prefix + own) * rows);
-      out.set(part(x, 0, prefix));
-      out.set(part(x, prefix + i * own, prefix + (i + 1) * own), prefix * rows);
-      return out;
-    };
-    // Shared: three sequences with the same prefix tokens. Copied: the same K/V under other tokens.
-    const shared: number[] = [];
-    const copied: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      const tokens = [
-        ...Array.from({ length: prefix }, (_, t) => t),
-        ...Array.from({ length: own }, (_, t) => 10_000 * (i + 1) + t),
-      ];
-      const a = attn.insert(tokens);
-      shared.push(a.seq);
-      write(
-        attn,
-        a.seq,
-        a.matchedTokens,
-        kvOf(k, i).subarray(a.matchedTokens * rows),
-        kvOf(v, i).subarray(a.matchedTokens * rows),
-      );
-      const b = attn.insert(tokens.map((t) => t + 1_000_000 * (i + 1)));
-      expect(b.matchedTokens).toBe(0);
-      copied.push(b.seq);
-      write(attn, b.seq, 0, kvOf(k, i), kvOf(v, i));
-    }
-    expect(attn.cache.chunkRefs(attn.cache.chunksOf(shared[0]!)[0]!)).toBe(3);
-    const q = makeQ(3, SEED + 5);
-    const outShared = attn.decode(1, q, poisoned(attn, 3), shared) as Float32Array;
-    expect(attn.selection!.context.numRuns).toBeGreaterThan(0); // phase 1 ran over the shared prefix
-    const selShared = shared.map((s) => [0, 1].map((h) => Array.from(attn.selection!.chunksOf(s, h))));
-    const outCopied = attn.decode(1, q, poisoned(attn, 3), copied) as Float32Array;
-    const selCopied = copied.map((s) => [0, 1].map((h) => Array.from(attn.selection!.chunksOf(s, h))));
-    expect(selShared).toEqual(selCopied);
-    expect(relativeError(outShared, outCopied)).toBeLessThan(1e-6);
-    // One sharer alone: the same as within the batch.
-    const qOne = q.slice(HQ * D, 2 * HQ * D);
-    const alone = attn.decode(1, qOne, poisoned(attn, 1), [shared[1]!]) as Float32Array;
-    expect([0, 1].map((h) => Array.from(attn.selection!.chunksOf(shared[1]!, h)))).toEqual(selShared[1]);
-    expect(relativeError(alone, outShared.subarray(HQ * D, 2 * HQ * D))).toBeLessThan(1e-6);
-  });
+  test.each([false, true])(
+    'a shared prefix gives the same selection and output as a copied one, whatever the batch (guard: %s)',
+    async (guard) => {
+      const attn = await twoLayers('f32', { mass: 0.8, guard }, 16 * 400, 'plain');
+      const prefix = 640;
+      const own = 200;
+      const { k, v } = makeKv(prefix + 3 * own, SEED);
+      const rows = HKV * D;
+      const part = (x: Float32Array, from: number, to: number) => x.subarray(from * rows, to * rows);
+      const kvOf = (x: Float32Array, i: number) => {
+        const out = new Float32Array((prefix + own) * rows);
+        out.set(part(x, 0, prefix));
+        out.set(part(x, prefix + i * own, prefix + (i + 1) * own), prefix * rows);
+        return out;
+      };
+      // Shared: three sequences with the same prefix tokens. Copied: the same K/V under other tokens.
+      const shared: number[] = [];
+      const copied: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const tokens = [
+          ...Array.from({ length: prefix }, (_, t) => t),
+          ...Array.from({ length: own }, (_, t) => 10_000 * (i + 1) + t),
+        ];
+        const a = attn.insert(tokens);
+        shared.push(a.seq);
+        write(
+          attn,
+          a.seq,
+          a.matchedTokens,
+          kvOf(k, i).subarray(a.matchedTokens * rows),
+          kvOf(v, i).subarray(a.matchedTokens * rows),
+        );
+        const b = attn.insert(tokens.map((t) => t + 1_000_000 * (i + 1)));
+        expect(b.matchedTokens).toBe(0);
+        copied.push(b.seq);
+        write(attn, b.seq, 0, kvOf(k, i), kvOf(v, i));
+      }
+      expect(attn.cache.chunkRefs(attn.cache.chunksOf(shared[0]!)[0]!)).toBe(3);
+      const q = makeQ(3, SEED + 5);
+      const outShared = attn.decode(1, q, poisoned(attn, 3), shared) as Float32Array;
+      expect(attn.selection!.context.numRuns).toBeGreaterThan(0); // phase 1 ran over the shared prefix
+      const selShared = shared.map((s) => [0, 1].map((h) => Array.from(attn.selection!.chunksOf(s, h))));
+      const outCopied = attn.decode(1, q, poisoned(attn, 3), copied) as Float32Array;
+      const selCopied = copied.map((s) => [0, 1].map((h) => Array.from(attn.selection!.chunksOf(s, h))));
+      expect(selShared).toEqual(selCopied);
+      expect(relativeError(outShared, outCopied)).toBeLessThan(1e-6);
+      // One sharer alone: the same as within the batch.
+      const qOne = q.slice(HQ * D, 2 * HQ * D);
+      const alone = attn.decode(1, qOne, poisoned(attn, 1), [shared[1]!]) as Float32Array;
+      expect([0, 1].map((h) => Array.from(attn.selection!.chunksOf(shared[1]!, h)))).toEqual(selShared[1]);
+      expect(relativeError(alone, outShared.subarray(HQ * D, 2 * HQ * D))).toBeLessThan(1e-6);
+    },
+  );
 
-  test("decodeAsync of a sparse layer gives decode's output and selection", async () => {
-    const attn = await twoLayers('f32', { mass: 0.7 });
-    const length = 900;
+  test("decodeAsync of a sparse layer runs off the event loop and gives decode's output and selection", async () => {
+    const attn = await twoLayers('f32', { mass: 0.7 }, 16 * 1024);
+    const length = 16_000;
     const { seq } = attn.insert(Array.from({ length }, (_, i) => 5_000_000 + i));
     const { k, v } = makeKv(length, SEED + 21);
     write(attn, seq, 0, k, v);
     const q = makeQ(1, SEED + 22);
     const sync = attn.decode(1, q, poisoned(attn, 1), [seq]) as Float32Array;
     const lists = [0, 1].map((h) => Array.from(attn.selection!.chunksOf(seq, h)));
-    const viaAsync = (await attn.decodeAsync(1, q, poisoned(attn, 1) as Float32Array, [seq])) as Float32Array;
-    expect(Buffer.from(viaAsync.buffer).equals(Buffer.from(sync.buffer))).toBe(true);
+    expect(Math.min(...lists.map((l) => l.length))).toBeLessThan(length / C); // really sparse
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 1);
+    let viaAsync: Float32Array | undefined;
+    try {
+      for (let i = 0; i < 20 && ticks === 0; i++) {
+        const pending = attn.decodeAsync(1, q, poisoned(attn, 1) as Float32Array, [seq]);
+        // In flight: the Attention and the module handle (the addon's own guard) refuse.
+        expect(() => attn.decode(1, q, undefined, [seq])).toThrow(BusyError);
+        expect(() => attn.module.resetStats()).toThrow(expect.objectContaining({ code: 'ERR_CA_BUSY' }));
+        viaAsync = (await pending) as Float32Array;
+      }
+    } finally {
+      clearInterval(timer);
+    }
+    // The select and the decode ran on a worker thread: the timer fired meanwhile.
+    expect(ticks).toBeGreaterThan(0);
+    expect(Buffer.from(viaAsync!.buffer).equals(Buffer.from(sync.buffer))).toBe(true);
     expect([0, 1].map((h) => Array.from(attn.selection!.chunksOf(seq, h)))).toEqual(lists);
     attn.release(seq);
   });

@@ -174,6 +174,22 @@ class ModuleCore {
   void PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
                  const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
                  const ArrayArg& guard_added, bool select_only = false);
+  // PsaDecode in two halves for psaDecodeAsync, like StartDecode / FinishDecode: every check,
+  // the plan and the q upload on the JS thread; the select, the decode and the copies back on
+  // any thread. The host arrays (out, lists, counts, guardAdded) must stay alive in between.
+  struct PsaRun {
+    DecodeRun decode;
+    CaPsaParams s{};
+    uint64_t rows = 0;  // DFS rows x KV heads
+    bool on_host = true;
+    void* lists_host = nullptr;
+    void* counts_host = nullptr;
+    void* guard_added_host = nullptr;
+  };
+  PsaRun StartPsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
+                        const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
+                        const ArrayArg& guard_added, bool select_only = false);
+  void FinishPsaDecode(const PsaRun& run);
 
   // Allocates every scratch buffer at its bound (replacing what is there), then fixes them: no
   // later call allocates scratch. On failure nothing changes.
