@@ -238,28 +238,36 @@ interface NativeAddon {
   hasPsa(module: NativeHandle): boolean;
   hasPsaKernels(module: NativeHandle): boolean;
   psaMeta(module: NativeHandle, pool: KvPool, meta: NativeHandle, slots: unknown): void;
-  psaDecode(
-    module: NativeHandle,
-    pool: KvPool,
-    args: unknown,
-    meta: NativeHandle,
-    config: unknown,
-    lists: unknown,
-    counts: unknown,
-    guardAdded: unknown,
-    selectOnly?: boolean,
-  ): void;
-  psaDecodeAsync(
-    module: NativeHandle,
-    pool: KvPool,
-    args: unknown,
-    meta: NativeHandle,
-    config: unknown,
-    lists: unknown,
-    counts: unknown,
-    guardAdded: unknown,
-  ): Promise<void>;
+  psaDecode(...a: [...NativePsaArgs, selectOnly?: boolean]): void;
+  psaDecodeAsync(...a: NativePsaArgs): Promise<void>;
 }
+
+/**
+ * psaDecode's arguments before selectOnly: config a Float64Array in runtime/psa-options.ts
+ * order; lists [numRows, kvHeads, maxChunks] and counts [numRows, kvHeads] receive each (DFS
+ * row, KV head)'s selection; guardAdded [numRows, kvHeads] what the guard added.
+ */
+export type PsaDecodeArgs = [
+  pool: KvPool,
+  args: DecodeArgs,
+  meta: DeviceTensor,
+  config: Float64Array,
+  lists: Int32Array,
+  counts: Int32Array,
+  guardAdded?: Int32Array,
+];
+
+/** The addon's psaDecode / psaDecodeAsync arguments. */
+type NativePsaArgs = [
+  module: NativeHandle,
+  pool: KvPool,
+  args: unknown,
+  meta: NativeHandle,
+  config: unknown,
+  lists: unknown,
+  counts: unknown,
+  guardAdded: unknown,
+];
 
 let addon: NativeAddon | undefined;
 
@@ -608,26 +616,15 @@ export class NativeModule {
    * target with PSA kernels runs (hasPsaKernels), cuda/emu included.
    */
   psaDecode(
-    pool: KvPool,
-    args: DecodeArgs,
-    meta: DeviceTensor,
-    config: Float64Array,
-    lists: Int32Array,
-    counts: Int32Array,
-    guardAdded?: Int32Array,
-    selectOnly = false,
+    ...[pool, args, meta, config, lists, counts, guardAdded, selectOnly]: [
+      ...PsaDecodeArgs,
+      selectOnly?: boolean,
+    ]
   ): void {
     call(() =>
       nativeAddon().psaDecode(
-        this.#handle,
-        pool,
-        nativeDecodeArgs(args),
-        meta.handle,
-        config,
-        lists,
-        counts,
-        guardAdded,
-        selectOnly,
+        ...this.#nativePsaArgs([pool, args, meta, config, lists, counts, guardAdded]),
+        selectOnly ?? false,
       ),
     );
   }
@@ -638,30 +635,15 @@ export class NativeModule {
    * copies back run off the event loop. Until the promise settles every other call on this
    * module handle throws BusyError, and q, out, lists, counts and guardAdded must not be touched.
    */
-  psaDecodeAsync(
-    pool: KvPool,
-    args: DecodeArgs,
-    meta: DeviceTensor,
-    config: Float64Array,
-    lists: Int32Array,
-    counts: Int32Array,
-    guardAdded?: Int32Array,
-  ): Promise<void> {
-    const promise = call(() =>
-      nativeAddon().psaDecodeAsync(
-        this.#handle,
-        pool,
-        nativeDecodeArgs(args),
-        meta.handle,
-        config,
-        lists,
-        counts,
-        guardAdded,
-      ),
-    );
+  psaDecodeAsync(...a: PsaDecodeArgs): Promise<void> {
+    const promise = call(() => nativeAddon().psaDecodeAsync(...this.#nativePsaArgs(a)));
     return promise.catch((error: unknown) => {
       throw toTypedError(error);
     });
+  }
+
+  #nativePsaArgs([pool, args, meta, config, lists, counts, guardAdded]: PsaDecodeArgs): NativePsaArgs {
+    return [this.#handle, pool, nativeDecodeArgs(args), meta.handle, config, lists, counts, guardAdded];
   }
 
   stats(): KernelStats {

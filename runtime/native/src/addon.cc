@@ -533,10 +533,15 @@ class DecodeWorker : public Napi::AsyncWorker {
   std::optional<Failure> failure_;
 };
 
-// Queues the second half of an async decode and marks the module busy until it settles.
-Napi::Value QueueDecode(Napi::Env env, const char* name, ModuleHandle* handle,
-                        std::function<void(ModuleCore&)> finish, Napi::Value keep) {
-  auto* worker = new DecodeWorker(env, name, handle->core, std::move(finish), keep);
+// Queues the second half of an async decode (info[0] the module handle; the call's first
+// `keep` arguments stay referenced until it settles) and marks the module busy meanwhile.
+Napi::Value QueueDecode(const Napi::CallbackInfo& info, const char* name, uint32_t keep,
+                        std::function<void(ModuleCore&)> finish) {
+  Napi::Env env = info.Env();
+  ModuleHandle* handle = Unwrap<ModuleHandle>(env, info[0], kModuleTag);
+  Napi::Array values = Napi::Array::New(env, keep);
+  for (uint32_t i = 0; i < keep; ++i) values.Set(i, info[i]);
+  auto* worker = new DecodeWorker(env, name, handle->core, std::move(finish), values);
   handle->core->SetBusy(true);
   worker->Queue();
   return worker->Promise();
@@ -549,14 +554,9 @@ Napi::Value DecodeAsync(const Napi::CallbackInfo& info) {
   PoolValues pool = ReadPoolValues(env, info[1]);
   DecodeValues values = ReadDecodeValues(env, info[2]);
   ModuleCore& core = Module(info);
-  ModuleHandle* handle = Unwrap<ModuleHandle>(env, info[0], kModuleTag);
-  Napi::Array keep = Napi::Array::New(env, 3);
-  keep.Set(0u, info[0]);
-  keep.Set(1u, info[1]);
-  keep.Set(2u, info[2]);
   ModuleCore::DecodeRun run = core.StartDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values));
-  return QueueDecode(
-      env, "chunkattn.decodeAsync", handle, [run](ModuleCore& c) { c.FinishDecode(run); }, keep);
+  return QueueDecode(info, "chunkattn.decodeAsync", 3,
+                     [run](ModuleCore& c) { c.FinishDecode(run); });
 }
 
 // workspaceBytes(mod, pool, args): number
@@ -612,16 +612,12 @@ Napi::Value PsaDecodeAsync(const Napi::CallbackInfo& info) {
   PoolValues pool = ReadPoolValues(env, info[1]);
   DecodeValues values = ReadDecodeValues(env, info[2]);
   ModuleCore& core = Module(info);
-  ModuleHandle* handle = Unwrap<ModuleHandle>(env, info[0], kModuleTag);
   const TensorArg meta = ReadTensor(env, info[3]);
-  Napi::Array keep = Napi::Array::New(env, 8);
-  for (uint32_t i = 0; i < 8; ++i) keep.Set(i, info[i]);
   ModuleCore::PsaRun run = core.StartPsaDecode(
       ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device, ReadArray(env, info[4]),
       ReadArray(env, info[5]), ReadArray(env, info[6]), ReadArray(env, info[7]));
-  return QueueDecode(
-      env, "chunkattn.psaDecodeAsync", handle, [run](ModuleCore& c) { c.FinishPsaDecode(run); },
-      keep);
+  return QueueDecode(info, "chunkattn.psaDecodeAsync", 8,
+                     [run](ModuleCore& c) { c.FinishPsaDecode(run); });
 }
 
 // stats(mod): { bytesRead: {q, kv, partial, out, context}, bytesWritten: {...}, launches,

@@ -94,6 +94,19 @@ struct RunTask {
   int32_t run, kv_head, row_begin, row_end;
 };
 
+// One task per (shared run, KV head, tile of at most `rows` of the run's rows).
+template <int Hkv>
+inline void tile_runs(const KernelContext& c, int rows, std::vector<RunTask>& tasks) {
+  tasks.clear();
+  for (int i = 0; i < c.num_runs(); ++i) {
+    const CaSharedRun& run = c.run(i);
+    for (int r0 = run.row_begin; r0 < run.row_end; r0 += rows) {
+      const int r1 = r0 + rows < run.row_end ? r0 + rows : run.row_end;
+      for (int kvh = 0; kvh < Hkv; ++kvh) tasks.push_back(RunTask{i, kvh, r0, r1});
+    }
+  }
+}
+
 }  // namespace psa
 
 // Attend for a Selected variant: the selection is per chunk, so the mask of a (row, chunk) is
@@ -568,14 +581,7 @@ inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept
     const size_t score_total = size_t(c.num_requests()) * Hkv * job.score_stride;
     if (scores.size() < score_total) scores.resize(score_total);
     job.scores = scores.data();
-    score_tasks.clear();
-    for (int i = 0; i < c.num_runs(); ++i) {
-      const CaSharedRun& run = c.run(i);
-      for (int r0 = run.row_begin; r0 < run.row_end; r0 += kScoreTileRows) {
-        const int r1 = r0 + kScoreTileRows < run.row_end ? r0 + kScoreTileRows : run.row_end;
-        for (int kvh = 0; kvh < Hkv; ++kvh) score_tasks.push_back(RunTask{i, kvh, r0, r1});
-      }
-    }
+    tile_runs<Hkv>(c, kScoreTileRows, score_tasks);
     job.score_tasks = score_tasks.data();
     job.num_score_tasks = int(score_tasks.size());
     const int threads = resolve_num_threads(p.num_threads);
@@ -608,14 +614,7 @@ inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept
     }
     // Guard: the list-driven phases below, with the progressive step in phase 2.
     thread_local std::vector<RunTask> tasks1;
-    tasks1.clear();
-    for (int i = 0; i < c.num_runs(); ++i) {
-      const CaSharedRun& run = c.run(i);
-      for (int r0 = run.row_begin; r0 < run.row_end; r0 += kSparseTileRows) {
-        const int r1 = r0 + kSparseTileRows < run.row_end ? r0 + kSparseTileRows : run.row_end;
-        for (int kvh = 0; kvh < Hkv; ++kvh) tasks1.push_back(RunTask{i, kvh, r0, r1});
-      }
-    }
+    tile_runs<Hkv>(c, kSparseTileRows, tasks1);
     job.part_o = c.num_runs() > 0 ? static_cast<float*>(p.workspace) : nullptr;
     job.part_lse = c.num_runs() > 0
                        ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
