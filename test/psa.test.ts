@@ -3,6 +3,7 @@
 
 import fc from 'fast-check';
 import { afterAll, describe, expect, test } from 'vitest';
+import { xorshift32 } from '../bench/random.ts';
 import type { DType } from '../dsl/spec.ts';
 import { Attention, type AttentionOptions, BusyError } from '../index.ts';
 import { META_VECTORS } from '../runtime/chunk-metadata.ts';
@@ -21,15 +22,8 @@ const SCALE = 1 / Math.sqrt(D);
 
 /** xorshift32 uniforms in [-1, 1). */
 function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return (x / 2 ** 32) * 2 - 1;
-  };
+  const next = xorshift32(seed);
+  return () => next() * 2 - 1;
 }
 
 /**

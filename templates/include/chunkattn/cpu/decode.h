@@ -68,6 +68,21 @@ __attribute__((format(printf, 2, 3))) inline int fail(int status, const char* fo
   return ca::fail(status, buffer);
 }
 
+// Runs an entry point's body, turning any exception into a status: the C entry points never
+// throw. `entry` names the entry point in the message.
+template <class Body>
+inline int never_throws(const char* entry, Body&& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return fail(CA_ERR_NO_MEMORY, "%s: out of memory", entry);
+  } catch (const std::exception& e) {
+    return fail(CA_ERR_DEVICE, "%s: %s", entry, e.what());
+  } catch (...) {
+    return fail(CA_ERR_DEVICE, "%s: unknown exception", entry);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Thread-local scratch: one 64-byte aligned float arena that only grows.
 
@@ -872,7 +887,7 @@ inline void plan_phase1(const CaDecodeParams& p, int num_threads, std::vector<Ph
 
 template <class Cfg, class Variant>
 inline int decode(const CaDecodeParams& p) noexcept {
-  try {
+  return never_throws("ca_decode", [&]() -> int {
     const int status = validate<Cfg>(p);
     if (status != CA_OK) return status;
     const KernelContext c{p.context};
@@ -908,13 +923,7 @@ inline int decode(const CaDecodeParams& p) noexcept {
     if (job.status.load() != CA_OK)
       return fail(job.status.load(), "ca_decode: out of memory for scratch");
     return CA_OK;
-  } catch (const std::bad_alloc&) {
-    return fail(CA_ERR_NO_MEMORY, "ca_decode: out of memory");
-  } catch (const std::exception& e) {
-    return fail(CA_ERR_DEVICE, "ca_decode: %s", e.what());
-  } catch (...) {
-    return fail(CA_ERR_DEVICE, "ca_decode: unknown exception");
-  }
+  });
 }
 
 }  // namespace cpu

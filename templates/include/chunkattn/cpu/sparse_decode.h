@@ -553,7 +553,7 @@ inline int validate_psa(const CaDecodeParams& p, const CaPsaParams& s) {
 // Entry point of ca_psa_decode. Never throws.
 template <class Cfg, class Variant>
 inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept {
-  try {
+  return never_throws("ca_psa_decode", [&]() -> int {
     int status = validate<Cfg>(p);
     if (status != CA_OK) return status;
     status = validate_psa<Cfg>(p, s);
@@ -627,13 +627,7 @@ inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept
     if (job.status.load() == CA_OK) run_stage(Job::kPhase2, job.num_tasks2);
     if (job.status.load() != CA_OK) return fail(job.status.load(), "ca_psa_decode: out of memory");
     return CA_OK;
-  } catch (const std::bad_alloc&) {
-    return fail(CA_ERR_NO_MEMORY, "ca_psa_decode: out of memory");
-  } catch (const std::exception& e) {
-    return fail(CA_ERR_DEVICE, "ca_psa_decode: %s", e.what());
-  } catch (...) {
-    return fail(CA_ERR_DEVICE, "ca_psa_decode: unknown exception");
-  }
+  });
 }
 
 }  // namespace psa
