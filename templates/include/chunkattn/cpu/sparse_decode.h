@@ -5,13 +5,18 @@
 //   meta     [num_slots, Hkv, CA_PSA_META_VECTORS, D]  Cfg::KvT
 //   lists    [num_rows, Hkv, max_chunks] int32 out;  counts [num_rows, Hkv] int32 out
 //
-// Step 1, select: one task per (requested row, KV head) (select.h); writes the row's byte mask
-// and its compacted list. When every requested list holds all of its row's chunks, the dense
-// two-phase kernel runs instead (so mass 1 is dense, bit for bit).
+// Step 0, scores of the shared chunks: one task per (shared run, KV head, tile of
+// ≤ kScoreTileRows sharers) scores the run's chunks for every sharer of the tile (score_chunks,
+// select.h), each chunk's metadata read once for the tile. A row's figures are the same as when
+// it scores the chunks alone, so sharing never changes a selection.
+// Step 1, select: one task per (requested row, KV head) (select.h); scores the row's own chunks,
+// writes the row's byte mask and its compacted list. When every requested list holds all of its
+// row's chunks, the dense two-phase kernel runs instead (so mass 1 is dense, bit for bit).
 // Step 2 (no guard): the dense two-phase kernel (decode.h) run with the selection as an extra
-// mask (Selected<Variant>): a chunk no row of a task selected is skipped unread; a shared chunk
-// is loaded once per phase-1 tile when any of the tile's sharers selected it and masked out for
-// the sharers that did not, so a row's result never depends on who else is in the batch.
+// mask (Selected<Variant>, a per-chunk mask: kChunkMask): a chunk no row of a task selected is
+// skipped unread; a shared chunk is loaded once per phase-1 tile when any of the tile's sharers
+// selected it, and only the sharers that selected it attend it (the others are left out of the
+// tile's blocks), so a row's result never depends on who else is in the batch.
 // Step 2 (guard): list-driven phases of this header. Phase 1, one task per (shared run, KV head,
 // tile of ≤ kSparseTileRows sharers): chunk by chunk, a chunk any sharer of the tile selected is
 // loaded once and attended by exactly those sharers; each sharer's state becomes its partial.
