@@ -589,33 +589,32 @@ Napi::Value PsaMeta(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// psaDecode(mod, pool, args, meta, config: Float64Array, lists, counts, guardAdded?: Int32Array,
-//   selectOnly?: boolean): selectOnly runs the select alone (out untouched; cuda/emu need it)
-Napi::Value PsaDecode(const Napi::CallbackInfo& info) {
+// The first half of psaDecode / psaDecodeAsync (mod, pool, args, meta, config, lists, counts,
+// guardAdded?): every check, the plan and the q upload.
+ModuleCore::PsaRun StartPsa(const Napi::CallbackInfo& info, bool select_only) {
   Napi::Env env = info.Env();
   PoolValues pool = ReadPoolValues(env, info[1]);
   DecodeValues values = ReadDecodeValues(env, info[2]);
   ModuleCore& core = Module(info);
   const TensorArg meta = ReadTensor(env, info[3]);
-  core.PsaDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device,
-                 ReadArray(env, info[4]), ReadArray(env, info[5]), ReadArray(env, info[6]),
-                 ReadArray(env, info[7]),
-                 info[8].IsBoolean() && info[8].As<Napi::Boolean>().Value());
-  return env.Undefined();
+  return core.StartPsaDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device,
+                             ReadArray(env, info[4]), ReadArray(env, info[5]),
+                             ReadArray(env, info[6]), ReadArray(env, info[7]), select_only);
+}
+
+// psaDecode(mod, pool, args, meta, config: Float64Array, lists, counts, guardAdded?: Int32Array,
+//   selectOnly?: boolean): selectOnly runs the select alone (out untouched; cuda/emu need it)
+Napi::Value PsaDecode(const Napi::CallbackInfo& info) {
+  const bool select_only = info[8].IsBoolean() && info[8].As<Napi::Boolean>().Value();
+  AnyModule(info).FinishPsaDecode(StartPsa(info, select_only));
+  return info.Env().Undefined();
 }
 
 // psaDecodeAsync(mod, pool, args, meta, config, lists, counts, guardAdded?): Promise<void>.
 // psaDecode (without selectOnly) the way decodeAsync is decode: checks, plan and q upload now;
 // the select, the decode and the copies back on a worker thread.
 Napi::Value PsaDecodeAsync(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  PoolValues pool = ReadPoolValues(env, info[1]);
-  DecodeValues values = ReadDecodeValues(env, info[2]);
-  ModuleCore& core = Module(info);
-  const TensorArg meta = ReadTensor(env, info[3]);
-  ModuleCore::PsaRun run = core.StartPsaDecode(
-      ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device, ReadArray(env, info[4]),
-      ReadArray(env, info[5]), ReadArray(env, info[6]), ReadArray(env, info[7]));
+  ModuleCore::PsaRun run = StartPsa(info, false);
   return QueueDecode(info, "chunkattn.psaDecodeAsync", 8,
                      [run](ModuleCore& c) { c.FinishPsaDecode(run); });
 }

@@ -162,21 +162,20 @@ class ModuleCore {
   // owner. On cuda each use waits for the owner's stream (streams are per module handle).
   void ShareMemoryWith(const std::shared_ptr<ModuleCore>& owner);
   // Progressive sparse attention (chunkattn/psa_abi.h). `meta` is a DeviceTensor of the KV
-  // dtype holding [numSlots, Hkv, 4, D]; `slots` the full chunks to summarize. PsaDecode is
-  // Decode through ca_psa_decode; `config` a Float64Array of PsaConfigField values;
-  // lists/counts/guardAdded host Int32Arrays the module fills. With select_only it runs the
-  // select alone (out untouched): what cuda/emu modules run, through module-memory staging.
+  // dtype holding [numSlots, Hkv, 4, D]; `slots` the full chunks to summarize. The PSA decode
+  // (StartPsaDecode + FinishPsaDecode) is Decode through ca_psa_decode; `config` a Float64Array
+  // of PsaConfigField values; lists/counts/guardAdded host Int32Arrays the module fills. With
+  // select_only it runs the select alone (out untouched): what cuda/emu modules run, through
+  // module-memory staging.
   // HasPsaKernels: the module exports ca_psa_meta and ca_psa_decode (every target).
   // HasPsa: it also decodes sparse (the cpu target so far).
   bool HasPsaKernels() const { return lib_->api().psa_meta && lib_->api().psa_decode; }
   bool HasPsa() const { return HasPsaKernels() && info().target == Target::kCpu; }
   void PsaMeta(const PoolArg& pool, DeviceBuffer* meta, const ArrayArg& slots);
-  void PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
-                 const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
-                 const ArrayArg& guard_added, bool select_only = false);
-  // PsaDecode in two halves for psaDecodeAsync, like StartDecode / FinishDecode: every check,
-  // the plan and the q upload on the JS thread; the select, the decode and the copies back on
-  // any thread. The host arrays (out, lists, counts, guardAdded) must stay alive in between.
+  // PSA decode in two halves, like StartDecode / FinishDecode (psaDecode runs both at once,
+  // psaDecodeAsync the second on a worker): every check, the plan and the q upload on the JS
+  // thread; the select, the decode and the copies back on any thread. The host arrays (out,
+  // lists, counts, guardAdded) must stay alive in between.
   struct PsaRun {
     DecodeRun decode;
     CaPsaParams s{};

@@ -80,13 +80,6 @@ void ModuleCore::PsaMeta(const PoolArg& pool_arg, DeviceBuffer* meta, const Arra
   lib_->Check(api.psa_meta(&p, stream_), "ca_psa_meta");
 }
 
-void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
-                           const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
-                           const ArrayArg& guard_added, bool select_only) {
-  FinishPsaDecode(
-      StartPsaDecode(pool, args, meta, config, lists, counts, guard_added, select_only));
-}
-
 ModuleCore::PsaRun ModuleCore::StartPsaDecode(const PoolArg& pool, const DecodeArgs& args,
                                               DeviceBuffer* meta, const ArrayArg& config,
                                               const ArrayArg& lists, const ArrayArg& counts,
