@@ -14,6 +14,7 @@
 import { buildKernelContext } from '../runtime/kernel-context.ts';
 import { bytesPerToken, LLAMA2_7B } from '../runtime/kv-stats.ts';
 import { PrefixTree } from '../runtime/prefix-tree.ts';
+import { mulberry32 } from './random.ts';
 import type { BenchOptions, BenchReport } from './report.ts';
 
 const CHUNK_SIZE = 64;
@@ -32,17 +33,6 @@ const PAPER: Record<number, { chunkLlamaGB: number; vllmGB: number }> = {
   2048: { chunkLlamaGB: 3.4, vllmGB: 21.09 },
   4096: { chunkLlamaGB: 4.0, vllmGB: 35.42 },
 };
-
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Arrival steps of a Poisson process with `rate` requests per decode step. */
 function poissonTrace(requests: number, rate: number, seed: number): number[] {

@@ -14,6 +14,8 @@
 //   diffuse    weak alignment with a mixture of three topics + a stronger sink
 // The G query heads of a group draw their own targets, so a group's union is wider than a head.
 
+import { mulberry32 } from './random.ts';
+
 export type HeadType = 'retrieval' | 'local' | 'diffuse';
 export const HEAD_TYPES: readonly HeadType[] = ['retrieval', 'local', 'diffuse'];
 
@@ -46,18 +48,6 @@ export interface SyntheticQkv {
   readonly queries: number;
   /** Topic of every token (for inspection). */
   readonly topicOf: Int32Array;
-}
-
-/** mulberry32: a small, fast, seedable generator of uniforms in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Standard normals by Box–Muller, both outputs of each pair used. */

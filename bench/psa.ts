@@ -57,6 +57,12 @@ export function psaBenchSpec(): KernelSpec {
   });
 }
 
+/** One line of the decode-speed table (measured figures; bytes from the selection). */
+function speedRow(label: string, t: Alternating, bytes: number): string {
+  const f = (x: number) => x.toFixed(2);
+  return `  ${label}: dense ${f(t.denseMs)} ms, PSA ${f(t.psaMs)} ms, speedup ${f(t.speedup)}× [${f(t.speedupP25)}–${f(t.speedupP75)}], K/V bytes / dense ${bytes.toFixed(3)}, ${t.reps} pairs`;
+}
+
 /** The values a bf16 pool holds. */
 const roundBf16 = (x: Float32Array): Float32Array => fromHost(toHost(x, 'bf16'), 'bf16');
 
@@ -222,13 +228,20 @@ async function accuracy(
   }
 }
 
-/** Medians of alternating dense (layer 0) and PSA (layer 1) decodes of the same K/V, in ms. */
-function alternate(
-  attn: Attention,
-  q: Uint16Array,
-  seqs: readonly number[],
-  reps: number,
-): { dense: number; sparse: number } {
+/** Timings of alternating decodes: medians in ms, and the spread of the paired speedups. */
+export interface Alternating {
+  readonly denseMs: number;
+  readonly psaMs: number;
+  /** Median of the per-pair ratios dense / PSA. */
+  readonly speedup: number;
+  /** Quartiles of the per-pair ratios (the spread of the speedup). */
+  readonly speedupP25: number;
+  readonly speedupP75: number;
+  readonly reps: number;
+}
+
+/** Alternating dense (layer 0) and PSA (layer 1) decodes of the same K/V, measured. */
+function alternate(attn: Attention, q: Uint16Array, seqs: readonly number[], reps: number): Alternating {
   const dense: number[] = [];
   const sparse: number[] = [];
   attn.decode(0, q, undefined, seqs); // warm both paths
@@ -241,10 +254,19 @@ function alternate(
     attn.decode(1, q, undefined, seqs);
     sparse.push(performance.now() - t);
   }
-  return { dense: median(dense), sparse: median(sparse) };
+  const ratios = dense.map((d, i) => d / sparse[i]!).sort((a, b) => a - b);
+  const quantile = (p: number) => ratios[Math.min(ratios.length - 1, Math.floor(p * ratios.length))]!;
+  return {
+    denseMs: median(dense),
+    psaMs: median(sparse),
+    speedup: median(ratios),
+    speedupP25: quantile(0.25),
+    speedupP75: quantile(0.75),
+    reps,
+  };
 }
 
-async function speed(spec: LoadableModule, data: Data, reps: number) {
+export async function psaSpeed(spec: LoadableModule, data: Data, reps: number): Promise<Alternating> {
   const attn = await Attention.create(spec, {
     layers: 2,
     capacityTokens: data.tokens + CHUNK,
@@ -255,14 +277,13 @@ async function speed(spec: LoadableModule, data: Data, reps: number) {
     const { seq } = attn.insert(Array.from({ length: data.tokens }, (_, i) => i));
     writeAll(attn, seq, data.k, data.v, 2);
     const q = toHost(data.q.subarray(0, HEADS.q * HEAD_DIM), 'bf16') as Uint16Array;
-    const times = alternate(attn, q, [seq], reps);
-    return { denseMs: times.dense, psaMs: times.sparse, speedup: times.dense / times.sparse };
+    return alternate(attn, q, [seq], reps);
   } finally {
     attn.close();
   }
 }
 
-async function sharing(spec: LoadableModule, quick: boolean, seed: number, reps: number) {
+export async function psaSharing(spec: LoadableModule, quick: boolean, seed: number, reps: number) {
   const batch = 32;
   const prefix = quick ? 4096 : 16384;
   const own = quick ? 256 : 1024;
@@ -319,6 +340,21 @@ async function sharing(spec: LoadableModule, quick: boolean, seed: number, reps:
     const sel = attn.selection!;
     const ctx = sel.context;
     const { runs } = ctx;
+    let privateSelected = 0; // (chunk, kv head) pairs of the sequences' own chunks selected
+    let privateChunks = 0;
+    let privateScored = 0; // own full chunks whose metadata select reads
+    for (let r = 0; r < ctx.numRows; r++) {
+      if (sel.counts[r * HEADS.kv]! < 0) continue; // not requested
+      const n = ctx.rowChunkOffsets[r + 1]! - ctx.rowChunkOffsets[r]!;
+      const shared = ctx.rowSharedChunks[r]!;
+      privateChunks += (n - shared) * HEADS.kv;
+      privateScored += Math.max(0, n - 1 - shared) * HEADS.kv;
+      for (let kvh = 0; kvh < HEADS.kv; kvh++) {
+        const at = r * HEADS.kv + kvh;
+        for (const c of sel.lists.subarray(at * sel.maxChunks, at * sel.maxChunks + sel.counts[at]!))
+          if (c >= shared) privateSelected++;
+      }
+    }
     let sharedLoads = 0; // shared (chunk, kv head) pairs any sharer selected: one load per step
     let sharedSelectedPerRow = 0; // the same selections, read once per sequence (no sharing)
     let sharedDense = 0; // dense: every shared (chunk, kv head)
@@ -344,6 +380,12 @@ async function sharing(spec: LoadableModule, quick: boolean, seed: number, reps:
         }
     }
     const sharedChunks = prefix / CHUNK;
+    // K/V bytes per step over dense's, with the shared chunks (and their metadata) read once per
+    // step by both; PSA adds the metadata of every chunk select scores.
+    const kvBytes = 2 * CHUNK * HEAD_DIM * 2;
+    const metaBytes = META_VECTORS * HEAD_DIM * 2;
+    const denseBytes = (sharedDense + privateChunks) * kvBytes;
+    const psaBytes = (sharedLoads + privateSelected) * kvBytes + (sharedDense + privateScored) * metaBytes;
     return {
       sequences: batch,
       prefixTokens: prefix,
@@ -353,9 +395,10 @@ async function sharing(spec: LoadableModule, quick: boolean, seed: number, reps:
       psaSharedLoads: sharedLoads,
       psaSharedLoadsWithoutSharing: sharedSelectedPerRow,
       readOncePerStep: sharedLoads <= sharedChunks * HEADS.kv,
-      denseMs: times.dense,
-      psaMs: times.sparse,
-      speedup: times.dense / times.sparse,
+      denseKvBytes: denseBytes,
+      psaKvBytes: psaBytes,
+      bytesFraction: psaBytes / denseBytes,
+      ...times,
     };
   } finally {
     attn.close();
@@ -407,9 +450,9 @@ export async function runPsaBench(opts: BenchOptions): Promise<BenchReport> {
     results.push(await accuracy(module, data, mass, exact));
   }
   opts.progress(++step, total, 'decode speed, dense vs PSA (alternating)');
-  const speedResult = await speed(module, data, reps);
+  const speedResult = await psaSpeed(module, data, reps);
   opts.progress(++step, total, 'sharing: 32 sequences, shared prefix');
-  const shared = await sharing(module, quick, seed + 1, reps);
+  const shared = await psaSharing(module, quick, seed + 1, reps);
   opts.progress(total, total, 'done');
 
   const main = results.find((r) => r.mass === MAIN_MASS)!;
@@ -458,9 +501,14 @@ export async function runPsaBench(opts: BenchOptions): Promise<BenchReport> {
       `by head type at ${MAIN_MASS}: ${Object.entries(main.byHeadType)
         .map(([t, v]) => `${t} recall ${f(v.recallMean)} chunks ${f(v.chunksFraction)}`)
         .join('; ')}`,
-      `decode speed (measured, alternating, median of ${reps}): dense two-phase ${f(speedResult.denseMs, 2)} ms, PSA ${f(speedResult.psaMs, 2)} ms, speedup ${f(speedResult.speedup, 2)}×`,
-      `sharing: ${shared.sequences} sequences × (${shared.prefixTokens} shared + ${shared.privateTokens} private): PSA loads ${shared.psaSharedLoads} shared (chunk, KV head) pairs per step, each once (dense: ${shared.denseSharedLoads}); without sharing the same selections would read ${shared.psaSharedLoadsWithoutSharing}. Counted from the selection (the phase-1 kernel loads a chunk iff a sharer of its tile selected it), not a hardware counter.`,
-      `sharing decode (measured, median of ${reps}): dense two-phase ${f(shared.denseMs, 2)} ms, PSA ${f(shared.psaMs, 2)} ms, speedup ${f(shared.speedup, 2)}×`,
+      'decode at mass 0.9, measured, dense two-phase and PSA alternating in one run (median ms; speedup: median of the paired ratios [p25–p75]):',
+      speedRow(`${tokens} tokens, 1 sequence`, speedResult, main.bytesFraction),
+      speedRow(
+        `${shared.sequences} × (${shared.prefixTokens} shared + ${shared.privateTokens} own)`,
+        shared,
+        shared.bytesFraction,
+      ),
+      `sharing: PSA loads ${shared.psaSharedLoads} shared (chunk, KV head) pairs per step, each once (dense: ${shared.denseSharedLoads}); without sharing the same selections would read ${shared.psaSharedLoadsWithoutSharing}. Counted from the selection (the phase-1 kernel loads a chunk iff a sharer of its tile selected it), not a hardware counter; K/V bytes / dense counts the metadata select reads.`,
       'synthetic Q/K/V (bench/psa-synthetic.ts), not a model: the accuracy figures describe that generator.',
     ],
     json: {

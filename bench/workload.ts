@@ -3,6 +3,7 @@
 
 import type { Attention } from '../runtime/attention.ts';
 import type { HostData } from '../runtime/native-module.ts';
+import { xorshift32 } from './random.ts';
 
 export interface PromptShape {
   readonly batch: number;
@@ -20,13 +21,7 @@ export function promptTokens(shape: PromptShape, index: number): number[] {
 
 /** Fills arrays with random values of one dtype's host form, from a fixed seed. */
 export function randomHost(length: number, kind: 'f32' | 'bits', seed = 1): HostData {
-  let state = seed >>> 0 || 1;
-  const next = () => {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    return (state >>> 0) / 2 ** 32;
-  };
+  const next = xorshift32(seed);
   if (kind === 'f32') return Float32Array.from({ length }, () => next() * 2 - 1);
   // Random f16/bf16 values in about ±1: sign, small exponent range, random mantissa.
   const out = new Uint16Array(length);

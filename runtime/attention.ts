@@ -67,7 +67,7 @@ import {
 import { type InsertResult, PrefixTree, type RollbackResult } from './prefix-tree.ts';
 import { resolveSparse, type SparseOverride } from './psa-options.ts';
 import { isSingleToken, QueryPlanner, type QueryRows, totalQueryRows } from './query-rows.ts';
-import { SparseDecoder, type SparseSelection } from './sparse-decode.ts';
+import { type SparseCall, SparseDecoder, type SparseSelection } from './sparse-decode.ts';
 
 export type RuntimeTarget = BuildTarget;
 
@@ -616,7 +616,17 @@ export class Attention {
       call.module.decode(call.pool, call.args);
       return;
     }
-    sparse!.decode(layer, call.pool, call.args, this.context(), call.rows.seqs, this.#written);
+    sparse!.decode(layer, this.#sparseCall(call));
+  }
+
+  #sparseCall(call: AttendCall): SparseCall {
+    return {
+      pool: call.pool,
+      args: call.args,
+      context: this.context(),
+      ioSeqs: call.rows.seqs,
+      written: this.#written,
+    };
   }
 
   #runsSparse(layer: number, call: AttendCall): boolean {
@@ -667,10 +677,13 @@ export class Attention {
   }
 
   async #runAsync(layer: number, call: AttendCall): Promise<TensorData> {
-    // Sparse decode runs on the calling thread (no async entry point yet).
-    const done = this.#runsSparse(layer, call)
-      ? Promise.resolve().then(() => this.#run(layer, call))
-      : call.module.decodeAsync(call.pool, call.args);
+    let done: Promise<void>;
+    if (this.#runsSparse(layer, call)) {
+      done = this.#sparse!.decodeAsync(layer, this.#sparseCall(call)).then(() => undefined);
+    } else {
+      this.#sparse?.clearLast();
+      done = call.module.decodeAsync(call.pool, call.args);
+    }
     this.#inFlight = done;
     try {
       await done;

@@ -238,18 +238,36 @@ interface NativeAddon {
   hasPsa(module: NativeHandle): boolean;
   hasPsaKernels(module: NativeHandle): boolean;
   psaMeta(module: NativeHandle, pool: KvPool, meta: NativeHandle, slots: unknown): void;
-  psaDecode(
-    module: NativeHandle,
-    pool: KvPool,
-    args: unknown,
-    meta: NativeHandle,
-    config: unknown,
-    lists: unknown,
-    counts: unknown,
-    guardAdded: unknown,
-    selectOnly?: boolean,
-  ): void;
+  psaDecode(...a: [...NativePsaArgs, selectOnly?: boolean]): void;
+  psaDecodeAsync(...a: NativePsaArgs): Promise<void>;
 }
+
+/**
+ * psaDecode's arguments before selectOnly: config a Float64Array in runtime/psa-options.ts
+ * order; lists [numRows, kvHeads, maxChunks] and counts [numRows, kvHeads] receive each (DFS
+ * row, KV head)'s selection; guardAdded [numRows, kvHeads] what the guard added.
+ */
+export type PsaDecodeArgs = [
+  pool: KvPool,
+  args: DecodeArgs,
+  meta: DeviceTensor,
+  config: Float64Array,
+  lists: Int32Array,
+  counts: Int32Array,
+  guardAdded?: Int32Array,
+];
+
+/** The addon's psaDecode / psaDecodeAsync arguments. */
+type NativePsaArgs = [
+  module: NativeHandle,
+  pool: KvPool,
+  args: unknown,
+  meta: NativeHandle,
+  config: unknown,
+  lists: unknown,
+  counts: unknown,
+  guardAdded: unknown,
+];
 
 let addon: NativeAddon | undefined;
 
@@ -600,28 +618,34 @@ export class NativeModule {
    * target with PSA kernels runs (hasPsaKernels), cuda/emu included.
    */
   psaDecode(
-    pool: KvPool,
-    args: DecodeArgs,
-    meta: DeviceTensor,
-    config: Float64Array,
-    lists: Int32Array,
-    counts: Int32Array,
-    guardAdded?: Int32Array,
-    selectOnly = false,
+    ...[pool, args, meta, config, lists, counts, guardAdded, selectOnly]: [
+      ...PsaDecodeArgs,
+      selectOnly?: boolean,
+    ]
   ): void {
     call(() =>
       nativeAddon().psaDecode(
-        this.#handle,
-        pool,
-        nativeDecodeArgs(args),
-        meta.handle,
-        config,
-        lists,
-        counts,
-        guardAdded,
-        selectOnly,
+        ...this.#nativePsaArgs([pool, args, meta, config, lists, counts, guardAdded]),
+        selectOnly ?? false,
       ),
     );
+  }
+
+  /**
+   * psaDecode (not selectOnly) on a worker thread, with decodeAsync's rules: every check, the
+   * plan and the q upload happen now (errors throw at once); the select, the decode and the
+   * copies back run off the event loop. Until the promise settles every other call on this
+   * module handle throws BusyError, and q, out, lists, counts and guardAdded must not be touched.
+   */
+  psaDecodeAsync(...a: PsaDecodeArgs): Promise<void> {
+    const promise = call(() => nativeAddon().psaDecodeAsync(...this.#nativePsaArgs(a)));
+    return promise.catch((error: unknown) => {
+      throw toTypedError(error);
+    });
+  }
+
+  #nativePsaArgs([pool, args, meta, config, lists, counts, guardAdded]: PsaDecodeArgs): NativePsaArgs {
+    return [this.#handle, pool, nativeDecodeArgs(args), meta.handle, config, lists, counts, guardAdded];
   }
 
   stats(): KernelStats {

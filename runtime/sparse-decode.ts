@@ -27,6 +27,16 @@ export interface SparseSelection {
   chunksOf(seq: number, kvHead: number): Int32Array;
 }
 
+/** What one sparse decode runs over: the pool, ca_decode's arguments and the step's context. */
+export interface SparseCall {
+  readonly pool: KvPool;
+  readonly args: DecodeArgs;
+  readonly context: KernelContext;
+  /** The requested sequences (their rows' metadata is ensured). */
+  readonly ioSeqs: Int32Array;
+  readonly written: WrittenTokens;
+}
+
 /** The decoder sizes its metadata store from the same shape. */
 export type SparseDecoderShape = ChunkMetadataShape;
 
@@ -62,14 +72,26 @@ export class SparseDecoder {
     this.#last = undefined;
   }
 
-  decode(
-    layer: number,
-    pool: KvPool,
-    args: DecodeArgs,
-    context: KernelContext,
-    ioSeqs: Int32Array,
-    written: WrittenTokens,
-  ): SparseSelection {
+  decode(layer: number, call: SparseCall): SparseSelection {
+    const { maxChunks, buffers } = this.#prepare(layer, call);
+    this.#module.psaDecode(call.pool, call.args, ...buffers);
+    return this.#finish(layer, call.context, maxChunks);
+  }
+
+  /**
+   * decode on a worker thread (ca_psa_decode through psaDecodeAsync): the metadata, the checks
+   * and the plan now; the select and the decode off the event loop. The selection is this
+   * decoder's `last` once the promise resolves.
+   */
+  async decodeAsync(layer: number, call: SparseCall): Promise<SparseSelection> {
+    const { maxChunks, buffers } = this.#prepare(layer, call);
+    this.#last = undefined; // its arrays are being rewritten
+    await this.#module.psaDecodeAsync(call.pool, call.args, ...buffers);
+    return this.#finish(layer, call.context, maxChunks);
+  }
+
+  /** The metadata a decode reads, the list buffers sized, and ca_psa_decode's arguments. */
+  #prepare(layer: number, { pool, context, ioSeqs, written }: SparseCall) {
     const { rowChunkOffsets, rowChunkSlots } = context;
     // Metadata of every full chunk a requested row may score (all but its tail).
     for (const seq of ioSeqs) {
@@ -90,15 +112,19 @@ export class SparseDecoder {
       this.#guardAdded = new Int32Array(rows);
     }
     const config = psaConfig(this.options, this.#shape.chunkSize, maxChunks);
-    this.#module.psaDecode(
-      pool,
-      args,
+    const buffers = [
       this.metadata.tensor(layer),
       config,
       this.#lists,
       this.#counts,
       this.#guardAdded,
-    );
+    ] as const;
+    return { maxChunks, buffers };
+  }
+
+  /** The selection the last call made (a view of the list buffers). */
+  #finish(layer: number, context: KernelContext, maxChunks: number): SparseSelection {
+    const hkv = this.#shape.kvHeads;
     const lists = this.#lists;
     const counts = this.#counts;
     const selection: SparseSelection = {

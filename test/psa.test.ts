@@ -3,10 +3,12 @@
 
 import fc from 'fast-check';
 import { afterAll, describe, expect, test } from 'vitest';
+import { xorshift32 } from '../bench/random.ts';
 import type { DType } from '../dsl/spec.ts';
-import { Attention, type AttentionOptions } from '../index.ts';
+import { Attention, type AttentionOptions, BusyError } from '../index.ts';
 import { META_VECTORS } from '../runtime/chunk-metadata.ts';
 import { fromHost, toHost } from '../runtime/half.ts';
+import type { DeviceTensor } from '../runtime/native-module.ts';
 import { referenceDecode, relativeError, TOLERANCE } from '../runtime/reference.ts';
 import type { SparseSelection } from '../runtime/sparse-decode.ts';
 import { tinySpec } from './specs.ts';
@@ -21,15 +23,8 @@ const SCALE = 1 / Math.sqrt(D);
 
 /** xorshift32 uniforms in [-1, 1). */
 function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return (x / 2 ** 32) * 2 - 1;
-  };
+  const next = xorshift32(seed);
+  return () => next() * 2 - 1;
 }
 
 /**
@@ -93,6 +88,19 @@ function write(attn: Attention, seq: number, from: number, k: Float32Array, v: F
     attn.writeKV(layer, seq, from, toHost(k, dtype), toHost(v, dtype));
 }
 
+/** write through device tensors (writeKV leaves their values unchecked: NaN gets in). */
+function writeUnchecked(attn: Attention, seq: number, from: number, k: Float32Array, v: Float32Array) {
+  const dtype = attn.spec.dtype.kv;
+  const [kd, vd] = [k, v].map((x) => {
+    const t = attn.allocTensor(dtype, x.length);
+    attn.module.upload(t, toHost(x, dtype));
+    return t;
+  }) as [DeviceTensor, DeviceTensor];
+  for (let layer = 0; layer < attn.layers; layer++) attn.writeKV(layer, seq, from, kd, vd);
+  attn.module.freeTensor(kd);
+  attn.module.freeTensor(vd);
+}
+
 /** The values the pool holds. */
 function stored(x: Float32Array, dtype: DType): Float32Array {
   return fromHost(toHost(x, dtype), dtype);
@@ -103,6 +111,50 @@ function poisoned(attn: Attention, rows: number) {
   return attn.spec.dtype.out === 'f32'
     ? new Float32Array(n).fill(Number.NaN)
     : new Uint16Array(n).fill(0x7fc1);
+}
+
+const PREFIX = 640;
+const OWN = 200;
+
+/**
+ * Three sequences sharing a PREFIX-token prefix, OWN own tokens each; token t of sequence i holds
+ * row t of k/v for the prefix and row PREFIX + i·OWN + t′ for its own tokens. `offset` shifts every
+ * token (another offset: the same K/V in copies, nothing shared with the first call's).
+ */
+function insertSharers(
+  attn: Attention,
+  k: Float32Array,
+  v: Float32Array,
+  offset = 0,
+  unchecked = false,
+): number[] {
+  const rows = HKV * D;
+  const kvOf = (x: Float32Array, i: number) => {
+    const out = new Float32Array((PREFIX + OWN) * rows);
+    out.set(x.subarray(0, PREFIX * rows));
+    out.set(x.subarray((PREFIX + i * OWN) * rows, (PREFIX + (i + 1) * OWN) * rows), PREFIX * rows);
+    return out;
+  };
+  const seqs: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const tokens = [
+      ...Array.from({ length: PREFIX }, (_, t) => t),
+      ...Array.from({ length: OWN }, (_, t) => 10_000 * (i + 1) + t),
+    ].map((t) => t + offset * (i + 1));
+    const a = attn.insert(tokens);
+    expect(a.matchedTokens).toBe(offset === 0 && i > 0 ? PREFIX : 0);
+    seqs.push(a.seq);
+    const from = a.matchedTokens * rows;
+    (unchecked ? writeUnchecked : write)(
+      attn,
+      a.seq,
+      a.matchedTokens,
+      kvOf(k, i).subarray(from),
+      kvOf(v, i).subarray(from),
+    );
+  }
+  if (offset === 0) expect(attn.cache.chunkRefs(attn.cache.chunksOf(seqs[0]!)[0]!)).toBe(3);
+  return seqs;
 }
 
 /** Float64 attention of one row restricted to the chunks the selection lists for each KV head. */
@@ -273,68 +325,90 @@ describe(`PSA decode on the cpu target (seed ${SEED})`, () => {
     );
   });
 
-  test('a shared prefix gives the same selection and output as a copied one, whatever the batch', async () => {
-    const attn = await twoLayers('f32', { mass: 0.8 }, 16 * 400, 'plain');
-    const prefix = 640;
-    const own = 200;
-    const { k, v } = makeKv(prefix + 3 * own, SEED);
-    const rows = HKV * D;
-    const part = (x: Float32Array, from: number, to: number) => x.subarray(from * rows, to * rows);
-    const kvOf = (x: Float32Array, i: number) => {
-      const out = new Float32Array((prefix + own) * rows);
-      out.set(part(x, 0, prefix));
-      out.set(part(x, prefix + i * own, prefix + (i + 1) * own), prefix * rows);
-      return out;
-    };
-    // Shared: three sequences with the same prefix tokens. Copied: the same K/V under other tokens.
-    const shared: number[] = [];
-    const copied: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      const tokens = [
-        ...Array.from({ length: prefix }, (_, t) => t),
-        ...Array.from({ length: own }, (_, t) => 10_000 * (i + 1) + t),
-      ];
-      const a = attn.insert(tokens);
-      shared.push(a.seq);
-      write(
-        attn,
-        a.seq,
-        a.matchedTokens,
-        kvOf(k, i).subarray(a.matchedTokens * rows),
-        kvOf(v, i).subarray(a.matchedTokens * rows),
-      );
-      const b = attn.insert(tokens.map((t) => t + 1_000_000 * (i + 1)));
-      expect(b.matchedTokens).toBe(0);
-      copied.push(b.seq);
-      write(attn, b.seq, 0, kvOf(k, i), kvOf(v, i));
-    }
-    expect(attn.cache.chunkRefs(attn.cache.chunksOf(shared[0]!)[0]!)).toBe(3);
-    const q = makeQ(3, SEED + 5);
-    const outShared = attn.decode(1, q, poisoned(attn, 3), shared) as Float32Array;
-    expect(attn.selection!.context.numRuns).toBeGreaterThan(0); // phase 1 ran over the shared prefix
-    const selShared = shared.map((s) => [0, 1].map((h) => Array.from(attn.selection!.chunksOf(s, h))));
-    const outCopied = attn.decode(1, q, poisoned(attn, 3), copied) as Float32Array;
-    const selCopied = copied.map((s) => [0, 1].map((h) => Array.from(attn.selection!.chunksOf(s, h))));
-    expect(selShared).toEqual(selCopied);
-    expect(relativeError(outShared, outCopied)).toBeLessThan(1e-6);
-    // One sharer alone: the same as within the batch.
-    const qOne = q.slice(HQ * D, 2 * HQ * D);
-    const alone = attn.decode(1, qOne, poisoned(attn, 1), [shared[1]!]) as Float32Array;
-    expect([0, 1].map((h) => Array.from(attn.selection!.chunksOf(shared[1]!, h)))).toEqual(selShared[1]);
-    expect(relativeError(alone, outShared.subarray(HQ * D, 2 * HQ * D))).toBeLessThan(1e-6);
+  test.each([false, true])(
+    'a shared prefix gives the same selection and output as a copied one, whatever the batch (guard: %s)',
+    async (guard) => {
+      const attn = await twoLayers('f32', { mass: 0.8, guard }, 16 * 400, 'plain');
+      const { k, v } = makeKv(PREFIX + 3 * OWN, SEED);
+      // Shared: three sequences with the same prefix tokens. Copied: the same K/V under other tokens.
+      const shared = insertSharers(attn, k, v);
+      const copied = insertSharers(attn, k, v, 1_000_000);
+      const q = makeQ(3, SEED + 5);
+      const outShared = attn.decode(1, q, poisoned(attn, 3), shared) as Float32Array;
+      expect(attn.selection!.context.numRuns).toBeGreaterThan(0); // phase 1 ran over the shared prefix
+      const selShared = shared.map((s) => [0, 1].map((h) => Array.from(attn.selection!.chunksOf(s, h))));
+      const outCopied = attn.decode(1, q, poisoned(attn, 3), copied) as Float32Array;
+      const selCopied = copied.map((s) => [0, 1].map((h) => Array.from(attn.selection!.chunksOf(s, h))));
+      expect(selShared).toEqual(selCopied);
+      expect(relativeError(outShared, outCopied)).toBeLessThan(1e-6);
+      // One sharer alone: the same as within the batch.
+      const qOne = q.slice(HQ * D, 2 * HQ * D);
+      const alone = attn.decode(1, qOne, poisoned(attn, 1), [shared[1]!]) as Float32Array;
+      expect([0, 1].map((h) => Array.from(attn.selection!.chunksOf(shared[1]!, h)))).toEqual(selShared[1]);
+      expect(relativeError(alone, outShared.subarray(HQ * D, 2 * HQ * D))).toBeLessThan(1e-6);
+    },
+  );
+
+  test('a shared chunk is attended only by the sharers that selected it (NaN in its V reaches no other)', async () => {
+    const { k, v } = makeKv(PREFIX + 3 * OWN, SEED + 31);
+    const q = makeQ(3, SEED + 32);
+    const clean = await twoLayers('f32', { mass: 0.8 }, 16 * 400);
+    const seqs = insertSharers(clean, k, v);
+    const out = clean.decode(1, q, poisoned(clean, 3), seqs) as Float32Array;
+    const sel = clean.selection!;
+    // A shared (chunk, KV head) some sharers selected and some did not.
+    let found: { chunk: number; kvh: number; took: boolean[] } | undefined;
+    for (let chunk = 1; chunk < PREFIX / C && !found; chunk++)
+      for (let kvh = 0; kvh < HKV && !found; kvh++) {
+        const took = seqs.map((s) => sel.chunksOf(s, kvh).includes(chunk));
+        if (took.includes(true) && took.includes(false)) found = { chunk, kvh, took };
+      }
+    expect(found, 'a chunk selected by some sharers only').toBeDefined();
+    const { chunk, kvh, took } = found!;
+    // The same K, with NaN in that chunk's V for that KV head.
+    const bad = v.slice();
+    for (let t = chunk * C; t < (chunk + 1) * C; t++)
+      bad.fill(Number.NaN, (t * HKV + kvh) * D, (t * HKV + kvh + 1) * D);
+    const dirty = await twoLayers('f32', { mass: 0.8 }, 16 * 400);
+    const dirtySeqs = insertSharers(dirty, k, bad, 0, true);
+    const got = dirty.decode(1, q, poisoned(dirty, 3), dirtySeqs) as Float32Array;
+    expect(dirty.selection!.context.numRuns).toBeGreaterThan(0); // one phase-1 tile holds all three
+    for (let i = 0; i < 3; i++)
+      for (let h = kvh * G; h < (kvh + 1) * G; h++) {
+        const at = (i * HQ + h) * D;
+        const head = got.subarray(at, at + D);
+        if (took[i]) expect(head.some(Number.isNaN)).toBe(true);
+        else expect(Array.from(head)).toEqual(Array.from(out.subarray(at, at + D))); // never read it
+      }
   });
 
-  test("decodeAsync of a sparse layer gives decode's output and selection", async () => {
-    const attn = await twoLayers('f32', { mass: 0.7 });
-    const length = 900;
+  test("decodeAsync of a sparse layer runs off the event loop and gives decode's output and selection", async () => {
+    const attn = await twoLayers('f32', { mass: 0.7 }, 16 * 1024);
+    const length = 16_000;
     const { seq } = attn.insert(Array.from({ length }, (_, i) => 5_000_000 + i));
     const { k, v } = makeKv(length, SEED + 21);
     write(attn, seq, 0, k, v);
     const q = makeQ(1, SEED + 22);
     const sync = attn.decode(1, q, poisoned(attn, 1), [seq]) as Float32Array;
     const lists = [0, 1].map((h) => Array.from(attn.selection!.chunksOf(seq, h)));
-    const viaAsync = (await attn.decodeAsync(1, q, poisoned(attn, 1) as Float32Array, [seq])) as Float32Array;
-    expect(Buffer.from(viaAsync.buffer).equals(Buffer.from(sync.buffer))).toBe(true);
+    expect(Math.min(...lists.map((l) => l.length))).toBeLessThan(length / C); // really sparse
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 1);
+    let viaAsync: Float32Array | undefined;
+    try {
+      for (let i = 0; i < 20 && ticks === 0; i++) {
+        const pending = attn.decodeAsync(1, q, poisoned(attn, 1) as Float32Array, [seq]);
+        // In flight: the Attention and the module handle (the addon's own guard) refuse.
+        expect(() => attn.decode(1, q, undefined, [seq])).toThrow(BusyError);
+        expect(() => attn.module.resetStats()).toThrow(expect.objectContaining({ code: 'ERR_CA_BUSY' }));
+        viaAsync = (await pending) as Float32Array;
+      }
+    } finally {
+      clearInterval(timer);
+    }
+    // The select and the decode ran on a worker thread: the timer fired meanwhile.
+    expect(ticks).toBeGreaterThan(0);
+    expect(Buffer.from(viaAsync!.buffer).equals(Buffer.from(sync.buffer))).toBe(true);
     expect([0, 1].map((h) => Array.from(attn.selection!.chunksOf(seq, h)))).toEqual(lists);
     attn.release(seq);
   });

@@ -11,6 +11,7 @@
 #include <napi.h>
 
 #include <cmath>
+#include <functional>
 #include <new>
 #include <optional>
 #include <string>
@@ -487,23 +488,24 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// The launch and the copy back of a decodeAsync, on a libuv worker thread. The JS values it
-// uses (module, pool, args with q/out) stay referenced until the promise settles.
+// The second half of an async decode (the launch and the copies back: FinishDecode or
+// FinishPsaDecode), on a libuv worker thread. The JS values it uses (module, pool, args with
+// q/out, and whatever else the call passed) stay referenced until the promise settles.
 class DecodeWorker : public Napi::AsyncWorker {
  public:
-  DecodeWorker(Napi::Env env, std::shared_ptr<ModuleCore> core, ModuleCore::DecodeRun run,
-               Napi::Value keep)
-      : Napi::AsyncWorker(env, "chunkattn.decodeAsync"),
+  DecodeWorker(Napi::Env env, const char* name, std::shared_ptr<ModuleCore> core,
+               std::function<void(ModuleCore&)> finish, Napi::Value keep)
+      : Napi::AsyncWorker(env, name),
         deferred_(Napi::Promise::Deferred::New(env)),
         core_(std::move(core)),
-        run_(run),
+        finish_(std::move(finish)),
         keep_(Napi::Persistent(keep)) {}
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
   void Execute() override {
     try {
-      core_->FinishDecode(run_);
+      finish_(*core_);
     } catch (const Failure& failure) {
       failure_ = failure;
       SetError(failure.message);
@@ -526,10 +528,24 @@ class DecodeWorker : public Napi::AsyncWorker {
  private:
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<ModuleCore> core_;
-  ModuleCore::DecodeRun run_;
+  std::function<void(ModuleCore&)> finish_;
   Napi::Reference<Napi::Value> keep_;
   std::optional<Failure> failure_;
 };
+
+// Queues the second half of an async decode (info[0] the module handle; the call's first
+// `keep` arguments stay referenced until it settles) and marks the module busy meanwhile.
+Napi::Value QueueDecode(const Napi::CallbackInfo& info, const char* name, uint32_t keep,
+                        std::function<void(ModuleCore&)> finish) {
+  Napi::Env env = info.Env();
+  ModuleHandle* handle = Unwrap<ModuleHandle>(env, info[0], kModuleTag);
+  Napi::Array values = Napi::Array::New(env, keep);
+  for (uint32_t i = 0; i < keep; ++i) values.Set(i, info[i]);
+  auto* worker = new DecodeWorker(env, name, handle->core, std::move(finish), values);
+  handle->core->SetBusy(true);
+  worker->Queue();
+  return worker->Promise();
+}
 
 // decodeAsync(mod, pool, args): Promise<void>. Checks, plans and uploads q on the calling thread
 // (errors throw synchronously); launches and copies out back on a worker thread.
@@ -538,16 +554,9 @@ Napi::Value DecodeAsync(const Napi::CallbackInfo& info) {
   PoolValues pool = ReadPoolValues(env, info[1]);
   DecodeValues values = ReadDecodeValues(env, info[2]);
   ModuleCore& core = Module(info);
-  ModuleHandle* handle = Unwrap<ModuleHandle>(env, info[0], kModuleTag);
-  Napi::Array keep = Napi::Array::New(env, 3);
-  keep.Set(0u, info[0]);
-  keep.Set(1u, info[1]);
-  keep.Set(2u, info[2]);
   ModuleCore::DecodeRun run = core.StartDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values));
-  auto* worker = new DecodeWorker(env, handle->core, run, keep);
-  core.SetBusy(true);
-  worker->Queue();
-  return worker->Promise();
+  return QueueDecode(info, "chunkattn.decodeAsync", 3,
+                     [run](ModuleCore& c) { c.FinishDecode(run); });
 }
 
 // workspaceBytes(mod, pool, args): number
@@ -580,19 +589,34 @@ Napi::Value PsaMeta(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// psaDecode(mod, pool, args, meta, config: Float64Array, lists, counts, guardAdded?: Int32Array,
-//   selectOnly?: boolean): selectOnly runs the select alone (out untouched; cuda/emu need it)
-Napi::Value PsaDecode(const Napi::CallbackInfo& info) {
+// The first half of psaDecode / psaDecodeAsync (mod, pool, args, meta, config, lists, counts,
+// guardAdded?): every check, the plan and the q upload.
+ModuleCore::PsaRun StartPsa(const Napi::CallbackInfo& info, bool select_only) {
   Napi::Env env = info.Env();
   PoolValues pool = ReadPoolValues(env, info[1]);
   DecodeValues values = ReadDecodeValues(env, info[2]);
   ModuleCore& core = Module(info);
   const TensorArg meta = ReadTensor(env, info[3]);
-  core.PsaDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device,
-                 ReadArray(env, info[4]), ReadArray(env, info[5]), ReadArray(env, info[6]),
-                 ReadArray(env, info[7]),
-                 info[8].IsBoolean() && info[8].As<Napi::Boolean>().Value());
-  return env.Undefined();
+  return core.StartPsaDecode(ToPoolArg(env, pool), ToDecodeArgs(env, values), meta.device,
+                             ReadArray(env, info[4]), ReadArray(env, info[5]),
+                             ReadArray(env, info[6]), ReadArray(env, info[7]), select_only);
+}
+
+// psaDecode(mod, pool, args, meta, config: Float64Array, lists, counts, guardAdded?: Int32Array,
+//   selectOnly?: boolean): selectOnly runs the select alone (out untouched; cuda/emu need it)
+Napi::Value PsaDecode(const Napi::CallbackInfo& info) {
+  const bool select_only = info[8].IsBoolean() && info[8].As<Napi::Boolean>().Value();
+  AnyModule(info).FinishPsaDecode(StartPsa(info, select_only));
+  return info.Env().Undefined();
+}
+
+// psaDecodeAsync(mod, pool, args, meta, config, lists, counts, guardAdded?): Promise<void>.
+// psaDecode (without selectOnly) the way decodeAsync is decode: checks, plan and q upload now;
+// the select, the decode and the copies back on a worker thread.
+Napi::Value PsaDecodeAsync(const Napi::CallbackInfo& info) {
+  ModuleCore::PsaRun run = StartPsa(info, false);
+  return QueueDecode(info, "chunkattn.psaDecodeAsync", 8,
+                     [run](ModuleCore& c) { c.FinishPsaDecode(run); });
 }
 
 // stats(mod): { bytesRead: {q, kv, partial, out, context}, bytesWritten: {...}, launches,
@@ -743,6 +767,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("hasPsa", Napi::Function::New<Guarded<HasPsa>>(env, "hasPsa"));
   exports.Set("psaMeta", Napi::Function::New<Guarded<PsaMeta>>(env, "psaMeta"));
   exports.Set("psaDecode", Napi::Function::New<Guarded<PsaDecode>>(env, "psaDecode"));
+  exports.Set("psaDecodeAsync",
+              Napi::Function::New<Guarded<PsaDecodeAsync>>(env, "psaDecodeAsync"));
   exports.Set("hasPsaKernels", Napi::Function::New<Guarded<HasPsaKernels>>(env, "hasPsaKernels"));
   exports.Set("stats", Napi::Function::New<Guarded<Stats>>(env, "stats"));
   exports.Set("resetStats", Napi::Function::New<Guarded<ResetStats>>(env, "resetStats"));

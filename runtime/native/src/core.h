@@ -163,18 +163,33 @@ class ModuleCore {
   // owner. On cuda each use waits for the owner's stream (streams are per module handle).
   void ShareMemoryWith(const std::shared_ptr<ModuleCore>& owner);
   // Progressive sparse attention (chunkattn/psa_abi.h). `meta` is a DeviceTensor of the KV
-  // dtype holding [numSlots, Hkv, 4, D]; `slots` the full chunks to summarize. PsaDecode is
-  // Decode through ca_psa_decode; `config` a Float64Array of PsaConfigField values;
-  // lists/counts/guardAdded host Int32Arrays the module fills. With select_only it runs the
-  // select alone (out untouched): what cuda/emu modules run, through module-memory staging.
+  // dtype holding [numSlots, Hkv, 4, D]; `slots` the full chunks to summarize. The PSA decode
+  // (StartPsaDecode + FinishPsaDecode) is Decode through ca_psa_decode; `config` a Float64Array
+  // of PsaConfigField values; lists/counts/guardAdded host Int32Arrays the module fills. With
+  // select_only it runs the select alone (out untouched): what cuda/emu modules run, through
+  // module-memory staging.
   // HasPsaKernels: the module exports ca_psa_meta and ca_psa_decode (every target).
   // HasPsa: it also decodes sparse (every target with the kernels).
   bool HasPsaKernels() const { return lib_->api().psa_meta && lib_->api().psa_decode; }
   bool HasPsa() const { return HasPsaKernels(); }
   void PsaMeta(const PoolArg& pool, DeviceBuffer* meta, const ArrayArg& slots);
-  void PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
-                 const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
-                 const ArrayArg& guard_added, bool select_only = false);
+  // PSA decode in two halves, like StartDecode / FinishDecode (psaDecode runs both at once,
+  // psaDecodeAsync the second on a worker): every check, the plan and the q upload on the JS
+  // thread; the select, the decode and the copies back on any thread. The host arrays (out,
+  // lists, counts, guardAdded) must stay alive in between.
+  struct PsaRun {
+    DecodeRun decode;
+    CaPsaParams s{};
+    uint64_t rows = 0;  // DFS rows x KV heads
+    bool on_host = true;
+    void* lists_host = nullptr;
+    void* counts_host = nullptr;
+    void* guard_added_host = nullptr;
+  };
+  PsaRun StartPsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
+                        const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
+                        const ArrayArg& guard_added, bool select_only = false);
+  void FinishPsaDecode(const PsaRun& run);
 
   // Allocates every scratch buffer at its bound (replacing what is there), then fixes them: no
   // later call allocates scratch. On failure nothing changes.

@@ -80,9 +80,10 @@ void ModuleCore::PsaMeta(const PoolArg& pool_arg, DeviceBuffer* meta, const Arra
   lib_->Check(api.psa_meta(&p, stream_), "ca_psa_meta");
 }
 
-void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBuffer* meta,
-                           const ArrayArg& config, const ArrayArg& lists, const ArrayArg& counts,
-                           const ArrayArg& guard_added, bool select_only) {
+ModuleCore::PsaRun ModuleCore::StartPsaDecode(const PoolArg& pool, const DecodeArgs& args,
+                                              DeviceBuffer* meta, const ArrayArg& config,
+                                              const ArrayArg& lists, const ArrayArg& counts,
+                                              const ArrayArg& guard_added, bool select_only) {
   if (!HasPsaKernels())
     Fail(code::kUnsupported,
          "this " + std::string(TargetName(info().target)) + " module has no PSA kernels");
@@ -109,7 +110,9 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
   s.max_chunks = IntField(c, kMaxChunks, "maxChunks", 1, 1 << 24);
   s.select_only = select_only ? 1 : 0;
 
-  DecodeRun run = StartDecode(pool, args);
+  PsaRun run;
+  run.on_host = on_host;
+  run.decode = StartDecode(pool, args);
   const Pool p = ResolvePool(pool);
   const uint64_t elems = uint64_t(p.num_slots) * mi.kv_heads * CA_PSA_META_VECTORS * mi.head_dim;
   if (meta->dtype != mi.dtype_kv || meta->bytes < elems * DTypeBytes(mi.dtype_kv))
@@ -117,6 +120,7 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
                            " DeviceTensor of " + std::to_string(elems) + " elements");
   const ca::KernelContext ctx{context_.host.data()};
   const uint64_t rows = uint64_t(ctx.num_rows()) * mi.kv_heads;
+  run.rows = rows;
   CheckInt32Array(lists, "lists", rows * uint64_t(s.max_chunks));
   CheckInt32Array(counts, "counts", rows);
   if (guard_added.present) CheckInt32Array(guard_added, "guardAdded", rows);
@@ -129,12 +133,12 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
   s.lists = static_cast<int32_t*>(lists.data);
   s.counts = static_cast<int32_t*>(counts.data);
   s.guard_added = guard_added.present ? static_cast<int32_t*>(guard_added.data) : nullptr;
-  if (!run.launch) {
+  run.lists_host = lists.data;
+  run.counts_host = counts.data;
+  run.guard_added_host = guard_added.present ? guard_added.data : nullptr;
+  if (!run.decode.launch) {
     for (uint64_t i = 0; i < rows; ++i) s.counts[i] = -1;
-    return;
-  }
-  const Api& api = lib_->api();
-  if (!on_host) {
+  } else if (!on_host) {
     // Module memory: the lists, the counts and the scratch (the select's, and the list-driven
     // decode's unless select_only), staged in one buffer; the lists and counts come back to the
     // caller's arrays (runtime/capacity.ts psaStagingBound mirrors this size).
@@ -155,25 +159,34 @@ void ModuleCore::PsaDecode(const PoolArg& pool, const DecodeArgs& args, DeviceBu
     s.guard_added =
         select_only ? nullptr : reinterpret_cast<int32_t*>(base + list_bytes + count_bytes);
     s.scratch = base + list_bytes + count_bytes + guard_bytes;
-    lib_->Check(api.psa_decode(&run.params, &s, stream_), "ca_psa_decode");
-    lib_->Check(
-        api.memcpy_(lists.data, s.lists, rows * uint64_t(s.max_chunks) * 4, CA_COPY_D2H, stream_),
-        "ca_memcpy");
-    lib_->Check(api.memcpy_(counts.data, s.counts, rows * 4, CA_COPY_D2H, stream_), "ca_memcpy");
-    if (guard_added.present && s.guard_added)
-      lib_->Check(api.memcpy_(guard_added.data, s.guard_added, rows * 4, CA_COPY_D2H, stream_),
+  }
+  run.s = s;
+  return run;
+}
+
+void ModuleCore::FinishPsaDecode(const PsaRun& run) {
+  if (!run.decode.launch) return;
+  const Api& api = lib_->api();
+  const CaPsaParams& s = run.s;
+  lib_->Check(api.psa_decode(&run.decode.params, &s, stream_), "ca_psa_decode");
+  if (!run.on_host) {
+    lib_->Check(api.memcpy_(run.lists_host, s.lists, run.rows * uint64_t(s.max_chunks) * 4,
+                            CA_COPY_D2H, stream_),
+                "ca_memcpy");
+    lib_->Check(api.memcpy_(run.counts_host, s.counts, run.rows * 4, CA_COPY_D2H, stream_),
+                "ca_memcpy");
+    if (run.guard_added_host && s.guard_added)
+      lib_->Check(api.memcpy_(run.guard_added_host, s.guard_added, run.rows * 4, CA_COPY_D2H,
+                              stream_),
                   "ca_memcpy");
-    else if (guard_added.present)
-      std::memset(guard_added.data, 0, rows * 4);
-    if (!select_only && run.out_host)
-      lib_->Check(api.memcpy_(run.out_host, run.params.out, run.out_bytes, CA_COPY_D2H, stream_),
-                  "ca_memcpy");
+    else if (run.guard_added_host)
+      std::memset(run.guard_added_host, 0, run.rows * 4);
     return;
   }
-  lib_->Check(api.psa_decode(&run.params, &s, stream_), "ca_psa_decode");
-  if (select_only) return;
-  if (run.out_host)
-    lib_->Check(api.memcpy_(run.out_host, run.params.out, run.out_bytes, CA_COPY_D2H, stream_),
+  if (s.select_only) return;
+  if (run.decode.out_host)
+    lib_->Check(api.memcpy_(run.decode.out_host, run.decode.params.out, run.decode.out_bytes,
+                            CA_COPY_D2H, stream_),
                 "ca_memcpy");
 }
 

@@ -68,6 +68,21 @@ __attribute__((format(printf, 2, 3))) inline int fail(int status, const char* fo
   return ca::fail(status, buffer);
 }
 
+// Runs an entry point's body, turning any exception into a status: the C entry points never
+// throw. `entry` names the entry point in the message.
+template <class Body>
+inline int never_throws(const char* entry, Body&& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return fail(CA_ERR_NO_MEMORY, "%s: out of memory", entry);
+  } catch (const std::exception& e) {
+    return fail(CA_ERR_DEVICE, "%s: %s", entry, e.what());
+  } catch (...) {
+    return fail(CA_ERR_DEVICE, "%s: unknown exception", entry);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Thread-local scratch: one 64-byte aligned float arena that only grows.
 
@@ -165,8 +180,8 @@ struct Dims {
   static constexpr size_t kKtOffset = kPbOffset + round16(size_t(kScoreRows) * kChunk / 2);
   static constexpr size_t kVOffset = kKtOffset + round16(size_t(kHeadDim) * kChunk);
   static constexpr size_t kVisOffset = kVOffset + round16(size_t(kChunk) * kHeadDim);
-  static constexpr size_t kScratchFloats =
-      kVisOffset + round16((size_t(kTileCap) * kChunk + 3) / 4);
+  static constexpr size_t kLiveOffset = kVisOffset + round16((size_t(kTileCap) * kChunk + 3) / 4);
+  static constexpr size_t kScratchFloats = kLiveOffset + round16((size_t(kTileCap) + 3) / 4);
 };
 
 template <class Cfg>
@@ -182,6 +197,7 @@ struct ScratchView {
   float* kt;
   float* vf;
   uint8_t* vis;
+  uint8_t* live;  // [kTileCap] phase 1: stacked rows that see some token of the chunk
   explicit ScratchView(float* base)
       : q(base + Dm::kQOffset),
         o(base + Dm::kOOffset),
@@ -192,7 +208,8 @@ struct ScratchView {
         pb(reinterpret_cast<uint32_t*>(base + Dm::kPbOffset)),
         kt(base + Dm::kKtOffset),
         vf(base + Dm::kVOffset),
-        vis(reinterpret_cast<uint8_t*>(base + Dm::kVisOffset)) {}
+        vis(reinterpret_cast<uint8_t*>(base + Dm::kVisOffset)),
+        live(reinterpret_cast<uint8_t*>(base + Dm::kLiveOffset)) {}
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -255,6 +272,10 @@ struct Attend {
   static constexpr int G = Dm::kGroup, D = Dm::kHeadDim, C = Dm::kChunk, Hq = Dm::kQHeads,
                        Hkv = Dm::kKvHeads;
   static constexpr bool kVariant = Variant::kHasMask || Variant::kHasScoreMod;
+  // Whether the mask is all or nothing per (row, KV head, chunk), given by may_see: then phase 1
+  // evaluates it once per row and chunk, and apply_variant is only called for rows that see
+  // the chunk (it ignores vis).
+  static constexpr bool kChunkMask = false;
   // bf16 K/V on AVX512-BF16: QK (both phases) and phase-1 PV on vdpbf16ps (see kernels.h).
 #if defined(CA_CPU_DPBF16)
   static constexpr bool kDotBf16 = std::is_same<KvT, bf16>::value && D % 32 == 0;
@@ -282,6 +303,13 @@ struct Attend {
     } else {
       (void)s, (void)vis, (void)valid, (void)pos, (void)token0, (void)params;
     }
+  }
+
+  // Whether the chunk at token0 may be visible to the row of pos (true unless the variant can
+  // tell cheaply): phase 2 prefetches only chunks it may attend.
+  static CA_CPU_INLINE bool may_see(const Pos& pos, int token0, const float* params) {
+    (void)pos, (void)token0, (void)params;
+    return true;
   }
 
   // Evaluates the mask for one stacked row; returns whether any token is visible.
@@ -477,16 +505,31 @@ struct Phase1 {
       const int token0 = run.kv_begin + j * C;
       if (token0 >= max_len) break;
       const int keys = max_len - token0 < C ? max_len - token0 : C;
-      if constexpr (Variant::kHasMask) {
+      // Masked variants: the stacked rows that see some token of the chunk (a row that sees
+      // none is left out of the blocks: its state would not change).
+      [[maybe_unused]] uint8_t* live = sv.live;
+      if constexpr (A::kChunkMask) {
+        bool any = false;
+        for (int ri = 0; ri < rows; ++ri) {
+          const int r = task.row_begin + ri;
+          const int len = c.row_length(r);
+          const bool sees = token0 < len && A::may_see(Pos{c.row_seq(r), kvh * G, kvh, len - 1, 0},
+                                                       token0, p.params);
+          for (int g = 0; g < G; ++g) live[ri * G + g] = sees;
+          any |= sees;
+        }
+        if (!any) continue;  // K and V of this chunk are never read
+      } else if constexpr (Variant::kHasMask) {
         bool any = false;
         for (int i = 0; i < M; ++i) {
           const int r = task.row_begin + i / G;
           const int len = c.row_length(r);
           int valid = len - token0;
           valid = valid < 0 ? 0 : valid > C ? C : valid;
-          any |=
+          live[i] =
               A::eval_mask(sv.vis + size_t(i) * C, valid,
                            Pos{c.row_seq(r), kvh * G + i % G, kvh, len - 1, 0}, token0, p.params);
+          any |= live[i] != 0;
         }
         if (!any) continue;  // K and V of this chunk are never read
       }
@@ -520,19 +563,32 @@ struct Phase1 {
       }
       const Tile tile{&p, &sv, vsrc, k_pool + base, v_pool + base, task.row_begin, kvh, token0};
       const int rows_per_block = direct ? kDirectRows : kern::kTileRows;
-      const int blocks = (M + rows_per_block - 1) / rows_per_block;
-      const int base_rows = M / blocks, extra = M % blocks;
-      const int slice = (int(chunk_elems * sizeof(KvT)) / blocks + 63) / 64 * 64;
-      for (int b = 0, i0 = 0; b < blocks; ++b) {
-        const int R = base_rows + (b < extra ? 1 : 0);
-        next_k.issue(slice);
-        next_v.issue(slice);
-        if (direct) {
-          direct_dispatch(R, tile, i0, keys);
-        } else {
-          block_dispatch(R, tile, i0, keys);
+      const int slice =
+          (int(chunk_elems * sizeof(KvT)) / ((M + rows_per_block - 1) / rows_per_block) + 63) / 64 *
+          64;
+      // Each run [i0, i1) of live stacked rows (all M rows without a mask), in even blocks.
+      for (int i0 = 0; i0 < M;) {
+        int i1 = M;
+        if constexpr (Variant::kHasMask) {
+          while (i0 < M && !live[i0]) ++i0;
+          if (i0 == M) break;
+          i1 = i0;
+          while (i1 < M && live[i1]) ++i1;
         }
-        i0 += R;
+        const int rows = i1 - i0;
+        const int blocks = (rows + rows_per_block - 1) / rows_per_block;
+        const int base_rows = rows / blocks, extra = rows % blocks;
+        for (int b = 0; b < blocks; ++b) {
+          const int R = base_rows + (b < extra ? 1 : 0);
+          next_k.issue(slice);
+          next_v.issue(slice);
+          if (direct) {
+            direct_dispatch(R, tile, i0, keys);
+          } else {
+            block_dispatch(R, tile, i0, keys);
+          }
+          i0 += R;
+        }
       }
     }
 
@@ -641,7 +697,9 @@ struct Phase2 {
       const int token0 = ci * C;
       if (token0 >= len) break;
       const int valid = len - token0 < C ? len - token0 : C;
-      if constexpr (Variant::kHasMask) {
+      if constexpr (A::kChunkMask) {
+        if (!A::may_see(Pos{c.row_seq(r), kvh * G, kvh, len - 1, 0}, token0, p.params)) continue;
+      } else if constexpr (Variant::kHasMask) {
         bool any = false;
         for (int g = 0; g < G; ++g)
           any |= A::eval_mask(sv.vis + g * C, valid,
@@ -651,11 +709,19 @@ struct Phase2 {
       const size_t base = (size_t(c.chunk_slots()[c0 + ci]) * Hkv + kvh) * chunk_elems;
       const KvT* kp = k_pool + base;
       const KvT* vp = v_pool + base;
-      if (Tune<Cfg>::kPhase2Prefetch && ci + 1 < num_chunks && token0 + C < len) {
-        const size_t next = (size_t(c.chunk_slots()[c0 + ci + 1]) * Hkv + kvh) * chunk_elems;
-        const int bytes = (len - token0 - C < C ? len - token0 - C : C) * D * int(sizeof(KvT));
-        kern::prefetch_l2(k_pool + next, bytes);
-        kern::prefetch_l2(v_pool + next, bytes);
+      if (Tune<Cfg>::kPhase2Prefetch) {
+        // The next chunk the row may attend.
+        int nx = ci + 1;
+        if constexpr (Variant::kHasMask)
+          while (nx < num_chunks && nx * C < len &&
+                 !A::may_see(Pos{c.row_seq(r), kvh * G, kvh, len - 1, 0}, nx * C, p.params))
+            ++nx;
+        if (nx < num_chunks && nx * C < len) {
+          const size_t next = (size_t(c.chunk_slots()[c0 + nx]) * Hkv + kvh) * chunk_elems;
+          const int bytes = (len - nx * C < C ? len - nx * C : C) * D * int(sizeof(KvT));
+          kern::prefetch_l2(k_pool + next, bytes);
+          kern::prefetch_l2(v_pool + next, bytes);
+        }
       }
 #if defined(CA_CPU_DPBF16)
       if constexpr (A::kDotBf16) {
@@ -821,7 +887,7 @@ inline void plan_phase1(const CaDecodeParams& p, int num_threads, std::vector<Ph
 
 template <class Cfg, class Variant>
 inline int decode(const CaDecodeParams& p) noexcept {
-  try {
+  return never_throws("ca_decode", [&]() -> int {
     const int status = validate<Cfg>(p);
     if (status != CA_OK) return status;
     const KernelContext c{p.context};
@@ -857,13 +923,7 @@ inline int decode(const CaDecodeParams& p) noexcept {
     if (job.status.load() != CA_OK)
       return fail(job.status.load(), "ca_decode: out of memory for scratch");
     return CA_OK;
-  } catch (const std::bad_alloc&) {
-    return fail(CA_ERR_NO_MEMORY, "ca_decode: out of memory");
-  } catch (const std::exception& e) {
-    return fail(CA_ERR_DEVICE, "ca_decode: %s", e.what());
-  } catch (...) {
-    return fail(CA_ERR_DEVICE, "ca_decode: unknown exception");
-  }
+  });
 }
 
 }  // namespace cpu

@@ -9,10 +9,11 @@
 // The tail chunk (the last; maybe partial, always read) gets its exact log-sum-exp instead.
 // π_j = softmax_j(ℓ_j) per head. Forced: chunk 0, the last recent_chunks chunks and the tail.
 // Per head, the non-forced chunks with π ≥ τ are added, τ the largest threshold whose coverage
-// (forced + added) reaches `mass`: found by bisection over the order-preserving integer image of
-// ℓ (32 steps, no sort). Union over the G heads; safety net: the top ⌈safety_net·n⌉ non-forced
-// chunks by Quest bound (max over heads); then clamp the count to [k_min, k_max] by the chunks'
-// max-over-heads log π (forced chunks always stay). Top-k is again a bisection on the keys.
+// (forced + added) reaches `mass`: a search over the order-preserving integer image of ℓ that
+// tests one candidate key per step and drops the candidates it decides (O(n) on average, no
+// sort). Union over the G heads; safety net: the top ⌈safety_net·n⌉ non-forced chunks by Quest
+// bound (max over heads); then clamp the count to [k_min, k_max] by the chunks' max-over-heads
+// log π (forced chunks always stay). Top-k is a bisection on the keys.
 #ifndef CHUNKATTN_CPU_SELECT_H_
 #define CHUNKATTN_CPU_SELECT_H_
 
@@ -71,27 +72,25 @@ inline void mark_top_k(const int32_t* key, const uint8_t* eligible, int n, int k
 
 // Scratch of one select call (thread-local, grows only).
 struct SelectScratch {
-  std::vector<float> ell;         // [G, n] estimated log-mass per head
   std::vector<float> best;        // [n] max over heads of log π
-  std::vector<float> bound;       // [n] max over heads of the Quest bound
   std::vector<float> w;           // [n] exp(ℓ - max ℓ) of one head
   std::vector<int32_t> cand_key;  // [n] the bisection's undecided chunks
   std::vector<float> cand_w;
   std::vector<int32_t> key;                // [n]
   std::vector<uint8_t> forced, elig, add;  // [n]
-  void ensure(int g, int n) {
+  std::vector<float> q4;                   // [G, 4, D]: q, ½q², max(q, 0), min(q, 0)
+  void ensure(int g, int n, int d) {
+    if (int(q4.size()) < 4 * g * d) q4.resize(size_t(4) * g * d);
     if (int(best.size()) < n) {
       best.resize(n);
-      bound.resize(n);
       key.resize(n);
-      w.resize(n);
+      w.resize(n + simd::kWidth);  // whole vectors
       cand_key.resize(n);
       cand_w.resize(n);
       forced.resize(n);
       elig.resize(n);
       add.resize(n);
     }
-    if (int(ell.size()) < g * n) ell.resize(size_t(g) * n);
   }
 };
 
@@ -100,13 +99,138 @@ inline SelectScratch& select_scratch() {
   return s;
 }
 
+// What score_chunks needs of one (row, KV head).
+struct ScoreRow {
+  const float* q4;  // [G, 4, D]: q, ½q², max(q, 0), min(q, 0) of the scaled queries (make_q4)
+  float* ell;       // [G, ld] estimated log-mass of chunk j for head g at ell[g * ld + j]
+  float* bound;     // [ld] the max over heads of the Quest bound
+  int ld;           // the row's chunk count
+  int end;          // chunks from here on are not scored (the tail)
+};
+
+template <class Cfg>
+inline void make_q4(const float* q, float* q4) {
+  constexpr int D = Cfg::kHeadDim, G = Cfg::kQHeads / Cfg::kKvHeads;
+  for (int g = 0; g < G; ++g)
+    for (int d = 0; d < D; ++d) {
+      const float x = q[g * D + d];
+      float* r = q4 + size_t(g) * 4 * D;
+      r[d] = x;
+      r[D + d] = 0.5f * x * x;
+      r[2 * D + d] = x > 0.f ? x : 0.f;
+      r[3 * D + d] = x < 0.f ? x : 0.f;
+    }
+}
+
+// The 2G sums of a block of NB chunks for one row (see score_chunks): m[b] the metadata of
+// chunk b of the block ([4, D], KvT or f32).
+template <class Cfg, int NB, int NR, class MT>
+CA_CPU_INLINE void score_block(const float* q4, const MT* const* m, float* sums) {
+  using simd::V;
+  constexpr int D = Cfg::kHeadDim, G = Cfg::kQHeads / Cfg::kKvHeads, W = simd::kWidth, P = 2 * G;
+  V acc[NR * W];
+  for (int i = 0; i < NR * W; ++i) acc[i] = simd::zero();
+  for (int d = 0; d < D; d += W) {
+    V mu[NB], var[NB], lo[NB], hi[NB];
+    for (int b = 0; b < NB; ++b) {
+      mu[b] = simd::load(m[b] + d);
+      var[b] = simd::load(m[b] + D + d);
+      lo[b] = simd::load(m[b] + 2 * D + d);
+      hi[b] = simd::load(m[b] + 3 * D + d);
+    }
+    for (int g = 0; g < G; ++g) {
+      const float* r = q4 + size_t(g) * 4 * D + d;
+      const V qv = simd::load(r), q2 = simd::load(r + D), qp = simd::load(r + 2 * D),
+              qn = simd::load(r + 3 * D);
+      for (int b = 0; b < NB; ++b) {
+        V& e = acc[b * P + g];
+        V& x = acc[b * P + G + g];
+        e = simd::fmadd(qv, mu[b], simd::fmadd(q2, var[b], e));
+        x = simd::fmadd(qp, hi[b], simd::fmadd(qn, lo[b], x));
+      }
+    }
+  }
+  for (int r = 0; r < NR; ++r) simd::store(sums + r * W, simd::reduce_transpose(acc + r * W));
+}
+
+// Scores the full chunks [j0, j1) (slots[i]: the slot of chunk j0 + i) for each of `rows`, which
+// share them (a shared run's chunks: each block's metadata is read and converted to f32 once
+// for all of them, then stays in L1 while every row scores it). Per chunk and head two dot
+// products over D: q·μ + ½q²·v, and the box q⁺·M + q⁻·m (= Σ max(q m, q M), as m ≤ M). Their
+// 2G sums of a block of chunks are reduced together (reduce_transpose: one vector of lane sums
+// per kWidth accumulators) instead of one horizontal sum each. A (row, chunk)'s figures do not
+// depend on the other rows or on where the range starts.
+template <class Cfg>
+inline void score_chunks(const SelectArgs& a, const typename Cfg::KvT* meta, int kvh,
+                         const int32_t* slots, int j0, int j1, const ScoreRow* rows, int nrows) {
+  using KvT = typename Cfg::KvT;
+  constexpr int D = Cfg::kHeadDim, C = Cfg::kChunk, Hkv = Cfg::kKvHeads,
+                G = Cfg::kQHeads / Cfg::kKvHeads;
+  constexpr int W = simd::kWidth;
+  constexpr int P = 2 * G;                  // sums per chunk
+  constexpr int NB = P >= W ? 1 : W / P;    // chunks per block
+  constexpr int NR = (NB * P + W - 1) / W;  // reduce_transpose calls per block
+  constexpr int kMetaElems = CA_PSA_META_VECTORS * D;
+  const float ln_c = logf(float(C));
+  for (int jb = j0; jb < j1; jb += NB) {
+    const int in_range = j1 - jb < NB ? j1 - jb : NB;
+    const KvT* m[NB];
+    for (int b = 0; b < NB; ++b)
+      m[b] = meta + (int64_t(slots[jb - j0 + (b < in_range ? b : 0)]) * Hkv + kvh) * kMetaElems;
+    // The next block's metadata streams in while this one is scored.
+    for (int b = 0; b < NB && jb + NB + b < j1; ++b) {
+      const char* next = reinterpret_cast<const char*>(
+          meta + (int64_t(slots[jb + NB + b - j0]) * Hkv + kvh) * kMetaElems);
+      for (size_t i = 0; i < kMetaElems * sizeof(KvT); i += 64) __builtin_prefetch(next + i, 0, 3);
+    }
+    // Several rows: the block's metadata in f32, converted once for all of them.
+    alignas(64) float mf[NB][kMetaElems];
+    const float* mfp[NB];
+    if (nrows > 1)
+      for (int b = 0; b < NB; ++b) {
+        for (int i = 0; i < kMetaElems; i += W) simd::store(mf[b] + i, simd::load(m[b] + i));
+        mfp[b] = mf[b];
+      }
+    for (int ri = 0; ri < nrows; ++ri) {
+      const ScoreRow& row = rows[ri];
+      const int nb = row.end - jb < in_range ? row.end - jb : in_range;
+      if (nb <= 0) continue;
+      alignas(64) float sums[NR * W];
+      if (nrows > 1)
+        score_block<Cfg, NB, NR>(row.q4, mfp, sums);
+      else
+        score_block<Cfg, NB, NR>(row.q4, m, sums);
+      for (int b = 0; b < nb; ++b) {
+        const int j = jb + b;
+        float bound = -INFINITY;
+        for (int g = 0; g < G; ++g) {
+          const float e = sums[b * P + g], box = sums[b * P + G + g];
+          const float cap = ca::psa::quest_bound(ln_c, box, a.use_box);
+          bound = cap > bound ? cap : bound;
+          row.ell[g * row.ld + j] = ca::psa::log_mass(ln_c, e, 0.f, box, a.use_box);
+        }
+        row.bound[j] = bound;
+      }
+    }
+  }
+}
+
+// Floats of the ell and bound buffers select_row takes for a row of n chunks (padded: whole
+// vectors are read past the end).
+template <class Cfg>
+inline constexpr size_t score_floats(int n) {
+  return (size_t(Cfg::kQHeads / Cfg::kKvHeads + 1) * size_t(n) + 2 * simd::kWidth + 15) / 16 * 16;
+}
+
 // Selects the chunks of one (row, KV head). slots: the row's chunk slots (token order); len: its
 // tokens; q: [G, D] scaled queries; k_tail: the tail chunk's K [C, D] (its first `valid` tokens
-// are real). Returns the number selected; sel[j] = 1 for each.
+// are real). scores: score_floats<Cfg>(n) floats, of which the ell and bound of chunks
+// [0, scored) are already filled in by score_chunks (a shared run's, scored once per tile of
+// sharers); the rest it scores itself. Returns the number selected; sel[j] = 1 for each.
 template <class Cfg>
 inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::KvT* meta, int kvh,
                       const int32_t* slots, int n, int len, const typename Cfg::KvT* k_tail,
-                      uint8_t* sel) {
+                      uint8_t* sel, float* scores, int scored) {
   using KvT = typename Cfg::KvT;
   constexpr int D = Cfg::kHeadDim, C = Cfg::kChunk, Hkv = Cfg::kKvHeads,
                 G = Cfg::kQHeads / Cfg::kKvHeads;
@@ -116,44 +240,24 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
     return n;
   }
   SelectScratch& sc = select_scratch();
-  sc.ensure(G, n);
-  float* ell = sc.ell.data();
+  sc.ensure(G, n, D);
+  float* ell = scores;            // [G, n]
+  float* bound = scores + G * n;  // [n]
   uint8_t* forced = sc.forced.data();
   const int tail = n - 1;
   const int valid_tail = ca::psa::tail_tokens(len, n, C);
   for (int j = 0; j < n; ++j) {
     forced[j] = ca::psa::is_forced(j, n, a.recent_chunks);
     sel[j] = forced[j];
-    sc.bound[j] = -INFINITY;
   }
-  const float ln_c = logf(float(C));
-  // Scores of the full chunks from their metadata.
-  alignas(64) float q2[G][D];
-  for (int g = 0; g < G; ++g)
-    for (int d = 0; d < D; ++d) q2[g][d] = 0.5f * q[g * D + d] * q[g * D + d];
-  // Per chunk, per head: q·μ, ½ Σ q² v and Σ max(q m, q M), W lanes at a time.
-  for (int j = 0; j < tail; ++j) {
-    const KvT* m = meta + (int64_t(slots[j]) * Hkv + kvh) * CA_PSA_META_VECTORS * D;
-    simd::V dot[G], quad[G], box[G];
-    for (int g = 0; g < G; ++g) dot[g] = quad[g] = box[g] = simd::zero();
-    for (int d = 0; d < D; d += simd::kWidth) {
-      const simd::V mu = simd::load(m + d), var = simd::load(m + D + d),
-                    lo = simd::load(m + 2 * D + d), hi = simd::load(m + 3 * D + d);
-      for (int g = 0; g < G; ++g) {
-        const simd::V qv = simd::load(q + g * D + d);
-        dot[g] = simd::fmadd(qv, mu, dot[g]);
-        quad[g] = simd::fmadd(simd::load(&q2[g][d]), var, quad[g]);
-        box[g] = simd::add(box[g], simd::max(simd::mul(qv, lo), simd::mul(qv, hi)));
-      }
-    }
-    for (int g = 0; g < G; ++g) {
-      const float b = simd::reduce_add(box[g]);
-      const float cap = ca::psa::quest_bound(ln_c, b, a.use_box);
-      sc.bound[j] = cap > sc.bound[j] ? cap : sc.bound[j];
-      ell[g * n + j] = ca::psa::log_mass(ln_c, simd::reduce_add(dot[g]), simd::reduce_add(quad[g]),
-                                         b, a.use_box);
-    }
+  // Scores of the full chunks from their metadata (those the caller has not scored).
+  if (scored > tail) scored = tail;
+  if (scored < tail) {
+    make_q4<Cfg>(q, sc.q4.data());
+    const ScoreRow row{sc.q4.data(), ell, bound, n, tail};
+    score_chunks<Cfg>(a, meta, kvh, slots + scored, scored, tail, &row, 1);
   }
+  bound[tail] = -INFINITY;
   // The tail: exact log-sum-exp of its scores.
   for (int g = 0; g < G; ++g) {
     const float* qg = q + g * D;
@@ -177,23 +281,33 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
   memset(add, 0, size_t(n));
   for (int g = 0; g < G; ++g) {
     const float* e = ell + g * n;
-    float mx = -INFINITY;
-    for (int j = 0; j < n; ++j) mx = e[j] > mx ? e[j] : mx;
-    // Weights w_j = e^(ℓ_j - max) (0 for forced chunks, whose mass is `covered`); forced keys
-    // are INT32_MIN, below every threshold, so the coverage sum is one branch-free pass.
+    // Weights w_j = e^(ℓ_j - max), kWidth at a time (spare lanes of the last block: -inf, so
+    // weight 0); then 0 for forced chunks, whose mass is `covered`. Forced keys are INT32_MIN,
+    // below every threshold, so the coverage sum is one branch-free pass.
+    constexpr int W = simd::kWidth;
+    simd::V vmx = simd::bcast(-INFINITY);
+    for (int j = 0; j < n; j += W)
+      vmx = simd::max(vmx, simd::fill_from(simd::load(e + j), n - j, -INFINITY));
+    const simd::V vref = simd::bcast(simd::reduce_max(vmx));
     float* w = sc.w.data();
+    simd::V vtotal = simd::zero();
+    for (int j = 0; j < n; j += W) {
+      const simd::V x =
+          simd::exp_nonpos(simd::sub(simd::fill_from(simd::load(e + j), n - j, -INFINITY), vref));
+      simd::store(w + j, x);
+      vtotal = simd::add(vtotal, x);
+    }
+    const float mx = simd::reduce_max(vmx);
+    const float total = simd::reduce_add(vtotal);
     int32_t* key = sc.key.data();
-    float total = 0.f, covered = 0.f;
+    float covered = 0.f;
     int64_t lo = INT64_MAX, hi = INT64_MIN;
     for (int j = 0; j < n; ++j) {
-      const float wj = expf(e[j] - mx);
-      total += wj;
       if (forced[j]) {
-        covered += wj;
+        covered += w[j];
         w[j] = 0.f;
         key[j] = INT32_MIN;
       } else {
-        w[j] = wj;
         key[j] = order_key(e[j]);
         lo = key[j] < lo ? key[j] : lo;
         hi = key[j] > hi ? key[j] : hi;
@@ -206,9 +320,11 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
     }
     const float target = a.mass * total;
     if (covered >= target || lo > hi) continue;
-    // Bisection on the threshold over a shrinking candidate set (the undecided chunks, keys in
-    // [lo, hi1)): coverage(lo) ≥ target > coverage(hi1) throughout; each step decides every
-    // candidate on one side of mid, so the passes total O(n) on average. No sort.
+    // The threshold: the largest key T among the free chunks whose coverage (forced + the free
+    // chunks with key ≥ T) reaches the target. Searched over a shrinking candidate set (the
+    // undecided chunks): each step tests one candidate's key t and decides every candidate on one
+    // side of it (coverage(lo) ≥ target throughout; `fixed`: the mass decided in), so the passes
+    // total O(n) on average. No sort.
     int32_t* ck = sc.cand_key.data();
     float* cw = sc.cand_w.data();
     int m = 0;
@@ -223,27 +339,28 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
       for (int j = 0; j < n; ++j) add[j] |= !forced[j];
       continue;
     }
-    float fixed = covered;  // mass of the chunks decided in (keys ≥ hi1) and the forced ones
-    int64_t hi1 = hi + 1;
-    while (hi1 - lo > 1 && m > 0) {
-      const int64_t mid = ca::psa::bisect_mid(lo, hi1);
-      const int32_t t = int32_t(mid);
+    float fixed = covered;
+    while (m > 0) {
+      // Pivot: the median of the first, middle and last candidates' keys.
+      const int32_t a0 = ck[0], a1 = ck[m / 2], a2 = ck[m - 1];
+      const int32_t t =
+          a0 < a1 ? (a1 < a2 ? a1 : (a0 < a2 ? a2 : a0)) : (a0 < a2 ? a0 : (a1 < a2 ? a2 : a1));
       float ge = 0.f;
       for (int i = 0; i < m; ++i) ge += ck[i] >= t ? cw[i] : 0.f;
       const bool reaches = fixed + ge >= target;
-      int kept = 0;
-      for (int i = 0; i < m; ++i)
-        if ((ck[i] >= t) == reaches) {
-          ck[kept] = ck[i];
-          cw[kept++] = cw[i];
-        }
-      m = kept;
-      if (reaches) {
-        lo = mid;
-      } else {
-        hi1 = mid;
+      if (reaches)
+        lo = t;
+      else
         fixed += ge;
+      // Undecided: keys above t when t reaches (T ≥ t), below t otherwise (T < t).
+      int kept = 0;
+      for (int i = 0; i < m; ++i) {
+        const bool keep = reaches ? ck[i] > t : ck[i] < t;
+        ck[kept] = ck[i];
+        cw[kept] = cw[i];
+        kept += keep;
       }
+      m = kept;
     }
     for (int j = 0; j < n; ++j)
       if (!forced[j] && sc.key[j] >= lo) add[j] = 1;
@@ -256,7 +373,7 @@ inline int select_row(const SelectArgs& a, const float* q, const typename Cfg::K
   if (const int k = ca::psa::safety_count(a, free_chunks)) {
     for (int j = 0; j < n; ++j) {
       sc.elig[j] = !forced[j];
-      sc.key[j] = order_key(sc.bound[j]);
+      sc.key[j] = order_key(bound[j]);
     }
     mark_top_k(sc.key.data(), sc.elig.data(), n, k, sel);
   }

@@ -5,13 +5,18 @@
 //   meta     [num_slots, Hkv, CA_PSA_META_VECTORS, D]  Cfg::KvT
 //   lists    [num_rows, Hkv, max_chunks] int32 out;  counts [num_rows, Hkv] int32 out
 //
-// Step 1, select: one task per (requested row, KV head) (select.h); writes the row's byte mask
-// and its compacted list. When every requested list holds all of its row's chunks, the dense
-// two-phase kernel runs instead (so mass 1 is dense, bit for bit).
+// Step 0, scores of the shared chunks: one task per (shared run, KV head, tile of
+// ≤ kScoreTileRows sharers) scores the run's chunks for every sharer of the tile (score_chunks,
+// select.h), each chunk's metadata read once for the tile. A row's figures are the same as when
+// it scores the chunks alone, so sharing never changes a selection.
+// Step 1, select: one task per (requested row, KV head) (select.h); scores the row's own chunks,
+// writes the row's byte mask and its compacted list. When every requested list holds all of its
+// row's chunks, the dense two-phase kernel runs instead (so mass 1 is dense, bit for bit).
 // Step 2 (no guard): the dense two-phase kernel (decode.h) run with the selection as an extra
-// mask (Selected<Variant>): a chunk no row of a task selected is skipped unread; a shared chunk
-// is loaded once per phase-1 tile when any of the tile's sharers selected it and masked out for
-// the sharers that did not, so a row's result never depends on who else is in the batch.
+// mask (Selected<Variant>, a per-chunk mask: kChunkMask): a chunk no row of a task selected is
+// skipped unread; a shared chunk is loaded once per phase-1 tile when any of the tile's sharers
+// selected it, and only the sharers that selected it attend it (the others are left out of the
+// tile's blocks), so a row's result never depends on who else is in the batch.
 // Step 2 (guard): list-driven phases of this header. Phase 1, one task per (shared run, KV head,
 // tile of ≤ kSparseTileRows sharers): chunk by chunk, a chunk any sharer of the tile selected is
 // loaded once and attended by exactly those sharers; each sharer's state becomes its partial.
@@ -44,6 +49,7 @@ namespace cpu {
 namespace psa {
 
 inline constexpr int kSparseTileRows = 32;
+inline constexpr int kScoreTileRows = 16;
 using ca::psa::kGuardBatch;
 
 // What the selection mask of one call looks like to Selected<Variant>::mask.
@@ -93,6 +99,23 @@ struct RunTask {
   int32_t run, kv_head, row_begin, row_end;
 };
 
+// One task per (shared run, KV head, tile of at most `rows` of the run's rows) that holds a
+// requested row.
+template <int Hkv>
+inline void tile_runs(const KernelContext& c, int rows, std::vector<RunTask>& tasks) {
+  tasks.clear();
+  for (int i = 0; i < c.num_runs(); ++i) {
+    const CaSharedRun& run = c.run(i);
+    for (int r0 = run.row_begin; r0 < run.row_end; r0 += rows) {
+      const int r1 = r0 + rows < run.row_end ? r0 + rows : run.row_end;
+      bool requested = false;  // a subset decode leaves some rows out (row_io < 0)
+      for (int r = r0; r < r1; ++r) requested |= c.row_io(r) >= 0;
+      if (!requested) continue;
+      for (int kvh = 0; kvh < Hkv; ++kvh) tasks.push_back(RunTask{i, kvh, r0, r1});
+    }
+  }
+}
+
 }  // namespace psa
 
 // Attend for a Selected variant: the selection is per chunk, so the mask of a (row, chunk) is
@@ -106,6 +129,8 @@ struct Attend<Cfg, psa::Selected<Inner, CS, HS>> {
   static constexpr int G = Dm::kGroup, D = Dm::kHeadDim, C = Dm::kChunk, Hq = Dm::kQHeads,
                        Hkv = Dm::kKvHeads;
   static constexpr bool kVariant = true;
+  // Without a mask of the spec's own, a row sees all of a chunk or none of it.
+  static constexpr bool kChunkMask = !Inner::kHasMask;
 #if defined(CA_CPU_DPBF16)
   static constexpr bool kDotBf16 = std::is_same<KvT, bf16>::value && D % 32 == 0;
 #else
@@ -115,6 +140,20 @@ struct Attend<Cfg, psa::Selected<Inner, CS, HS>> {
 
   static CA_CPU_INLINE void apply_variant(float* s, const uint8_t* vis, int valid, Pos pos,
                                           int token0, const float* params) {
+    if constexpr (kChunkMask) {
+      // Called for rows that see the whole chunk only (kChunkMask, decode.h).
+      (void)vis;
+      if constexpr (Inner::kHasScoreMod) {
+        const float* user = Variant::view(params).user_params;
+        for (int t = 0; t < valid; ++t) {
+          pos.kv = token0 + t;
+          s[t] = Inner::score_mod(s[t], pos, user);
+        }
+      } else {
+        (void)s, (void)valid, (void)pos, (void)token0, (void)params;
+      }
+      return;
+    }
     const float* user = Variant::view(params).user_params;
     for (int t = 0; t < valid; ++t) {
       if (!vis[t]) {
@@ -126,6 +165,12 @@ struct Attend<Cfg, psa::Selected<Inner, CS, HS>> {
         s[t] = Inner::score_mod(s[t], pos, user);
       }
     }
+  }
+
+  static CA_CPU_INLINE bool may_see(const Pos& pos, int token0, const float* params) {
+    Pos p = pos;
+    p.kv = token0;
+    return Variant::mask_chunk(p, params);
   }
 
   static CA_CPU_INLINE bool eval_mask(uint8_t* vis, int valid, Pos pos, int token0,
@@ -172,7 +217,14 @@ struct SparseJob {
   const RunTask* tasks1 = nullptr;
   int num_tasks1 = 0;
   int num_tasks2 = 0;
-  int stage = 0;  // 0 select, 1 phase 1, 2 phase 2
+  // Select's scores: score_floats<Cfg>(max_chunks) floats per (requested row, KV head).
+  float* scores = nullptr;
+  size_t score_stride = 0;
+  const int32_t* request_of_row = nullptr;  // [num_rows] request index, -1 if not requested
+  const RunTask* score_tasks = nullptr;     // (run, KV head, tile of sharers)
+  int num_score_tasks = 0;
+  enum Stage { kScore, kSelect, kPhase1, kPhase2 };
+  Stage stage = kSelect;
   alignas(64) std::atomic<int> next{0};
   alignas(64) std::atomic<int> incomplete{0};  // requested lists missing a chunk
   alignas(64) std::atomic<int> status{CA_OK};
@@ -201,10 +253,13 @@ struct SparseJob {
     }
     const ScratchView<Cfg> sv(scratch.data());
     const KernelContext c = ctx();
-    if (stage == 0) {
+    if (stage == kScore) {
+      for (int i; (i = next.fetch_add(1, std::memory_order_relaxed)) < num_score_tasks;)
+        score_task(score_tasks[i], sv);
+    } else if (stage == kSelect) {
       for (int i; (i = next.fetch_add(1, std::memory_order_relaxed)) < c.num_requests() * Hkv;)
         select_task(c.request_row(i / Hkv), i % Hkv, sv);
-    } else if (stage == 1) {
+    } else if (stage == kPhase1) {
       for (int i; (i = next.fetch_add(1, std::memory_order_relaxed)) < num_tasks1;)
         phase1_task(tasks1[i], sv);
     } else {
@@ -218,6 +273,41 @@ struct SparseJob {
     for (int g = 0; g < G; ++g)
       kern::convert_scaled(dst + g * D, q + (size_t(io) * Hq + kvh * G + g) * D, D,
                            p->softmax_scale);
+  }
+
+  // Whether select scores row r's chunks from the metadata (not dense, not everything).
+  bool scores_row(const KernelContext& c, int r) const {
+    const int n = row_chunks(c, r);
+    return c.row_io(r) >= 0 && n > 1 && !ca::psa::dense_row(args, c.row_length(r)) &&
+           !ca::psa::selects_all(args, n);
+  }
+  float* row_scores(int r, int kvh) const {
+    return scores + (size_t(request_of_row[r]) * Hkv + kvh) * score_stride;
+  }
+
+  // Scores a shared run's chunks for a tile of its sharers: each chunk's metadata is read once
+  // for the tile (select_row then scores only the row's own chunks).
+  void score_task(const RunTask& t, const ScratchView<Cfg>& sv) {
+    const KernelContext c = ctx();
+    const CaSharedRun& run = c.run(t.run);
+    thread_local std::vector<float> q4;
+    thread_local std::vector<ScoreRow> rows;
+    if (q4.size() < size_t(kScoreTileRows) * G * 4 * D)
+      q4.resize(size_t(kScoreTileRows) * G * 4 * D);
+    rows.clear();
+    for (int r = t.row_begin; r < t.row_end; ++r) {
+      if (!scores_row(c, r)) continue;
+      float* q4r = q4.data() + rows.size() * G * 4 * D;
+      load_q(sv.q, c.row_io(r), t.kv_head);
+      make_q4<Cfg>(sv.q, q4r);
+      const int n = row_chunks(c, r);
+      float* sc = row_scores(r, t.kv_head);
+      rows.push_back(ScoreRow{q4r, sc, sc + size_t(G) * n, n, n - 1});
+    }
+    if (rows.empty()) return;
+    score_chunks<Cfg>(args, static_cast<const KvT*>(s->meta), t.kv_head,
+                      c.run_slots() + run.chunk_begin, run.kv_begin / C,
+                      run.kv_begin / C + run.num_chunks, rows.data(), int(rows.size()));
   }
 
   void select_task(int r, int kvh, const ScratchView<Cfg>& sv) {
@@ -236,8 +326,10 @@ struct SparseJob {
         const int32_t* slots = c.row_chunk_slots(r);
         const KvT* k_tail =
             static_cast<const KvT*>(p->k_pool) + (size_t(slots[n - 1]) * Hkv + kvh) * C * D;
+        // Chunks of shared runs were scored by score_task (when the call has runs).
+        const int scored = num_score_tasks > 0 ? c.row_shared_chunks(r) : 0;
         count = select_row<Cfg>(args, sv.q, static_cast<const KvT*>(s->meta), kvh, slots, n, len,
-                                k_tail, sel);
+                                k_tail, sel, row_scores(r, kvh), scored);
       }
     }
     int32_t* list = s->lists + (size_t(r) * Hkv + kvh) * size_t(s->max_chunks);
@@ -470,7 +562,7 @@ inline int validate_psa(const CaDecodeParams& p, const CaPsaParams& s) {
 // Entry point of ca_psa_decode. Never throws.
 template <class Cfg, class Variant>
 inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept {
-  try {
+  return never_throws("ca_psa_decode", [&]() -> int {
     int status = validate<Cfg>(p);
     if (status != CA_OK) return status;
     status = validate_psa<Cfg>(p, s);
@@ -481,19 +573,34 @@ inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept
     if (c.num_requests() == 0) return CA_OK;
     thread_local std::vector<uint8_t> mask;
     mask.assign(size_t(c.num_rows()) * Hkv * size_t(s.max_chunks), 0);
-    SparseJob<Cfg, Variant> job;
+    using Job = SparseJob<Cfg, Variant>;
+    Job job;
     job.p = &p;
     job.s = &s;
     job.args = SelectArgs::from(s);
     job.mask = mask.data();
+    // Scores: per (requested row, KV head); a shared run's chunks scored per tile of sharers.
+    thread_local std::vector<int32_t> request_of_row;
+    thread_local std::vector<float> scores;
+    thread_local std::vector<RunTask> score_tasks;
+    request_of_row.assign(size_t(c.num_rows()), -1);
+    for (int i = 0; i < c.num_requests(); ++i) request_of_row[size_t(c.request_row(i))] = i;
+    job.request_of_row = request_of_row.data();
+    job.score_stride = score_floats<Cfg>(s.max_chunks);
+    const size_t score_total = size_t(c.num_requests()) * Hkv * job.score_stride;
+    if (scores.size() < score_total) scores.resize(score_total);
+    job.scores = scores.data();
+    tile_runs<Hkv>(c, kScoreTileRows, score_tasks);
+    job.score_tasks = score_tasks.data();
+    job.num_score_tasks = int(score_tasks.size());
     const int threads = resolve_num_threads(p.num_threads);
-    auto run_stage = [&](int stage, int tasks) {
+    auto run_stage = [&](typename Job::Stage stage, int tasks) {
       job.stage = stage;
       job.next.store(0);
-      ThreadPool::instance().run(threads < tasks ? threads : tasks, &SparseJob<Cfg, Variant>::entry,
-                                 &job);
+      ThreadPool::instance().run(threads < tasks ? threads : tasks, &Job::entry, &job);
     };
-    run_stage(0, c.num_requests() * Hkv);
+    if (job.num_score_tasks > 0) run_stage(Job::kScore, job.num_score_tasks);
+    run_stage(Job::kSelect, c.num_requests() * Hkv);
     if (job.status.load() != CA_OK) return fail(job.status.load(), "ca_psa_decode: out of memory");
     if (s.select_only) return CA_OK;  // the lists and counts only; out untouched
     // Every list complete (mass 1, short rows, dense fallbacks): the dense kernel, exactly.
@@ -517,17 +624,7 @@ inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept
     // Guard: the list-driven phases below, with the progressive step in phase 2. Phase 1: one
     // task per (run, KV head, tile of sharers) with a requested row.
     thread_local std::vector<RunTask> tasks1;
-    tasks1.clear();
-    for (int i = 0; i < c.num_runs(); ++i) {
-      const CaSharedRun& run = c.run(i);
-      for (int r0 = run.row_begin; r0 < run.row_end; r0 += kSparseTileRows) {
-        const int r1 = r0 + kSparseTileRows < run.row_end ? r0 + kSparseTileRows : run.row_end;
-        bool any = false;
-        for (int r = r0; r < r1; ++r) any |= c.row_io(r) >= 0;
-        if (!any) continue;
-        for (int kvh = 0; kvh < Hkv; ++kvh) tasks1.push_back(RunTask{i, kvh, r0, r1});
-      }
-    }
+    tile_runs<Hkv>(c, kSparseTileRows, tasks1);
     job.part_o = c.num_runs() > 0 ? static_cast<float*>(p.workspace) : nullptr;
     job.part_lse = c.num_runs() > 0
                        ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) +
@@ -536,17 +633,11 @@ inline int sparse_decode(const CaDecodeParams& p, const CaPsaParams& s) noexcept
     job.tasks1 = tasks1.data();
     job.num_tasks1 = int(tasks1.size());
     job.num_tasks2 = c.num_requests() * Hkv;
-    if (job.num_tasks1 > 0) run_stage(1, job.num_tasks1);
-    if (job.status.load() == CA_OK) run_stage(2, job.num_tasks2);
+    if (job.num_tasks1 > 0) run_stage(Job::kPhase1, job.num_tasks1);
+    if (job.status.load() == CA_OK) run_stage(Job::kPhase2, job.num_tasks2);
     if (job.status.load() != CA_OK) return fail(job.status.load(), "ca_psa_decode: out of memory");
     return CA_OK;
-  } catch (const std::bad_alloc&) {
-    return fail(CA_ERR_NO_MEMORY, "ca_psa_decode: out of memory");
-  } catch (const std::exception& e) {
-    return fail(CA_ERR_DEVICE, "ca_psa_decode: %s", e.what());
-  } catch (...) {
-    return fail(CA_ERR_DEVICE, "ca_psa_decode: unknown exception");
-  }
+  });
 }
 
 }  // namespace psa
