@@ -41,7 +41,8 @@ import { parseShapes } from '../cli/commands/tune.ts';
 import { buildModule, findToolchain } from '../codegen/index.ts';
 import { attention } from '../dsl/index.ts';
 import type { KernelSpec } from '../dsl/spec.ts';
-import type { ModuleLoader } from '../runtime/module-loader.ts';
+import { gpuPresent, type ModuleLoader } from '../runtime/module-loader.ts';
+import { runCli } from './cli-harness.ts';
 import { tinySpec } from './specs.ts';
 
 const spec = tinySpec('f16', 'plain', ['cpu']); // Hq 8, Hkv 2 (group 4), D 64, C 16
@@ -94,6 +95,12 @@ describe('search space', () => {
     expect(combined?.kernel).toEqual({ cpu_tile_rows: 32, cpu_prefetch: 0 });
     // Only one tunable improved: nothing new to try.
     expect(combineWinners(spec, 'cpu', [t({}, 100), t({ cpu_tile_rows: 32 }, 90)])).toBeNull();
+  });
+
+  test.skipIf(gpuPresent())('--measure on a GPU needs one: refused here, naming why', async () => {
+    const result = await runCli(['tune', 'examples/llama2-7b.ts', '--gpu', 'a100', '--measure']);
+    expect(result.exitCode).toBe(1);
+    expect(result.stderr).toMatch(/CUDA events on this machine's GPU, and it has none/);
   });
 
   test('--shapes parses BATCHxSHARED[+PRIVATE]', () => {
