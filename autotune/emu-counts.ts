@@ -226,7 +226,7 @@ export async function countDecodeStep(
   return { kvHeads, emulatedKvHeads: kvHeads, splits, kernels };
 }
 
-/** Counts for `kvHeads` heads from counts at fewer: CTAs and bytes × kvHeads / emulated heads, checked integral per head. */
+/** Counts for `kvHeads` heads from counts at fewer or more: CTAs and bytes × kvHeads / emulated heads, checked integral per head. */
 export function scaleCounts(counts: StepCounts, kvHeads: number): StepCounts {
   const from = counts.kvHeads;
   const scale = (n: number, what: string) => {
