@@ -52,6 +52,15 @@ export function gpuShapes(): TuneShape[] {
   return out;
 }
 
+/**
+ * The shapes of the shipped model-derived DBs (scripts/ship-dbs.ts): 1, 4, 16 and 64 rows sharing
+ * 0, 1024 or 4096 tokens (the emulator counts every candidate's step, minutes per spec and GPU on
+ * a small machine); dispatch serves the buckets between and beyond from the nearest tuned one.
+ */
+export const SHIPPED_SHAPES: readonly TuneShape[] = gpuShapes().filter(
+  (s) => [1, 4, 16, 64].includes(s.batch) && [0, 1024, 4096].includes(s.sharedTokens),
+);
+
 /** `32x2048+256,8x0+1024`: batch x shared tokens (+ private tokens, default 256). */
 export function parseShapes(text: string): TuneShape[] {
   return text.split(',').map((part) => {
