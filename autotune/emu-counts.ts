@@ -17,6 +17,7 @@ import { canonicalJson, sha256 } from '../codegen/cache-key.ts';
 import { buildModule, cacheDir } from '../codegen/index.ts';
 import type { KernelSpec } from '../dsl/spec.ts';
 import { Attention } from '../runtime/attention.ts';
+import type { KernelTunables } from '../runtime/dispatch.ts';
 import type { HostData, TrafficCategory } from '../runtime/native-module.ts';
 import {
   EMU_SM_COUNT,
@@ -33,6 +34,12 @@ export interface DecodeStepShape {
   readonly sharedTokens: number;
   /** Each sequence's own tokens after the shared ones, the current (decoded) token included. */
   readonly privateTokens: number;
+  /**
+   * The two-phase threshold (runtime dispatch's min_sharers, ≥ 2; default 2): the shared prefix
+   * runs in phase 1 when at least this many sequences share it, else every sequence reads it
+   * itself (sequence-first).
+   */
+  readonly minSharers?: number;
 }
 
 /** One kernel of the step: launches, CTAs and the bytes its global loads and stores request. */
@@ -61,12 +68,19 @@ export const DECODE_KERNELS = ['decode_phase1', 'decode_phase2', 'decode_merge_s
 const CATEGORIES: readonly TrafficCategory[] = ['q', 'kv', 'partial', 'out', 'context'];
 const COUNTS_VERSION = 1;
 
+function minSharersOf(shape: DecodeStepShape): number {
+  const m = shape.minSharers ?? 2;
+  if (!(Number.isInteger(m) && m >= 2))
+    throw new CountError(`min_sharers ${m}: the counted step takes an integer threshold ≥ 2`);
+  return m;
+}
+
 export function splitContext(shape: DecodeStepShape, chunkSize: number): SplitContext {
   if (shape.sharedTokens % chunkSize !== 0)
     throw new CountError(`shared tokens ${shape.sharedTokens} are not whole chunks of ${chunkSize}`);
   if (shape.privateTokens < 1) throw new CountError('every sequence holds at least its current token');
-  // Two-phase runs a chunk in phase 1 when 2 or more sequences share it: the shared prefix is one run.
-  const shared = shape.batch >= 2 && shape.sharedTokens > 0;
+  // Two-phase runs a chunk in phase 1 when min_sharers or more sequences share it: the shared prefix is one run.
+  const shared = shape.batch >= minSharersOf(shape) && shape.sharedTokens > 0;
   return {
     rows: shape.batch,
     runs: shared ? [{ rows: shape.batch, chunks: shape.sharedTokens / chunkSize }] : [],
@@ -93,14 +107,23 @@ function tokensOf(shape: DecodeStepShape, index: number): number[] {
   return [...shared, ...own];
 }
 
-async function emulate(spec: KernelSpec, shape: DecodeStepShape): Promise<Record<string, CountedKernel>> {
-  const module = await buildModule(spec, { target: 'emu' });
+/** The build options of an instance: its tunables when it has any (else the defaults' cache key). */
+export const instanceOptions = (tunables: KernelTunables = {}) =>
+  Object.keys(tunables).length ? { tunables } : {};
+
+async function emulate(
+  spec: KernelSpec,
+  shape: DecodeStepShape,
+  tunables: KernelTunables,
+): Promise<Record<string, CountedKernel>> {
+  const module = await buildModule(spec, { target: 'emu', ...instanceOptions(tunables) });
   const c = spec.chunkSize;
   const capacity = shape.sharedTokens + shape.batch * (Math.ceil(shape.privateTokens / c) + 1) * c + c;
   const attn = await Attention.create(module, {
     layers: 1,
     capacityTokens: capacity,
-    mode: 'two-phase',
+    // The threshold decides whether the shared prefix is a run; every sequence shares all of it.
+    mode: shape.batch >= minSharersOf(shape) ? 'two-phase' : 'sequence-first',
     dispatch: false,
   });
   try {
@@ -161,12 +184,13 @@ export async function countDecodeStep(
   fullSpec: KernelSpec,
   shape: DecodeStepShape,
   kvHeads: number,
-  options: { readonly cache?: boolean } = {},
+  options: { readonly cache?: boolean; readonly tunables?: KernelTunables } = {},
 ): Promise<StepCounts> {
   const spec = { ...withKvHeads(fullSpec, kvHeads), targets: ['emu' as const] };
   const ctx = splitContext(shape, spec.chunkSize);
   const splits = splitFactors(spec, ctx, EMU_SM_COUNT);
-  const module = await buildModule(spec, { target: 'emu' });
+  const tunables = options.tunables ?? {};
+  const module = await buildModule(spec, { target: 'emu', ...instanceOptions(tunables) });
   const key = sha256(canonicalJson({ version: COUNTS_VERSION, build: module.manifest.buildId, shape })).slice(
     0,
     24,
@@ -181,7 +205,7 @@ export async function countDecodeStep(
     }
   }
   if (!kernels) {
-    kernels = await emulate(spec, shape);
+    kernels = await emulate(spec, shape, tunables);
     if (options.cache !== false) {
       mkdirSync(join(path, '..'), { recursive: true });
       const temporary = `${path}.${process.pid}.tmp`;
@@ -202,7 +226,7 @@ export async function countDecodeStep(
   return { kvHeads, emulatedKvHeads: kvHeads, splits, kernels };
 }
 
-/** Counts for `kvHeads` heads from counts at fewer: CTAs and bytes × kvHeads / emulated heads, checked integral per head. */
+/** Counts for `kvHeads` heads from counts at fewer or more: CTAs and bytes × kvHeads / emulated heads, checked integral per head. */
 export function scaleCounts(counts: StepCounts, kvHeads: number): StepCounts {
   const from = counts.kvHeads;
   const scale = (n: number, what: string) => {

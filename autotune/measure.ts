@@ -3,9 +3,12 @@
 //   cpu    the cpu target, timed for real: a decode over a prefix-shared workload through the
 //          Attention runtime, host clock around each call (the call returns when done);
 //   cuda   the same workload through the same runtime on a GPU, timed by CUDA events around
-//          each call (`DeviceEvents`: injected in tests, since no GPU is at hand here);
-//   model  the static performance model for a GPU that is not present (model.ts): a prediction,
-//          never reported as a measurement.
+//          each call: the module's timing entry points (abi.h ca_event_*, `moduleEvents`), or
+//          events injected in tests. On an emu module the same entry points read the host
+//          clock: emulator wall time, labelled so (`Timing.clock`), never a GPU time;
+//   model  the static performance model for a GPU that is not present (model.ts) on our kernels'
+//          counted step (counted-step.ts, the path `bench model` uses): a prediction, never
+//          reported as a measurement.
 //
 // A measured candidate is checked against the float64 reference (NaN-poisoned output, fresh
 // random inputs per shape) before it may win: a wrong kernel is rejected, however fast.
@@ -14,15 +17,17 @@ import { buildModule } from '../codegen/index.ts';
 import { variantFunctions } from '../dsl/evaluate.ts';
 import type { BuildTarget, KernelSpec } from '../dsl/spec.ts';
 import { Attention } from '../runtime/attention.ts';
-import type { DispatchRules } from '../runtime/dispatch.ts';
+import { DEFAULT_MIN_SHARERS, type DispatchRules, tunablesId } from '../runtime/dispatch.ts';
 import { fromHost, toHost } from '../runtime/half.ts';
 import type { ModuleLoader } from '../runtime/module-loader.ts';
-import type { HostData, NativeModule } from '../runtime/native-module.ts';
+import type { HostData, NativeModule, TimingEvent } from '../runtime/native-module.ts';
 import { referenceDecode, relativeError, TOLERANCE } from '../runtime/reference.ts';
-import { designLaunches } from './design-kernels.ts';
+import { type CountedSource, compiledSource, countedSteps } from './counted-step.ts';
+import type { DecodeStepShape, StepCounts } from './emu-counts.ts';
 import type { GpuSpec } from './gpus.ts';
 import { predict } from './model.ts';
 import { constantsFor, type ModelParams } from './model-params.ts';
+import type { CtasPerSm } from './our-kernels.ts';
 import type { Candidate } from './space.ts';
 
 /** One decode shape to tune: `batch` rows sharing a prefix of `sharedTokens`, each with its own tail. */
@@ -42,6 +47,11 @@ export interface Timing {
   readonly predicted: boolean;
   /** Resident CTAs per SM of each launch (GPU timers), e.g. `phase1 2/SM, phase2 8/SM`. */
   readonly occupancy?: string;
+  /**
+   * What read the time: `host clock` (cpu), `cuda-events` (GPU time), `emu-host-clock`
+   * (emulator wall time: not a GPU time), `injected events` (tests), `model` (a prediction).
+   */
+  readonly clock?: string;
 }
 
 export class WrongResultError extends Error {
@@ -68,11 +78,14 @@ export interface Clock {
   readonly kind: 'cpu' | 'cuda';
   /** µs that `run` took on the module's device. */
   time(module: NativeModule, run: () => void): number;
+  /** What the time is (Timing.clock). */
+  label(module: NativeModule): string;
 }
 
 /** The host clock: the cpu target's decode returns when the work is done. */
 export const hostClock: Clock = {
   kind: 'cpu',
+  label: () => 'host clock',
   time: (_module, run) => {
     const start = performance.now();
     run();
@@ -85,14 +98,30 @@ export interface DeviceEvents {
   create(module: NativeModule): unknown;
   record(module: NativeModule, event: unknown): void;
   synchronize(module: NativeModule, event: unknown): void;
-  elapsedMs(start: unknown, stop: unknown): number;
+  elapsedMs(module: NativeModule, start: unknown, stop: unknown): number;
   destroy(module: NativeModule, event: unknown): void;
+  /** What the events measure (Timing.clock). */
+  clock(module: NativeModule): string;
 }
 
+/**
+ * The module's own timing entry points (abi.h ca_event_*, through the addon): cudaEvent* on a
+ * cuda module, the host clock on an emu module (`emu-host-clock`: emulator wall time).
+ */
+export const moduleEvents: DeviceEvents = {
+  create: (module) => module.createEvent(),
+  record: (module, event) => module.recordEvent(event as TimingEvent),
+  synchronize: (module, event) => module.synchronizeEvent(event as TimingEvent),
+  elapsedMs: (module, start, stop) => module.elapsedMs(start as TimingEvent, stop as TimingEvent),
+  destroy: (module, event) => module.destroyEvent(event as TimingEvent),
+  clock: (module) => module.eventClock,
+};
+
 /** Events recorded before and after each call on the module's stream; the elapsed time between. */
-export function cudaEventClock(events: DeviceEvents): Clock {
+export function cudaEventClock(events: DeviceEvents = moduleEvents): Clock {
   return {
     kind: 'cuda',
+    label: (module) => events.clock(module),
     time: (module, run) => {
       const start = events.create(module);
       const stop = events.create(module);
@@ -101,7 +130,7 @@ export function cudaEventClock(events: DeviceEvents): Clock {
         run();
         events.record(module, stop);
         events.synchronize(module, stop);
-        return events.elapsedMs(start, stop) * 1000;
+        return events.elapsedMs(module, start, stop) * 1000;
       } finally {
         events.destroy(module, start);
         events.destroy(module, stop);
@@ -307,8 +336,9 @@ export class MeasuredTimer implements Timer {
       out = poisoned();
       samplesUs.push(clock.time(module, () => attn.decode(0, q, out)));
     }
+    const clockLabel = clock.label(module);
     this.#close(attn);
-    return { us: median(samplesUs), samplesUs, maxError: error, predicted: false };
+    return { us: median(samplesUs), samplesUs, maxError: error, predicted: false, clock: clockLabel };
   }
 
   #close(attn: Attention): void {
@@ -322,42 +352,91 @@ export class MeasuredTimer implements Timer {
   }
 }
 
+/**
+ * The cuda timer: the workload on `target` (cuda on a GPU; emu runs the same source and entry
+ * points on the host, timed as emulator wall time) with the module's events around each call.
+ */
+export function cudaEventTimer(
+  options: Omit<MeasuredTimerOptions, 'clock'> & { readonly events?: DeviceEvents },
+): MeasuredTimer {
+  return new MeasuredTimer({ ...options, clock: cudaEventClock(options.events ?? moduleEvents) });
+}
+
 // --- the model timer ------------------------------------------------------------------------------
 
 /**
- * The static model on a GPU that is not here: our two-phase design's launches for the shape
- * (design-kernels.ts: G = 1, the spec's KV heads, head dim and chunk size) with the candidate's
- * threshold deciding whether the shared prefix runs in phase 1 or every row reads it itself.
+ * The static model on a GPU that is not here, on the candidate's instance: its decode step
+ * counted on the emulator and its ptxas resources for the GPU's arch (counted-step.ts, the path
+ * `bench model` takes), with the candidate's threshold deciding whether the shared prefix runs
+ * in phase 1 or every row reads it itself. Shared tokens must be whole chunks.
  */
 export class ModelTimer implements Timer {
   readonly kind = 'model' as const;
+  readonly #source: CountedSource;
+  readonly #memo: Map<string, StepCounts>;
+  readonly #countFor: readonly GpuSpec[];
+  readonly #occupancy = new Map<string, Promise<ReadonlyMap<string, CtasPerSm>>>();
+
+  /**
+   * `countFor`: GPUs whose steps should share one emulation (the fewest KV heads that launch
+   * every one's split factors, when there is such a count), with `memo` shared by their timers:
+   * a tuner over many GPUs then emulates each step once. Default: this GPU alone.
+   */
   constructor(
     readonly gpu: GpuSpec,
     readonly spec: KernelSpec,
     readonly params: ModelParams,
-  ) {}
+    options: {
+      readonly source?: CountedSource;
+      readonly countFor?: readonly GpuSpec[];
+      readonly memo?: Map<string, StepCounts>;
+    } = {},
+  ) {
+    this.#source = options.source ?? compiledSource;
+    this.#memo = options.memo ?? new Map();
+    this.#countFor = options.countFor ?? [];
+  }
+
+  /** CTAs per SM of the instance's decode kernels on this GPU (one build per instance). */
+  #ctasPerSm(candidate: Candidate): Promise<ReadonlyMap<string, CtasPerSm>> {
+    const id = tunablesId(candidate.kernel);
+    let known = this.#occupancy.get(id);
+    if (!known) {
+      known = this.#source.occupancy(this.spec, candidate.kernel, [this.gpu]);
+      this.#occupancy.set(id, known);
+    }
+    return known;
+  }
 
   async time(candidate: Candidate, shape: TuneShape): Promise<Timing> {
     const { spec, gpu } = this;
-    const twoPhase = shape.sharedTokens > 0 && candidate.minSharers <= shape.batch;
-    const prompt = shape.sharedTokens + shape.privateTokens;
-    const launches = designLaunches(
+    // The threshold matters only where it changes whether the prefix is a run: else the step is
+    // the defaults' (and counted once).
+    const runs = (minSharers: number) => shape.sharedTokens > 0 && shape.batch >= minSharers;
+    const step: DecodeStepShape = {
+      batch: shape.batch,
+      sharedTokens: shape.sharedTokens,
+      privateTokens: shape.privateTokens + 1, // the tail, then the decoded token
+      ...(runs(candidate.minSharers) !== runs(DEFAULT_MIN_SHARERS) && { minSharers: candidate.minSharers }),
+    };
+    const steps = await countedSteps(spec, [gpu], step, {
+      tunables: candidate.kernel,
+      source: this.#source,
+      occupancy: await this.#ctasPerSm(candidate),
+      memo: this.#memo,
+      shareHeadsWith: this.#countFor,
+    });
+    const counted = steps.get(gpu.id)!;
+    const us = predict(
       gpu,
-      { promptTokens: prompt, sharedTokens: twoPhase ? shape.sharedTokens : 0 },
-      {
-        batch: shape.batch,
-        heads: spec.heads.kv,
-        headDim: spec.headDim,
-        chunkSize: spec.chunkSize,
-        elementBytes: spec.dtype.kv === 'f32' ? 4 : 2,
-      },
-    );
-    const us = predict(gpu, launches, constantsFor(gpu, this.params.fitted, this.params.dramLatencyUs)).us;
-    const occupancy = launches
+      counted.launches,
+      constantsFor(gpu, this.params.fitted, this.params.dramLatencyUs),
+    ).us;
+    const occupancy = counted.launches
       .filter((l) => l.blocks.length > 0)
-      .map((l) => `${l.kernel} ${l.ctasPerSm}/SM`)
+      .map((l) => `${l.kernel.replace(/^decode_/, '')} ${l.ctasPerSm}/SM`)
       .join(', ');
-    return { us, samplesUs: [us], maxError: null, predicted: true, occupancy };
+    return { us, samplesUs: [us], maxError: null, predicted: true, occupancy, clock: 'model' };
   }
 
   close(): void {}

@@ -98,9 +98,17 @@ const sameSplits = (a: SplitFactors, b: SplitFactors) =>
   a.phase1Splits === b.phase1Splits && a.phase2Splits === b.phase2Splits;
 
 /**
- * The fewest KV heads (1 .. the spec's) at which the emulator (EMU_SM_COUNT SMs) launches the
- * same split factors as every GPU in `smCounts` does at the spec's full head count; null when no
- * head count does.
+ * Most KV heads the emulator may run a step at: more than the spec's when a GPU has fewer SMs
+ * than the emulator plans for (its splits at full heads are the emulator's at more heads); the
+ * counts are then scaled down, as exact as up. Bounded by the addon's 1024 query heads.
+ */
+export const maxEmulatedKvHeads = (spec: KernelSpec) =>
+  Math.max(spec.heads.kv, Math.min(4 * spec.heads.kv, Math.floor(1024 / group(spec))));
+
+/**
+ * The fewest KV heads (1 .. maxEmulatedKvHeads) at which the emulator (EMU_SM_COUNT SMs)
+ * launches the same split factors as every GPU in `smCounts` does at the spec's full head
+ * count; null when no head count does.
  */
 export function emulatorKvHeads(
   spec: KernelSpec,
@@ -108,7 +116,7 @@ export function emulatorKvHeads(
   smCounts: readonly number[],
 ): number | null {
   const wanted = smCounts.map((sms) => splitFactors(spec, ctx, sms));
-  for (let h = 1; h <= spec.heads.kv; h++) {
+  for (let h = 1; h <= maxEmulatedKvHeads(spec); h++) {
     const emu = splitFactors(withKvHeads(spec, h), ctx, EMU_SM_COUNT);
     if (wanted.every((w) => sameSplits(w, emu))) return h;
   }

@@ -8,22 +8,14 @@
 // own, plus the current token (the step's own K/V, which the runtime appends before attending;
 // it is the sequence's private tail, so a fully shared prompt still leaves one private token).
 
-import { buildModule, findToolchain } from '../codegen/index.ts';
+import { findToolchain } from '../codegen/index.ts';
 import { attention } from '../dsl/attention.ts';
-import { ARCHS, type KernelSpec } from '../dsl/spec.ts';
-import {
-  countDecodeStep,
-  type DecodeStepShape,
-  type StepCounts,
-  scaleCounts,
-  splitContext,
-} from './emu-counts.ts';
+import type { KernelSpec } from '../dsl/spec.ts';
+import { countedSteps, type OursCounted, ptxasOccupancy } from './counted-step.ts';
+import type { DecodeStepShape, StepCounts } from './emu-counts.ts';
 import type { GpuSpec } from './gpus.ts';
-import type { LaunchWork } from './model.ts';
-import { moduleOccupancy } from './occupancy.ts';
-import { type CtasPerSm, countedLaunches } from './our-kernels.ts';
+import type { CtasPerSm } from './our-kernels.ts';
 import { rowKey, TABLE3_SHAPE, type Table3Row } from './paper-kernels.ts';
-import { emulatorKvHeads } from './split-factors.ts';
 
 /** The kernel spec of Table 3's model (Llama-2-7B-like). */
 export const TABLE3_SPEC: KernelSpec = attention({
@@ -44,37 +36,11 @@ export function table3StepShape(row: Pick<Table3Row, 'promptTokens' | 'sharedTok
   };
 }
 
-/** One row of ours on one GPU: the model's launches and what they came from. */
-export interface OursCounted {
-  readonly launches: readonly LaunchWork[];
-  /** Counts scaled to the spec's KV heads. */
-  readonly counts: StepCounts;
-  /** KV heads the emulator ran. */
-  readonly emulatedKvHeads: number;
-}
+export type { OursCounted } from './counted-step.ts';
 
 export type OursCountedResult =
   | { readonly ok: true; readonly rows: ReadonlyMap<string, OursCounted>; readonly ctasPerSm: CtasPerSm }
   | { readonly ok: false; readonly reason: string };
-
-/** CTAs per SM of each decode kernel on each GPU, from ptxas (one cuda build for every arch asked). */
-export async function ptxasOccupancy(
-  spec: KernelSpec,
-  gpus: readonly GpuSpec[],
-): Promise<Map<string, CtasPerSm>> {
-  // The spec's archs plus the GPUs': one build serves every report, whichever GPUs it asks for.
-  const archs = ARCHS.filter((a) => spec.targets.includes(a) || gpus.some((g) => g.limits.arch === a));
-  const module = await buildModule(spec, { target: 'cuda', archs });
-  const out = new Map<string, CtasPerSm>();
-  for (const gpu of gpus)
-    out.set(
-      gpu.id,
-      Object.fromEntries(
-        moduleOccupancy(gpu.limits, module.manifest).map((k) => [k.kernel, k.occupancy.ctasPerSm]),
-      ),
-    );
-  return out;
-}
 
 /**
  * Our kernels on `rows` for every GPU in `gpus`: per GPU, per row (rowKey), the model's launches.
@@ -94,38 +60,17 @@ export async function oursOnTable3(
     return result;
   }
   const occupancy = await ptxasOccupancy(spec, gpus);
-  const perGpu = new Map(gpus.map((g) => [g.id, new Map<string, OursCounted>()]));
-  const counted = new Map<string, StepCounts>(); // by shape and emulated heads
+  const perGpu = new Map<string, Map<string, OursCounted>>(gpus.map((g) => [g.id, new Map()]));
+  const memo = new Map<string, StepCounts>(); // by shape and emulated heads
   let done = 0;
   for (const row of rows) {
-    const shape = table3StepShape(row);
-    const ctx = splitContext(shape, spec.chunkSize);
-    const common = emulatorKvHeads(
-      spec,
-      ctx,
-      gpus.map((g) => g.sms),
-    );
-    for (const gpu of gpus) {
-      const heads = common ?? emulatorKvHeads(spec, ctx, [gpu.sms]);
-      if (heads === null)
-        throw new RangeError(
-          `${rowKey(row)} on ${gpu.name}: no KV-head count makes the emulator launch this GPU's split factors`,
-        );
-      progress(done, rows.length * gpus.length, `emu ${rowKey(row)} at ${heads} KV heads`);
-      const key = `${rowKey(row)}@${heads}`;
-      let counts = counted.get(key);
-      if (!counts) {
-        counts = await countDecodeStep(spec, shape, heads);
-        counted.set(key, counts);
-      }
-      const scaled = scaleCounts(counts, spec.heads.kv);
-      perGpu.get(gpu.id)!.set(rowKey(row), {
-        launches: countedLaunches(spec, shape, scaled, occupancy.get(gpu.id)!),
-        counts: scaled,
-        emulatedKvHeads: heads,
-      });
-      done++;
-    }
+    const steps = await countedSteps(spec, gpus, table3StepShape(row), {
+      occupancy,
+      memo,
+      progress: (label) => progress(done, rows.length, `${rowKey(row)}: ${label}`),
+    });
+    for (const [id, step] of steps) perGpu.get(id)!.set(rowKey(row), step);
+    done++;
   }
   for (const gpu of gpus)
     result.set(gpu.id, { ok: true, rows: perGpu.get(gpu.id)!, ctasPerSm: occupancy.get(gpu.id)! });

@@ -23,6 +23,8 @@ export interface CandidateResult {
   readonly samplesUs: readonly number[];
   readonly maxError: number | null;
   readonly occupancy: string | null;
+  /** What read the measured time (Timing.clock), e.g. `emu-host-clock`: emulator wall time. */
+  readonly clock: string | null;
 }
 
 export interface Confirmation {
@@ -117,6 +119,7 @@ export async function tune(options: TuneOptions): Promise<TuneReport> {
       samplesUs: [],
       maxError: null,
       occupancy: null,
+      clock: null,
     }));
     progress.pruned += space.pruned.length;
     progress.total += space.candidates.length + space.pruned.length;
@@ -128,6 +131,7 @@ export async function tune(options: TuneOptions): Promise<TuneReport> {
         samplesUs: [],
         maxError: null,
         occupancy: null,
+        clock: null,
       };
       if (measured && performance.now() - started > budgetMs)
         return { ...base, status: 'skipped', reason: `over the ${options.budgetS ?? 600} s budget` };
@@ -157,6 +161,7 @@ export async function tune(options: TuneOptions): Promise<TuneReport> {
         samplesUs: timing.samplesUs,
         maxError: timing.maxError,
         occupancy: timing.occupancy ?? prediction?.occupancy ?? null,
+        clock: timing.clock ?? null,
       };
     };
     for (const candidate of space.candidates) results.push(await run(candidate));

@@ -93,7 +93,7 @@ export function buildCommand(plan: KernelPlan, toolchain: Toolchain, sourceFile:
       '-O3',
       '--shared',
       '-Xcompiler',
-      '-fPIC',
+      '-fPIC,-fno-gnu-unique',
       '-Xptxas',
       '-v',
       `-I${INCLUDE_DIR}`,
@@ -102,7 +102,10 @@ export function buildCommand(plan: KernelPlan, toolchain: Toolchain, sourceFile:
     ];
   }
   const gxx = requireTool(toolchain.gxx, 'g++', 'the cpu and emu targets compile with g++ (set CXX)');
-  const common = ['-std=c++20', '-fPIC', '-shared', '-pthread', `-I${INCLUDE_DIR}`];
+  // -fno-gnu-unique: a header's function-local statics (the counters, the shim's tables) stay
+  // the module's own; as STB_GNU_UNIQUE symbols the dynamic linker would share them with every
+  // other module in the process, RTLD_LOCAL notwithstanding.
+  const common = ['-std=c++20', '-fPIC', '-fno-gnu-unique', '-shared', '-pthread', `-I${INCLUDE_DIR}`];
   if (plan.target === 'cpu') return [gxx.path, ...common, '-O3', '-march=native', '-fno-math-errno', ...out];
   const cudaInclude = toolchain.cudaInclude;
   if (!cudaInclude)

@@ -62,6 +62,7 @@ import {
   type KernelStats,
   type KvPool,
   NativeModule,
+  sumKernelStats,
   type TensorData,
 } from './native-module.ts';
 import { type InsertResult, PrefixTree, type RollbackResult } from './prefix-tree.ts';
@@ -826,19 +827,20 @@ export class Attention {
 
   stats(): AttentionStats {
     const sparse = this.#sparse ? { sparseMetadata: this.#sparse.metadata.stats() } : {};
-    const kernel = this.module.stats();
-    // Scratch is per module handle: count every instance a call may run on.
-    let { calls, bytes } = kernel.scratchAllocations;
-    for (const instance of this.#dispatcher.modules().slice(1)) {
-      const more = instance.stats().scratchAllocations;
-      calls += more.calls;
-      bytes += more.bytes;
+    // Counters are per module library, scratch per handle: sum every instance a call may run on
+    // (the primary first), each library's counters once and every handle's scratch.
+    const modules = this.#dispatcher.modules();
+    const libraries = new Map<string, NativeModule>();
+    for (const m of modules) if (!libraries.has(m.path)) libraries.set(m.path, m);
+    const counted = sumKernelStats([...libraries.values()].map((m) => m.stats()));
+    const scratch = { calls: 0, bytes: 0 };
+    for (const m of modules) {
+      const own = m.stats().scratchAllocations;
+      scratch.calls += own.calls;
+      scratch.bytes += own.bytes;
     }
-    return {
-      ...this.cache.stats(this.kvShape),
-      kernel: { ...kernel, scratchAllocations: { calls, bytes } },
-      ...sparse,
-    };
+    const kernel: KernelStats = { ...counted, scratchAllocations: scratch };
+    return { ...this.cache.stats(this.kvShape), kernel, ...sparse };
   }
 
   /**

@@ -124,6 +124,65 @@ export interface KernelStats {
 
 const noBytes: Readonly<Record<TrafficCategory, number>> = { q: 0, kv: 0, partial: 0, out: 0, context: 0 };
 
+function addBytes(
+  a: Readonly<Record<TrafficCategory, number>>,
+  b: Readonly<Record<TrafficCategory, number>>,
+): Record<TrafficCategory, number> {
+  return {
+    q: a.q + b.q,
+    kv: a.kv + b.kv,
+    partial: a.partial + b.partial,
+    out: a.out + b.out,
+    context: a.context + b.context,
+  };
+}
+
+function addFigures(a: KernelFigures, b: KernelFigures): KernelFigures {
+  return {
+    launches: a.launches + b.launches,
+    blocks: a.blocks + b.blocks,
+    smemInstructions: a.smemInstructions + b.smemInstructions,
+    smemWavefronts: a.smemWavefronts + b.smemWavefronts,
+    smemBytes: a.smemBytes + b.smemBytes,
+    globalInstructions: a.globalInstructions + b.globalInstructions,
+    sectors: addBytes(a.sectors, b.sectors),
+    requestedBytes: addBytes(a.requestedBytes, b.requestedBytes),
+  };
+}
+
+/**
+ * The sum of several modules' stats (a runtime whose decode calls dispatch over several built
+ * instances). Each module library counts only what it issued itself, so the caller passes each
+ * library once (a handle loaded twice from one path shares its library's counters).
+ */
+export function sumKernelStats(stats: readonly KernelStats[]): KernelStats {
+  const [first, ...rest] = stats;
+  if (!first) throw new RangeError('sumKernelStats: no stats');
+  return rest.reduce<KernelStats>((a, b) => {
+    const kernels: Record<string, KernelFigures> = { ...a.kernels };
+    for (const [name, k] of Object.entries(b.kernels))
+      kernels[name] = kernels[name] ? addFigures(kernels[name]!, k) : k;
+    const memcpy = {} as Record<CopyDirection, { calls: number; bytes: number }>;
+    for (const d of Object.keys(a.memcpy) as CopyDirection[])
+      memcpy[d] = {
+        calls: a.memcpy[d].calls + b.memcpy[d].calls,
+        bytes: a.memcpy[d].bytes + b.memcpy[d].bytes,
+      };
+    return {
+      bytesRead: addBytes(a.bytesRead, b.bytesRead),
+      bytesWritten: addBytes(a.bytesWritten, b.bytesWritten),
+      launches: a.launches + b.launches,
+      memcpy,
+      contextUploads: a.contextUploads + b.contextUploads,
+      scratchAllocations: {
+        calls: a.scratchAllocations.calls + b.scratchAllocations.calls,
+        bytes: a.scratchAllocations.bytes + b.scratchAllocations.bytes,
+      },
+      kernels,
+    };
+  }, first);
+}
+
 function withMemoryFigures(k: Partial<KernelFigures>): KernelFigures {
   return {
     launches: k.launches ?? 0,
@@ -235,6 +294,13 @@ interface NativeAddon {
   stats(module: NativeHandle): KernelStats;
   resetStats(module: NativeHandle): void;
   reserve(module: NativeHandle, bounds: ScratchBounds): void;
+  hasEvents(module: NativeHandle): boolean;
+  eventClock(module: NativeHandle): string;
+  eventCreate(module: NativeHandle): NativeHandle;
+  eventRecord(module: NativeHandle, event: unknown): void;
+  eventSynchronize(module: NativeHandle, event: unknown): void;
+  eventElapsedMs(module: NativeHandle, start: unknown, stop: unknown): number;
+  eventDestroy(module: NativeHandle, event: unknown): void;
   hasPsa(module: NativeHandle): boolean;
   hasPsaKernels(module: NativeHandle): boolean;
   psaMeta(module: NativeHandle, pool: KvPool, meta: NativeHandle, slots: unknown): void;
@@ -461,6 +527,14 @@ function normalizeInfo(raw: Record<string, unknown>): ModuleInfo {
   });
 }
 
+/** What a module's timing events measure (abi.h ca_event_clock). */
+export type EventClock = 'cuda-events' | 'emu-host-clock';
+
+/** A timing event of one module (createEvent); opaque. */
+export interface TimingEvent {
+  readonly handle: object;
+}
+
 /** A loaded kernel module. The library stays mapped for the life of the process. */
 export class NativeModule {
   readonly #handle: NativeHandle;
@@ -646,6 +720,43 @@ export class NativeModule {
 
   #nativePsaArgs([pool, args, meta, config, lists, counts, guardAdded]: PsaDecodeArgs): NativePsaArgs {
     return [this.#handle, pool, nativeDecodeArgs(args), meta.handle, config, lists, counts, guardAdded];
+  }
+
+  /** Whether the module has timing events (abi.h ca_event_*): cuda and emu modules do, cpu ones not. */
+  get hasEvents(): boolean {
+    return call(() => nativeAddon().hasEvents(this.#handle));
+  }
+
+  /**
+   * What an event measures: `cuda-events` (GPU time between records on the handle's stream) or
+   * `emu-host-clock` (the emulator's wall time on the host: never a GPU time).
+   */
+  get eventClock(): EventClock {
+    return call(() => nativeAddon().eventClock(this.#handle)) as EventClock;
+  }
+
+  /** A timing event of this module (ERR_CA_UNSUPPORTED on a module without events). */
+  createEvent(): TimingEvent {
+    return { handle: call(() => nativeAddon().eventCreate(this.#handle)) };
+  }
+
+  /** Records `event` on this handle's stream (after everything queued there so far). */
+  recordEvent(event: TimingEvent): void {
+    call(() => nativeAddon().eventRecord(this.#handle, event?.handle));
+  }
+
+  /** Waits until the work before `event`'s last record is done. */
+  synchronizeEvent(event: TimingEvent): void {
+    call(() => nativeAddon().eventSynchronize(this.#handle, event?.handle));
+  }
+
+  /** Milliseconds from `start` to `stop`: both recorded, `stop` synchronized since its record. */
+  elapsedMs(start: TimingEvent, stop: TimingEvent): number {
+    return call(() => nativeAddon().eventElapsedMs(this.#handle, start?.handle, stop?.handle));
+  }
+
+  destroyEvent(event: TimingEvent): void {
+    call(() => nativeAddon().eventDestroy(this.#handle, event?.handle));
   }
 
   stats(): KernelStats {

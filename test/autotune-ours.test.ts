@@ -126,6 +126,38 @@ describe('scaling the heads down', () => {
     expect(emulatorKvHeads(TABLE3_SPEC, ctx, [108, 132])).toBeNull();
   });
 
+  test('a GPU with fewer SMs than the emulator plans for is matched at more KV heads than the spec has', () => {
+    // Llama-3-8B-like (32/8 heads), 16 rows reading 1024 tokens each, sequence-first, on an L4
+    // (58 SMs): at 8 heads its phase-2 split needs more heads on the emulator's 108 SMs.
+    const gqa = attention({
+      name: 'gqa-8kv',
+      heads: { q: 32, kv: 8 },
+      headDim: D,
+      dtype: 'bf16',
+      chunkSize: 64,
+      targets: ['emu'],
+    });
+    const ctx = splitContext({ batch: 16, sharedTokens: 0, privateTokens: 1024 }, 64);
+    const heads = emulatorKvHeads(gqa, ctx, [58]);
+    expect(heads).not.toBeNull();
+    expect(heads!).toBeGreaterThan(8);
+    expect(splitFactors(withKvHeads(gqa, heads!), ctx, EMU_SM_COUNT)).toEqual(splitFactors(gqa, ctx, 58));
+    // Scaling down is the same arithmetic as up.
+    const at = (h: number): StepCounts => ({
+      kvHeads: h,
+      emulatedKvHeads: h,
+      splits: splitFactors(withKvHeads(gqa, h), ctx, EMU_SM_COUNT),
+      kernels: {
+        decode_phase2: {
+          launches: 1,
+          ctas: 16 * 2 * h,
+          bytes: { q: 7 * h, kv: 9 * h, partial: 0, out: 3 * h, context: 0 },
+        },
+      },
+    });
+    expect(scaleCounts(at(heads!), 8).kernels).toEqual(at(8).kernels);
+  });
+
   test('scaling refuses counts that are not whole per KV head', () => {
     const counts: StepCounts = {
       kvHeads: 2,

@@ -6,8 +6,15 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
+import { type CountedSource, countedSteps, ptxasOccupancy } from '../autotune/counted-step.ts';
 import { readDb, userDbPath } from '../autotune/db.ts';
 import { dbDispatchRules } from '../autotune/dispatch.ts';
+import {
+  type CountedKernel,
+  type DecodeStepShape,
+  type StepCounts,
+  splitContext,
+} from '../autotune/emu-counts.ts';
 import { findGpu } from '../autotune/gpus.ts';
 import {
   cudaEventClock,
@@ -19,7 +26,8 @@ import {
   type TuneShape,
   WrongResultError,
 } from '../autotune/measure.ts';
-import { loadModelParams } from '../autotune/model-params.ts';
+import { predict } from '../autotune/model.ts';
+import { constantsFor, loadModelParams } from '../autotune/model-params.ts';
 import {
   candidate,
   combineWinners,
@@ -27,11 +35,14 @@ import {
   firstRound,
   SEQUENCE_FIRST_SHARERS,
 } from '../autotune/space.ts';
+import { EMU_SM_COUNT, splitFactors, withKvHeads } from '../autotune/split-factors.ts';
 import { tune } from '../autotune/tune.ts';
 import { parseShapes } from '../cli/commands/tune.ts';
 import { buildModule, findToolchain } from '../codegen/index.ts';
 import { attention } from '../dsl/index.ts';
-import type { ModuleLoader } from '../runtime/module-loader.ts';
+import type { KernelSpec } from '../dsl/spec.ts';
+import { gpuPresent, type ModuleLoader } from '../runtime/module-loader.ts';
+import { runCli } from './cli-harness.ts';
 import { tinySpec } from './specs.ts';
 
 const spec = tinySpec('f16', 'plain', ['cpu']); // Hq 8, Hkv 2 (group 4), D 64, C 16
@@ -86,6 +97,12 @@ describe('search space', () => {
     expect(combineWinners(spec, 'cpu', [t({}, 100), t({ cpu_tile_rows: 32 }, 90)])).toBeNull();
   });
 
+  test.skipIf(gpuPresent())('--measure on a GPU needs one: refused here, naming why', async () => {
+    const result = await runCli(['tune', 'examples/llama2-7b.ts', '--gpu', 'a100', '--measure']);
+    expect(result.exitCode).toBe(1);
+    expect(result.stderr).toMatch(/CUDA events on this machine's GPU, and it has none/);
+  });
+
   test('--shapes parses BATCHxSHARED[+PRIVATE]', () => {
     expect(parseShapes('32x2048+256, 8x0')).toEqual([
       { batch: 32, sharedTokens: 2048, privateTokens: 256 },
@@ -114,7 +131,7 @@ function fakeEvents(stampsMs: number[]) {
       (event as { synced: boolean }).synced = true;
       log.push('sync');
     },
-    elapsedMs: (start, stop) => {
+    elapsedMs: (_module, start, stop) => {
       const [a, b] = [start as { at: number }, stop as { at: number; synced: boolean }];
       if (!b.synced) throw new Error('elapsed before the stop event completed');
       return b.at - a.at;
@@ -122,6 +139,7 @@ function fakeEvents(stampsMs: number[]) {
     destroy: () => {
       live--;
     },
+    clock: () => 'injected events',
   };
   return { events, log, live: () => live };
 }
@@ -173,25 +191,124 @@ describe('timers', () => {
     }
   });
 
-  test('the model timer predicts, and two-phase beats sequence-first on a long shared prefix', async () => {
+  test('the model timer predicts from what its source counts and compiles: worse occupancy or more bytes is slower', async () => {
     const llama = attention({
       name: 'l',
       heads: { q: 32, kv: 32 },
       headDim: 128,
       dtype: 'f16',
       chunkSize: 64,
-      targets: ['cpu'],
+      targets: ['sm_80', 'emu'],
     });
-    const timer = new ModelTimer(findGpu('a100-80'), llama, loadModelParams());
-    const shape = { batch: 32, sharedTokens: 2048, privateTokens: 256 };
+    // Candidate {x: 1}: half the CTAs per SM of the defaults; {x: 2}: twice the bytes.
+    const seen: string[] = [];
+    const source: CountedSource = {
+      occupancy: async (_spec, tunables, gpus) => {
+        const scale = tunables['x'] === 1 ? 0.5 : 1;
+        const ctas = { decode_phase1: 2 * scale, decode_phase2: 4 * scale, decode_merge_splits: 4 * scale };
+        return new Map(gpus.map((g) => [g.id, ctas]));
+      },
+      counts: async (spec, tunables, shape, kvHeads) => {
+        seen.push(
+          `${JSON.stringify(tunables)} ${shape.batch}x${shape.sharedTokens}+${shape.privateTokens} ms=${shape.minSharers ?? 2}`,
+        );
+        return syntheticCounts(spec, shape, kvHeads, tunables['x'] === 2 ? 2 : 1);
+      },
+    };
+    const timer = new ModelTimer(findGpu('a100-80'), llama, loadModelParams(), { source });
+    const shape = { batch: 64, sharedTokens: 1024, privateTokens: 255 };
+    const base = await timer.time(candidate({}), shape);
+    const lessOccupancy = await timer.time(candidate({ x: 1 }), shape);
+    const moreBytes = await timer.time(candidate({ x: 2 }), shape);
+    const off = await timer.time(candidate({}, SEQUENCE_FIRST_SHARERS), shape);
+    expect(base.predicted).toBe(true);
+    expect(base.clock).toBe('model');
+    // Bandwidth-bound (long contexts): twice the bytes is slower; fewer CTAs per SM never faster.
+    expect(moreBytes.us).toBeGreaterThan(1.5 * base.us);
+    expect(lessOccupancy.us).toBeGreaterThanOrEqual(base.us);
+    // Latency-bound (a few tokens per row, many CTAs): half the CTAs per SM, twice the waves, slower.
+    const short = { batch: 64, sharedTokens: 0, privateTokens: 15 };
+    const shortBase = await timer.time(candidate({}), short);
+    expect((await timer.time(candidate({ x: 1 }), short)).us).toBeGreaterThan(shortBase.us);
+    expect(base.occupancy).toMatch(/^phase1 2\/SM, phase2 4\/SM/);
+    expect(lessOccupancy.occupancy).toMatch(/^phase1 1\/SM, phase2 2\/SM/);
+    // The step it asked for: the decoded token counted in, the threshold passed on when not the default.
+    expect(seen).toContain('{} 64x1024+256 ms=2');
+    expect(seen.some((s) => s.startsWith('{} 64x1024+256 ms=1073741824'))).toBe(true);
+    expect(off.occupancy).toMatch(/^phase2 /);
+    // Counts are asked once per instance, shape and head count.
+    await timer.time(candidate({}), shape);
+    expect(seen.filter((s) => s === '{} 64x1024+256 ms=2')).toHaveLength(1);
+  });
+
+  test('the model timer on the emulator and ptxas is the bench-model path: two-phase beats sequence-first on a long shared prefix', async (ctx) => {
+    if (!(await findToolchain()).nvcc) ctx.skip();
+    const small = attention({
+      name: 'tune-model-small',
+      heads: { q: 4, kv: 4 },
+      headDim: 128,
+      dtype: 'f16',
+      chunkSize: 64,
+      targets: ['sm_80', 'emu'],
+    });
+    const gpu = findGpu('a100-80');
+    const params = loadModelParams();
+    const timer = new ModelTimer(gpu, small, params);
+    const shape = { batch: 16, sharedTokens: 1024, privateTokens: 63 };
     const two = await timer.time(candidate({}), shape);
     const off = await timer.time(candidate({}, SEQUENCE_FIRST_SHARERS), shape);
-    expect(two.predicted).toBe(true);
     expect(two.us).toBeLessThan(off.us);
-    expect(two.occupancy).toMatch(/phase1 \d+\/SM, phase2 \d+\/SM/);
-    expect(off.occupancy).toMatch(/^phase2 \d+\/SM$/);
+    // The same numbers bench model computes for this instance and step.
+    const occupancy = await ptxasOccupancy(small, [gpu]);
+    const step = { batch: 16, sharedTokens: 1024, privateTokens: 64 };
+    const counted = (await countedSteps(small, [gpu], step, { occupancy })).get(gpu.id)!;
+    expect(two.us).toBe(
+      predict(gpu, counted.launches, constantsFor(gpu, params.fitted, params.dramLatencyUs)).us,
+    );
+    const p1 = occupancy.get(gpu.id)!['decode_phase1'];
+    expect(two.occupancy).toContain(`phase1 ${p1}/SM`);
+    expect(off.occupancy).not.toContain('phase1');
   });
 });
+
+/** Counts shaped like the emulator's for a step (grids from the split mirror), `scale` × the bytes. */
+function syntheticCounts(
+  spec: KernelSpec,
+  shape: DecodeStepShape,
+  kvHeads: number,
+  scale: number,
+): StepCounts {
+  const ctx = splitContext(shape, spec.chunkSize);
+  const splits = splitFactors(withKvHeads(spec, kvHeads), ctx, EMU_SM_COUNT);
+  const bytes = (kv: number, other: number) => ({
+    q: other * kvHeads * scale,
+    kv: kv * kvHeads * scale,
+    partial: other * kvHeads * scale,
+    out: other * kvHeads * scale,
+    context: 64 * kvHeads,
+  });
+  const kernels: Record<string, CountedKernel> = {};
+  const [run] = ctx.runs;
+  if (run)
+    kernels['decode_phase1'] = {
+      launches: 1,
+      ctas: splits.phase1Items * splits.phase1Splits * kvHeads,
+      bytes: bytes(run.chunks * spec.chunkSize * spec.headDim * 4, 4096),
+    };
+  const rows = shape.batch * splits.phase2Splits;
+  kernels['decode_phase2'] = {
+    launches: 1,
+    ctas: rows * kvHeads,
+    bytes: bytes(shape.batch * ctx.maxRowTokens * spec.headDim * 4, 1024 * shape.batch),
+  };
+  if (splits.phase2Splits > 1)
+    kernels['decode_merge_splits'] = {
+      launches: 1,
+      ctas: shape.batch * kvHeads,
+      bytes: bytes(0, 2048 * shape.batch),
+    };
+  return { kvHeads, emulatedKvHeads: kvHeads, splits, kernels };
+}
 
 /** A timer with scripted times per candidate id (and which it saw). */
 function scriptedTimer(times: Record<string, number[]>): Timer & { seen: string[] } {

@@ -8,11 +8,19 @@ import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import Table from 'cli-table3';
 import { findGpu, GPU_IDS } from '../../autotune/gpus.ts';
-import { hostClock, MeasuredTimer, ModelTimer, type Timer, type TuneShape } from '../../autotune/measure.ts';
+import {
+  cudaEventTimer,
+  hostClock,
+  MeasuredTimer,
+  ModelTimer,
+  type Timer,
+  type TuneShape,
+} from '../../autotune/measure.ts';
 import { loadModelParams } from '../../autotune/model-params.ts';
 import { SEQUENCE_FIRST_SHARERS } from '../../autotune/space.ts';
 import { type ShapeResult, type TuneReport, tune } from '../../autotune/tune.ts';
 import { barChartSvg } from '../../bench/svg-chart.ts';
+import { gpuPresent } from '../../runtime/module-loader.ts';
 import { UsageError } from '../exit-codes.ts';
 import { parseInteger } from '../options.ts';
 import type { Output } from '../output.ts';
@@ -36,13 +44,22 @@ const CPU_SHAPES: readonly TuneShape[] = [
 ];
 
 /** A GPU's default shapes (model): every batch and shared-length bucket the DB keys on. */
-function gpuShapes(): TuneShape[] {
+export function gpuShapes(): TuneShape[] {
   const out: TuneShape[] = [];
   for (const batch of [1, 2, 4, 8, 16, 32, 64, 128, 256])
     for (const sharedTokens of [0, 512, 1024, 2048, 4096])
       out.push({ batch, sharedTokens, privateTokens: 512 });
   return out;
 }
+
+/**
+ * The shapes of the shipped model-derived DBs (scripts/ship-dbs.ts): 1, 4, 16 and 64 rows sharing
+ * 0, 1024 or 4096 tokens (the emulator counts every candidate's step, minutes per spec and GPU on
+ * a small machine); dispatch serves the buckets between and beyond from the nearest tuned one.
+ */
+export const SHIPPED_SHAPES: readonly TuneShape[] = gpuShapes().filter(
+  (s) => [1, 4, 16, 64].includes(s.batch) && [0, 1024, 4096].includes(s.sharedTokens),
+);
 
 /** `32x2048+256,8x0+1024`: batch x shared tokens (+ private tokens, default 256). */
 export function parseShapes(text: string): TuneShape[] {
@@ -135,16 +152,21 @@ export async function tuneCommand(file: string, flags: TuneFlags, out: Output): 
   if (!['user', 'shipped', 'none'].includes(write))
     throw new UsageError(`--write must be user, shipped or none, got '${write}'`);
   let timer: Timer;
+  let predictor: Timer | undefined;
   if (target === 'cpu') {
     if (!flags.measure)
       throw new UsageError('the cpu target has no performance model: pass --measure to time it here');
     timer = new MeasuredTimer({ spec, target, clock: hostClock });
-  } else {
-    if (flags.measure)
+  } else if (flags.measure) {
+    if (!gpuPresent())
       throw new UsageError(
-        `--measure on ${gpu} times with CUDA events on that GPU; the module ABI has no event entry points yet ` +
-          `(the cuda timer runs with injected events in tests only). Without --measure the model predicts.`,
+        `--measure on ${gpu} times our kernels with CUDA events on this machine's GPU, and it has none ` +
+          '(no /dev/nvidia0). Without --measure the model predicts.',
       );
+    // CUDA events on this machine's GPU (the module's ca_event_* entry points), the model beside.
+    timer = cudaEventTimer({ spec, target });
+    predictor = new ModelTimer(findGpu(gpu), spec, loadModelParams());
+  } else {
     timer = new ModelTimer(findGpu(gpu), spec, loadModelParams());
   }
   const shapes = flags.shapes ? parseShapes(flags.shapes) : target === 'cpu' ? CPU_SHAPES : gpuShapes();
@@ -156,6 +178,7 @@ export async function tuneCommand(file: string, flags: TuneFlags, out: Output): 
       gpu,
       target,
       timer,
+      ...(predictor && { predictor }),
       shapes,
       budgetS: budget,
       write: write as 'user' | 'shipped' | 'none',
@@ -170,8 +193,17 @@ export async function tuneCommand(file: string, flags: TuneFlags, out: Output): 
   } finally {
     progress.stop();
     timer.close();
+    predictor?.close();
   }
   for (const shape of report.shapes) out.info(shapeTable(shape));
+  const clocks = new Set(
+    report.shapes.flatMap((s) =>
+      s.results.flatMap((r) => (r.measuredUs !== null && r.clock ? [r.clock] : [])),
+    ),
+  );
+  if (clocks.has('emu-host-clock'))
+    out.info('measured: emulator wall time on the host (emu-host-clock), not a GPU time');
+  else if (clocks.size) out.info(`measured with: ${[...clocks].join(', ')}`);
   if (report.timer === 'model')
     out.info(`${gpu}: every time above is a model prediction (no ${gpu} here), none measured`);
   if (report.written)

@@ -34,6 +34,12 @@ struct BufferHandle {
   DeviceBuffer buffer;
 };
 
+constexpr napi_type_tag kEventTag = {0x6368756e6b617474ULL, 0x6e6576656e743031ULL};
+
+struct EventHandle {
+  DeviceEvent event;
+};
+
 // --- errors ---------------------------------------------------------------------------------
 
 Napi::Error ToJsError(Napi::Env env, const Failure& failure) {
@@ -262,6 +268,13 @@ void FinalizeBuffer(napi_env env, void* data, void*) {
     handle->buffer.owner->ReleaseQuietly(handle->buffer.ptr);
     AdjustExternal(env, -int64_t(handle->buffer.bytes));
   }
+  delete handle;
+}
+
+void FinalizeEvent(napi_env, void* data, void*) {
+  auto* handle = static_cast<EventHandle*>(data);
+  if (!handle->event.destroyed && handle->event.owner)
+    handle->event.owner->ReleaseEventQuietly(handle->event.ptr);
   delete handle;
 }
 
@@ -736,6 +749,60 @@ Napi::Value Reserve(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// --- timing events (abi.h ca_event_*) -------------------------------------------------------
+
+DeviceEvent* EventArg(napi_env env, napi_value value) {
+  auto* handle = Unwrap<EventHandle>(env, value, kEventTag);
+  return handle ? &handle->event : nullptr;
+}
+
+// hasEvents(mod): whether the module exports the timing entry points (cuda and emu do)
+Napi::Value HasEvents(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), AnyModule(info).HasEvents());
+}
+
+// eventClock(mod): "cuda-events" (GPU time) or "emu-host-clock" (emulator wall time)
+Napi::Value EventClock(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), AnyModule(info).EventClock());
+}
+
+// eventCreate(mod): an event handle (destroyed by eventDestroy, or by its finalizer)
+Napi::Value EventCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ModuleCore& core = Module(info);
+  ModuleHandle* handle = Unwrap<ModuleHandle>(env, info[0], kModuleTag);
+  void* event = core.CreateEvent();
+  return Wrap(env, new EventHandle{{handle->core, event}}, kEventTag, FinalizeEvent);
+}
+
+// eventRecord(mod, event): records the event on the module handle's stream
+Napi::Value EventRecord(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Module(info).RecordEvent(EventArg(env, info[1]));
+  return env.Undefined();
+}
+
+// eventSynchronize(mod, event): waits until the recorded event's work is done
+Napi::Value EventSynchronize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Module(info).SynchronizeEvent(EventArg(env, info[1]));
+  return env.Undefined();
+}
+
+// eventElapsedMs(mod, start, stop): milliseconds between two recorded events
+Napi::Value EventElapsedMs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Napi::Number::New(env,
+                           Module(info).ElapsedMs(EventArg(env, info[1]), EventArg(env, info[2])));
+}
+
+// eventDestroy(mod, event)
+Napi::Value EventDestroy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Module(info).DestroyEvent(EventArg(env, info[1]));
+  return env.Undefined();
+}
+
 // resetStats(mod)
 Napi::Value ResetStats(const Napi::CallbackInfo& info) {
   Module(info).ResetStats();
@@ -773,6 +840,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("stats", Napi::Function::New<Guarded<Stats>>(env, "stats"));
   exports.Set("resetStats", Napi::Function::New<Guarded<ResetStats>>(env, "resetStats"));
   exports.Set("reserve", Napi::Function::New<Guarded<Reserve>>(env, "reserve"));
+  exports.Set("hasEvents", Napi::Function::New<Guarded<HasEvents>>(env, "hasEvents"));
+  exports.Set("eventClock", Napi::Function::New<Guarded<EventClock>>(env, "eventClock"));
+  exports.Set("eventCreate", Napi::Function::New<Guarded<EventCreate>>(env, "eventCreate"));
+  exports.Set("eventRecord", Napi::Function::New<Guarded<EventRecord>>(env, "eventRecord"));
+  exports.Set("eventSynchronize",
+              Napi::Function::New<Guarded<EventSynchronize>>(env, "eventSynchronize"));
+  exports.Set("eventElapsedMs",
+              Napi::Function::New<Guarded<EventElapsedMs>>(env, "eventElapsedMs"));
+  exports.Set("eventDestroy", Napi::Function::New<Guarded<EventDestroy>>(env, "eventDestroy"));
   return exports;
 }
 

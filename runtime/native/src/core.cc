@@ -667,6 +667,77 @@ void ModuleCore::CheckIdle() const {
          "a decodeAsync of this module handle is in flight: await it before the next call");
 }
 
+// --- timing events ----------------------------------------------------------------------------
+
+void ModuleCore::CheckEvents(const char* call) const {
+  if (!HasEvents())
+    Fail(code::kUnsupported, std::string(call) + ": " + TargetName(info().target) +
+                                 " modules have no timing events (cuda and emu modules do)");
+}
+
+void ModuleCore::CheckEvent(const DeviceEvent* event, const char* call, const char* which) const {
+  if (event == nullptr)
+    Fail(code::kType, std::string(call) + ": " + which + " is not an event from eventCreate()");
+  if (event->owner.get() != this)
+    Fail(code::kForeign, std::string(call) + ": " + which + " belongs to another module handle");
+  if (event->destroyed) Fail(code::kFreed, std::string(call) + ": " + which + " was destroyed");
+}
+
+std::string ModuleCore::EventClock() const {
+  CheckEvents("eventClock");
+  const char* clock = lib_->api().event_clock();
+  return clock ? clock : "";
+}
+
+void* ModuleCore::CreateEvent() {
+  CheckEvents("eventCreate");
+  void* event = nullptr;
+  lib_->Check(lib_->api().event_create(&event), "ca_event_create");
+  if (event == nullptr) Fail(code::kStatus, "ca_event_create returned a null event");
+  return event;
+}
+
+void ModuleCore::RecordEvent(DeviceEvent* event) {
+  CheckEvents("eventRecord");
+  CheckEvent(event, "eventRecord", "the event");
+  lib_->Check(lib_->api().event_record(event->ptr, stream_), "ca_event_record");
+  event->recorded = true;
+  event->completed = false;
+}
+
+void ModuleCore::SynchronizeEvent(DeviceEvent* event) {
+  CheckEvents("eventSynchronize");
+  CheckEvent(event, "eventSynchronize", "the event");
+  if (!event->recorded) Fail(code::kInvalid, "eventSynchronize: the event was never recorded");
+  lib_->Check(lib_->api().event_synchronize(event->ptr), "ca_event_synchronize");
+  event->completed = true;
+}
+
+double ModuleCore::ElapsedMs(DeviceEvent* start, DeviceEvent* stop) {
+  CheckEvents("eventElapsedMs");
+  CheckEvent(start, "eventElapsedMs", "start");
+  CheckEvent(stop, "eventElapsedMs", "stop");
+  if (!start->recorded || !stop->recorded)
+    Fail(code::kInvalid, std::string("eventElapsedMs: ") + (start->recorded ? "stop" : "start") +
+                             " was never recorded");
+  if (!stop->completed)
+    Fail(code::kInvalid, "eventElapsedMs: synchronize the stop event after recording it");
+  float ms = 0;
+  lib_->Check(lib_->api().event_elapsed_ms(&ms, start->ptr, stop->ptr), "ca_event_elapsed_ms");
+  return ms;
+}
+
+void ModuleCore::DestroyEvent(DeviceEvent* event) {
+  CheckEvents("eventDestroy");
+  CheckEvent(event, "eventDestroy", "the event");
+  event->destroyed = true;  // even if the module fails: the handle is not retried
+  lib_->Check(lib_->api().event_destroy(event->ptr), "ca_event_destroy");
+}
+
+void ModuleCore::ReleaseEventQuietly(void* ptr) noexcept {
+  if (ptr && lib_->api().event_destroy) lib_->api().event_destroy(ptr);
+}
+
 CaStats ModuleCore::Stats() const {
   CaStats stats{};
   lib_->Check(lib_->api().get_stats(&stats), "ca_get_stats");

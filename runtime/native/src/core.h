@@ -69,6 +69,15 @@ struct DeviceBuffer {
   int32_t dtype = -1;  // CaDType of a DeviceTensor; -1 for pool halves
 };
 
+// A timing event of one module (abi.h ca_event_*), with what the addon checks before each use.
+struct DeviceEvent {
+  std::shared_ptr<ModuleCore> owner;
+  void* ptr = nullptr;
+  bool recorded = false;   // recorded at least once
+  bool completed = false;  // synchronized since its last record
+  bool destroyed = false;
+};
+
 struct PoolArg {
   DeviceBuffer* k = nullptr;  // nullptr: pool.k is not a buffer of any module
   DeviceBuffer* v = nullptr;
@@ -196,6 +205,21 @@ class ModuleCore {
   void Reserve(const Reservation& bounds);
   bool Fixed() const { return fixed_; }
 
+  // Timing (abi.h ca_event_*): HasEvents is false for modules without them (cpu), and every
+  // event call then fails with ERR_CA_UNSUPPORTED. EventClock: "cuda-events" (GPU time) or
+  // "emu-host-clock" (emulator wall time). Events are recorded on this handle's stream; each
+  // call checks the event is this module's (ERR_CA_FOREIGN) and not destroyed (ERR_CA_FREED);
+  // ElapsedMs needs both recorded and `stop` synchronized since (ERR_CA_INVALID).
+  bool HasEvents() const { return lib_->api().event_create != nullptr; }
+  std::string EventClock() const;
+  void* CreateEvent();
+  void RecordEvent(DeviceEvent* event);
+  void SynchronizeEvent(DeviceEvent* event);
+  double ElapsedMs(DeviceEvent* start, DeviceEvent* stop);
+  void DestroyEvent(DeviceEvent* event);
+  // From a finalizer: never throws.
+  void ReleaseEventQuietly(void* ptr) noexcept;
+
   CaStats Stats() const;
   ScratchAllocations Allocations() const { return allocations_; }
   std::string KernelStats() const;
@@ -250,6 +274,8 @@ class ModuleCore {
   Scratch Allocate(uint64_t bytes);
   void ReleaseScratch(Scratch& scratch) noexcept;
   void CheckHostBytes(uint64_t bytes, const std::string& what) const;
+  void CheckEvents(const char* call) const;
+  void CheckEvent(const DeviceEvent* event, const char* call, const char* which) const;
 
   std::shared_ptr<Library> lib_;
   void* stream_ = nullptr;  // this module handle's stream (one per Attention)

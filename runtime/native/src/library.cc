@@ -190,6 +190,18 @@ std::shared_ptr<Library> Library::Open(const std::string& path_in) {
     Resolve(handle, "ca_reset_stats", api.reset_stats, missing);
     api.psa_meta = reinterpret_cast<decltype(api.psa_meta)>(dlsym(handle, "ca_psa_meta"));
     api.psa_decode = reinterpret_cast<decltype(api.psa_decode)>(dlsym(handle, "ca_psa_decode"));
+    // Timing entry points: all six or none (a module with some of them is malformed).
+    {
+      std::vector<std::string> events;
+      Resolve(handle, "ca_event_clock", api.event_clock, events);
+      Resolve(handle, "ca_event_create", api.event_create, events);
+      Resolve(handle, "ca_event_destroy", api.event_destroy, events);
+      Resolve(handle, "ca_event_record", api.event_record, events);
+      Resolve(handle, "ca_event_synchronize", api.event_synchronize, events);
+      Resolve(handle, "ca_event_elapsed_ms", api.event_elapsed_ms, events);
+      if (!events.empty() && events.size() != 6)
+        missing.insert(missing.end(), events.begin(), events.end());
+    }
     if (!missing.empty()) {
       std::string names;
       for (const auto& name : missing) names += (names.empty() ? "" : ", ") + name;

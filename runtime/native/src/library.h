@@ -81,6 +81,13 @@ struct Api {
   // Optional (chunkattn/psa_abi.h): null when the module has no PSA kernels.
   int (*psa_meta)(const CaPsaMetaParams*, void*) = nullptr;
   int (*psa_decode)(const CaDecodeParams*, const CaPsaParams*, void*) = nullptr;
+  // Optional (abi.h, timing): null when the module has no events (the cpu target); all or none.
+  const char* (*event_clock)(void) = nullptr;
+  int (*event_create)(void**) = nullptr;
+  int (*event_destroy)(void*) = nullptr;
+  int (*event_record)(void*, void*) = nullptr;
+  int (*event_synchronize)(void*) = nullptr;
+  int (*event_elapsed_ms)(float*, void*, void*) = nullptr;
 };
 
 class Library {

@@ -166,6 +166,21 @@ int ca_reset_stats(void);
 // stays valid until the calling thread's next call.
 const char* ca_kernel_stats(void);
 
+// Timing around launches on a stream (optional exports: cuda and emu modules have them, cpu
+// modules do not; the addon checks with dlsym). An event is an opaque non-null handle.
+//   cuda  cudaEvent_t (cudaEventDefault): record enqueues it on `stream`, elapsed is
+//         cudaEventElapsedTime, i.e. GPU time between the two records;
+//   emu   a host steady-clock stamp taken at record (the shim runs each launch to completion on
+//         the calling thread): emulator wall time, never a GPU time.
+// ca_event_clock() names which: "cuda-events" or "emu-host-clock".
+const char* ca_event_clock(void);
+int ca_event_create(void** event);
+int ca_event_destroy(void* event);
+int ca_event_record(void* event, void* stream);
+int ca_event_synchronize(void* event);  // returns once the event's work is done
+// Milliseconds from `start` to `stop`, both recorded and `stop` complete; CA_ERR_INVALID otherwise.
+int ca_event_elapsed_ms(float* ms, void* start, void* stop);
+
 #ifdef __cplusplus
 }
 #endif

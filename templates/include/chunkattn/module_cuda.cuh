@@ -7,8 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <chrono>
 #include <map>
 #include <mutex>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -229,6 +231,107 @@ inline int sm_count() {
   return n;
 #else
   return 108;
+#endif
+}
+
+// ---- timing (abi.h: ca_event_*) ----------------------------------------------------------------
+
+#if defined(CA_TARGET_CUDA)
+inline const char* event_clock() { return "cuda-events"; }
+#else
+inline const char* event_clock() { return "emu-host-clock"; }
+// An emu event: the host steady clock when recorded. Launches run to completion on the calling
+// thread, so a record after a launch stamps its end (emulator wall time, not GPU time).
+struct HostEvent {
+  uint64_t magic = kMagic;
+  bool recorded = false;
+  std::chrono::steady_clock::time_point at{};
+  static constexpr uint64_t kMagic = 0x63616576656e7431ULL;  // "caevent1"
+};
+inline HostEvent* host_event(void* event) {
+  auto* e = static_cast<HostEvent*>(event);
+  return e != nullptr && e->magic == HostEvent::kMagic ? e : nullptr;
+}
+#endif
+
+inline int event_create(void** event) {
+  if (event == nullptr) return fail(CA_ERR_INVALID, "ca_event_create: null output");
+  *event = nullptr;
+#if defined(CA_TARGET_CUDA)
+  cudaEvent_t e = nullptr;
+  if (int s = device_status(cudaEventCreateWithFlags(&e, cudaEventDefault), "cudaEventCreate"))
+    return s;
+  *event = e;
+#else
+  *event = new (std::nothrow) HostEvent;
+  if (*event == nullptr) return fail(CA_ERR_NO_MEMORY, "ca_event_create: out of host memory");
+#endif
+  return ok();
+}
+
+inline int event_destroy(void* event) {
+  if (event == nullptr) return fail(CA_ERR_INVALID, "ca_event_destroy: null event");
+#if defined(CA_TARGET_CUDA)
+  return device_status(cudaEventDestroy(static_cast<cudaEvent_t>(event)), "cudaEventDestroy");
+#else
+  HostEvent* e = host_event(event);
+  if (e == nullptr) return fail(CA_ERR_INVALID, "ca_event_destroy: not an event");
+  e->magic = 0;
+  delete e;
+  return ok();
+#endif
+}
+
+inline int event_record(void* event, void* stream) {
+  if (event == nullptr) return fail(CA_ERR_INVALID, "ca_event_record: null event");
+#if defined(CA_TARGET_CUDA)
+  return device_status(
+      cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)),
+      "cudaEventRecord");
+#else
+  (void)stream;
+  HostEvent* e = host_event(event);
+  if (e == nullptr) return fail(CA_ERR_INVALID, "ca_event_record: not an event");
+  e->at = std::chrono::steady_clock::now();
+  e->recorded = true;
+  return ok();
+#endif
+}
+
+inline int event_synchronize(void* event) {
+  if (event == nullptr) return fail(CA_ERR_INVALID, "ca_event_synchronize: null event");
+#if defined(CA_TARGET_CUDA)
+  return device_status(cudaEventSynchronize(static_cast<cudaEvent_t>(event)),
+                       "cudaEventSynchronize");
+#else
+  HostEvent* e = host_event(event);
+  if (e == nullptr) return fail(CA_ERR_INVALID, "ca_event_synchronize: not an event");
+  if (!e->recorded)
+    return fail(CA_ERR_INVALID, "ca_event_synchronize: the event was never recorded");
+  return ok();
+#endif
+}
+
+inline int event_elapsed_ms(float* ms, void* start, void* stop) {
+  if (ms == nullptr || start == nullptr || stop == nullptr)
+    return fail(CA_ERR_INVALID, "ca_event_elapsed_ms: null argument");
+#if defined(CA_TARGET_CUDA)
+  const cudaError_t e =
+      cudaEventElapsedTime(ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(stop));
+  // Not recorded, or not complete: the caller's mistake, not a device fault.
+  if (e == cudaErrorInvalidResourceHandle || e == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return fail(CA_ERR_INVALID, std::string("ca_event_elapsed_ms: ") + cudaGetErrorString(e));
+  }
+  return device_status(e, "cudaEventElapsedTime");
+#else
+  const HostEvent *a = host_event(start), *b = host_event(stop);
+  if (a == nullptr || b == nullptr)
+    return fail(CA_ERR_INVALID, "ca_event_elapsed_ms: not an event");
+  if (!a->recorded || !b->recorded)
+    return fail(CA_ERR_INVALID, "ca_event_elapsed_ms: an event was never recorded");
+  *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+  return ok();
 #endif
 }
 
