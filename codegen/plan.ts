@@ -80,29 +80,36 @@ export function phase2Geometry(spec: KernelSpec) {
   };
 }
 
-/** Mirrors Phase1Plan<Cfg> in templates/include/chunkattn/decode_phase1.cuh (a test checks each instance). */
+/**
+ * Mirrors Phase1Plan<Cfg, kPos> in templates/include/chunkattn/decode_phase1.cuh (a test checks each
+ * instance); kPos: the spec has a mask or a score mod.
+ */
 export function phase1Geometry(spec: KernelSpec) {
   const kvBytes = DTYPE_BYTES[spec.dtype.kv];
   const d = spec.headDim;
-  const blocksPerWarp = d <= 96 ? 2 : 1;
+  const pos = spec.mask !== null || spec.scoreMod !== null;
+  const blocksPerWarp = d <= 96 || (d <= 128 && !pos) ? 2 : 1;
   const warps = 8 / blocksPerWarp;
   const threads = 32 * warps;
   const mTile = 128;
   const qInSmem = d > 128;
+  // k16 steps of Q held in registers; the others are re-read from a Q region after the ring.
+  const qRegSteps = qInSmem ? 0 : blocksPerWarp === 2 && d > 96 ? d / 16 - 1 : d / 16;
+  const qRegionBytes = qRegSteps === d / 16 ? 0 : mTile * (d - 16 * qRegSteps + 8) * kvBytes;
   const tileTokens = qInSmem ? 32 : 64;
   const ld = d + 8;
   const minBlocks = 8 / warps;
   const maxRegisters = Math.min(255, Math.floor(65536 / (threads * minBlocks)));
   const stageBytes = 2 * tileTokens * ld * kvBytes;
   const ringBytes = 2 * stageBytes;
-  const qBytes = mTile * ld * kvBytes;
   const mergeBytes = mTile * (d + 8) * 4 + mTile * 8;
-  const loopBytes = ringBytes + (qInSmem ? qBytes : 0);
+  const loopBytes = ringBytes + qRegionBytes;
   return {
     blocksPerWarp,
     threads,
     mTile,
     tileTokens,
+    qRegSteps,
     maxRegisters,
     smemBytes: Math.max(loopBytes, mergeBytes),
   };

@@ -21,7 +21,7 @@ const MATRIX = [
 const ARCHS = PTX_ARCHS;
 
 function plan(i: number) {
-  const { d, g, dtype } = MATRIX[i]!;
+  const { d, g, dtype, variant } = MATRIX[i]!;
   return phase1Geometry(
     attention({
       name: `matrix-${i}`,
@@ -30,6 +30,7 @@ function plan(i: number) {
       dtype: dtype as 'f16' | 'bf16',
       chunkSize: 64,
       targets: ['sm_80'],
+      ...(variant === 'Plain' ? {} : { mask: (pos: { q: number; kv: number }) => pos.q - pos.kv < 64 }),
     }),
   );
 }

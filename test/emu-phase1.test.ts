@@ -159,15 +159,23 @@ describe.skipIf(!haveCudaHeaders)(`decode_phase1 in the emu target (seed ${SEED}
 });
 
 // Every instance of Phase1Plan the suites and the spec matrix use, read back from C++.
-describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1Plan<Cfg>', () => {
-  const cases: { heads: { q: number; kv: number }; headDim: 64 | 80 | 96 | 128 | 256; dtype: DType }[] = [
-    ...EMU_CONFIGS.map((c) => ({ heads: c.heads, headDim: c.headDim, dtype: c.dtype as DType })),
-    ...[64, 128, 256].flatMap((headDim) =>
-      [1, 4, 6, 8].map((g) => ({
-        heads: { q: 2 * g, kv: 2 },
-        headDim: headDim as 64 | 128 | 256,
-        dtype: 'bf16' as DType,
-      })),
+describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1Plan<Cfg, kPos>', () => {
+  const cases: {
+    heads: { q: number; kv: number };
+    headDim: 64 | 80 | 96 | 128 | 256;
+    dtype: DType;
+    pos: boolean;
+  }[] = [
+    ...EMU_CONFIGS.map((c) => ({ heads: c.heads, headDim: c.headDim, dtype: c.dtype as DType, pos: false })),
+    ...[64, 96, 128, 256].flatMap((headDim) =>
+      [1, 4, 6, 8].flatMap((g) =>
+        [false, true].map((pos) => ({
+          heads: { q: 2 * g, kv: 2 },
+          headDim: headDim as 64 | 96 | 128 | 256,
+          dtype: (g === 4 ? 'f16' : 'bf16') as DType,
+          pos,
+        })),
+      ),
     ),
   ];
   test('threads, m-tile, stage tokens, registers and shared memory of every instance', async () => {
@@ -176,7 +184,7 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1Plan<Cfg>',
       const cfgs = cases.map(
         (c, i) =>
           `struct Cfg${i} { static constexpr int kQHeads = ${c.heads.q}, kKvHeads = ${c.heads.kv}, kHeadDim = ${c.headDim}, kChunk = 16; using QT = ca::${c.dtype}; using KvT = ca::${c.dtype}; using OutT = ca::${c.dtype}; };\n` +
-          `static void print${i}() { using P = ca::Phase1Plan<Cfg${i}>; std::printf("%d %d %d %d %d %zu\\n", P::kBlocksPerWarp, P::kThreads, P::kMT, P::kKT, P::kMaxRegisters, P::kSmemBytes); }`,
+          `static void print${i}() { using P = ca::Phase1Plan<Cfg${i}, ${c.pos}>; std::printf("%d %d %d %d %d %d %zu\\n", P::kBlocksPerWarp, P::kThreads, P::kMT, P::kKT, P::kQRegSteps, P::kMaxRegisters, P::kSmemBytes); }`,
       );
       const source = `#define CA_TARGET_EMU 1\n#include <cstdio>\n#include "chunkattn/decode_phase1.cuh"\n${cfgs.join('\n')}\nint main() {\n${cases.map((_, i) => `  print${i}();`).join('\n')}\n}\n`;
       writeFileSync(join(dir, 'plan.cpp'), source);
@@ -201,12 +209,19 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1Plan<Cfg>',
       const lines = stdout.trim().split('\n');
       expect(lines.length).toBe(cases.length);
       for (const [i, c] of cases.entries()) {
-        const spec = attention({ name: `plan-${i}`, ...c, chunkSize: 16, targets: ['emu'] });
+        const { pos, ...shape } = c;
+        const spec = attention({
+          name: `plan-${i}`,
+          ...shape,
+          chunkSize: 16,
+          targets: ['emu'],
+          ...(pos ? { mask: (p: { q: number; kv: number }) => p.q - p.kv < 64 } : {}),
+        });
         const ts = phase1Geometry(spec);
-        const [blocksPerWarp, threads, mTile, tileTokens, maxRegisters, smemBytes] =
+        const [blocksPerWarp, threads, mTile, tileTokens, qRegSteps, maxRegisters, smemBytes] =
           lines[i]!.split(' ').map(Number);
         expect(
-          { blocksPerWarp, threads, mTile, tileTokens, maxRegisters, smemBytes },
+          { blocksPerWarp, threads, mTile, tileTokens, qRegSteps, maxRegisters, smemBytes },
           JSON.stringify(c),
         ).toEqual(ts);
       }
