@@ -3,7 +3,8 @@
 // memory, registers within the plan's budget, no static shared memory (the plan's dynamic arena
 // is checked against C++ in emu-phase2.test.ts). And a PTX lint: the pipelined kernel waits with
 // cp.async.wait_group ≥ 1 and has no 2-byte shared loads, which the lane = token reference kernel
-// (decode_sequence_first.cuh) does have — the lint catches that.
+// (decode_sequence_first.cuh) does have — the lint catches that; G = 8 runs on tensor cores
+// (mma.sync m16n8k16 fed by ldmatrix), G = 1 on CUDA cores.
 
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parsePtxasReport } from '../codegen/index.ts';
@@ -83,7 +84,7 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
   );
 
   test.each(ARCHS)(
-    '%s PTX lint: phase 2 waits with cp.async.wait_group ≥ 1 and loads no 2-byte shared values',
+    '%s PTX lint: phase 2 waits with cp.async.wait_group ≥ 1, loads no 2-byte shared values, and runs G ≥ 4 on mma.sync/ldmatrix',
     (arch) => {
       const text = ptx.get(arch) ?? '';
       expect(text.length).toBeGreaterThan(0);
@@ -97,6 +98,14 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
         ).toBe(true);
         expect(body).toMatch(/cp\.async\.cg\.shared\.global|cp\.async\.ca\.shared\.global/);
         expect(body).not.toMatch(/ld\.shared\.(u16|b16|s16)/);
+        expect(body).not.toMatch(/\b(ld|st)\.local\b/);
+        // G ≥ 4: the tensor-core engine (mma.sync fed by ldmatrix); below, CUDA cores.
+        const tensorCores = /mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(f16|bf16)\.(f16|bf16)\.f32/;
+        if (MATRIX[i]!.g >= 4) {
+          expect(body, `Cfg${i}`).toMatch(tensorCores);
+          expect(body).toMatch(/ldmatrix\.sync\.aligned\.m8n8\.x[24]\.shared\.b16/);
+          expect(body).toMatch(/ldmatrix\.sync\.aligned\.m8n8\.x4\.trans\.shared\.b16/);
+        } else expect(body, `Cfg${i}`).not.toMatch(tensorCores);
       }
       // The lane = token reference kernel trips the lint.
       expect(ptxEntry(text, 'decode_sequence_first_kernel')).toMatch(/ld\.shared\.(u16|b16)/);

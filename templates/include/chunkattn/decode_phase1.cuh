@@ -41,14 +41,10 @@
 #include "chunkattn/decode_view.cuh"
 #include "chunkattn/dtype.cuh"
 #include "chunkattn/prims.cuh"
+#include "chunkattn/tc_engine.cuh"
 #include "chunkattn/variant.h"
 
 namespace ca {
-
-// Whether a variant reads the Pos of a score (a mask or a score mod): its loop needs a few
-// registers more, which changes phase 1's layout at D = 128.
-template <class Variant>
-inline constexpr bool variant_reads_pos = Variant::kHasMask || Variant::kHasScoreMod;
 
 // Launch geometry and the dynamic shared-memory arena (codegen/plan.ts mirrors it), for a variant
 // that reads Pos (kPos) or not.
@@ -65,17 +61,16 @@ struct Phase1Plan {
   static constexpr int kBlocksPerWarp = D <= 96 || (D <= 128 && !kPos) ? 2 : 1;
   static constexpr int kWarps = 8 / kBlocksPerWarp, kThreads = 32 * kWarps;
   static constexpr int kMT = 128;  // stacked rows per m-tile: b·G <= 128 read each chunk once
-  // Q fragments live in registers up to D = 128 (but the k16 steps from kQRegSteps on); above,
-  // every step is read from a Q tile kept in shared memory (and stages shrink to 32 tokens so the
-  // arena fits sm_80's 163 KiB).
-  static constexpr bool kQInSmem = D > 128;
-  static constexpr int kQRegSteps = kQInSmem                        ? 0
-                                    : kBlocksPerWarp == 2 && D > 96 ? D / 16 - 1
-                                                                    : D / 16;
-  static constexpr int kKT = kQInSmem ? 32 : 64;  // tokens per pipeline stage
-  static constexpr int kMaxWN = kKT / 16;         // token-slice warps (16 tokens each at least)
-  static constexpr int kStages = 2;               // cp.async ring depth
-  static constexpr int kLd = D + 8;               // padded shared row (elements)
+  // The ring and the Q region (tc_engine.cuh: the same layout as phase 2's tensor-core path).
+  using Engine = TcEngine<KvT, D, kBlocksPerWarp, kWarps, kMT>;
+  static constexpr bool kQInSmem = Engine::kQInSmem;
+  static constexpr int kQRegSteps = Engine::kQRegSteps, kQCol0 = Engine::kQCol0;
+  static constexpr int kKT = Engine::kKT, kMaxWN = Engine::kMaxWN, kStages = Engine::kStages;
+  static constexpr int kLd = Engine::kLd, kQLd = Engine::kQLd;
+  static constexpr size_t kTileBytes = Engine::kTileBytes, kStageBytes = Engine::kStageBytes;
+  static constexpr size_t kRingBytes = Engine::kRingBytes, kQBytes = Engine::kQBytes;
+  static constexpr size_t kQSmemBytes = Engine::kQSmemBytes;
+  static constexpr size_t kOffQ = Engine::kOffQ, kOffQSmem = Engine::kOffQSmem;
   // Registers: up to 255 a thread (one 8-warp CTA, or two 4-warp CTAs, per SM's 64 K).
   static constexpr int kMinBlocks = 8 / kWarps;
   static constexpr int kMaxRegisters = 65536 / (kThreads * kMinBlocks) > 255
@@ -85,19 +80,6 @@ struct Phase1Plan {
   // A split must read at least this many K/V bytes per partial byte it adds (see phase1_splits).
   static constexpr int kMinKvPerPartialByte = 8;
 
-  // Ring, stage-major: stage s holds K at kStageBytes·s and V right after it, each KvT [kKT][kLd].
-  static constexpr size_t kTileBytes = size_t(kKT) * kLd * sizeof(KvT);
-  static constexpr size_t kStageBytes = 2 * kTileBytes;
-  static constexpr size_t kRingBytes = kStages * kStageBytes;
-  // Q, staged once in stage 1 (free until the loop's first refill) for the register fragments.
-  // The steps re-read in the loop (k16 steps kQRegSteps.. of D) keep their own region after the
-  // ring: KvT [kMT][kQLd] (columns from kQCol0 on, rows padded by 16 bytes: conflict-free).
-  static constexpr int kQCol0 = 16 * kQRegSteps;
-  static constexpr int kQLd = D - kQCol0 + 8;
-  static constexpr size_t kQBytes = size_t(kMT) * kLd * sizeof(KvT);
-  static constexpr size_t kQSmemBytes = kQCol0 == D ? 0 : size_t(kMT) * kQLd * sizeof(KvT);
-  static constexpr size_t kOffQ = kQInSmem ? kRingBytes : kStageBytes;
-  static constexpr size_t kOffQSmem = kRingBytes;
   // After the loop the ring holds the token-slice warps' states: f32 o [kWarps][kMT / kWarps]
   // [kMergePitch] (pitch ≡ 8 mod 32 words when D ≡ 0 mod 32: float2 stores conflict-free), then
   // (m, l) [kWarps][kMT / kWarps].
@@ -108,11 +90,8 @@ struct Phase1Plan {
   static constexpr size_t kSmemBytes = kLoopBytes > kMergeBytes ? kLoopBytes : kMergeBytes;
 
   static_assert(Cfg::kQHeads % Cfg::kKvHeads == 0, "GQA group must be integral");
-  static_assert(D % 16 == 0, "mma k16 steps over the head dimension");
   static_assert(std::is_same<typename Cfg::QT, KvT>::value, "mma needs Q and K/V in one type");
-  static_assert(kQInSmem || kQBytes <= kStageBytes, "Q staging fits in one stage");
   static_assert(!kQInSmem || kMergeOBytes <= kLoopBytes, "the merge fits the loop's arena");
-  static_assert(!kQInSmem || kQSmemBytes == kQBytes, "all of Q in its region");
 };
 
 // Where phase 1 writes its partials (phase 2 reads them through Phase2Io).
@@ -121,31 +100,6 @@ struct Phase1Io {
   float* part_lse;  // [num_partials * splits][Hq] natural log; -inf = empty
   int splits;       // CTAs per (m-tile, KV head), each over a contiguous share of the run's chunks
 };
-
-template <class T>
-CA_DEVICE uint32_t pack_pair(float lo, float hi);
-template <>
-CA_DEVICE uint32_t pack_pair<f16>(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  uint32_t u;
-  memcpy(&u, &h, 4);
-  return u;
-}
-template <>
-CA_DEVICE uint32_t pack_pair<bf16>(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  uint32_t u;
-  memcpy(&u, &h, 4);
-  return u;
-}
-
-template <class T>
-CA_DEVICE void mma16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if constexpr (std::is_same<T, f16>::value)
-    mma_m16n8k16_f16(d, a, b, d);
-  else
-    mma_m16n8k16_bf16(d, a, b, d);
-}
 
 // Run i owns work items [i + ⌊pb_i·G / kMT⌋, i + 1 + ⌊pb_{i+1}·G / kMT⌋) (pb = partial_begin,
 // consecutive in run order), which holds its ⌈rows·G / kMT⌉ m-tiles and maybe one spare.
