@@ -84,7 +84,7 @@ export function phase2Geometry(spec: KernelSpec) {
   const groups = tensorCores ? tcWarps : 128 / lanesPerRow;
   const tileTokens = tensorCores ? Math.max(engine.tileTokens, spec.chunkSize) : groups * (group > 4 ? 2 : 4);
   const ringBytes = tensorCores ? engine.loopBytes : 2 * 2 * tileTokens * d * kvBytes;
-  const mergeBytes = groups * group * (d + 4) * 4;
+  const mergeBytes = groups * group * (tensorCores ? d + 8 : d + 4) * 4;
   return {
     tensorCores,
     threads,

@@ -81,8 +81,9 @@ struct Phase2Plan {
   static constexpr size_t kOffV = kOffK + kStages * kTileBytes;  // KvT [kStages][kKT][D]
   static constexpr size_t kRingBytes = kTensorCores ? TcEng::kLoopBytes : 2 * kStages * kTileBytes;
   // After the loop the ring holds the groups' states: f32 [kGroups][G][kMergePitch] with o in
-  // [0, D), m at D and l at D + 1 (pitch keeps float4 rows aligned).
-  static constexpr int kMergePitch = D + 4;
+  // [0, D), m at D and l at D + 1 (pitch keeps float4 rows aligned; on tensor cores ≡ 8 mod 32
+  // words, so the warps' float2 stores of accumulator rows are conflict-free).
+  static constexpr int kMergePitch = kTensorCores ? D + 8 : D + 4;
   static constexpr size_t kMergeBytes = size_t(kGroups) * G * kMergePitch * 4;
   static constexpr size_t kSmemBytes = kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes;
   // q is staged once in V stage 1 (free until iteration 0 refills it).

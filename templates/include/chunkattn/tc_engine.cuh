@@ -15,7 +15,8 @@
 //   - Few registers besides o and the Q fragments: each lane holds one stacked row's visible
 //     length, sequence and head, shuffled to the accumulator rows where needed.
 //   - K/V stream through a 2-stage cp.async ring of kKT-token stages; tokens past the work's end
-//     are zero-filled (stale shared memory times P = 0 could be NaN). The chunk slots of a stage
+//     are zero-filled up to the end of their 16-token block (stale shared memory times P = 0
+//     could be NaN), and later blocks are skipped. The chunk slots of a stage
 //     are read once per warp, one lane per chunk, and shuffled to the copying lanes.
 #ifndef CHUNKATTN_TC_ENGINE_CUH_
 #define CHUNKATTN_TC_ENGINE_CUH_
@@ -155,6 +156,7 @@ CA_DEVICE void tc_attend(const DecodeView& ctx, const DecodeTensors& t, const Tc
   const bool warp_live = wm * kMB * 16 < w.mcount;
   constexpr int kRowsRead = kWM * kMB * 16;  // Q rows the warps read (the rest stays unstaged)
   const int ntiles = (w.ntok + kKT - 1) / kKT;
+  const int ntok16 = (w.ntok + 15) / 16 * 16;  // tokens of the 16-token blocks read
 
   // The empty state (set after the prologue, whose copies need the registers).
   auto clear = [&] {
@@ -227,10 +229,10 @@ CA_DEVICE void tc_attend(const DecodeView& ctx, const DecodeTensors& t, const Tc
         const size_t off = ((size_t(slot) * Hkv + kvh) * C + u % C) * D + piece * 8;
         cp_async<CA_TRAFFIC_KV, 16>(kd, static_cast<const KvT*>(t.k_pool) + off);
         cp_async<CA_TRAFFIC_KV, 16>(vd, static_cast<const KvT*>(t.v_pool) + off);
-      } else {
+      } else if (u < ntok16) {  // the rest of the last 16-token block (read, times P = 0)
         cp_async_zfill<CA_TRAFFIC_KV, 16>(kd, t.k_pool, 0);
         cp_async_zfill<CA_TRAFFIC_KV, 16>(vd, t.v_pool, 0);
-      }
+      }  // (blocks past it are neither filled nor read)
     }
   };
 
@@ -300,7 +302,8 @@ CA_DEVICE void tc_attend(const DecodeView& ctx, const DecodeTensors& t, const Tc
     const KvT* vt = reinterpret_cast<const KvT*>(smem + stage * Eng::kStageBytes + Eng::kTileBytes);
 #pragma unroll 1
     for (int sub = 0; sub < (warp_live ? kNT : 0); sub += kSub) {
-      const int tok0 = wn * kNT + sub;  // this warp's token block of the stage
+      const int tok0 = wn * kNT + sub;      // this warp's token block of the stage
+      if (i * kKT + tok0 >= w.ntok) break;  // past the work's last token (warp-uniform)
 
       // S = Q Kᵀ: each K fragment serves the warp's kMB m16 blocks.
       float s[kMB][kSub / 8][4];
