@@ -17,7 +17,8 @@
 //   - K/V stream through a 2-stage cp.async ring of kKT-token stages; tokens past the work's end
 //     are zero-filled up to the end of their 16-token block (stale shared memory times P = 0
 //     could be NaN), and later blocks are skipped. The chunk slots of a stage
-//     are read once per warp, one lane per chunk, and shuffled to the copying lanes.
+//     are read once per warp, one lane per chunk, a stage ahead of its copies (a staged slot
+//     list: the copies never wait on a dependent load), and shuffled to the copying lanes.
 #ifndef CHUNKATTN_TC_ENGINE_CUH_
 #define CHUNKATTN_TC_ENGINE_CUH_
 
@@ -205,15 +206,21 @@ CA_DEVICE void tc_attend(const DecodeView& ctx, const DecodeTensors& t, const Tc
     return __shfl_sync(0xffffffffu, my_head, b * 16 + gq + 8 * h);
   };
 
-  // Copies stage `i` (tokens [i·kKT, (i + 1)·kKT) of the work), K and V, into ring slot `stage`.
-  // Called by every thread (the slot shuffle is warp-wide).
-  auto load_stage = [&](int i, int stage) {
+  // The chunk slots of stage i (tokens [i·kKT, (i + 1)·kKT) of the work), one chunk a lane (0
+  // past them). Loaded a stage ahead of the copies that need them (the slot list is staged), so
+  // the copies never wait on a dependent load.
+  auto stage_slots = [&](int i) {
     const int first = i * kKT / C;  // the stage's first chunk within the work
     int last = (i * kKT + kKT - 1) / C;
     if (last > (w.ntok - 1) / C) last = (w.ntok - 1) / C;
     const int32_t* list =
         kList == TcList::kRunSlots ? ctx.run_slots() : ctx.c.chunk_slots();  // (kernel params)
-    const int my_slot = lane <= last - first ? ctx.chunk_slot(list, w.slot0 + first + lane) : 0;
+    return i < ntiles && lane <= last - first ? ctx.chunk_slot(list, w.slot0 + first + lane) : 0;
+  };
+  // Copies stage i, K and V, into ring slot `stage`, lane l of each warp holding the slot of the
+  // stage's chunk l (stage_slots). Called by every thread (the slot shuffle is warp-wide).
+  auto load_stage = [&](int i, int stage, int my_slot) {
+    const int first = i * kKT / C;
     KvT* ks = reinterpret_cast<KvT*>(smem + stage * Eng::kStageBytes);
     KvT* vs = reinterpret_cast<KvT*>(smem + stage * Eng::kStageBytes + Eng::kTileBytes);
 #pragma unroll 1
@@ -250,7 +257,9 @@ CA_DEVICE void tc_attend(const DecodeView& ctx, const DecodeTensors& t, const Tc
     else
       cp_async_zfill<CA_TRAFFIC_Q, 16>(dst, t.q, 0);
   }
-  load_stage(0, 0);
+  int next_slot = stage_slots(0);
+  load_stage(0, 0, next_slot);
+  next_slot = stage_slots(1);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
@@ -293,9 +302,10 @@ CA_DEVICE void tc_attend(const DecodeView& ctx, const DecodeTensors& t, const Tc
 #pragma unroll 1
   for (int i = 0; i < ntiles; ++i) {
     const int stage = i % Eng::kStages;
-    if (i + 1 < ntiles) load_stage(i + 1, (i + 1) % Eng::kStages);
+    if (i + 1 < ntiles) load_stage(i + 1, (i + 1) % Eng::kStages, next_slot);
     cp_async_commit();
-    cp_async_wait<1>();  // stage i has landed; stage i + 1 flies
+    next_slot = stage_slots(i + 2);  // in flight while stage i is computed
+    cp_async_wait<1>();              // stage i has landed; stage i + 1 flies
     __syncthreads();
 
     const KvT* kt = reinterpret_cast<const KvT*>(smem + stage * Eng::kStageBytes);
