@@ -194,7 +194,7 @@ export async function runTrafficBench(opts: BenchOptions): Promise<BenchReport> 
       'Counted by the cucpu shim in one decode step; heads scaled down to 1 KV head (counts scale with KV heads).',
       'kvRatio = K/V bytes read / unique K/V bytes; totalRatio = all bytes moved / (unique K/V + Q + out).',
       'smem wavefronts/KB: shared-memory wavefronts (32 banks × 4 B) per KB of K/V read, all kernels and per kernel; sector eff. = requested / 32-byte sectors moved.',
-      "Phase 1 stacks a run's sharers × G query heads into m-tiles of 128 rows (each chunk read once per m-tile); every m16 block of a tile reads the staged K/V from shared memory again, so its wavefronts per KB grow with the stacked rows.",
+      "Phase 1 stacks a run's sharers × G query heads into m-tiles of 128 rows (each chunk read once per m-tile); every warp of a tile (two m16 blocks up to d = 128 without a mask or score mod) reads the staged K/V from shared memory again, so its wavefronts per KB grow with the stacked rows.",
     ],
     json: {
       shape: {

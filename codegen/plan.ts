@@ -55,21 +55,42 @@ const DTYPE_BYTES: Record<DType, number> = { f16: 2, bf16: 2, f32: 4 };
 
 const pow2AtLeast = (n: number): number => (n <= 1 ? 1 : 2 * pow2AtLeast(Math.ceil(n / 2)));
 
-/** Mirrors Phase2Plan<Cfg> in templates/include/chunkattn/decode_phase2.cuh (a test checks each instance). */
-export function phase2Geometry(spec: KernelSpec) {
+/** Mirrors TcEngine in templates/include/chunkattn/tc_engine.cuh: stage tokens, Q registers, ring + Q region. */
+function tcEngineGeometry(d: number, kvBytes: number, blocksPerWarp: number, mTile: number) {
+  const qInSmem = d > 128;
+  // k16 steps of Q held in registers; the others are re-read from a Q region after the ring.
+  const qRegSteps = qInSmem ? 0 : blocksPerWarp === 2 && d > 96 ? d / 16 - 1 : d / 16;
+  const qRegionBytes = qRegSteps === d / 16 ? 0 : mTile * (d - 16 * qRegSteps + 8) * kvBytes;
+  const tileTokens = qInSmem ? 32 : 64;
+  const ringBytes = 2 * 2 * tileTokens * (d + 8) * kvBytes;
+  return { tileTokens, qRegSteps, loopBytes: ringBytes + qRegionBytes };
+}
+
+/**
+ * Mirrors Phase2Plan<Cfg, kListed> in templates/include/chunkattn/decode_phase2.cuh (a test checks
+ * each instance); `listed`: the PSA decode's list-driven instances, on CUDA cores for every G.
+ */
+export function phase2Geometry(spec: KernelSpec, listed = false) {
   const group = spec.heads.q / spec.heads.kv;
   const kvBytes = DTYPE_BYTES[spec.dtype.kv];
   const d = spec.headDim;
+  // G ≥ 4: tensor cores (one m16 block of the G heads, warps splitting the tokens).
+  const tensorCores = group >= 4 && !listed;
+  const engine = tcEngineGeometry(d, kvBytes, 1, 16);
+  const tcWarps = d > 128 ? 2 : 4;
+  const threads = tensorCores ? 32 * tcWarps : 128;
   const laneBytes = group <= 4 || (d * kvBytes) / 8 > 32 ? 16 : 8;
   const vec = laneBytes / kvBytes;
-  const minBlocks = 2 * group * vec > 64 ? 2 : 4;
-  const maxRegisters = Math.min(255, Math.floor(65536 / (128 * minBlocks)));
+  const minBlocks = tensorCores || 2 * group * vec > 64 ? 2 : 4;
+  const maxRegisters = Math.min(255, Math.floor(65536 / (threads * minBlocks)));
   const lanesPerRow = pow2AtLeast(d / vec);
-  const groups = 128 / lanesPerRow;
-  const tileTokens = groups * (group > 4 ? 2 : 4);
-  const ringBytes = 2 * 2 * tileTokens * d * kvBytes;
-  const mergeBytes = groups * group * (d + 4) * 4;
+  const groups = tensorCores ? tcWarps : 128 / lanesPerRow;
+  const tileTokens = tensorCores ? Math.max(engine.tileTokens, spec.chunkSize) : groups * (group > 4 ? 2 : 4);
+  const ringBytes = tensorCores ? engine.loopBytes : 2 * 2 * tileTokens * d * kvBytes;
+  const mergeBytes = groups * group * (tensorCores ? d + 8 : d + 4) * 4;
   return {
+    tensorCores,
+    threads,
     laneBytes,
     lanesPerRow,
     groups,
@@ -80,31 +101,30 @@ export function phase2Geometry(spec: KernelSpec) {
   };
 }
 
-/** Mirrors Phase1Plan<Cfg> in templates/include/chunkattn/decode_phase1.cuh (a test checks each instance). */
+/**
+ * Mirrors Phase1Plan<Cfg, kPos> in templates/include/chunkattn/decode_phase1.cuh (a test checks each
+ * instance); kPos: the spec has a mask or a score mod.
+ */
 export function phase1Geometry(spec: KernelSpec) {
   const kvBytes = DTYPE_BYTES[spec.dtype.kv];
   const d = spec.headDim;
-  const blocksPerWarp = d <= 96 ? 2 : 1;
+  const pos = spec.mask !== null || spec.scoreMod !== null;
+  const blocksPerWarp = d <= 96 || (d <= 128 && !pos) ? 2 : 1;
   const warps = 8 / blocksPerWarp;
   const threads = 32 * warps;
   const mTile = 128;
-  const qInSmem = d > 128;
-  const tileTokens = qInSmem ? 32 : 64;
-  const ld = d + 8;
+  const engine = tcEngineGeometry(d, kvBytes, blocksPerWarp, mTile);
   const minBlocks = 8 / warps;
   const maxRegisters = Math.min(255, Math.floor(65536 / (threads * minBlocks)));
-  const stageBytes = 2 * tileTokens * ld * kvBytes;
-  const ringBytes = 2 * stageBytes;
-  const qBytes = mTile * ld * kvBytes;
   const mergeBytes = mTile * (d + 8) * 4 + mTile * 8;
-  const loopBytes = ringBytes + (qInSmem ? qBytes : 0);
   return {
     blocksPerWarp,
     threads,
     mTile,
-    tileTokens,
+    tileTokens: engine.tileTokens,
+    qRegSteps: engine.qRegSteps,
     maxRegisters,
-    smemBytes: Math.max(loopBytes, mergeBytes),
+    smemBytes: Math.max(engine.loopBytes, mergeBytes),
   };
 }
 
@@ -127,14 +147,14 @@ function phase2Launches(spec: KernelSpec): KernelLaunchPlan[] {
     {
       kernel: 'decode_phase2',
       grid: 'rows × kvHeads × splits',
-      threadsPerBlock: 128,
+      threadsPerBlock: geometry.threads,
       smemBytes: geometry.smemBytes,
       maxRegisters: geometry.maxRegisters,
     },
     {
       kernel: 'decode_merge_splits',
       grid: 'rows × kvHeads (when splits > 1)',
-      threadsPerBlock: 128,
+      threadsPerBlock: geometry.threads,
       smemBytes: geometry.mergeSplitsSmemBytes,
       maxRegisters: geometry.maxRegisters,
     },

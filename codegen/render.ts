@@ -95,7 +95,10 @@ export function render(plan: KernelPlan): RenderedModule {
         }))
       : [
           { name: 'smemBytes', expr: 'ca::Phase2Plan<Cfg>::kSmemBytes' },
-          { name: 'phase1SmemBytes', expr: 'ca::Phase1Plan<Cfg>::kSmemBytes' },
+          {
+            name: 'phase1SmemBytes',
+            expr: 'ca::Phase1Plan<Cfg, ca::variant_reads_pos<Variant>>::kSmemBytes',
+          },
         ],
   };
   return isCpu

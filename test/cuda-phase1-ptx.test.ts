@@ -40,7 +40,7 @@ function instanceOf(symbol: string): number {
 const ARCHS = PTX_ARCHS;
 
 function plan(i: number) {
-  const { d, g, dtype, chunk } = MATRIX[i]!;
+  const { d, g, dtype, chunk, variant } = MATRIX[i]!;
   return phase1Geometry(
     attention({
       name: `matrix-${i}`,
@@ -49,6 +49,7 @@ function plan(i: number) {
       dtype: dtype as 'f16' | 'bf16',
       chunkSize: chunk as 16 | 64,
       targets: ['sm_80'],
+      ...(variant === 'Plain' ? {} : { mask: (pos: { q: number; kv: number }) => pos.q - pos.kv < 64 }),
     }),
   );
 }

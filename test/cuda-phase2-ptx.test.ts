@@ -4,7 +4,8 @@
 // memory, registers within the plan's budget, no static shared memory (the plan's dynamic arena
 // is checked against C++ in emu-phase2.test.ts). And a PTX lint: the pipelined kernel waits with
 // cp.async.wait_group ≥ 1 and has no 2-byte shared loads, which the lane = token reference kernel
-// (decode_sequence_first.cuh) does have — the lint catches that.
+// (decode_sequence_first.cuh) does have — the lint catches that; G = 8 runs on tensor cores
+// (mma.sync m16n8k16 fed by ldmatrix), G = 1 and the list-driven instances on CUDA cores.
 
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parsePtxasReport } from '../codegen/index.ts';
@@ -17,8 +18,8 @@ const MATRIX = [64, 128, 256].flatMap((d) =>
   [1, 8].map((g) => ({ d, g, dtype: d === 128 ? 'bf16' : 'f16' })),
 );
 const ARCHS = PTX_ARCHS;
-/** The plan's register budget of matrix instance i. */
-function registerBudget(i: number): number {
+/** The plan's register budget of matrix instance i (dense, or the PSA list-driven instance). */
+function registerBudget(i: number, listed: boolean): number {
   const { d, g, dtype } = MATRIX[i]!;
   const spec = attention({
     name: `matrix-${i}`,
@@ -28,7 +29,7 @@ function registerBudget(i: number): number {
     chunkSize: 64,
     targets: ['sm_80'],
   });
-  return phase2Geometry(spec).maxRegisters;
+  return phase2Geometry(spec, listed).maxRegisters;
 }
 
 function source(): string {
@@ -78,15 +79,16 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
         const what = `${r.symbol} ${arch}: ${r.registers} registers`;
         expect(r.spillStoreBytes + r.spillLoadBytes, what).toBe(0);
         expect(r.stackBytes, what).toBe(0);
-        const instance = Number(/4Cfg(\d)/.exec(r.symbol)?.[1]); // one digit: "4" is the name's length
-        expect(r.registers, what).toBeLessThanOrEqual(registerBudget(instance));
+        // One digit ("4" is the name's length), then the Variant and the kListed bool, if any.
+        const [, instance, listed] = /4Cfg(\d)(?:5Plain)?(?:Lb([01])E)?/.exec(r.symbol) ?? [];
+        expect(r.registers, what).toBeLessThanOrEqual(registerBudget(Number(instance), listed === '1'));
         expect(r.smemBytes, what).toBe(0);
       }
     },
   );
 
   test.each(ARCHS)(
-    '%s PTX lint: phase 2 waits with cp.async.wait_group ≥ 1 and loads no 2-byte shared values',
+    '%s PTX lint: phase 2 waits with cp.async.wait_group ≥ 1, loads no 2-byte shared values, and runs G ≥ 4 on mma.sync/ldmatrix',
     (arch) => {
       const text = ptx.get(arch) ?? '';
       expect(text.length).toBeGreaterThan(0);
@@ -100,6 +102,15 @@ describe.skipIf(!haveNvcc)('nvcc: the phase-2 kernels per arch', () => {
         ).toBe(true);
         expect(body).toMatch(/cp\.async\.cg\.shared\.global|cp\.async\.ca\.shared\.global/);
         expect(body).not.toMatch(/ld\.shared\.(u16|b16|s16)/);
+        expect(body).not.toMatch(/\b(ld|st)\.local\b/);
+        // G ≥ 4: the tensor-core engine (mma.sync fed by ldmatrix); below, and for the PSA
+        // list-driven instances, CUDA cores.
+        const tensorCores = /mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(f16|bf16)\.(f16|bf16)\.f32/;
+        if (MATRIX[i]!.g >= 4 && !listed) {
+          expect(body, `Cfg${i}`).toMatch(tensorCores);
+          expect(body).toMatch(/ldmatrix\.sync\.aligned\.m8n8\.x[24]\.shared\.b16/);
+          expect(body).toMatch(/ldmatrix\.sync\.aligned\.m8n8\.x4\.trans\.shared\.b16/);
+        } else expect(body, `Cfg${i}`).not.toMatch(tensorCores);
       }
       // The lane = token reference kernel trips the lint.
       expect(ptxEntry(text, 'decode_sequence_first_kernel')).toMatch(/ld\.shared\.(u16|b16)/);

@@ -83,23 +83,45 @@ describe.skipIf(!haveCudaHeaders)(`decode_phase2 in the emu target (seed ${SEED}
 
 // Every instance of Phase2Plan the suites and the spec matrix use, read back from C++.
 describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase2Plan<Cfg>', () => {
-  const cases: { heads: { q: number; kv: number }; headDim: 64 | 80 | 96 | 128 | 256; dtype: DType }[] = [
-    ...EMU_CONFIGS.map((c) => ({ heads: c.heads, headDim: c.headDim, dtype: c.dtype as DType })),
-    ...[64, 128, 256].flatMap((headDim) =>
-      [1, 4, 6, 8].map((g) => ({
-        heads: { q: 2 * g, kv: 2 },
-        headDim: headDim as 64 | 128 | 256,
-        dtype: 'f16' as DType,
-      })),
+  const cases: {
+    heads: { q: number; kv: number };
+    headDim: 64 | 80 | 96 | 128 | 256;
+    dtype: DType;
+    chunkSize: 16 | 32 | 64 | 128;
+    listed?: boolean;
+  }[] = [
+    ...EMU_CONFIGS.map((c) => ({
+      heads: c.heads,
+      headDim: c.headDim,
+      dtype: c.dtype as DType,
+      chunkSize: 16 as const,
+    })),
+    ...[64, 96, 128, 256].flatMap((headDim) =>
+      [1, 4, 6, 8].flatMap((g) =>
+        ([16, 128] as const).map((chunkSize) => ({
+          heads: { q: 2 * g, kv: 2 },
+          headDim: headDim as 64 | 96 | 128 | 256,
+          dtype: 'f16' as DType,
+          chunkSize,
+        })),
+      ),
     ),
+    // The PSA list-driven instances (CUDA cores for every G).
+    ...[4, 8].map((g) => ({
+      heads: { q: 2 * g, kv: 2 },
+      headDim: 128 as const,
+      dtype: 'bf16' as DType,
+      chunkSize: 32 as const,
+      listed: true,
+    })),
   ];
-  test('shared memory, lanes per row, groups and tokens per stage of every instance', async () => {
+  test('threads, shared memory, lanes per row, groups and tokens per stage of every instance', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'phase2-plan-'));
     try {
       const cfgs = cases.map(
         (c, i) =>
-          `struct Cfg${i} { static constexpr int kQHeads = ${c.heads.q}, kKvHeads = ${c.heads.kv}, kHeadDim = ${c.headDim}, kChunk = 16; using QT = ca::${c.dtype}; using KvT = ca::${c.dtype}; using OutT = ca::${c.dtype}; };\n` +
-          `static void print${i}() { using P = ca::Phase2Plan<Cfg${i}>; std::printf("%d %d %d %d %d %zu %zu\\n", P::kLaneBytes, P::kTx, P::kGroups, P::kKT, P::kMaxRegisters, P::kSmemBytes, P::kMergeSplitsSmemBytes); }`,
+          `struct Cfg${i} { static constexpr int kQHeads = ${c.heads.q}, kKvHeads = ${c.heads.kv}, kHeadDim = ${c.headDim}, kChunk = ${c.chunkSize}; using QT = ca::${c.dtype}; using KvT = ca::${c.dtype}; using OutT = ca::${c.dtype}; };\n` +
+          `static void print${i}() { using P = ca::Phase2Plan<Cfg${i}, ${c.listed === true}>; std::printf("%d %d %d %d %d %d %d %zu %zu\\n", int(P::kTensorCores), P::kThreads, P::kLaneBytes, P::kTx, P::kGroups, P::kKT, P::kMaxRegisters, P::kSmemBytes, P::kMergeSplitsSmemBytes); }`,
       );
       const source = `#define CA_TARGET_EMU 1\n#include <cstdio>\n#include "chunkattn/decode_phase2.cuh"\n${cfgs.join('\n')}\nint main() {\n${cases.map((_, i) => `  print${i}();`).join('\n')}\n}\n`;
       writeFileSync(join(dir, 'plan.cpp'), source);
@@ -124,12 +146,32 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase2Plan<Cfg>',
       const lines = stdout.trim().split('\n');
       expect(lines.length).toBe(cases.length);
       for (const [i, c] of cases.entries()) {
-        const spec = attention({ name: `plan-${i}`, ...c, chunkSize: 16, targets: ['emu'] });
-        const ts = phase2Geometry(spec);
-        const [laneBytes, lanesPerRow, groups, tileTokens, maxRegisters, smemBytes, mergeSplitsSmemBytes] =
-          lines[i]!.split(' ').map(Number);
+        const { listed = false, ...shape } = c;
+        const spec = attention({ name: `plan-${i}`, ...shape, targets: ['emu'] });
+        const ts = phase2Geometry(spec, listed);
+        const [
+          tc,
+          threads,
+          laneBytes,
+          lanesPerRow,
+          groups,
+          tileTokens,
+          maxRegisters,
+          smemBytes,
+          mergeSplitsSmemBytes,
+        ] = lines[i]!.split(' ').map(Number);
         expect(
-          { laneBytes, lanesPerRow, groups, tileTokens, maxRegisters, smemBytes, mergeSplitsSmemBytes },
+          {
+            tensorCores: tc === 1,
+            threads,
+            laneBytes,
+            lanesPerRow,
+            groups,
+            tileTokens,
+            maxRegisters,
+            smemBytes,
+            mergeSplitsSmemBytes,
+          },
           JSON.stringify(c),
         ).toEqual(ts);
       }

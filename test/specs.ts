@@ -52,6 +52,19 @@ export function emuShapeSpec(index: number): KernelSpec {
   return attention({ name: `emu-shape-${index}`, ...config, dtype: config.dtype as DType, targets: ['emu'] });
 }
 
+/** Phase 2 on tensor cores (G ≥ 4): every G ∈ {4, 6, 8}, head dim, dtype and chunk size at least once. */
+export const EMU_TC_SHAPES = [
+  { heads: { q: 16, kv: 2 }, headDim: 64, chunkSize: 128, dtype: 'bf16' },
+  { heads: { q: 8, kv: 2 }, headDim: 96, chunkSize: 64, dtype: 'f16' },
+  { heads: { q: 12, kv: 2 }, headDim: 128, chunkSize: 16, dtype: 'bf16' },
+  { heads: { q: 4, kv: 1 }, headDim: 256, chunkSize: 32, dtype: 'f16' },
+] as const;
+
+export function emuTcSpec(index: number): KernelSpec {
+  const s = EMU_TC_SHAPES[index]!;
+  return attention({ name: `emu-tc-${index}`, ...s, dtype: s.dtype as DType, targets: ['emu'] });
+}
+
 export function emuTrafficSpec(): KernelSpec {
   return attention({
     name: 'emu-traffic',
@@ -84,6 +97,7 @@ export function precompiledModules(): ModuleRequest[] {
     out.push({ spec: tinySpec(dtype, 'plain', ['emu']), target: 'emu' });
   out.push({ spec: tinySpec('bf16', 'softcap-window', ['emu']), target: 'emu' });
   for (let i = 0; i < EMU_CONFIGS.length; i++) out.push({ spec: emuShapeSpec(i), target: 'emu' });
+  for (let i = 0; i < EMU_TC_SHAPES.length; i++) out.push({ spec: emuTcSpec(i), target: 'emu' });
   out.push({ spec: emuTrafficSpec(), target: 'emu' });
   for (const sanitize of ['address', 'thread'] as const)
     out.push({ spec: tinySpec('f16', 'plain', ['emu']), target: 'emu', sanitize });

@@ -42,29 +42,36 @@
 #include "chunkattn/decode_view.cuh"
 #include "chunkattn/dtype.cuh"
 #include "chunkattn/prims.cuh"
+#include "chunkattn/tc_engine.cuh"
 #include "chunkattn/variant.h"
 
 namespace ca {
 
-// Launch geometry and the dynamic shared-memory arena (codegen/plan.ts mirrors it).
-template <class Cfg>
+// Launch geometry and the dynamic shared-memory arena (codegen/plan.ts mirrors it), for a variant
+// that reads Pos (kPos) or not.
+template <class Cfg, bool kPos = false>
 struct Phase1Plan {
   using KvT = typename Cfg::KvT;
   static constexpr int G = Cfg::kQHeads / Cfg::kKvHeads, D = Cfg::kHeadDim, C = Cfg::kChunk;
-  // m16 blocks a warp holds: 2 where o and the Q fragments of both fit in registers, so every K/V
-  // fragment a warp loads from shared memory serves 32 stacked rows; else 1. o takes D and Q D / 2
-  // registers a lane: 144 of 255 at D = 96; at D = 128 (192) the rest of the loop needs more
-  // than the 63 left, and ptxas spills 4-8 bytes on sm_80 and sm_90a.
-  static constexpr int kBlocksPerWarp = D <= 96 ? 2 : 1;
+  // m16 blocks a warp holds: 2 up to D = 128 (D = 96 if kPos), so every K/V fragment a warp loads
+  // from shared memory serves 32 stacked rows; else 1. o takes D and Q D / 2 registers a lane:
+  // 144 of 255 at D = 96. At D = 128 (192) the rest of the loop needs more than the 63 left, so
+  // there the last k16 step of Q is re-read from a small Q region in shared memory per 16 tokens
+  // instead (8 registers fewer; about 4 wavefronts per KB of K/V, where a second read of the tile
+  // by twice the warps costs 32); a mask or score mod still spills a few bytes, and keeps 1 block.
+  static constexpr int kBlocksPerWarp = D <= 96 || (D <= 128 && !kPos) ? 2 : 1;
   static constexpr int kWarps = 8 / kBlocksPerWarp, kThreads = 32 * kWarps;
   static constexpr int kMT = 128;  // stacked rows per m-tile: b·G <= 128 read each chunk once
-  // Q fragments live in registers up to D = 128; above, they are read from a Q tile kept in
-  // shared memory (and stages shrink to 32 tokens so the arena fits sm_80's 163 KiB).
-  static constexpr bool kQInSmem = D > 128;
-  static constexpr int kKT = kQInSmem ? 32 : 64;  // tokens per pipeline stage
-  static constexpr int kMaxWN = kKT / 16;         // token-slice warps (16 tokens each at least)
-  static constexpr int kStages = 2;               // cp.async ring depth
-  static constexpr int kLd = D + 8;               // padded shared row (elements)
+  // The ring and the Q region (tc_engine.cuh: the same layout as phase 2's tensor-core path).
+  using Engine = TcEngine<KvT, D, kBlocksPerWarp, kWarps, kMT>;
+  static constexpr bool kQInSmem = Engine::kQInSmem;
+  static constexpr int kQRegSteps = Engine::kQRegSteps, kQCol0 = Engine::kQCol0;
+  static constexpr int kKT = Engine::kKT, kMaxWN = Engine::kMaxWN, kStages = Engine::kStages;
+  static constexpr int kLd = Engine::kLd, kQLd = Engine::kQLd;
+  static constexpr size_t kTileBytes = Engine::kTileBytes, kStageBytes = Engine::kStageBytes;
+  static constexpr size_t kRingBytes = Engine::kRingBytes, kQBytes = Engine::kQBytes;
+  static constexpr size_t kQSmemBytes = Engine::kQSmemBytes;
+  static constexpr size_t kOffQ = Engine::kOffQ, kOffQSmem = Engine::kOffQSmem;
   // Registers: up to 255 a thread (one 8-warp CTA, or two 4-warp CTAs, per SM's 64 K).
   static constexpr int kMinBlocks = 8 / kWarps;
   static constexpr int kMaxRegisters = 65536 / (kThreads * kMinBlocks) > 255
@@ -74,27 +81,17 @@ struct Phase1Plan {
   // A split must read at least this many K/V bytes per partial byte it adds (see phase1_splits).
   static constexpr int kMinKvPerPartialByte = 8;
 
-  // Ring, stage-major: stage s holds K at kStageBytes·s and V right after it, each KvT [kKT][kLd].
-  static constexpr size_t kTileBytes = size_t(kKT) * kLd * sizeof(KvT);
-  static constexpr size_t kStageBytes = 2 * kTileBytes;
-  static constexpr size_t kRingBytes = kStages * kStageBytes;
-  // Q KvT [kMT][kLd]: its own region after the ring (kQInSmem), else staged once in stage 1
-  // (free until the loop's first refill).
-  static constexpr size_t kQBytes = size_t(kMT) * kLd * sizeof(KvT);
-  static constexpr size_t kOffQ = kQInSmem ? kRingBytes : kStageBytes;
   // After the loop the ring holds the token-slice warps' states: f32 o [kWarps][kMT / kWarps]
   // [kMergePitch] (pitch ≡ 8 mod 32 words when D ≡ 0 mod 32: float2 stores conflict-free), then
   // (m, l) [kWarps][kMT / kWarps].
   static constexpr int kMergePitch = D + 8;
   static constexpr size_t kMergeOBytes = size_t(kMT) * kMergePitch * 4;
   static constexpr size_t kMergeBytes = kMergeOBytes + size_t(kMT) * 8;
-  static constexpr size_t kLoopBytes = kRingBytes + (kQInSmem ? kQBytes : 0);
+  static constexpr size_t kLoopBytes = kRingBytes + kQSmemBytes;
   static constexpr size_t kSmemBytes = kLoopBytes > kMergeBytes ? kLoopBytes : kMergeBytes;
 
   static_assert(Cfg::kQHeads % Cfg::kKvHeads == 0, "GQA group must be integral");
-  static_assert(D % 16 == 0, "mma k16 steps over the head dimension");
   static_assert(std::is_same<typename Cfg::QT, KvT>::value, "mma needs Q and K/V in one type");
-  static_assert(kQInSmem || kQBytes <= kStageBytes, "Q staging fits in one stage");
   static_assert(!kQInSmem || kMergeOBytes <= kLoopBytes, "the merge fits the loop's arena");
 };
 
@@ -105,31 +102,6 @@ struct Phase1Io {
   int splits;       // CTAs per (m-tile, KV head), each over a contiguous share of the run's chunks
   ChunkSelection sel;  // kListed kernels: the PSA selection (chunk_select_mask.cuh)
 };
-
-template <class T>
-CA_DEVICE uint32_t pack_pair(float lo, float hi);
-template <>
-CA_DEVICE uint32_t pack_pair<f16>(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  uint32_t u;
-  memcpy(&u, &h, 4);
-  return u;
-}
-template <>
-CA_DEVICE uint32_t pack_pair<bf16>(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  uint32_t u;
-  memcpy(&u, &h, 4);
-  return u;
-}
-
-template <class T>
-CA_DEVICE void mma16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if constexpr (std::is_same<T, f16>::value)
-    mma_m16n8k16_f16(d, a, b, d);
-  else
-    mma_m16n8k16_bf16(d, a, b, d);
-}
 
 // Run i owns work items [i + ⌊pb_i·G / kMT⌋, i + 1 + ⌊pb_{i+1}·G / kMT⌋) (pb = partial_begin,
 // consecutive in run order), which holds its ⌈rows·G / kMT⌉ m-tiles and maybe one spare.
@@ -153,15 +125,14 @@ struct Phase1Tile {
 template <class Cfg, class Variant, int kWM, bool kListed>
 CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const Phase1Io& io,
                            const Phase1Tile& tile) {
-  using Pl = Phase1Plan<Cfg>;
+  using Pl = Phase1Plan<Cfg, variant_reads_pos<Variant>>;
   using KvT = typename Cfg::KvT;
   constexpr int G = Pl::G, D = Pl::D, C = Pl::C, Hq = Cfg::kQHeads, Hkv = Cfg::kKvHeads;
   constexpr int kLd = Pl::kLd, kKT = Pl::kKT, kWN = Pl::kWarps / kWM, kNT = kKT / kWN;
-  constexpr int kMB = Pl::kBlocksPerWarp;      // m16 blocks of this warp
-  constexpr int kNK = D / 16;                  // k16 steps of Q Kᵀ
-  constexpr int kSub = 16;                     // tokens per S block (register budget)
-  constexpr int kPieces = D / 8;               // 16-byte pieces of a row
-  constexpr int kQK = Pl::kQInSmem ? 1 : kNK;  // Q fragments kept in registers
+  constexpr int kMB = Pl::kBlocksPerWarp;  // m16 blocks of this warp
+  constexpr int kNK = D / 16;              // k16 steps of Q Kᵀ
+  constexpr int kSub = 16;                 // tokens per S block (register budget)
+  constexpr int kPieces = D / 8;           // 16-byte pieces of a row
   static_assert(kWN <= Pl::kMaxWN && kNT % 16 == 0, "a warp's token slice is whole k16 steps");
 
   extern __shared__ __align__(128) unsigned char smem[];
@@ -189,6 +160,7 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
   // stacked row l (kMB · 16 <= 32 rows); the rows of accumulator half h of block b (g and g + 8)
   // read them by shuffle, which keeps them (and the tile's scalars) out of the registers the
   // accumulators need. A row past the tile has length 0 (nothing visible) and partial -1.
+  constexpr bool kPos = variant_reads_pos<Variant>;
   int my_vis, my_len, my_seq, my_head, my_part, my_row;
   {
     const int m = wm * kMB * 16 + (lane & (kMB * 16 - 1));
@@ -200,7 +172,7 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
     // The split's tokens [0, my_vis) are visible to the row: within the split and before the
     // row's length (which also masks a chunk-first run's partial last chunk).
     my_vis = min(ntok, my_len - tok_pos0);
-    my_seq = Variant::kHasMask || Variant::kHasScoreMod ? ctx.row_seq(r) : 0;
+    my_seq = kPos ? ctx.row_seq(r) : 0;
     my_head = kvh * G + sm % G;
     // Index of the row's partial (o: [.][D], lse: [.]) = (partial slot, query head).
     my_part =
@@ -291,19 +263,35 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
   cp_async_wait<0>();
   __syncthreads();
 
-  // A fragment of m16 block b, k16 step kk, from the Q tile.
-  auto load_q = [&](uint32_t(&a)[4], int b, int kk) {
-    ldmatrix_x4(a,
-                qs + size_t((wm * kMB + b) * 16 + (lane & 15)) * kLd + kk * 16 + (lane >> 4) * 8);
-  };
-  uint32_t qa[kMB][kQK][4];
+  // Q fragments of the register steps; the other steps stay in the Q region (kQInSmem: the
+  // staged tile itself; else its columns from kQCol0 on, copied out of the staging here).
+  constexpr int kQRegSteps = Pl::kQRegSteps;
+  constexpr int kQReg = kQRegSteps > 0 ? kQRegSteps : 1;  // (an array needs a size)
+  uint32_t qa[kMB][kQReg][4];
+  const KvT* qr = reinterpret_cast<const KvT*>(smem + Pl::kOffQSmem);
+  constexpr int kQrLd = Pl::kQLd;
   if constexpr (!Pl::kQInSmem) {
 #pragma unroll
     for (int b = 0; b < kMB; ++b)
 #pragma unroll
-      for (int kk = 0; kk < kNK; ++kk) load_q(qa[b][kk], b, kk);
+      for (int kk = 0; kk < kQRegSteps; ++kk)
+        ldmatrix_x4(qa[b][kk], qs + size_t((wm * kMB + b) * 16 + (lane & 15)) * kLd + kk * 16 +
+                                   (lane >> 4) * 8);
+    if constexpr (Pl::kQCol0 < D) {
+      constexpr int kTail = (D - Pl::kQCol0) / 8;  // 16-byte pieces a row keeps
+      for (int e = tid; e < kRowsRead * kTail; e += Pl::kThreads) {
+        const int m = e / kTail, piece = e % kTail;
+        sts(reinterpret_cast<uint4*>(const_cast<KvT*>(qr) + size_t(m) * kQrLd + piece * 8),
+            lds(reinterpret_cast<const uint4*>(qs + size_t(m) * kLd + Pl::kQCol0 + piece * 8)));
+      }
+    }
     __syncthreads();  // stage 1 (the Q staging) is refilled below
   }
+  // A fragment of m16 block b, k16 step kk >= kQRegSteps, from the Q region.
+  auto load_q = [&](uint32_t(&a)[4], int b, int kk) {
+    ldmatrix_x4(a, qr + size_t((wm * kMB + b) * 16 + (lane & 15)) * kQrLd + kk * 16 - Pl::kQCol0 +
+                       (lane >> 4) * 8);
+  };
 
   float o[kMB][D / 8][4];
   float m_run[kMB][2], l_run[kMB][2];
@@ -349,34 +337,32 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
       for (int b = 0; b < kMB; ++b)
 #pragma unroll
         for (int n = 0; n < kSub / 8; ++n) s[b][n][0] = s[b][n][1] = s[b][n][2] = s[b][n][3] = 0.f;
-      if constexpr (Pl::kQInSmem) {
-        // One K fragment of both n8 tiles per Q fragment read from shared memory.
+          // Register steps: K fragments one n8 tile at a time (x2), which keeps fewer of them in
+          // flight next to the accumulators (the same wavefronts as x4).
 #pragma unroll
-        for (int kk = 0; kk < kNK; ++kk) {
-          uint32_t kb[4];
-          ldmatrix_x4(kb, kt + size_t(tok0 + (lane & 7) + ((lane >> 4) & 1) * 8) * kLd + kk * 16 +
-                              ((lane >> 3) & 1) * 8);
-          const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+      for (int n = 0; n < kSub / 8; ++n)
 #pragma unroll
-          for (int b = 0; b < kMB; ++b) {
-            load_q(qa[b][0], b, kk);
-            mma16816<KvT>(s[b][0], qa[b][0], b0);
-            mma16816<KvT>(s[b][1], qa[b][0], b1);
-          }
+        for (int kk = 0; kk < kQRegSteps; ++kk) {
+          uint32_t kb[2];
+          ldmatrix_x2(
+              kb, kt + size_t(tok0 + n * 8 + (lane & 7)) * kLd + kk * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+          for (int b = 0; b < kMB; ++b) mma16816<KvT>(s[b][n], qa[b][kk], kb);
         }
-      } else {
-        // Q in registers: K fragments one n8 tile at a time (x2), which keeps fewer of them in
-        // flight next to the accumulators (the same wavefronts as x4).
+        // Steps from the Q region: one K fragment of both n8 tiles per Q fragment read.
 #pragma unroll
-        for (int n = 0; n < kSub / 8; ++n)
+      for (int kk = kQRegSteps; kk < kNK; ++kk) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, kt + size_t(tok0 + (lane & 7) + ((lane >> 4) & 1) * 8) * kLd + kk * 16 +
+                            ((lane >> 3) & 1) * 8);
+        const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
 #pragma unroll
-          for (int kk = 0; kk < kNK; ++kk) {
-            uint32_t kb[2];
-            ldmatrix_x2(
-                kb, kt + size_t(tok0 + n * 8 + (lane & 7)) * kLd + kk * 16 + ((lane >> 3) & 1) * 8);
-#pragma unroll
-            for (int b = 0; b < kMB; ++b) mma16816<KvT>(s[b][n], qa[b][kk], kb);
-          }
+        for (int b = 0; b < kMB; ++b) {
+          uint32_t qf[4];
+          load_q(qf, b, kk);
+          mma16816<KvT>(s[b][0], qf, b0);
+          mma16816<KvT>(s[b][1], qf, b1);
+        }
       }
 
       // P straight from the S accumulators (the C layout of two n8 tiles is the A layout of one
@@ -406,10 +392,8 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
             const int h = e >> 1;
             const int j = n * 8 + 2 * tq + (e & 1);
             bool visible = j < lim[h];
-            const Pos pos{Variant::kHasMask || Variant::kHasScoreMod ? row_seq(b, h) : 0,
-                          Variant::kHasMask || Variant::kHasScoreMod ? row_head(b, h) : 0, kvh,
-                          Variant::kHasMask || Variant::kHasScoreMod ? row_len(b, h) - 1 : 0,
-                          tok_pos0 + u0 + j};
+            const Pos pos{kPos ? row_seq(b, h) : 0, kPos ? row_head(b, h) : 0, kvh,
+                          kPos ? row_len(b, h) - 1 : 0, tok_pos0 + u0 + j};
             if (Variant::kHasMask && visible) visible = Variant::mask(pos, t.params);
             // (The scale is read where used: a register held through the loop is one too many.)
             float x = s[b][n][e] * t.softmax_scale;
@@ -554,7 +538,7 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
 template <class Cfg, class Variant, int kWM, bool kListed>
 CA_DEVICE void phase1_dispatch(const DecodeView& ctx, const DecodeTensors& t, const Phase1Io& io,
                                const Phase1Tile& tile, int warps_m) {
-  if constexpr (kWM < Phase1Plan<Cfg>::kWarps) {
+  if constexpr (kWM < Phase1Plan<Cfg, variant_reads_pos<Variant>>::kWarps) {
     if (warps_m > kWM) {
       phase1_dispatch<Cfg, Variant, 2 * kWM, kListed>(ctx, t, io, tile, warps_m);
       return;
@@ -566,9 +550,10 @@ CA_DEVICE void phase1_dispatch(const DecodeView& ctx, const DecodeTensors& t, co
 // grid (phase1_items, Hkv, splits), block kThreads, dynamic shared memory kSmemBytes.
 // kListed: the PSA decode (see phase1_body).
 template <class Cfg, class Variant, bool kListed = false>
-__global__ void __launch_bounds__(Phase1Plan<Cfg>::kThreads, Phase1Plan<Cfg>::kMinBlocks)
+__global__ void __launch_bounds__(Phase1Plan<Cfg, variant_reads_pos<Variant>>::kThreads,
+                                  Phase1Plan<Cfg, variant_reads_pos<Variant>>::kMinBlocks)
     decode_phase1_kernel(const DecodeView ctx, const DecodeTensors t, const Phase1Io io) {
-  using Pl = Phase1Plan<Cfg>;
+  using Pl = Phase1Plan<Cfg, variant_reads_pos<Variant>>;
   // Thread 0 finds the item's run (the last whose first item is <= blockIdx.x: item_begin strictly
   // increases with the run) and shares it through the arena's first words.
   extern __shared__ __align__(128) unsigned char smem[];
@@ -616,12 +601,12 @@ __global__ void __launch_bounds__(Phase1Plan<Cfg>::kThreads, Phase1Plan<Cfg>::kM
 // ---------------------------------------------------------------------------------------------
 // Host: the split factor and the workspace.
 
-// Splits of every run's chunks. Enough CTAs to give every SM kMinBlocks when the m-tiles × KV
-// heads cannot, at most kMaxSplits, and only as far as each split still reads kMinKvPerPartialByte
-// K/V bytes per partial byte it writes and phase 2 reads back: a run of n tokens over m stacked
-// rows moves 4·D·n K/V bytes and 8·(D + 1)·m partial bytes per split, and a split is whole
-// chunks (the run that allows the most splits decides; shorter runs leave splits empty, which
-// write an empty lse only). `runs` is the host copy of the context's runs.
+// Splits of every run's chunks. Enough CTAs to give every SM kMinBlocks (of the plain layout) when
+// the m-tiles × KV heads cannot, at most kMaxSplits, and only as far as each split still reads
+// kMinKvPerPartialByte K/V bytes per partial byte it writes and phase 2 reads back: a run of n
+// tokens over m stacked rows moves 4·D·n K/V bytes and 8·(D + 1)·m partial bytes per split, and a
+// split is whole chunks (the run that allows the most splits decides; shorter runs leave splits
+// empty, which write an empty lse only). `runs` is the host copy of the context's runs.
 template <class Cfg>
 inline int phase1_splits(const CaSharedRun* runs, int num_runs, int num_partials, int sm_count) {
   using Pl = Phase1Plan<Cfg>;

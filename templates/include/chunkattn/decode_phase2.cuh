@@ -4,7 +4,14 @@
 // writes the normalized output. When rows x KV heads cannot fill the GPU, the tokens are split
 // over several CTAs (split-KV) and decode_merge_splits_kernel combines them.
 //
-// Layout of the work (the CUDA review in the design notes, "lanes along the head dimension"):
+// G >= 4 runs on tensor cores (phase2_tc_body; the PSA decode's list-driven instances stay on
+// CUDA cores): the row's G query heads, padded to one m16 block,
+// go through the phase-1 engine (tc_engine.cuh: mma.sync m16n8k16 fed by ldmatrix from a 2-stage
+// cp.async ring), its warps splitting every stage's tokens, so each K/V element is read from
+// shared memory once for all G heads; the warps' states then merge like the lane groups' below.
+//
+// Layout of the work on CUDA cores, G < 4 (the CUDA review in the design notes, "lanes along the
+// head dimension"):
 //   - kTx lanes own one token row: lane tx holds kVec elements of the head dimension (16 bytes;
 //     8 bytes when G > 4, to keep q and o in registers), so a warp reads whole 128-byte lines and
 //     every shared-memory phase of 8 lanes touches 32 distinct banks: no bank conflicts.
@@ -28,48 +35,59 @@
 #include "chunkattn/dtype.cuh"
 #include "chunkattn/prims.cuh"
 #include "chunkattn/softmax_state.h"
+#include "chunkattn/tc_engine.cuh"
 #include "chunkattn/variant.h"
 
 namespace ca {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
 constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2); }
 
-// Launch geometry and the dynamic shared-memory arena (codegen/plan.ts mirrors it).
-template <class Cfg>
+// Launch geometry and the dynamic shared-memory arena (codegen/plan.ts mirrors it). kListed: the
+// PSA decode's instances (chunk_select_mask.cuh), which stay on CUDA cores for every G: the
+// tensor-core engine walks contiguous chunk ranges, a row's selected chunks are a list.
+template <class Cfg, bool kListed = false>
 struct Phase2Plan {
   using KvT = typename Cfg::KvT;
-  static constexpr int kThreads = 128;
   static constexpr int G = Cfg::kQHeads / Cfg::kKvHeads, D = Cfg::kHeadDim, C = Cfg::kChunk;
-  // 16 bytes a lane; 8 when G > 4 keeps q and o in registers, unless a row would need more than
-  // a warp of 8-byte lanes.
+  // G >= 4: the row's G query heads, padded to one m16 block, run through the tensor-core engine
+  // (tc_engine.cuh) with warps splitting every stage's tokens; each K/V element is read from
+  // shared memory once. Below, CUDA cores (lanes along the head dimension).
+  static constexpr bool kTensorCores = G >= 4 && !kListed;
+  using TcEng = TcEngine<KvT, D, 1, (D > 128 ? 2 : 4), 16>;
+  static constexpr int kThreads = kTensorCores ? TcEng::kThreads : 128;
+  // CUDA cores: 16 bytes a lane; 8 when G > 4 keeps q and o in registers, unless a row would need
+  // more than a warp of 8-byte lanes. (Tensor cores: 16-byte copies.)
   static constexpr int kLaneBytes = G <= 4 || D * int(sizeof(KvT)) / 8 > 32 ? 16 : 8;
   static constexpr int kVec = kLaneBytes / int(sizeof(KvT));  // elements per lane
   // CTAs per SM the registers are budgeted for (__launch_bounds__): 4 (128 registers a thread),
-  // 2 when q and o alone need more than 64 registers.
-  static constexpr int kMinBlocks = 2 * G * kVec > 64 ? 2 : 4;
+  // 2 when q and o alone need more than 64 registers, or on tensor cores (up to 255).
+  static constexpr int kMinBlocks = kTensorCores || 2 * G * kVec > 64 ? 2 : 4;
   static constexpr int kMaxRegisters = 65536 / (kThreads * kMinBlocks) > 255
                                            ? 255
                                            : 65536 / (kThreads * kMinBlocks);
-  static constexpr int kTxUsed = D / kVec;             // lanes holding a row's elements
-  static constexpr int kTx = pow2_at_least(kTxUsed);   // lanes per token row
-  static constexpr int kGroups = kThreads / kTx;       // token rows in flight
+  static constexpr int kTxUsed = D / kVec;            // lanes holding a row's elements
+  static constexpr int kTx = pow2_at_least(kTxUsed);  // lanes per token row
+  // States merged after the loop: the lane groups (one per token row in flight), or the warps.
+  static constexpr int kGroups = kTensorCores ? TcEng::kWarps : kThreads / kTx;
   static constexpr int kRowsPerGroup = G > 4 ? 2 : 4;  // rows a group scores per stage
-  static constexpr int kKT = kGroups * kRowsPerGroup;  // tokens per stage
+  // Tokens per tile: a CUDA-core stage; on tensor cores the unit of splits, whole chunks (the
+  // engine streams its own kKT-token stages).
+  static constexpr int kKT =
+      kTensorCores ? (TcEng::kKT > C ? TcEng::kKT : C) : kGroups * kRowsPerGroup;
   static constexpr int kStages = 2;
   // Splits keep at least this many tokens each (fewer is not worth a merge).
   static constexpr int kMinSplitTiles = (128 + kKT - 1) / kKT;
   static constexpr int kMaxSplits = 16;
 
+  // CUDA cores' ring.
   static constexpr size_t kTileBytes = size_t(kKT) * D * sizeof(KvT);
   static constexpr size_t kOffK = 0;                             // KvT [kStages][kKT][D]
   static constexpr size_t kOffV = kOffK + kStages * kTileBytes;  // KvT [kStages][kKT][D]
-  static constexpr size_t kRingBytes = 2 * kStages * kTileBytes;
+  static constexpr size_t kRingBytes = kTensorCores ? TcEng::kLoopBytes : 2 * kStages * kTileBytes;
   // After the loop the ring holds the groups' states: f32 [kGroups][G][kMergePitch] with o in
-  // [0, D), m at D and l at D + 1 (pitch keeps float4 rows aligned).
-  static constexpr int kMergePitch = D + 4;
+  // [0, D), m at D and l at D + 1 (pitch keeps float4 rows aligned; on tensor cores ≡ 8 mod 32
+  // words, so the warps' float2 stores of accumulator rows are conflict-free).
+  static constexpr int kMergePitch = kTensorCores ? D + 8 : D + 4;
   static constexpr size_t kMergeBytes = size_t(kGroups) * G * kMergePitch * 4;
   static constexpr size_t kSmemBytes = kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes;
   // q is staged once in V stage 1 (free until iteration 0 refills it).
@@ -81,7 +99,9 @@ struct Phase2Plan {
   static_assert(D % kVec == 0 && kTx <= 32, "a token row fits one warp");
   static_assert(kVec % 4 == 0, "o moves through shared memory as float4");
   static_assert(sizeof(typename Cfg::QT) == sizeof(KvT), "q is staged in a K/V tile");
-  static_assert(size_t(G) * D * sizeof(KvT) <= kTileBytes, "q fits one tile");
+  static_assert(kTensorCores || size_t(G) * D * sizeof(KvT) <= kTileBytes, "q fits one tile");
+  static_assert(!kTensorCores || (G <= 16 && TcEng::kWarps == TcEng::kMaxWN),
+                "one m16 block; every warp takes a token slice");
 };
 
 // Where phase 2 puts its result and finds phase 1's.
@@ -164,14 +184,52 @@ CA_DEVICE SplitTiles split_tiles(int ntok, int splits) {
   return {all, per, all == 0 ? 1 : (all + per - 1) / per};
 }
 
-// kListed: attend only the row's selected private chunks (PSA; chunk_select_mask.cuh).
-template <class Cfg, class Variant, bool kListed = false>
-__global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kMinBlocks)
-    decode_phase2_kernel(const DecodeView ctx, const DecodeTensors t, const Phase2Io io) {
-  using Pl = Phase2Plan<Cfg>;
+// Merges the kGroups states of each query head in `mrg` (f32 [kGroups][G][kMergePitch]: o, then
+// m (base 2) at D and l at D + 1) and the row's phase-1 partials, and writes the normalized output,
+// or this split's state when the row has several (decode_merge_splits_kernel finishes them).
+template <class Pl, class Cfg>
+CA_DEVICE void phase2_finish(const DecodeView& ctx, const DecodeTensors& t, const Phase2Io& io,
+                             const float* mrg, int req, int split, int used, int io_row,
+                             PartialRange partials) {
+  using OutT = typename Cfg::OutT;
+  constexpr int G = Pl::G, D = Pl::D, Hq = Cfg::kQHeads;
+  const int kvh = blockIdx.y;
+  OutT* out = static_cast<OutT*>(t.out) + (size_t(io_row) * Hq + kvh * G) * D;
+  for (int e = threadIdx.x; e < G * D; e += Pl::kThreads) {
+    const int g = e / D, d = e % D;
+    float m = -INFINITY;
+    for (int w = 0; w < Pl::kGroups; ++w)
+      m = fmaxf(m, lds(mrg + (size_t(w) * G + g) * Pl::kMergePitch + D));
+    const float ref = m == -INFINITY ? 0.f : m;
+    float acc = 0.f, l = 0.f;
+    for (int w = 0; w < Pl::kGroups; ++w) {
+      const float* st = mrg + (size_t(w) * G + g) * Pl::kMergePitch;
+      const float2 ml = lds(reinterpret_cast<const float2*>(st + D));
+      const float f = exp2f(ml.x - ref);
+      acc += lds(st + d) * f;
+      l += ml.y * f;
+    }
+    SoftmaxState state;  // natural-log units from here on
+    if (l > 0.f) state.m = ref * kLn2, state.l = l;
+    const int h = kvh * G + g;
+    if (used > 1) {
+      const size_t slot = (size_t(req) * io.splits + split) * Hq + h;
+      stg<CA_TRAFFIC_PARTIAL>(io.split_o + slot * D + d, acc * state.inv_l());
+      if (d == 0) stg<CA_TRAFFIC_PARTIAL>(io.split_lse + slot, state.lse());
+    } else {
+      merge_phase1(ctx, io, partials, h, d, state, acc, Hq, D);
+      stg<CA_TRAFFIC_OUT>(out + e, from_float<OutT>(acc * state.inv_l()));
+    }
+  }
+}
+
+// CUDA cores (G < 4, or a PSA instance): see the file comment. kListed: attend only the row's
+// selected private chunks (chunk_select_mask.cuh).
+template <class Cfg, class Variant, bool kListed>
+CA_DEVICE void phase2_cc_body(const DecodeView& ctx, const DecodeTensors& t, const Phase2Io& io) {
+  using Pl = Phase2Plan<Cfg, kListed>;
   using QT = typename Cfg::QT;
   using KvT = typename Cfg::KvT;
-  using OutT = typename Cfg::OutT;
   using Vec = typename VecOf<Pl::kLaneBytes>::type;
   constexpr int G = Pl::G, D = Pl::D, C = Pl::C, Hq = Cfg::kQHeads, Hkv = Cfg::kKvHeads;
   constexpr int kVec = Pl::kVec, kTx = Pl::kTx, kKT = Pl::kKT, kRows = Pl::kRowsPerGroup;
@@ -367,41 +425,75 @@ __global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kM
   }
   __syncthreads();
 
-  OutT* out = static_cast<OutT*>(t.out) + (size_t(io_row) * Hq + kvh * G) * D;
-  for (int e = tid; e < G * D; e += Pl::kThreads) {
-    const int g = e / D, d = e % D;
-    float m = -INFINITY;
-    for (int w = 0; w < Pl::kGroups; ++w)
-      m = fmaxf(m, lds(mrg + (size_t(w) * G + g) * Pl::kMergePitch + D));
-    const float ref = m == -INFINITY ? 0.f : m;
-    float acc = 0.f, l = 0.f;
-    for (int w = 0; w < Pl::kGroups; ++w) {
-      const float* st = mrg + (size_t(w) * G + g) * Pl::kMergePitch;
-      const float2 ml = lds(reinterpret_cast<const float2*>(st + D));
-      const float f = exp2f(ml.x - ref);
-      acc += lds(st + d) * f;
-      l += ml.y * f;
-    }
-    SoftmaxState state;  // natural-log units from here on
-    if (l > 0.f) state.m = ref * kLn2, state.l = l;
-    const int h = kvh * G + g;
-    if (sp.used > 1) {
-      const size_t slot = (size_t(req) * io.splits + split) * Hq + h;
-      stg<CA_TRAFFIC_PARTIAL>(io.split_o + slot * D + d, acc * state.inv_l());
-      if (d == 0) stg<CA_TRAFFIC_PARTIAL>(io.split_lse + slot, state.lse());
-    } else {
-      merge_phase1(ctx, io, partials, h, d, state, acc, Hq, D);
-      stg<CA_TRAFFIC_OUT>(out + e, from_float<OutT>(acc * state.inv_l()));
-    }
+  phase2_finish<Pl, Cfg>(ctx, t, io, mrg, req, split, sp.used, io_row, partials);
+}
+
+// Tensor cores (G >= 4): the row's G query heads, padded to one m16 block, over this split's
+// tiles of the row's tokens after its shared chunks (all of them in sequence-first), through the
+// tensor-core engine; its warps' states merge with the partials in phase2_finish.
+template <class Cfg, class Variant>
+CA_DEVICE void phase2_tc_body(const DecodeView& ctx, const DecodeTensors& t, const Phase2Io& io) {
+  using Pl = Phase2Plan<Cfg>;
+  constexpr int G = Pl::G, D = Pl::D, C = Pl::C;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int req = blockIdx.x, split = blockIdx.z;
+  const int row = warp_uniform([&] { return ctx.request_row(req); });
+  const int length = warp_uniform([&] { return ctx.row_length(row); });
+  const int shared = warp_uniform([&] { return ctx.row_shared_chunks(row); });
+  const int ntok = length > shared * C ? length - shared * C : 0;
+  const SplitTiles sp = split_tiles<Pl>(ntok, io.splits);
+  if (split >= sp.used) return;
+  // This split's tokens [u0, u0 + n) of the private part: whole tiles, so whole chunks.
+  const int u0 = split * sp.per * Pl::kKT;
+  const int n = ntok - u0 < sp.per * Pl::kKT ? ntok - u0 : sp.per * Pl::kKT;
+  const int io_row = warp_uniform([&] { return ctx.row_io(row); });
+  const PartialRange partials =
+      io.part_o == nullptr ? PartialRange{0, 0}
+                           : PartialRange{warp_uniform([&] { return ctx.row_partials_begin(row); }),
+                                          warp_uniform([&] { return ctx.row_partials_end(row); })};
+  const int chunk0 = warp_uniform([&] { return ctx.row_chunk_offset(row); }) + shared + u0 / C;
+  const TcWork work{chunk0, n > 0 ? n : 0, shared * C + u0, row, 0, G};
+  TcState<1, D> st;
+  tc_attend<typename Pl::TcEng, Cfg, Variant, 1, TcList::kRowChunkSlots>(ctx, t, work, st);
+
+  // Each warp's states of the G live rows (accumulator rows gq and gq + 8) into the merge area.
+  __syncthreads();  // (the ring's last reads are done)
+  float* mrg = reinterpret_cast<float*>(smem);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int g = gq + 8 * h;
+    if (g >= G) continue;
+    float* w = mrg + (size_t(warp) * G + g) * Pl::kMergePitch;
+#pragma unroll
+    for (int k = 0; k < D / 8; ++k)
+      sts(reinterpret_cast<float2*>(w + k * 8 + 2 * tq),
+          make_float2(st.o[0][k][2 * h], st.o[0][k][2 * h + 1]));
+    if (tq == 0) sts(reinterpret_cast<float2*>(w + D), make_float2(st.m[0][h], st.l[0][h]));
   }
+  __syncthreads();
+  phase2_finish<Pl, Cfg>(ctx, t, io, mrg, req, split, sp.used, io_row, partials);
+}
+
+// grid (requests, Hkv, splits), block kThreads, dynamic shared memory kSmemBytes (of
+// Phase2Plan<Cfg, kListed>).
+template <class Cfg, class Variant, bool kListed = false>
+__global__ void __launch_bounds__(Phase2Plan<Cfg, kListed>::kThreads,
+                                  Phase2Plan<Cfg, kListed>::kMinBlocks)
+    decode_phase2_kernel(const DecodeView ctx, const DecodeTensors t, const Phase2Io io) {
+  if constexpr (Phase2Plan<Cfg, kListed>::kTensorCores)
+    phase2_tc_body<Cfg, Variant>(ctx, t, io);
+  else
+    phase2_cc_body<Cfg, Variant, kListed>(ctx, t, io);
 }
 
 // Split-KV merge: one CTA per (row, KV head) combines the splits' states and the row's phase-1
 // partials and writes the output. A separate launch, so the splits' results are visible to ldg.
 template <class Cfg, bool kListed = false>
-__global__ void __launch_bounds__(Phase2Plan<Cfg>::kThreads, Phase2Plan<Cfg>::kMinBlocks)
+__global__ void __launch_bounds__(Phase2Plan<Cfg, kListed>::kThreads,
+                                  Phase2Plan<Cfg, kListed>::kMinBlocks)
     decode_merge_splits_kernel(const DecodeView ctx, const DecodeTensors t, const Phase2Io io) {
-  using Pl = Phase2Plan<Cfg>;
+  using Pl = Phase2Plan<Cfg, kListed>;
   using OutT = typename Cfg::OutT;
   constexpr int G = Pl::G, D = Pl::D, Hq = Cfg::kQHeads;
   const int req = blockIdx.x, kvh = blockIdx.y;

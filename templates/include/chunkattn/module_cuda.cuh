@@ -379,8 +379,8 @@ int decode(const CaDecodeParams& p, void* stream, const ChunkSelection& sel = {}
     return fail(CA_ERR_INVALID,
                 "ca_decode: the runs' partial ranges must be consecutive in run order "
                 "(as packContext builds them)");
-  using Plan = Phase2Plan<Cfg>;
-  using Plan1 = Phase1Plan<Cfg>;
+  using Plan = Phase2Plan<Cfg, kListed>;
+  using Plan1 = Phase1Plan<Cfg, variant_reads_pos<Variant>>;
   const WorkspacePlan w = workspace_plan<Cfg>(host);
   if (w.total() > 0 && (p.workspace == nullptr || p.workspace_bytes < w.total()))
     return fail(CA_ERR_INVALID, "ca_decode: the workspace holds " +

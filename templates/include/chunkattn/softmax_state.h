@@ -13,6 +13,9 @@
 
 namespace ca {
 
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
 struct SoftmaxState {
   float m = -INFINITY;
   float l = 0.f;
