@@ -176,9 +176,9 @@ void ModuleCore::FinishPsaDecode(const PsaRun& run) {
     lib_->Check(api.memcpy_(run.counts_host, s.counts, run.rows * 4, CA_COPY_D2H, stream_),
                 "ca_memcpy");
     if (run.guard_added_host && s.guard_added)
-      lib_->Check(api.memcpy_(run.guard_added_host, s.guard_added, run.rows * 4, CA_COPY_D2H,
-                              stream_),
-                  "ca_memcpy");
+      lib_->Check(
+          api.memcpy_(run.guard_added_host, s.guard_added, run.rows * 4, CA_COPY_D2H, stream_),
+          "ca_memcpy");
     else if (run.guard_added_host)
       std::memset(run.guard_added_host, 0, run.rows * 4);
     return;
