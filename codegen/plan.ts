@@ -102,14 +102,15 @@ export function phase2Geometry(spec: KernelSpec, listed = false) {
 }
 
 /**
- * Mirrors Phase1Plan<Cfg, kPos> in templates/include/chunkattn/decode_phase1.cuh (a test checks each
- * instance); kPos: the spec has a mask or a score mod.
+ * Mirrors Phase1PlanOf<Cfg, Variant, kListed> in templates/include/chunkattn/decode_phase1.cuh (a test
+ * checks each instance): its loop is heavier when the spec has a mask or a score mod, or for the PSA
+ * decode's list-driven instances (`listed`).
  */
-export function phase1Geometry(spec: KernelSpec) {
+export function phase1Geometry(spec: KernelSpec, listed = false) {
   const kvBytes = DTYPE_BYTES[spec.dtype.kv];
   const d = spec.headDim;
-  const pos = spec.mask !== null || spec.scoreMod !== null;
-  const blocksPerWarp = d <= 96 || (d <= 128 && !pos) ? 2 : 1;
+  const heavyLoop = spec.mask !== null || spec.scoreMod !== null || listed;
+  const blocksPerWarp = d <= 96 || (d <= 128 && !heavyLoop) ? 2 : 1;
   const warps = 8 / blocksPerWarp;
   const threads = 32 * warps;
   const mTile = 128;

@@ -115,13 +115,14 @@ describe('scaling the heads down', () => {
   test('the split factors depend on the KV heads: the emulator head count reproduces the GPU\u2019s', () => {
     const row = TABLE3.find((r) => r.promptTokens === 4096 && r.sharedTokens === 4096)!;
     const ctx = splitContext(table3StepShape(row), 64);
-    // A100 (108 SMs, one phase-1 CTA per SM) at 32 KV heads: floor(108 / 32) = 3 splits; the
-    // emulator plans for 108 SMs too, so it needs 108 / h >= 3 and < 4: h in 28..36.
-    expect(splitFactors(TABLE3_SPEC, ctx, 108).phase1Splits).toBe(3);
-    expect(emulatorKvHeads(TABLE3_SPEC, ctx, [108])).toBe(28);
-    // H100 (132 SMs): 4 splits; 108 / h in [4, 5): h in 22..27.
-    expect(splitFactors(TABLE3_SPEC, ctx, 132).phase1Splits).toBe(4);
-    expect(emulatorKvHeads(TABLE3_SPEC, ctx, [132])).toBe(22);
+    // A100 (108 SMs, two 4-warp phase-1 CTAs per SM at D = 128) at 32 KV heads: floor(216 / 32) =
+    // 6 splits; the emulator plans for 108 SMs too, so it needs 216 / h >= 6 and < 7: h in 31..36.
+    expect(splitFactors(TABLE3_SPEC, ctx, 108).phase1Splits).toBe(6);
+    expect(emulatorKvHeads(TABLE3_SPEC, ctx, [108])).toBe(31);
+    // H100 (132 SMs): floor(264 / 32) = 8, capped at 7 by the K/V a split must still read per
+    // partial byte; that cap binds at any head count, so one KV head reproduces it.
+    expect(splitFactors(TABLE3_SPEC, ctx, 132).phase1Splits).toBe(7);
+    expect(emulatorKvHeads(TABLE3_SPEC, ctx, [132])).toBe(1);
     // No head count serves both.
     expect(emulatorKvHeads(TABLE3_SPEC, ctx, [108, 132])).toBeNull();
   });

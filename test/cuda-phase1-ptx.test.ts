@@ -40,7 +40,7 @@ function instanceOf(symbol: string): number {
 const ARCHS = PTX_ARCHS;
 
 function plan(i: number) {
-  const { d, g, dtype, chunk, variant } = MATRIX[i]!;
+  const { d, g, dtype, chunk, variant, listed } = MATRIX[i]!;
   return phase1Geometry(
     attention({
       name: `matrix-${i}`,
@@ -51,6 +51,7 @@ function plan(i: number) {
       targets: ['sm_80'],
       ...(variant === 'Plain' ? {} : { mask: (pos: { q: number; kv: number }) => pos.q - pos.kv < 64 }),
     }),
+    listed,
   );
 }
 

@@ -160,12 +160,13 @@ describe.skipIf(!haveCudaHeaders)(`decode_phase1 in the emu target (seed ${SEED}
 });
 
 // Every instance of Phase1Plan the suites and the spec matrix use, read back from C++.
-describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1Plan<Cfg, kPos>', () => {
+describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1PlanOf<Cfg, Variant, kListed>', () => {
   const cases: {
     heads: { q: number; kv: number };
     headDim: 64 | 80 | 96 | 128 | 256;
     dtype: DType;
     pos: boolean;
+    listed?: boolean;
   }[] = [
     ...EMU_CONFIGS.map((c) => ({ heads: c.heads, headDim: c.headDim, dtype: c.dtype as DType, pos: false })),
     ...[64, 96, 128, 256].flatMap((headDim) =>
@@ -178,6 +179,14 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1Plan<Cfg, k
         })),
       ),
     ),
+    // The PSA list-driven instances.
+    ...[64, 128, 256].map((headDim) => ({
+      heads: { q: 8, kv: 2 },
+      headDim: headDim as 64 | 128 | 256,
+      dtype: 'bf16' as DType,
+      pos: false,
+      listed: true,
+    })),
   ];
   test('threads, m-tile, stage tokens, registers and shared memory of every instance', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'phase1-plan-'));
@@ -185,9 +194,12 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1Plan<Cfg, k
       const cfgs = cases.map(
         (c, i) =>
           `struct Cfg${i} { static constexpr int kQHeads = ${c.heads.q}, kKvHeads = ${c.heads.kv}, kHeadDim = ${c.headDim}, kChunk = 16; using QT = ca::${c.dtype}; using KvT = ca::${c.dtype}; using OutT = ca::${c.dtype}; };\n` +
-          `static void print${i}() { using P = ca::Phase1Plan<Cfg${i}, ${c.pos}>; std::printf("%d %d %d %d %d %d %zu\\n", P::kBlocksPerWarp, P::kThreads, P::kMT, P::kKT, P::kQRegSteps, P::kMaxRegisters, P::kSmemBytes); }`,
+          `static void print${i}() { using P = ca::Phase1PlanOf<Cfg${i}, ${c.pos ? 'Masked' : 'Plain'}, ${c.listed === true}>; std::printf("%d %d %d %d %d %d %zu\\n", P::kBlocksPerWarp, P::kThreads, P::kMT, P::kKT, P::kQRegSteps, P::kMaxRegisters, P::kSmemBytes); }`,
       );
-      const source = `#define CA_TARGET_EMU 1\n#include <cstdio>\n#include "chunkattn/decode_phase1.cuh"\n${cfgs.join('\n')}\nint main() {\n${cases.map((_, i) => `  print${i}();`).join('\n')}\n}\n`;
+      const variants =
+        'struct Plain { static constexpr bool kHasMask = false, kHasScoreMod = false; };\n' +
+        'struct Masked { static constexpr bool kHasMask = true, kHasScoreMod = false; };\n';
+      const source = `#define CA_TARGET_EMU 1\n#include <cstdio>\n#include "chunkattn/decode_phase1.cuh"\n${variants}${cfgs.join('\n')}\nint main() {\n${cases.map((_, i) => `  print${i}();`).join('\n')}\n}\n`;
       writeFileSync(join(dir, 'plan.cpp'), source);
       await execa(
         'g++',
@@ -210,7 +222,7 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1Plan<Cfg, k
       const lines = stdout.trim().split('\n');
       expect(lines.length).toBe(cases.length);
       for (const [i, c] of cases.entries()) {
-        const { pos, ...shape } = c;
+        const { pos, listed = false, ...shape } = c;
         const spec = attention({
           name: `plan-${i}`,
           ...shape,
@@ -218,7 +230,7 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1Plan<Cfg, k
           targets: ['emu'],
           ...(pos ? { mask: (p: { q: number; kv: number }) => p.q - p.kv < 64 } : {}),
         });
-        const ts = phase1Geometry(spec);
+        const ts = phase1Geometry(spec, listed);
         const [blocksPerWarp, threads, mTile, tileTokens, qRegSteps, maxRegisters, smemBytes] =
           lines[i]!.split(' ').map(Number);
         expect(

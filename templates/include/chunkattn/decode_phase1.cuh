@@ -47,19 +47,21 @@
 
 namespace ca {
 
-// Launch geometry and the dynamic shared-memory arena (codegen/plan.ts mirrors it), for a variant
-// that reads Pos (kPos) or not.
-template <class Cfg, bool kPos = false>
+// Launch geometry and the dynamic shared-memory arena (codegen/plan.ts mirrors it). kHeavyLoop: the
+// instance's loop holds more registers (a variant that reads Pos, or a PSA list-driven instance;
+// Phase1PlanOf below).
+template <class Cfg, bool kHeavyLoop = false>
 struct Phase1Plan {
   using KvT = typename Cfg::KvT;
   static constexpr int G = Cfg::kQHeads / Cfg::kKvHeads, D = Cfg::kHeadDim, C = Cfg::kChunk;
-  // m16 blocks a warp holds: 2 up to D = 128 (D = 96 if kPos), so every K/V fragment a warp loads
+  // m16 blocks a warp holds: 2 up to D = 128 (D = 96 if kHeavyLoop), so every K/V fragment a warp loads
   // from shared memory serves 32 stacked rows; else 1. o takes D and Q D / 2 registers a lane:
   // 144 of 255 at D = 96. At D = 128 (192) the rest of the loop needs more than the 63 left, so
   // there the last k16 step of Q is re-read from a small Q region in shared memory per 16 tokens
   // instead (8 registers fewer; about 4 wavefronts per KB of K/V, where a second read of the tile
-  // by twice the warps costs 32); a mask or score mod still spills a few bytes, and keeps 1 block.
-  static constexpr int kBlocksPerWarp = D <= 96 || (D <= 128 && !kPos) ? 2 : 1;
+  // by twice the warps costs 32); a mask, a score mod or a PSA selection still spills a few bytes,
+  // and keeps 1 block.
+  static constexpr int kBlocksPerWarp = D <= 96 || (D <= 128 && !kHeavyLoop) ? 2 : 1;
   static constexpr int kWarps = 8 / kBlocksPerWarp, kThreads = 32 * kWarps;
   static constexpr int kMT = 128;  // stacked rows per m-tile: b·G <= 128 read each chunk once
   // The ring and the Q region (tc_engine.cuh: the same layout as phase 2's tensor-core path).
@@ -95,6 +97,10 @@ struct Phase1Plan {
   static_assert(!kQInSmem || kMergeOBytes <= kLoopBytes, "the merge fits the loop's arena");
 };
 
+// The plan of the kernel instance <Cfg, Variant, kListed>.
+template <class Cfg, class Variant, bool kListed>
+using Phase1PlanOf = Phase1Plan<Cfg, variant_reads_pos<Variant> || kListed>;
+
 // Where phase 1 writes its partials (phase 2 reads them through Phase2Io).
 struct Phase1Io {
   float* part_o;    // [num_partials * splits][Hq][D] o / l
@@ -125,7 +131,7 @@ struct Phase1Tile {
 template <class Cfg, class Variant, int kWM, bool kListed>
 CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const Phase1Io& io,
                            const Phase1Tile& tile) {
-  using Pl = Phase1Plan<Cfg, variant_reads_pos<Variant>>;
+  using Pl = Phase1PlanOf<Cfg, Variant, kListed>;
   using KvT = typename Cfg::KvT;
   constexpr int G = Pl::G, D = Pl::D, C = Pl::C, Hq = Cfg::kQHeads, Hkv = Cfg::kKvHeads;
   constexpr int kLd = Pl::kLd, kKT = Pl::kKT, kWN = Pl::kWarps / kWM, kNT = kKT / kWN;
@@ -538,7 +544,7 @@ CA_DEVICE void phase1_body(const DecodeView& ctx, const DecodeTensors& t, const 
 template <class Cfg, class Variant, int kWM, bool kListed>
 CA_DEVICE void phase1_dispatch(const DecodeView& ctx, const DecodeTensors& t, const Phase1Io& io,
                                const Phase1Tile& tile, int warps_m) {
-  if constexpr (kWM < Phase1Plan<Cfg, variant_reads_pos<Variant>>::kWarps) {
+  if constexpr (kWM < Phase1PlanOf<Cfg, Variant, kListed>::kWarps) {
     if (warps_m > kWM) {
       phase1_dispatch<Cfg, Variant, 2 * kWM, kListed>(ctx, t, io, tile, warps_m);
       return;
@@ -550,10 +556,10 @@ CA_DEVICE void phase1_dispatch(const DecodeView& ctx, const DecodeTensors& t, co
 // grid (phase1_items, Hkv, splits), block kThreads, dynamic shared memory kSmemBytes.
 // kListed: the PSA decode (see phase1_body).
 template <class Cfg, class Variant, bool kListed = false>
-__global__ void __launch_bounds__(Phase1Plan<Cfg, variant_reads_pos<Variant>>::kThreads,
-                                  Phase1Plan<Cfg, variant_reads_pos<Variant>>::kMinBlocks)
+__global__ void __launch_bounds__(Phase1PlanOf<Cfg, Variant, kListed>::kThreads,
+                                  Phase1PlanOf<Cfg, Variant, kListed>::kMinBlocks)
     decode_phase1_kernel(const DecodeView ctx, const DecodeTensors t, const Phase1Io io) {
-  using Pl = Phase1Plan<Cfg, variant_reads_pos<Variant>>;
+  using Pl = Phase1PlanOf<Cfg, Variant, kListed>;
   // Thread 0 finds the item's run (the last whose first item is <= blockIdx.x: item_begin strictly
   // increases with the run) and shares it through the arena's first words.
   extern __shared__ __align__(128) unsigned char smem[];

@@ -380,7 +380,7 @@ int decode(const CaDecodeParams& p, void* stream, const ChunkSelection& sel = {}
                 "ca_decode: the runs' partial ranges must be consecutive in run order "
                 "(as packContext builds them)");
   using Plan = Phase2Plan<Cfg, kListed>;
-  using Plan1 = Phase1Plan<Cfg, variant_reads_pos<Variant>>;
+  using Plan1 = Phase1PlanOf<Cfg, Variant, kListed>;
   const WorkspacePlan w = workspace_plan<Cfg>(host);
   if (w.total() > 0 && (p.workspace == nullptr || p.workspace_bytes < w.total()))
     return fail(CA_ERR_INVALID, "ca_decode: the workspace holds " +
