@@ -181,7 +181,6 @@ void ModuleCore::FinishPsaDecode(const PsaRun& run) {
           "ca_memcpy");
     else if (run.guard_added_host)
       std::memset(run.guard_added_host, 0, run.rows * 4);
-    return;
   }
   if (s.select_only) return;
   if (run.decode.out_host)
