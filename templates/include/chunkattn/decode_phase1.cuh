@@ -54,10 +54,10 @@ template <class Cfg, bool kHeavyLoop = false>
 struct Phase1Plan {
   using KvT = typename Cfg::KvT;
   static constexpr int G = Cfg::kQHeads / Cfg::kKvHeads, D = Cfg::kHeadDim, C = Cfg::kChunk;
-  // m16 blocks a warp holds: 2 up to D = 128 (D = 96 if kHeavyLoop), so every K/V fragment a warp loads
-  // from shared memory serves 32 stacked rows; else 1. o takes D and Q D / 2 registers a lane:
-  // 144 of 255 at D = 96. At D = 128 (192) the rest of the loop needs more than the 63 left, so
-  // there the last k16 step of Q is re-read from a small Q region in shared memory per 16 tokens
+  // m16 blocks a warp holds: 2 up to D = 128 (D = 96 if kHeavyLoop), so every K/V fragment a warp
+  // loads from shared memory serves 32 stacked rows; else 1. o takes D and Q D / 2 registers a
+  // lane: 144 of 255 at D = 96. At D = 128 (192) the rest of the loop needs more than the 63 left,
+  // so there the last k16 step of Q is re-read from a small Q region in shared memory per 16 tokens
   // instead (8 registers fewer; about 4 wavefronts per KB of K/V, where a second read of the tile
   // by twice the warps costs 32); a mask, a score mod or a PSA selection still spills a few bytes,
   // and keeps 1 block.
