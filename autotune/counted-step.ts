@@ -15,7 +15,8 @@
 // runs in phase 1.
 
 import { buildModule } from '../codegen/index.ts';
-import { ARCHS, type KernelSpec } from '../dsl/spec.ts';
+import { narrowPhase1 } from '../codegen/plan.ts';
+import { ARCHS, type Arch, type KernelSpec } from '../dsl/spec.ts';
 import type { KernelTunables } from '../runtime/dispatch.ts';
 import {
   countDecodeStep,
@@ -68,17 +69,27 @@ export async function ptxasOccupancy(
   gpus: readonly GpuSpec[],
   tunables: KernelTunables = {},
 ): Promise<Map<string, CtasPerSm>> {
-  // The spec's archs, the GPUs' and the table's: one build serves every report and every GPU.
+  // The spec's archs, the GPUs' and the table's: one build serves every report and every GPU of
+  // its group. The NARROW_PHASE1_ARCHS lay phase 1 out differently, so they are built apart: a GPU
+  // of another arch gets the layout a build for it alone would have.
   const archs = ARCHS.filter(
     (a) => spec.targets.includes(a) || TABLE_ARCHS.has(a) || gpus.some((g) => g.limits.arch === a),
   );
-  const module = await buildModule(spec, { target: 'cuda', archs, ...instanceOptions(tunables) });
+  const groups = [archs.filter((a) => !narrowPhase1([a])), archs.filter((a) => narrowPhase1([a]))];
+  const manifests = new Map<Arch, Awaited<ReturnType<typeof buildModule>>['manifest']>();
+  for (const group of groups.filter((g) => g.length > 0)) {
+    const module = await buildModule(spec, { target: 'cuda', archs: group, ...instanceOptions(tunables) });
+    for (const a of group) manifests.set(a, module.manifest);
+  }
   const out = new Map<string, CtasPerSm>();
   for (const gpu of gpus)
     out.set(
       gpu.id,
       Object.fromEntries(
-        moduleOccupancy(gpu.limits, module.manifest).map((k) => [k.kernel, k.occupancy.ctasPerSm]),
+        moduleOccupancy(gpu.limits, manifests.get(gpu.limits.arch)!).map((k) => [
+          k.kernel,
+          k.occupancy.ctasPerSm,
+        ]),
       ),
     );
   return out;

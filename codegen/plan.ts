@@ -102,14 +102,24 @@ export function phase2Geometry(spec: KernelSpec, listed = false) {
 }
 
 /**
- * Mirrors Phase1PlanOf<Cfg, Variant, kListed> in templates/include/chunkattn/decode_phase1.cuh (a test
- * checks each instance): its loop is heavier when the spec has a mask or a score mod, or for the PSA
- * decode's list-driven instances (`listed`).
+ * Archs whose ptxas keeps more registers live in phase 1's loop: two m16 blocks a warp at D = 128
+ * spill 4 B there. A build that includes one keeps one block a warp at D = 128 on all its archs
+ * (rendered as Cfg::kNarrowPhase1). They have 100 KB of shared memory per SM, so one 8-warp CTA
+ * hides latency better there than one 4-warp CTA anyway.
  */
-export function phase1Geometry(spec: KernelSpec, listed = false) {
+export const NARROW_PHASE1_ARCHS: readonly Arch[] = ['sm_86', 'sm_89'];
+export const narrowPhase1 = (archs: readonly Arch[]): boolean =>
+  archs.some((a) => NARROW_PHASE1_ARCHS.includes(a));
+
+/**
+ * Mirrors Phase1PlanOf<Cfg, Variant, kListed> in templates/include/chunkattn/decode_phase1.cuh (a test
+ * checks each instance): its loop is heavier when the spec has a mask or a score mod, for the PSA
+ * decode's list-driven instances (`listed`), and on the NARROW_PHASE1_ARCHS.
+ */
+export function phase1Geometry(spec: KernelSpec, listed = false, archs: readonly Arch[] = []) {
   const kvBytes = DTYPE_BYTES[spec.dtype.kv];
   const d = spec.headDim;
-  const heavyLoop = spec.mask !== null || spec.scoreMod !== null || listed;
+  const heavyLoop = spec.mask !== null || spec.scoreMod !== null || listed || narrowPhase1(archs);
   const blocksPerWarp = d <= 96 || (d <= 128 && !heavyLoop) ? 2 : 1;
   const warps = 8 / blocksPerWarp;
   const threads = 32 * warps;
@@ -130,8 +140,8 @@ export function phase1Geometry(spec: KernelSpec, listed = false) {
 }
 
 /** The phase-1 (shared-run, tensor-core) kernel. */
-function phase1Launch(spec: KernelSpec): KernelLaunchPlan {
-  const geometry = phase1Geometry(spec);
+function phase1Launch(spec: KernelSpec, archs: readonly Arch[]): KernelLaunchPlan {
+  const geometry = phase1Geometry(spec, false, archs);
   return {
     kernel: 'decode_phase1',
     grid: '(runs + ⌊partials·G / 128⌋) × kvHeads × splits',
@@ -230,7 +240,7 @@ export function plan(input: KernelSpec, options: PlanOptions, toolchain: Toolcha
     if (!declared.some((t) => t.name === name)) throw new PlanError(`unknown tunable ${name.slice(0, 64)}`);
 
   const phase1 = true;
-  const kernels = target === 'cpu' ? [] : [phase1Launch(spec), ...phase2Launches(spec)];
+  const kernels = target === 'cpu' ? [] : [phase1Launch(spec, archs), ...phase2Launches(spec)];
   const compilerVersion = compilerFingerprint();
   const hash = sha256(
     canonicalJson({ spec: keyedSpec(spec), target, archs, sanitize, tunables, compilerVersion }),

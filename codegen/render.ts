@@ -7,7 +7,7 @@ import Handlebars from 'handlebars';
 import type { DType } from '../dsl/spec.ts';
 import { TEMPLATES_DIR } from './cache-key.ts';
 import { MANIFEST_ABI } from './manifest.ts';
-import type { KernelPlan } from './plan.ts';
+import { type KernelPlan, narrowPhase1 } from './plan.ts';
 import { TARGET_TUNABLES } from './target-tunables.ts';
 
 export interface RenderedModule {
@@ -78,6 +78,7 @@ export function render(plan: KernelPlan): RenderedModule {
     key: plan.key,
     target: plan.target,
     archs: plan.archs,
+    narrowPhase1: narrowPhase1(plan.archs),
     spec: plan.spec,
     variantLocs: { scoreMod: locComment(plan.spec.scoreMod?.loc), mask: locComment(plan.spec.mask?.loc) },
     targetMacro: plan.target.toUpperCase(),
@@ -97,7 +98,7 @@ export function render(plan: KernelPlan): RenderedModule {
           { name: 'smemBytes', expr: 'ca::Phase2Plan<Cfg>::kSmemBytes' },
           {
             name: 'phase1SmemBytes',
-            expr: 'ca::Phase1Plan<Cfg, ca::variant_reads_pos<Variant>>::kSmemBytes',
+            expr: 'ca::Phase1PlanOf<Cfg, Variant, false>::kSmemBytes',
           },
         ],
   };

@@ -167,6 +167,7 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1PlanOf<Cfg,
     dtype: DType;
     pos: boolean;
     listed?: boolean;
+    narrow?: boolean;
   }[] = [
     ...EMU_CONFIGS.map((c) => ({ heads: c.heads, headDim: c.headDim, dtype: c.dtype as DType, pos: false })),
     ...[64, 96, 128, 256].flatMap((headDim) =>
@@ -187,13 +188,21 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1PlanOf<Cfg,
       pos: false,
       listed: true,
     })),
+    // A build for sm_86 or sm_89 (Cfg::kNarrowPhase1).
+    ...[96, 128].map((headDim) => ({
+      heads: { q: 8, kv: 2 },
+      headDim: headDim as 96 | 128,
+      dtype: 'f16' as DType,
+      pos: false,
+      narrow: true,
+    })),
   ];
   test('threads, m-tile, stage tokens, registers and shared memory of every instance', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'phase1-plan-'));
     try {
       const cfgs = cases.map(
         (c, i) =>
-          `struct Cfg${i} { static constexpr int kQHeads = ${c.heads.q}, kKvHeads = ${c.heads.kv}, kHeadDim = ${c.headDim}, kChunk = 16; using QT = ca::${c.dtype}; using KvT = ca::${c.dtype}; using OutT = ca::${c.dtype}; };\n` +
+          `struct Cfg${i} { static constexpr int kQHeads = ${c.heads.q}, kKvHeads = ${c.heads.kv}, kHeadDim = ${c.headDim}, kChunk = 16;${c.narrow ? ' static constexpr bool kNarrowPhase1 = true;' : ''} using QT = ca::${c.dtype}; using KvT = ca::${c.dtype}; using OutT = ca::${c.dtype}; };\n` +
           `static void print${i}() { using P = ca::Phase1PlanOf<Cfg${i}, ${c.pos ? 'Masked' : 'Plain'}, ${c.listed === true}>; std::printf("%d %d %d %d %d %d %zu\\n", P::kBlocksPerWarp, P::kThreads, P::kMT, P::kKT, P::kQRegSteps, P::kMaxRegisters, P::kSmemBytes); }`,
       );
       const variants =
@@ -222,7 +231,7 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1PlanOf<Cfg,
       const lines = stdout.trim().split('\n');
       expect(lines.length).toBe(cases.length);
       for (const [i, c] of cases.entries()) {
-        const { pos, listed = false, ...shape } = c;
+        const { pos, listed = false, narrow = false, ...shape } = c;
         const spec = attention({
           name: `plan-${i}`,
           ...shape,
@@ -230,7 +239,7 @@ describe.skipIf(!haveCudaHeaders)('codegen/plan.ts agrees with Phase1PlanOf<Cfg,
           targets: ['emu'],
           ...(pos ? { mask: (p: { q: number; kv: number }) => p.q - p.kv < 64 } : {}),
         });
-        const ts = phase1Geometry(spec, listed);
+        const ts = phase1Geometry(spec, listed, narrow ? ['sm_89'] : []);
         const [blocksPerWarp, threads, mTile, tileTokens, qRegSteps, maxRegisters, smemBytes] =
           lines[i]!.split(' ').map(Number);
         expect(

@@ -97,9 +97,17 @@ struct Phase1Plan {
   static_assert(!kQInSmem || kMergeOBytes <= kLoopBytes, "the merge fits the loop's arena");
 };
 
+// Whether the build keeps phase 1 at one m16 block a warp at D = 128 on every arch (the rendered
+// Cfg::kNarrowPhase1: it includes sm_86 or sm_89, whose ptxas spills with two; codegen/plan.ts).
+template <class Cfg, class = void>
+inline constexpr bool narrow_phase1 = false;
+template <class Cfg>
+inline constexpr bool narrow_phase1<Cfg, std::void_t<decltype(Cfg::kNarrowPhase1)>> =
+    Cfg::kNarrowPhase1;
+
 // The plan of the kernel instance <Cfg, Variant, kListed>.
 template <class Cfg, class Variant, bool kListed>
-using Phase1PlanOf = Phase1Plan<Cfg, variant_reads_pos<Variant> || kListed>;
+using Phase1PlanOf = Phase1Plan<Cfg, variant_reads_pos<Variant> || kListed || narrow_phase1<Cfg>>;
 
 // Where phase 1 writes its partials (phase 2 reads them through Phase2Io).
 struct Phase1Io {
